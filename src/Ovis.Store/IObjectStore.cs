@@ -1,0 +1,74 @@
+namespace Ovis.Store;
+
+/// <summary>
+/// An object: a sparse byte range of up to <see cref="IObjectStore.MaxObjectSize"/> bytes,
+/// named by the volume it belongs to and its slot index in that volume.
+/// </summary>
+public readonly record struct ObjectId(uint Volume, uint Index)
+{
+    public ulong Packed => ((ulong)Volume << 32) | Index;
+    public static ObjectId FromPacked(ulong packed) => new((uint)(packed >> 32), (uint)packed);
+    public override string ToString() => $"{Volume:x8}.{Index:x8}";
+}
+
+/// <summary>Outcome of a store operation; errors are values on the data path.</summary>
+public enum StoreStatus
+{
+    Ok = 0,
+    /// <summary>A checksum did not match or the device failed: the data cannot be trusted.</summary>
+    IoError,
+    /// <summary>The device is full.</summary>
+    NoSpace,
+    /// <summary>The store is shutting down.</summary>
+    Closed,
+}
+
+/// <summary>Allocation of one store block (4 KiB).</summary>
+public enum BlockState : byte
+{
+    /// <summary>Never written or trimmed: reads as zeroes, uses no space.</summary>
+    Hole = 0,
+    /// <summary>Holds data.</summary>
+    Data = 1,
+    /// <summary>Zeroed but kept allocated (WRITE_ZEROES with NO_HOLE): reads as zeroes.</summary>
+    Zero = 2,
+}
+
+/// <summary>
+/// Reads, writes, zeroes and flushes objects. Implemented by a node's local store and by the
+/// replicating gateway. Safe for concurrent use.
+/// Contract: a write that has completed is seen by every later read; after
+/// <see cref="FlushAsync"/> completes, every write completed before the call is durable, with
+/// the metadata needed to find it; a write with <c>fua</c> is durable when it completes.
+/// </summary>
+public interface IObjectStore : IAsyncDisposable
+{
+    /// <summary>Checksum and allocation granularity, 4096.</summary>
+    int BlockSize { get; }
+
+    /// <summary>Largest object the store accepts.</summary>
+    long MaxObjectSize { get; }
+
+    ValueTask<StoreStatus> WriteAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua);
+
+    /// <summary>Fills <paramref name="buffer"/>; holes read as zeroes. Checksums are verified.</summary>
+    ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer);
+
+    /// <summary>Zeroes a range. <paramref name="keepAllocated"/> leaves its blocks reported as
+    /// allocated (<see cref="BlockState.Zero"/>); otherwise they become holes. Space is freed either way.</summary>
+    ValueTask<StoreStatus> ZeroAsync(ObjectId id, long offset, long length, bool keepAllocated, bool fua);
+
+    ValueTask<StoreStatus> FlushAsync();
+
+    /// <summary>Fills one state per block of the block-aligned range [offset, offset + states.Length * BlockSize).</summary>
+    void GetAllocation(ObjectId id, long offset, Span<BlockState> states);
+
+    /// <summary>Removes an object and frees its space (durable at the next flush).</summary>
+    ValueTask<StoreStatus> DeleteAsync(ObjectId id);
+
+    /// <summary>Ids of the objects the store holds (for accounting and clean-up).</summary>
+    IReadOnlyCollection<ObjectId> ListObjects();
+
+    /// <summary>Bytes of object data held (allocated data blocks × block size).</summary>
+    long UsedBytes { get; }
+}

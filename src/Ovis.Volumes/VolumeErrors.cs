@@ -1,0 +1,16 @@
+namespace Ovis.Volumes;
+
+/// <summary>Why a control-plane operation on volumes was refused.</summary>
+public enum VolumeErrorCode
+{
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    InUse,
+}
+
+/// <summary>A refused control-plane operation; the message is one line meant for an operator.</summary>
+public sealed class VolumeException(VolumeErrorCode code, string message) : Exception(message)
+{
+    public VolumeErrorCode Code { get; } = code;
+}
