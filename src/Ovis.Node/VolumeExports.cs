@@ -1,0 +1,106 @@
+using System.Buffers;
+using Ovis.Nbd;
+using Ovis.Store;
+using Ovis.Volumes;
+
+namespace Ovis.Node;
+
+/// <summary>Every volume of the node is an NBD export named after it.</summary>
+public sealed class VolumeExports(VolumeManager volumes) : IExportProvider
+{
+    public IReadOnlyList<(string Name, string Description)> ListExports()
+        => [.. volumes.List().Select(v => (v.Name, $"Ovis volume, {v.Size} bytes"))];
+
+    public IBlockDevice? Open(string name)
+    {
+        Volume? volume = name.Length == 0 ? null : volumes.Open(name);
+        return volume is null ? null : new VolumeBlockDevice(volume);
+    }
+}
+
+/// <summary>Adapts an open <see cref="Volume"/> to what the NBD front needs.</summary>
+internal sealed class VolumeBlockDevice(Volume volume) : IBlockDevice
+{
+    // Block status answers at most this many blocks per request (64 MiB); clients ask again.
+    private const int MaxStatusBlocks = 16384;
+
+    public long Size { get; } = volume.Size;
+
+    public bool IsReadOnly => volume.IsReadOnly;
+
+    public int PreferredBlockSize => LocalStore.StoreBlockSize;
+
+    private static NbdError ToNbd(StoreStatus s) => s switch
+    {
+        StoreStatus.Ok => NbdError.None,
+        StoreStatus.NoSpace => NbdError.ENOSPC,
+        StoreStatus.Closed => NbdError.ESHUTDOWN,
+        _ => NbdError.EIO,
+    };
+
+    private static ValueTask<NbdError> Map(ValueTask<StoreStatus> op)
+    {
+        if (op.IsCompletedSuccessfully)
+        {
+            return new(ToNbd(op.Result));
+        }
+        return Await(op);
+
+        static async ValueTask<NbdError> Await(ValueTask<StoreStatus> op) => ToNbd(await op.ConfigureAwait(false));
+    }
+
+    public ValueTask<NbdError> ReadAsync(long offset, Memory<byte> buffer) => Map(volume.ReadAsync(offset, buffer));
+
+    public ValueTask<NbdError> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua) => Map(volume.WriteAsync(offset, data, fua));
+
+    public ValueTask<NbdError> FlushAsync() => Map(volume.FlushAsync());
+
+    public ValueTask<NbdError> TrimAsync(long offset, long length, bool fua) => Map(volume.ZeroAsync(offset, length, keepAllocated: false, fua));
+
+    // Zeroing is a metadata operation here whatever the flags, so FAST_ZERO never fails.
+    public ValueTask<NbdError> WriteZeroesAsync(long offset, long length, bool noHole, bool fastZero, bool fua)
+        => Map(volume.ZeroAsync(offset, length, keepAllocated: noHole, fua));
+
+    // Object data is served from the page cache or the journal's memory already.
+    public ValueTask<NbdError> CacheAsync(long offset, long length) => new(NbdError.None);
+
+    public NbdError GetAllocation(long offset, long length, List<NbdExtent> extents)
+    {
+        int bs = LocalStore.StoreBlockSize;
+        long end = Math.Min(offset + length, Size);
+        long aligned = offset / bs * bs;
+        int blocks = (int)Math.Min((end - aligned + bs - 1) / bs, MaxStatusBlocks);
+        BlockState[] states = ArrayPool<BlockState>.Shared.Rent(blocks);
+        try
+        {
+            volume.GetAllocation(aligned, states.AsSpan(0, blocks));
+            long pos = offset;
+            int b = 0;
+            while (b < blocks && pos < end)
+            {
+                BlockState s = states[b];
+                int runEnd = b + 1;
+                while (runEnd < blocks && states[runEnd] == s)
+                {
+                    runEnd++;
+                }
+                long extentEnd = Math.Min(aligned + (long)runEnd * bs, end);
+                extents.Add(new NbdExtent(extentEnd - pos, s switch
+                {
+                    BlockState.Hole => NbdExtentFlags.Hole | NbdExtentFlags.Zero,
+                    BlockState.Zero => NbdExtentFlags.Zero,
+                    _ => NbdExtentFlags.None,
+                }));
+                pos = extentEnd;
+                b = runEnd;
+            }
+            return NbdError.None;
+        }
+        finally
+        {
+            ArrayPool<BlockState>.Shared.Return(states);
+        }
+    }
+
+    public void Dispose() => volume.Dispose();
+}

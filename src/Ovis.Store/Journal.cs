@@ -1,0 +1,357 @@
+using System.Buffers.Binary;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
+
+namespace Ovis.Store;
+
+/// <summary>Receives each durable batch, in journal order, to apply it to the object files.</summary>
+internal interface IJournalSink
+{
+    void Apply(BatchBuffer batch);
+}
+
+/// <summary>Outcome of asking the journal for room for a record.</summary>
+internal enum ReserveResult
+{
+    Ok,
+    /// <summary>No free batch buffer or no journal space yet: await <see cref="Journal.WaitForSpaceAsync"/> and retry.</summary>
+    Wait,
+    /// <summary>The journal failed or is closed.</summary>
+    Failed,
+}
+
+/// <summary>
+/// The write-ahead journal and its group commit. Writers reserve room for a record in the
+/// open batch and fill it; a committer loop writes sealed batches with O_DIRECT and makes
+/// them durable with one fdatasync for all of them, then completes every flush that was
+/// waiting (concurrent flushes share the sync), then hands the batches, in order, to the
+/// applier, which copies them into the object files and frees the buffers.
+/// Data reaches an object file only after its journal record is durable, so a crash never
+/// leaves an object file holding data the journal cannot vouch for.
+/// </summary>
+internal sealed partial class Journal : IDisposable
+{
+    private readonly SafeFileHandle _file;
+    private readonly long _capacity;
+    private readonly BatchBuffer[] _buffers;
+    private readonly TimeSpan _commitInterval;
+    private readonly ILogger _logger;
+    private readonly Lock _lock = new();
+    private readonly Queue<BatchBuffer> _sealed = new();
+    private readonly List<BatchBuffer> _writing = [];
+    private readonly SemaphoreSlim _wake = new(0);
+    private readonly Channel<BatchBuffer> _applyQueue = Channel.CreateUnbounded<BatchBuffer>(new() { SingleReader = true, SingleWriter = true });
+
+    private BatchBuffer? _current;
+    private long _nextSeq;          // seq of the next batch to open
+    private long _headLsn;          // where the next sealed batch is placed
+    private long _tailLsn;          // first batch still needed after a crash
+    private long _tailSeq;
+    private long _appliedLsn;       // end of the last batch applied to the object files
+    private long _appliedSeq;
+    private long _generation;
+    private bool _flushRequested;
+    private bool _stopping;
+    private Exception? _failure;
+    private TaskCompletionSource _round = NewTcs();
+    private TaskCompletionSource _space = NewTcs();
+    private Task? _commitLoop;
+    private Task? _applyLoop;
+    private IJournalSink? _sink;
+
+    private Journal(SafeFileHandle file, long capacity, int batchSize, int batchCount, TimeSpan commitInterval, ILogger logger)
+    {
+        _file = file;
+        _capacity = capacity;
+        _commitInterval = commitInterval;
+        _logger = logger;
+        _buffers = new BatchBuffer[batchCount];
+        for (int i = 0; i < batchCount; i++)
+        {
+            _buffers[i] = new BatchBuffer(batchSize);
+        }
+    }
+
+    public int BatchSize => _buffers[0].Capacity;
+
+    /// <summary>Journal bytes between the tail and the head: what a checkpoint would free.</summary>
+    public long UsedBytes
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _headLsn - _tailLsn;
+            }
+        }
+    }
+
+    public long Capacity => _capacity;
+
+    /// <summary>Where a checkpoint may move the tail: the end of the last applied batch.</summary>
+    public (long Lsn, long Seq) AppliedPosition
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return (_appliedLsn, _appliedSeq);
+            }
+        }
+    }
+
+    public bool IsFailed => Volatile.Read(ref _failure) is not null;
+
+    private static TaskCompletionSource NewTcs() => new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Starts the committer and the applier; call after replay.</summary>
+    public void Start(IJournalSink sink)
+    {
+        _sink = sink;
+        _commitLoop = Task.Factory.StartNew(CommitLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+        _applyLoop = Task.Factory.StartNew(ApplyLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+    }
+
+    /// <summary>
+    /// Reserves <paramref name="size"/> bytes for one record. On Ok the caller fills
+    /// batch.Span[offset..offset+size] and then calls <see cref="Commit"/>; the batch is not
+    /// written before that. The caller holds its object's lock, so record order in the journal
+    /// is the order in which writes to one object took effect.
+    /// </summary>
+    public ReserveResult TryReserve(int size, out BatchBuffer batch, out int offset)
+    {
+        batch = null!;
+        offset = 0;
+        lock (_lock)
+        {
+            if (_failure is not null || _stopping)
+            {
+                return ReserveResult.Failed;
+            }
+            if (_current is not null && _current.Length + size > _current.Capacity)
+            {
+                SealCurrent();
+            }
+            if (_current is null && !TryOpenBatch())
+            {
+                return ReserveResult.Wait;
+            }
+            batch = _current!;
+            offset = batch.Length;
+            batch.Length += size;
+            batch.RecordCount++;
+            batch.Outstanding++;
+            return ReserveResult.Ok;
+        }
+    }
+
+    /// <summary>Marks a reservation as filled.</summary>
+    public static void Commit(BatchBuffer batch) => Interlocked.Decrement(ref batch.Outstanding);
+
+    /// <summary>The buffer of the batch with sequence number <paramref name="seq"/> (valid while any record of it is pending).</summary>
+    public BatchBuffer BufferOf(long seq) => _buffers[seq % _buffers.Length];
+
+    /// <summary>Completes when a batch buffer or journal space has been freed, or the journal failed.</summary>
+    public Task WaitForSpaceAsync()
+    {
+        lock (_lock)
+        {
+            return _space.Task;
+        }
+    }
+
+    /// <summary>
+    /// Makes every record reserved and committed before the call durable. Flushes that arrive
+    /// while a sync is running share the next one.
+    /// </summary>
+    public Task FlushAsync()
+    {
+        Task round;
+        lock (_lock)
+        {
+            if (_failure is not null)
+            {
+                return Task.FromException(new IOException("journal failed", _failure));
+            }
+            _flushRequested = true;
+            round = _round.Task;
+        }
+        Signal();
+        return round;
+    }
+
+    private void Signal()
+    {
+        if (_wake.CurrentCount == 0)
+        {
+            _wake.Release();
+        }
+    }
+
+    private bool TryOpenBatch()
+    {
+        BatchBuffer next = _buffers[_nextSeq % _buffers.Length];
+        // Room for this batch even if it has to skip to the next lap.
+        if (next.Seq != 0 || _headLsn + 2L * next.Capacity > _tailLsn + _capacity)
+        {
+            return false;
+        }
+        next.Seq = _nextSeq++;
+        next.Length = JournalFormat.BatchHeaderSize;
+        next.RecordCount = 0;
+        next.Outstanding = 0;
+        _current = next;
+        return true;
+    }
+
+    private void SealCurrent()
+    {
+        BatchBuffer b = _current!;
+        _current = null;
+        long padded = JournalFormat.Align4K(b.Length);
+        long lsn = _headLsn;
+        if (lsn % _capacity + padded > _capacity)
+        {
+            lsn = (lsn / _capacity + 1) * _capacity;
+        }
+        b.Lsn = lsn;
+        _headLsn = lsn + padded;
+        JournalFormat.WriteBatchHeader(b.Span, b.Lsn, b.Seq, b.Length, b.RecordCount);
+        _sealed.Enqueue(b);
+        Signal();
+    }
+
+    private async Task CommitLoopAsync()
+    {
+        while (true)
+        {
+            bool signaled = await _wake.WaitAsync(_commitInterval).ConfigureAwait(false);
+            TaskCompletionSource round;
+            bool stop;
+            lock (_lock)
+            {
+                // A flush seals the open batch; so does the commit interval, which bounds how
+                // long an acknowledged write stays only in memory when nobody flushes.
+                if (_current is not null && _current.RecordCount > 0 && (_flushRequested || !signaled || _stopping))
+                {
+                    SealCurrent();
+                }
+                _flushRequested = false;
+                round = _round;
+                _round = NewTcs();
+                while (_sealed.TryDequeue(out BatchBuffer? b))
+                {
+                    _writing.Add(b);
+                }
+                stop = _stopping && (_current is null || _current.RecordCount == 0);
+            }
+            try
+            {
+                if (_failure is not null)
+                {
+                    throw new IOException("journal failed", _failure);
+                }
+                foreach (BatchBuffer b in _writing)
+                {
+                    SpinWait spin = default;
+                    while (Volatile.Read(ref b.Outstanding) != 0)
+                    {
+                        spin.SpinOnce();
+                    }
+                    RandomAccess.Write(_file, b.Padded, JournalFormat.DataStart + b.Lsn % _capacity);
+                }
+                if (_writing.Count > 0)
+                {
+                    NativeIo.DataSync(_file);
+                }
+                round.SetResult();
+                foreach (BatchBuffer b in _writing)
+                {
+                    _applyQueue.Writer.TryWrite(b);
+                }
+            }
+            catch (Exception e)
+            {
+                Fail(e);
+                round.TrySetException(new IOException("journal write failed", e));
+            }
+            _writing.Clear();
+            if (stop)
+            {
+                _applyQueue.Writer.TryComplete();
+                return;
+            }
+        }
+    }
+
+    private async Task ApplyLoopAsync()
+    {
+        await foreach (BatchBuffer b in _applyQueue.Reader.ReadAllAsync().ConfigureAwait(false))
+        {
+            try
+            {
+                _sink!.Apply(b);
+            }
+            catch (Exception e)
+            {
+                // The batch is durable in the journal; replay will apply it after a restart.
+                Fail(e);
+            }
+            TaskCompletionSource space;
+            lock (_lock)
+            {
+                _appliedLsn = b.Lsn + JournalFormat.Align4K(b.Length);
+                _appliedSeq = b.Seq + 1;
+                b.Seq = 0;
+                space = _space;
+                _space = NewTcs();
+            }
+            space.SetResult();
+        }
+    }
+
+    private void Fail(Exception e)
+    {
+        TaskCompletionSource space;
+        lock (_lock)
+        {
+            _failure ??= e;
+            space = _space;
+            _space = NewTcs();
+        }
+        LogJournalFailed(_logger, e);
+        space.TrySetResult();
+    }
+
+    /// <summary>Refuses new records, then writes, syncs and applies everything reserved so far.</summary>
+    public async Task StopAsync()
+    {
+        lock (_lock)
+        {
+            _stopping = true;
+        }
+        Signal();
+        if (_commitLoop is not null)
+        {
+            await _commitLoop.ConfigureAwait(false);
+        }
+        if (_applyLoop is not null)
+        {
+            await _applyLoop.ConfigureAwait(false);
+        }
+    }
+
+    public void Dispose()
+    {
+        _file.Dispose();
+        foreach (BatchBuffer b in _buffers)
+        {
+            b.Dispose();
+        }
+        _wake.Dispose();
+    }
+
+    [LoggerMessage(Level = LogLevel.Critical, Message = "Journal failed; the store refuses writes until restarted")]
+    private static partial void LogJournalFailed(ILogger logger, Exception e);
+}

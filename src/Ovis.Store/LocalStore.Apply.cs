@@ -1,0 +1,139 @@
+using System.Collections.Concurrent;
+using Microsoft.Win32.SafeHandles;
+
+namespace Ovis.Store;
+
+public sealed partial class LocalStore
+{
+    private readonly ConcurrentDictionary<uint, byte> _knownDirectories = new();
+
+    /// <summary>Applies a batch that is durable in the journal to the object files (applier thread).</summary>
+    void IJournalSink.Apply(BatchBuffer batch)
+    {
+        var reader = new JournalRecordReader(batch.Span, batch.Seq, batch.Length, batch.RecordCount, verifyData: false);
+        while (reader.TryRead(out JournalRecord record))
+        {
+            ApplyRecord(in record, batch.Seq);
+        }
+        if (reader.Corrupt)
+        {
+            throw new InvalidDataException($"batch {batch.Seq} failed its own checks in memory");
+        }
+    }
+
+    /// <summary>
+    /// Applies one record to an object file and its block metadata, and clears the overlay
+    /// entries that still point at this record. <paramref name="seq"/> is 0 during replay,
+    /// when there is no overlay. Idempotent: replaying a record already applied changes nothing.
+    /// </summary>
+    private void ApplyRecord(in JournalRecord r, long seq)
+    {
+        if (r.FirstBlock + r.BlockCount > MaxBlocks)
+        {
+            return;
+        }
+        ObjectMeta meta = GetOrAdd(r.Id);
+        switch (r.Type)
+        {
+            case RecordType.Write:
+            {
+                // Outside the lock: readers never read these blocks from the file while their
+                // overlay entries are set, and they stay set until the lock section below.
+                SafeFileHandle file = EnsureFile(meta);
+                RandomAccess.Write(file, r.Data, (long)r.FirstBlock * StoreBlockSize);
+                int dataOffset = r.Offset + JournalFormat.RecordHeaderSize + r.BlockCount * 4;
+                lock (meta.Lock)
+                {
+                    meta.EnsureBlocks(r.FirstBlock + r.BlockCount);
+                    for (int i = 0; i < r.BlockCount; i++)
+                    {
+                        int b = r.FirstBlock + i;
+                        meta.Crcs[b] = r.BlockCrc(i);
+                        meta.States[b] = BlockState.Data;
+                        if (seq != 0 && meta.Pending[b] == ObjectMeta.PendingValue(seq, (uint)(dataOffset + i * StoreBlockSize)))
+                        {
+                            meta.Pending[b] = ObjectMeta.NotPending;
+                        }
+                    }
+                }
+                break;
+            }
+            case RecordType.ZeroHole:
+            case RecordType.ZeroAllocated:
+            case RecordType.Delete:
+            {
+                SafeFileHandle? file;
+                lock (meta.Lock)
+                {
+                    file = meta.File;
+                }
+                if (file is not null && r.Type != RecordType.Delete)
+                {
+                    NativeIo.PunchHole(file, (long)r.FirstBlock * StoreBlockSize, (long)r.BlockCount * StoreBlockSize);
+                }
+                BlockState state = r.Type == RecordType.ZeroAllocated ? BlockState.Zero : BlockState.Hole;
+                long marker = ObjectMeta.PendingValue(seq, r.Type == RecordType.ZeroAllocated ? ObjectMeta.PendingZero : ObjectMeta.PendingHole);
+                lock (meta.Lock)
+                {
+                    meta.EnsureBlocks(r.FirstBlock + r.BlockCount);
+                    int end = r.Type == RecordType.Delete ? meta.Blocks : r.FirstBlock + r.BlockCount;
+                    for (int b = r.FirstBlock; b < end; b++)
+                    {
+                        meta.Crcs[b] = 0;
+                        meta.States[b] = state;
+                        if (seq != 0 && meta.Pending[b] == marker)
+                        {
+                            meta.Pending[b] = ObjectMeta.NotPending;
+                        }
+                    }
+                    if (r.Type == RecordType.Delete && meta.File is not null)
+                    {
+                        // Under the lock: no reader is using the file (no block is Data now).
+                        meta.File.Dispose();
+                        meta.File = null;
+                        File.Delete(ObjectPath(meta.Id));
+                        MarkDirectoryDirty(ObjectDirectory(meta.Id.Volume));
+                    }
+                }
+                break;
+            }
+        }
+        lock (_dirtyLock)
+        {
+            _dirty.Add(meta);
+        }
+    }
+
+    private SafeFileHandle EnsureFile(ObjectMeta meta)
+    {
+        lock (meta.Lock)
+        {
+            if (meta.File is not null)
+            {
+                return meta.File;
+            }
+        }
+        string dir = ObjectDirectory(meta.Id.Volume);
+        if (_knownDirectories.TryAdd(meta.Id.Volume, 0))
+        {
+            Directory.CreateDirectory(dir);
+            MarkDirectoryDirty(Path.Combine(_directory, "objects"));
+        }
+        SafeFileHandle file = File.OpenHandle(ObjectPath(meta.Id), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
+        MarkDirectoryDirty(dir);
+        lock (meta.Lock)
+        {
+            // Only the applier (or replay, before it) opens files, so nobody raced us here.
+            meta.File = file;
+        }
+        return file;
+    }
+
+    private void MarkDirectoryDirty(string dir)
+    {
+        lock (_dirtyLock)
+        {
+            _dirtyDirectories.Add(dir);
+        }
+    }
+}

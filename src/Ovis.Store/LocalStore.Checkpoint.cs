@@ -1,0 +1,224 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using Microsoft.Win32.SafeHandles;
+
+namespace Ovis.Store;
+
+/// <summary>
+/// Checkpoints and recovery. A meta file holds, per object index, a fixed-size slot:
+///
+///   slot = index × SlotSize
+///   +-----------------------------+------------------+
+///   | u32 crc32c × MaxBlocks (LE) | u8 state × MaxBlocks |
+///   +-----------------------------+------------------+
+///
+/// Slots are written at checkpoints only, after the object files are synced; a crash between
+/// checkpoints is repaired by replaying the journal from the last checkpoint's tail.
+/// </summary>
+public sealed partial class LocalStore
+{
+    private const int SlotSize = MaxBlocks * 5;
+    private readonly Dictionary<uint, SafeFileHandle> _metaFiles = [];
+    private readonly byte[] _slotScratch = new byte[SlotSize];
+
+    private async Task CheckpointLoopAsync()
+    {
+        long last = Environment.TickCount64;
+        long capacity = _journal.Capacity;
+        while (!_stop.IsCancellationRequested)
+        {
+            bool signaled = await _checkpointWake.WaitAsync(TimeSpan.FromMilliseconds(200)).ConfigureAwait(false);
+            if (_stop.IsCancellationRequested)
+            {
+                break;
+            }
+            long used = _journal.UsedBytes;
+            bool due = used >= capacity / 4
+                || (signaled && used >= capacity / 8)
+                || (used > 0 && Environment.TickCount64 - last >= (long)_options.CheckpointInterval.TotalMilliseconds);
+            if (due && !_journal.IsFailed)
+            {
+                try
+                {
+                    Checkpoint();
+                    last = Environment.TickCount64;
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    LogCheckpointFailed(_logger, e);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Makes everything applied so far durable in the object files and meta files, then moves
+    /// the journal's tail past it.
+    /// </summary>
+    private void Checkpoint()
+    {
+        _checkpointGate.Wait();
+        HashSet<ObjectMeta> dirty;
+        HashSet<string> dirs;
+        // Read the applied position first: every record before it has been applied, so the
+        // objects it touched are in the dirty set swapped out below.
+        (long lsn, long seq) = _journal.AppliedPosition;
+        lock (_dirtyLock)
+        {
+            dirty = _dirty;
+            dirs = _dirtyDirectories;
+            _dirty = [];
+            _dirtyDirectories = [];
+        }
+        try
+        {
+            var metaFilesTouched = new HashSet<SafeFileHandle>();
+            foreach (ObjectMeta meta in dirty)
+            {
+                SyncObjectFile(meta);
+            }
+            foreach (ObjectMeta meta in dirty)
+            {
+                metaFilesTouched.Add(WriteSlot(meta));
+            }
+            foreach (SafeFileHandle f in metaFilesTouched)
+            {
+                NativeIo.DataSync(f);
+            }
+            foreach (string dir in dirs)
+            {
+                if (Directory.Exists(dir))
+                {
+                    NativeDirectory.Sync(dir);
+                }
+            }
+            _journal.Checkpoint(lsn, seq);
+        }
+        catch
+        {
+            lock (_dirtyLock)
+            {
+                _dirty.UnionWith(dirty);
+                _dirtyDirectories.UnionWith(dirs);
+            }
+            throw;
+        }
+        finally
+        {
+            _checkpointGate.Release();
+        }
+    }
+
+    private static void SyncObjectFile(ObjectMeta meta)
+    {
+        SafeFileHandle? file;
+        lock (meta.Lock)
+        {
+            file = meta.File;
+        }
+        if (file is null)
+        {
+            return;
+        }
+        bool added = false;
+        try
+        {
+            // A delete may close the handle concurrently; the reference keeps the fd valid.
+            file.DangerousAddRef(ref added);
+            NativeIo.DataSync(file);
+        }
+        catch (ObjectDisposedException)
+        {
+            // Deleted meanwhile: nothing to sync.
+        }
+        finally
+        {
+            if (added)
+            {
+                file.DangerousRelease();
+            }
+        }
+    }
+
+    private SafeFileHandle WriteSlot(ObjectMeta meta)
+    {
+        Span<byte> slot = _slotScratch;
+        slot.Clear();
+        lock (meta.Lock)
+        {
+            for (int b = 0; b < meta.Blocks; b++)
+            {
+                BinaryPrimitives.WriteUInt32LittleEndian(slot[(b * 4)..], meta.Crcs[b]);
+                slot[MaxBlocks * 4 + b] = (byte)meta.States[b];
+            }
+        }
+        SafeFileHandle file = MetaFile(meta.Id.Volume);
+        RandomAccess.Write(file, slot, (long)meta.Id.Index * SlotSize);
+        return file;
+    }
+
+    private SafeFileHandle MetaFile(uint volume)
+    {
+        if (!_metaFiles.TryGetValue(volume, out SafeFileHandle? file))
+        {
+            file = File.OpenHandle(MetaPath(volume), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
+            _metaFiles[volume] = file;
+            MarkDirectoryDirty(Path.Combine(_directory, "meta"));
+        }
+        return file;
+    }
+
+    /// <summary>Loads every object's metadata, replays the journal over it, and checkpoints.</summary>
+    private void Recover()
+    {
+        int objects = 0;
+        foreach (string volumeDir in Directory.EnumerateDirectories(Path.Combine(_directory, "objects")))
+        {
+            if (!uint.TryParse(Path.GetFileName(volumeDir), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out uint volume))
+            {
+                continue;
+            }
+            _knownDirectories.TryAdd(volume, 0);
+            SafeFileHandle? metaFile = File.Exists(MetaPath(volume)) ? MetaFile(volume) : null;
+            foreach (string path in Directory.EnumerateFiles(volumeDir))
+            {
+                if (!uint.TryParse(Path.GetFileName(path), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out uint index))
+                {
+                    continue;
+                }
+                LoadObject(new ObjectId(volume, index), path, metaFile);
+                objects++;
+            }
+        }
+        int batches = _journal.Replay((in JournalRecord r) => ApplyRecord(in r, 0));
+        Checkpoint();
+        LogRecovered(_logger, objects, batches);
+    }
+
+    private void LoadObject(ObjectId id, string path, SafeFileHandle? metaFile)
+    {
+        ObjectMeta meta = GetOrAdd(id);
+        meta.File = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        Span<byte> slot = _slotScratch;
+        slot.Clear();
+        if (metaFile is not null)
+        {
+            RandomAccess.Read(metaFile, slot, (long)id.Index * SlotSize);
+        }
+        int blocks = 0;
+        for (int b = 0; b < MaxBlocks; b++)
+        {
+            if (slot[MaxBlocks * 4 + b] != (byte)BlockState.Hole)
+            {
+                blocks = b + 1;
+            }
+        }
+        meta.EnsureBlocks(blocks);
+        for (int b = 0; b < blocks; b++)
+        {
+            meta.Crcs[b] = BinaryPrimitives.ReadUInt32LittleEndian(slot[(b * 4)..]);
+            byte state = slot[MaxBlocks * 4 + b];
+            meta.States[b] = state <= (byte)BlockState.Zero ? (BlockState)state : BlockState.Data;
+        }
+    }
+}

@@ -1,0 +1,228 @@
+using System.Buffers.Binary;
+
+namespace Ovis.Store;
+
+public sealed partial class LocalStore
+{
+    public ValueTask<StoreStatus> WriteAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+    {
+        CheckRange(offset, data.Length);
+        ObjectMeta meta = GetOrAdd(id);
+        int done = 0;
+        while (done < data.Length)
+        {
+            StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], out int consumed, out bool wait);
+            if (wait)
+            {
+                return WriteSlowAsync(meta, offset, data, done, fua);
+            }
+            if (s != StoreStatus.Ok)
+            {
+                return new(s);
+            }
+            done += consumed;
+        }
+        return fua ? FlushAsync() : new(StoreStatus.Ok);
+    }
+
+    private async ValueTask<StoreStatus> WriteSlowAsync(ObjectMeta meta, long offset, ReadOnlyMemory<byte> data, int done, bool fua)
+    {
+        while (done < data.Length)
+        {
+            StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], out int consumed, out bool wait);
+            if (wait)
+            {
+                _checkpointWake.Release();
+                await _journal.WaitForSpaceAsync().ConfigureAwait(false);
+                continue;
+            }
+            if (s != StoreStatus.Ok)
+            {
+                return s;
+            }
+            done += consumed;
+        }
+        return fua ? await FlushAsync().ConfigureAwait(false) : StoreStatus.Ok;
+    }
+
+    /// <summary>
+    /// Journals one record for a prefix of <paramref name="data"/> (at most MaxBlocksPerRecord
+    /// blocks) and points the overlay at it. Partial blocks at either end are completed with
+    /// the block's current content under the object lock, so two writes into different bytes
+    /// of one block never lose each other.
+    /// </summary>
+    private StoreStatus WriteRecord(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, out int consumed, out bool wait)
+    {
+        int headSkip = (int)(offset % StoreBlockSize);
+        int firstBlock = (int)(offset / StoreBlockSize);
+        int blocks = Math.Min((headSkip + data.Length + StoreBlockSize - 1) / StoreBlockSize, MaxBlocksPerRecord);
+        consumed = Math.Min(data.Length, blocks * StoreBlockSize - headSkip);
+        bool partialHead = headSkip != 0;
+        bool partialTail = (headSkip + consumed) % StoreBlockSize != 0 && (blocks > 1 || !partialHead);
+        int size = JournalFormat.RecordSize(RecordType.Write, blocks);
+        int crcBytes = blocks * 4;
+        wait = false;
+        Span<byte> edges = partialHead || partialTail ? stackalloc byte[2 * StoreBlockSize] : default;
+
+        lock (meta.Lock)
+        {
+            // Read the old content of partial blocks before reserving, so a failure leaves no
+            // half-filled record in the batch.
+            if ((partialHead && !ReadBlockLocked(meta, firstBlock, edges[..StoreBlockSize]))
+                || (partialTail && !ReadBlockLocked(meta, firstBlock + blocks - 1, edges[StoreBlockSize..])))
+            {
+                return StoreStatus.IoError;
+            }
+            ReserveResult r = _journal.TryReserve(size, out BatchBuffer batch, out int recordOffset);
+            if (r != ReserveResult.Ok)
+            {
+                wait = r == ReserveResult.Wait;
+                return _journal.IsFailed ? StoreStatus.IoError : StoreStatus.Closed;
+            }
+            Span<byte> record = batch.Span.Slice(recordOffset, size);
+            JournalFormat.WriteRecordHeader(record, RecordType.Write, batch.Seq, meta.Id, firstBlock, blocks);
+            int dataOffset = recordOffset + JournalFormat.RecordHeaderSize + crcBytes;
+            Span<byte> blockData = batch.Span.Slice(dataOffset, blocks * StoreBlockSize);
+            if (partialHead)
+            {
+                edges[..StoreBlockSize].CopyTo(blockData);
+            }
+            if (partialTail)
+            {
+                edges[StoreBlockSize..].CopyTo(blockData[((blocks - 1) * StoreBlockSize)..]);
+            }
+            data[..consumed].CopyTo(blockData[headSkip..]);
+            Span<byte> crcs = record.Slice(JournalFormat.RecordHeaderSize, crcBytes);
+            meta.EnsureBlocks(firstBlock + blocks);
+            for (int i = 0; i < blocks; i++)
+            {
+                uint crc = Crc32C.Compute(blockData.Slice(i * StoreBlockSize, StoreBlockSize));
+                BinaryPrimitives.WriteUInt32LittleEndian(crcs[(i * 4)..], crc);
+                meta.Pending[firstBlock + i] = ObjectMeta.PendingValue(batch.Seq, (uint)(dataOffset + i * StoreBlockSize));
+            }
+            JournalFormat.SealRecordHeader(record, crcBytes);
+            Journal.Commit(batch);
+        }
+        return StoreStatus.Ok;
+    }
+
+    public ValueTask<StoreStatus> ZeroAsync(ObjectId id, long offset, long length, bool keepAllocated, bool fua)
+    {
+        CheckRange(offset, length);
+        return ZeroCoreAsync(GetOrAdd(id), offset, length, keepAllocated ? RecordType.ZeroAllocated : RecordType.ZeroHole, fua);
+    }
+
+    public ValueTask<StoreStatus> DeleteAsync(ObjectId id)
+    {
+        if (!_objects.TryGetValue(id.Packed, out ObjectMeta? meta))
+        {
+            return new(StoreStatus.Ok);
+        }
+        return ZeroCoreAsync(meta, 0, MaxObjectBytes, RecordType.Delete, fua: false);
+    }
+
+    private async ValueTask<StoreStatus> ZeroCoreAsync(ObjectMeta meta, long offset, long length, RecordType type, bool fua)
+    {
+        long end = offset + length;
+        // Partial blocks at the ends are written as zero bytes; whole blocks get one record.
+        long firstWhole = (offset + StoreBlockSize - 1) / StoreBlockSize * StoreBlockSize;
+        long endWhole = end / StoreBlockSize * StoreBlockSize;
+        if (firstWhole >= endWhole)
+        {
+            return await WriteZeroBytesAsync(meta.Id, offset, length).ConfigureAwait(false);
+        }
+        if (offset < firstWhole)
+        {
+            StoreStatus s = await WriteZeroBytesAsync(meta.Id, offset, firstWhole - offset).ConfigureAwait(false);
+            if (s != StoreStatus.Ok)
+            {
+                return s;
+            }
+        }
+        if (endWhole < end)
+        {
+            StoreStatus s = await WriteZeroBytesAsync(meta.Id, endWhole, end - endWhole).ConfigureAwait(false);
+            if (s != StoreStatus.Ok)
+            {
+                return s;
+            }
+        }
+        int first = (int)(firstWhole / StoreBlockSize);
+        int count = (int)((endWhole - firstWhole) / StoreBlockSize);
+        while (true)
+        {
+            ReserveResult r = ZeroRecord(meta, first, count, type);
+            if (r == ReserveResult.Ok)
+            {
+                break;
+            }
+            if (r == ReserveResult.Failed)
+            {
+                return _journal.IsFailed ? StoreStatus.IoError : StoreStatus.Closed;
+            }
+            _checkpointWake.Release();
+            await _journal.WaitForSpaceAsync().ConfigureAwait(false);
+        }
+        return fua ? await FlushAsync().ConfigureAwait(false) : StoreStatus.Ok;
+    }
+
+    private ReserveResult ZeroRecord(ObjectMeta meta, int first, int count, RecordType type)
+    {
+        lock (meta.Lock)
+        {
+            // Blocks past what the object ever held are holes already: no need to record them,
+            // except that a delete always records so the file goes away.
+            int effective = Math.Min(count, Math.Max(0, meta.Blocks - first));
+            if (effective == 0 && type != RecordType.Delete)
+            {
+                return ReserveResult.Ok;
+            }
+            if (type == RecordType.Delete)
+            {
+                first = 0;
+                effective = Math.Max(1, meta.Blocks);
+            }
+            ReserveResult r = _journal.TryReserve(JournalFormat.RecordSize(type, effective), out BatchBuffer batch, out int recordOffset);
+            if (r != ReserveResult.Ok)
+            {
+                return r;
+            }
+            Span<byte> record = batch.Span.Slice(recordOffset, JournalFormat.RecordHeaderSize);
+            JournalFormat.WriteRecordHeader(record, type, batch.Seq, meta.Id, first, effective);
+            JournalFormat.SealRecordHeader(record, 0);
+            meta.EnsureBlocks(first + effective);
+            long pending = ObjectMeta.PendingValue(batch.Seq, type == RecordType.ZeroAllocated ? ObjectMeta.PendingZero : ObjectMeta.PendingHole);
+            meta.Pending.AsSpan(first, effective).Fill(pending);
+            Journal.Commit(batch);
+        }
+        return ReserveResult.Ok;
+    }
+
+    private ValueTask<StoreStatus> WriteZeroBytesAsync(ObjectId id, long offset, long length)
+    {
+        // At most two partial blocks: under 8 KiB.
+        byte[] zeroes = new byte[length];
+        return WriteAsync(id, offset, zeroes, fua: false);
+    }
+
+    public async ValueTask<StoreStatus> FlushAsync()
+    {
+        try
+        {
+            await _journal.FlushAsync().ConfigureAwait(false);
+            return StoreStatus.Ok;
+        }
+        catch (IOException)
+        {
+            return StoreStatus.IoError;
+        }
+    }
+
+    private static void CheckRange(long offset, long length)
+    {
+        if (offset < 0 || length < 0 || offset + length > MaxObjectBytes)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range {offset}+{length} is outside an object of at most {MaxObjectBytes} bytes");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+namespace Ovis.Store;
+
+/// <summary>Tuning of a node's local store.</summary>
+public sealed record LocalStoreOptions
+{
+    /// <summary>Size of the journal ring. A checkpoint runs when a quarter of it is in use.</summary>
+    public long JournalSize { get; init; } = 256L << 20;
+
+    /// <summary>Size of one journal batch (the unit of an O_DIRECT write).</summary>
+    public int BatchSize { get; init; } = 4 << 20;
+
+    /// <summary>Batches that may be in memory at once; bounds unapplied data (BatchSize × BatchCount).</summary>
+    public int BatchCount { get; init; } = 16;
+
+    /// <summary>Longest time an acknowledged write stays only in memory when no client flushes.</summary>
+    public TimeSpan CommitInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Longest time between checkpoints while there is something to checkpoint.</summary>
+    public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(10);
+}

@@ -1,0 +1,62 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace Ovis.Store;
+
+/// <summary>
+/// What the store knows of one object, guarded by <see cref="Lock"/>: per block its state and
+/// checksum as applied to the object file, and where a newer, not yet applied version of the
+/// block waits in the journal's memory (the overlay).
+/// </summary>
+internal sealed class ObjectMeta(ObjectId id)
+{
+    /// <summary>Pending value meaning "no newer version in the journal".</summary>
+    public const long NotPending = 0;
+    /// <summary>Low 32 bits of a pending value for a zeroing record that leaves a hole.</summary>
+    public const uint PendingHole = 0xFFFF_FFFF;
+    /// <summary>Low 32 bits of a pending value for a zeroing record that keeps the block allocated.</summary>
+    public const uint PendingZero = 0xFFFF_FFFE;
+
+    public ObjectId Id { get; } = id;
+
+    public Lock Lock { get; } = new();
+
+    public uint[] Crcs = [];
+    public BlockState[] States = [];
+
+    /// <summary>(batch seq &lt;&lt; 32) | offset of the block's data in that batch, or a Pending* marker; 0 if none.</summary>
+    public long[] Pending = [];
+
+    /// <summary>Blocks in use (the arrays may be longer).</summary>
+    public int Blocks;
+
+    /// <summary>The object file, opened (created) on first apply; null after a delete.</summary>
+    public SafeFileHandle? File;
+
+    public static long PendingValue(long seq, uint offset) => (seq << 32) | offset;
+
+    public void EnsureBlocks(int blocks)
+    {
+        if (blocks > Crcs.Length)
+        {
+            int n = Math.Max(64, (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)blocks));
+            Array.Resize(ref Crcs, n);
+            Array.Resize(ref States, n);
+            Array.Resize(ref Pending, n);
+        }
+        Blocks = Math.Max(Blocks, blocks);
+    }
+
+    /// <summary>The state a reader sees, counting the overlay.</summary>
+    public BlockState EffectiveState(int block)
+    {
+        if (block >= Blocks)
+        {
+            return BlockState.Hole;
+        }
+        long p = Pending[block];
+        return p == NotPending ? States[block]
+            : (uint)p == PendingHole ? BlockState.Hole
+            : (uint)p == PendingZero ? BlockState.Zero
+            : BlockState.Data;
+    }
+}
