@@ -1,0 +1,326 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
+
+namespace Ovis.Interop.Tests.Infrastructure;
+
+/// <summary>
+/// One `ovis serve` process on loopback with its own data directory in /tmp. Listens on port 0
+/// and learns the real ports from the daemon's "… listening on …" lines. Usable as an xunit class
+/// fixture (started in <see cref="InitializeAsync"/>) or on its own through <see cref="StartNewAsync"/>.
+/// The daemon can be killed (SIGKILL), stopped (SIGTERM) and started again on the same data
+/// directory; the directory is deleted on dispose.
+/// </summary>
+public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
+{
+    public static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);
+    public static readonly TimeSpan CliTimeout = TimeSpan.FromSeconds(30);
+
+    private readonly bool _unixSocket;
+    private readonly LogBuffer _log = new(600);
+    private Process? _process;
+    private int _generation;
+
+    public OvisDaemon() : this(unixSocket: false)
+    {
+    }
+
+    public OvisDaemon(bool unixSocket)
+    {
+        _unixSocket = unixSocket;
+        Root = Directory.CreateTempSubdirectory("ovis-interop-").FullName;
+        DataDirectory = Path.Combine(Root, "data");
+        Directory.CreateDirectory(DataDirectory);
+    }
+
+    /// <summary>Scratch directory of this daemon: data/, the socket and any files a test makes.</summary>
+    public string Root { get; }
+
+    public string DataDirectory { get; }
+
+    public int NbdPort { get; private set; }
+
+    public string AdminUrl { get; private set; } = "";
+
+    public string? SocketPath { get; private set; }
+
+    public int ProcessId => _process?.Id ?? 0;
+
+    public bool IsRunning => _process is { HasExited: false };
+
+    /// <summary>The last few hundred lines the daemon printed, stdout and stderr interleaved.</summary>
+    public string Log => _log.ToString();
+
+    /// <summary>The dotnet host running the tests (dotnet test sets DOTNET_HOST_PATH), else dotnet on PATH.</summary>
+    public static string DotnetHost { get; } =
+        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+
+    /// <summary>Path of ovis.dll: next to the test assembly (the project references Ovis.Cli), else artifacts/bin.</summary>
+    public static string OvisDll { get; } = FindOvisDll();
+
+    public string NbdUri(string export) => $"nbd://127.0.0.1:{NbdPort}/{export}";
+
+    public string UnixUri(string export) =>
+        SocketPath is null ? throw new InvalidOperationException("started without --nbd-socket") : $"nbd+unix:///{export}?socket={SocketPath}";
+
+    public static async Task<OvisDaemon> StartNewAsync(bool unixSocket = false)
+    {
+        var d = new OvisDaemon(unixSocket);
+        await d.StartAsync();
+        return d;
+    }
+
+    public Task InitializeAsync() => StartAsync();
+
+    /// <summary>Starts the daemon on <see cref="DataDirectory"/> and waits until every listener is reported.</summary>
+    public async Task StartAsync()
+    {
+        if (IsRunning)
+        {
+            throw new InvalidOperationException("already running");
+        }
+        _generation++;
+        var gen = _generation;
+        var psi = new ProcessStartInfo(DotnetHost)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+            WorkingDirectory = Root,
+        };
+        foreach (var a in new[] { OvisDll, "serve", "--data", DataDirectory, "--nbd", "127.0.0.1:0", "--admin", "127.0.0.1:0" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        if (_unixSocket)
+        {
+            psi.ArgumentList.Add("--nbd-socket");
+            psi.ArgumentList.Add(Path.Combine(Root, "nbd.sock"));
+        }
+        psi.Environment["DOTNET_NOLOGO"] = "1";
+
+        var nbd = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var admin = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var unix = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
+        process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is null)
+            {
+                return;
+            }
+            _log.Add($"[{gen} out] {e.Data}");
+            var m = NbdTcpLine().Match(e.Data);
+            if (m.Success)
+            {
+                nbd.TrySetResult(int.Parse(m.Groups["port"].Value, System.Globalization.CultureInfo.InvariantCulture));
+            }
+            m = NbdUnixLine().Match(e.Data);
+            if (m.Success)
+            {
+                unix.TrySetResult(m.Groups["path"].Value);
+            }
+            m = AdminLine().Match(e.Data);
+            if (m.Success)
+            {
+                admin.TrySetResult(m.Groups["url"].Value.TrimEnd('/'));
+            }
+        };
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is not null)
+            {
+                _log.Add($"[{gen} err] {e.Data}");
+            }
+        };
+        _log.Add($"[{gen}] $ dotnet {string.Join(' ', psi.ArgumentList)}");
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        process.StandardInput.Close();
+        _process = process;
+
+        var listeners = new List<Task> { nbd.Task, admin.Task };
+        if (_unixSocket)
+        {
+            listeners.Add(unix.Task);
+        }
+        var all = Task.WhenAll(listeners);
+        var exited = process.WaitForExitAsync();
+        Task first;
+        try
+        {
+            first = await Task.WhenAny(all, exited).WaitAsync(StartTimeout);
+        }
+        catch (TimeoutException)
+        {
+            first = Task.CompletedTask;
+        }
+        if (first != all)
+        {
+            var why = first == exited ? $"exited with code {process.ExitCode} before reporting its listeners" : $"did not report all its listeners within {StartTimeout.TotalSeconds:F0}s";
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+            }
+            Assert.Fail($"ovis serve {why} (expected lines 'nbd listening on 127.0.0.1:PORT', 'admin listening on http://127.0.0.1:PORT'{(_unixSocket ? ", 'nbd listening on unix:PATH'" : "")}).\n{Log}");
+        }
+        NbdPort = nbd.Task.Result;
+        AdminUrl = admin.Task.Result;
+        SocketPath = _unixSocket ? unix.Task.Result : null;
+    }
+
+    /// <summary>SIGKILL: the crash test. Returns when the process is gone.</summary>
+    public async Task KillAsync()
+    {
+        var p = _process ?? throw new InvalidOperationException("not started");
+        _log.Add($"[{_generation}] kill -9 {p.Id}");
+        if (!p.HasExited)
+        {
+            p.Kill(entireProcessTree: true);
+        }
+        await WaitExit(p, TimeSpan.FromSeconds(30), "after SIGKILL");
+    }
+
+    /// <summary>SIGTERM and wait for a clean exit; returns the exit code.</summary>
+    public async Task<int> StopAsync(TimeSpan? timeout = null)
+    {
+        var p = _process ?? throw new InvalidOperationException("not started");
+        _log.Add($"[{_generation}] kill -TERM {p.Id}");
+        if (!p.HasExited && SysKill(p.Id, 15) != 0)
+        {
+            throw new InvalidOperationException($"kill(SIGTERM) failed: errno {Marshal.GetLastPInvokeError()}");
+        }
+        await WaitExit(p, timeout ?? TimeSpan.FromSeconds(30), "after SIGTERM");
+        return p.ExitCode;
+    }
+
+    public async Task RestartAfterKillAsync()
+    {
+        await KillAsync();
+        await StartAsync();
+    }
+
+    /// <summary>Fails the test with the log when the daemon has died under it.</summary>
+    public void AssertAlive(string when)
+    {
+        if (_process is null || _process.HasExited)
+        {
+            Assert.Fail($"the daemon is not running {when} (exit code {(_process is null ? "-" : _process.ExitCode.ToString(System.Globalization.CultureInfo.InvariantCulture))}).\n{Log}");
+        }
+    }
+
+    /// <summary>Runs `dotnet ovis.dll ARGS --admin URL` against this daemon.</summary>
+    public Task<ProcessResult> Cli(params string[] args) =>
+        ProcessRunner.Run(DotnetHost, new[] { OvisDll }.Concat(args).Concat(["--admin", AdminUrl]), CliTimeout);
+
+    public async Task DisposeAsync()
+    {
+        if (_process is { } p)
+        {
+            if (!p.HasExited)
+            {
+                try
+                {
+                    p.Kill(entireProcessTree: true);
+                }
+                catch (InvalidOperationException)
+                {
+                }
+                await p.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
+            }
+            p.Dispose();
+        }
+        try
+        {
+            Directory.Delete(Root, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    ValueTask IAsyncDisposable.DisposeAsync() => new(DisposeAsync());
+
+    private async Task WaitExit(Process p, TimeSpan timeout, string when)
+    {
+        try
+        {
+            await p.WaitForExitAsync().WaitAsync(timeout);
+        }
+        catch (TimeoutException)
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail($"the daemon did not exit within {timeout.TotalSeconds:F0}s {when}.\n{Log}");
+        }
+        _log.Add($"[{_generation}] exited with code {p.ExitCode}");
+    }
+
+    private static string FindOvisDll()
+    {
+        var env = Environment.GetEnvironmentVariable("OVIS_DLL");
+        if (!string.IsNullOrEmpty(env))
+        {
+            return env;
+        }
+        var local = Path.Combine(AppContext.BaseDirectory, "ovis.dll");
+        if (File.Exists(local))
+        {
+            return local;
+        }
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, "artifacts", "bin", "ovis.dll");
+            if (File.Exists(candidate))
+            {
+                return candidate;
+            }
+        }
+        return local;
+    }
+
+    [GeneratedRegex(@"nbd listening on (?:tcp://)?(?<host>[0-9.]+):(?<port>\d+)")]
+    private static partial Regex NbdTcpLine();
+
+    [GeneratedRegex(@"nbd listening on unix:(?<path>\S+)")]
+    private static partial Regex NbdUnixLine();
+
+    [GeneratedRegex(@"admin listening on (?<url>https?://\S+)")]
+    private static partial Regex AdminLine();
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int SysKill(int pid, int signal);
+
+    /// <summary>A bounded, thread-safe tail of log lines.</summary>
+    private sealed class LogBuffer(int capacity)
+    {
+        private readonly Queue<string> _lines = new();
+        private int _dropped;
+
+        public void Add(string line)
+        {
+            lock (_lines)
+            {
+                _lines.Enqueue(line);
+                while (_lines.Count > capacity)
+                {
+                    _lines.Dequeue();
+                    _dropped++;
+                }
+            }
+        }
+
+        public override string ToString()
+        {
+            lock (_lines)
+            {
+                var head = _dropped > 0 ? $"--- daemon log ({_dropped} earlier lines dropped) ---\n" : "--- daemon log ---\n";
+                return head + string.Join('\n', _lines);
+            }
+        }
+    }
+}
