@@ -1,0 +1,175 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using Ovis.Node;
+using Ovis.Node.Admin;
+using Ovis.Volumes;
+
+namespace Ovis.Cli;
+
+/// <summary>
+/// The CLI's side of the admin HTTP API (docs/admin-api.md). Every failure, whether the node is
+/// down, slow, or refuses, becomes a <see cref="CliException"/> with one line for the operator.
+/// </summary>
+public sealed class AdminClient : IDisposable
+{
+    /// <summary>Environment variable naming the node when <c>--admin</c> is not given.</summary>
+    public const string AdminEnvironmentVariable = "OVIS_ADMIN";
+
+    public static readonly Uri DefaultAdminUri = new($"http://127.0.0.1:{NodeOptions.DefaultAdminPort.ToString(CultureInfo.InvariantCulture)}");
+
+    private static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(60);
+
+    private readonly HttpClient _http;
+    private readonly string _display;
+
+    public AdminClient(Uri adminUri, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(adminUri);
+
+        // A trailing slash keeps a path prefix (a node behind a reverse proxy at /ovis/) when
+        // the relative API paths below are resolved against it.
+        _display = Display(adminUri);
+        var baseUri = adminUri.AbsoluteUri.EndsWith('/') ? adminUri : new Uri(adminUri.AbsoluteUri + "/");
+        _http = new HttpClient { BaseAddress = baseUri, Timeout = timeout ?? DefaultTimeout };
+    }
+
+    /// <summary>
+    /// The node to talk to: <paramref name="option"/> (from <c>--admin</c>), else
+    /// <c>$OVIS_ADMIN</c>, else <see cref="DefaultAdminUri"/>. <c>HOST:PORT</c> without a
+    /// scheme means http. Throws a usage <see cref="CliException"/> for anything else.
+    /// </summary>
+    public static Uri ResolveAdminUri(string? option)
+    {
+        var text = option;
+        var source = "--admin";
+        if (string.IsNullOrWhiteSpace(text))
+        {
+            text = Environment.GetEnvironmentVariable(AdminEnvironmentVariable);
+            source = AdminEnvironmentVariable;
+        }
+
+        if (string.IsNullOrWhiteSpace(text))
+        {
+            return DefaultAdminUri;
+        }
+
+        text = text.Trim();
+        var withScheme = text.Contains("://", StringComparison.Ordinal) ? text : "http://" + text;
+        if (!Uri.TryCreate(withScheme, UriKind.Absolute, out var uri)
+            || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps)
+            || uri.Query.Length > 0 || uri.Fragment.Length > 0)
+        {
+            throw CliException.Usage($"invalid admin URL '{text}' (from {source}): use http://HOST:PORT, e.g. {Display(DefaultAdminUri)}");
+        }
+
+        return uri;
+    }
+
+    public Task<NodeInfo> GetNodeAsync(CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, "api/v1/node", null, AdminJsonContext.Default.NodeInfo, cancellationToken);
+
+    public Task<List<VolumeInfo>> ListVolumesAsync(CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, "api/v1/volumes", null, AdminJsonContext.Default.ListVolumeInfo, cancellationToken);
+
+    public Task<VolumeInfo> GetVolumeAsync(string name, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, VolumePath(name), null, AdminJsonContext.Default.VolumeInfo, cancellationToken);
+
+    public Task<VolumeInfo> CreateVolumeAsync(CreateVolumeRequest request, CancellationToken cancellationToken)
+        => SendAsync(
+            HttpMethod.Post,
+            "api/v1/volumes",
+            JsonContent.Create(request, AdminJsonContext.Default.CreateVolumeRequest),
+            AdminJsonContext.Default.VolumeInfo,
+            cancellationToken);
+
+    public Task<VolumeInfo> ResizeVolumeAsync(string name, ResizeVolumeRequest request, CancellationToken cancellationToken)
+        => SendAsync(
+            HttpMethod.Post,
+            VolumePath(name) + "/resize",
+            JsonContent.Create(request, AdminJsonContext.Default.ResizeVolumeRequest),
+            AdminJsonContext.Default.VolumeInfo,
+            cancellationToken);
+
+    public Task DeleteVolumeAsync(string name, CancellationToken cancellationToken)
+        => SendAsync<object>(HttpMethod.Delete, VolumePath(name), null, null, cancellationToken);
+
+    public void Dispose() => _http.Dispose();
+
+    /// <summary>The URL as people write it: <c>http://127.0.0.1:7070</c>, without Uri's trailing slash.</summary>
+    public static string Display(Uri uri) => uri.AbsolutePath == "/" ? uri.GetLeftPart(UriPartial.Authority) : uri.AbsoluteUri;
+
+    private static string VolumePath(string name) => "api/v1/volumes/" + Uri.EscapeDataString(name);
+
+    private async Task<T> SendAsync<T>(HttpMethod method, string path, HttpContent? content, JsonTypeInfo<T>? answerType, CancellationToken cancellationToken)
+    {
+        using var request = new HttpRequestMessage(method, path) { Content = content };
+        HttpResponseMessage response;
+        try
+        {
+            response = await _http.SendAsync(request, HttpCompletionOption.ResponseContentRead, cancellationToken);
+        }
+        catch (HttpRequestException ex) when (ex.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError)
+        {
+            throw new CliException($"cannot reach the Ovis node at {_display} (is 'ovis serve' running?)", ExitCodes.Refused, ex);
+        }
+        catch (HttpRequestException ex)
+        {
+            throw new CliException($"request to the Ovis node at {_display} failed: {ex.Message}", ExitCodes.Refused, ex);
+        }
+        catch (TaskCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new CliException(
+                $"the Ovis node at {_display} did not answer within {_http.Timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)} s",
+                ExitCodes.Refused,
+                ex);
+        }
+
+        using (response)
+        {
+            if (!response.IsSuccessStatusCode)
+            {
+                throw new CliException(await DescribeFailureAsync(response, cancellationToken));
+            }
+
+            if (answerType is null)
+            {
+                return default!;
+            }
+
+            try
+            {
+                return await response.Content.ReadFromJsonAsync(answerType, cancellationToken)
+                    ?? throw new JsonException("empty answer");
+            }
+            catch (JsonException ex)
+            {
+                throw new CliException($"the server at {_display} is not an Ovis node, or a different version: unexpected answer to {method} /{path}", ExitCodes.Refused, ex);
+            }
+        }
+    }
+
+    // The node puts one line in {"error": ...}; anything else (a proxy's HTML page, an old
+    // node) is described by its status instead of being dumped on the terminal.
+    private static async Task<string> DescribeFailureAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var body = await response.Content.ReadFromJsonAsync(AdminJsonContext.Default.ErrorBody, cancellationToken);
+            if (!string.IsNullOrWhiteSpace(body?.Error))
+            {
+                return body.Error;
+            }
+        }
+        catch (Exception ex) when (ex is JsonException or NotSupportedException)
+        {
+        }
+
+        var status = (int)response.StatusCode;
+        return response.StatusCode == HttpStatusCode.NotFound
+            ? $"the node does not know {response.RequestMessage?.Method} {response.RequestMessage?.RequestUri?.AbsolutePath} (HTTP 404): is it an Ovis node?"
+            : $"the node answered HTTP {status.ToString(CultureInfo.InvariantCulture)} {response.ReasonPhrase}";
+    }
+}

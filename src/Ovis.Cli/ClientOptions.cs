@@ -1,0 +1,31 @@
+using System.CommandLine;
+
+namespace Ovis.Cli;
+
+/// <summary>The options every command that talks to a node accepts, on it and its subcommands.</summary>
+internal sealed class ClientOptions
+{
+    public Option<string?> Admin { get; } = new("--admin")
+    {
+        Description = $"URL of the node's admin API [default: ${AdminClient.AdminEnvironmentVariable}, else {AdminClient.Display(AdminClient.DefaultAdminUri)}]",
+        HelpName = "URL",
+        Recursive = true,
+    };
+
+    public Option<bool> Json { get; } = new("--json")
+    {
+        Description = "Print the admin API's JSON instead of tables",
+        Recursive = true,
+    };
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Admin);
+        command.Options.Add(Json);
+    }
+
+    public AdminClient CreateClient(ParseResult parseResult)
+        => new(AdminClient.ResolveAdminUri(parseResult.GetValue(Admin)));
+
+    public bool WantsJson(ParseResult parseResult) => parseResult.GetValue(Json);
+}

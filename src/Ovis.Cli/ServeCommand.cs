@@ -1,0 +1,118 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using Ovis.Node;
+
+namespace Ovis.Cli;
+
+/// <summary>
+/// <c>ovis serve</c>: runs one node in the foreground until SIGINT or SIGTERM. Once every
+/// listener is bound it prints one line per listener on stdout, with the real port, which
+/// scripts and tests wait for:
+/// <code>
+/// nbd listening on 127.0.0.1:10809
+/// nbd listening on unix:/run/ovis/nbd.sock
+/// admin listening on http://127.0.0.1:7070
+/// </code>
+/// </summary>
+internal static class ServeCommand
+{
+    public static Command Create()
+    {
+        var data = new Option<string>("--data")
+        {
+            Description = "Data directory, created if missing",
+            HelpName = "DIR",
+            DefaultValueFactory = _ => "./ovis-data",
+        };
+        var nbd = new Option<string>("--nbd")
+        {
+            Description = "NBD TCP address (port 0 picks a free port)",
+            HelpName = "HOST:PORT",
+            DefaultValueFactory = _ => $"127.0.0.1:{NodeOptions.DefaultNbdPort}",
+        };
+        var nbdSocket = new Option<string?>("--nbd-socket")
+        {
+            Description = "Also serve NBD on this Unix socket",
+            HelpName = "PATH",
+        };
+        var admin = new Option<string>("--admin")
+        {
+            Description = "Admin HTTP API address (port 0 picks a free port)",
+            HelpName = "HOST:PORT",
+            DefaultValueFactory = _ => $"127.0.0.1:{NodeOptions.DefaultAdminPort}",
+        };
+
+        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API") { data, nbd, nbdSocket, admin };
+        command.SetAction((parseResult, _) => RunAsync(new NodeOptions
+        {
+            DataDirectory = parseResult.GetRequiredValue(data),
+            NbdAddress = ParseAddress("--nbd", parseResult.GetRequiredValue(nbd)),
+            NbdSocketPath = parseResult.GetValue(nbdSocket) is { Length: > 0 } path ? path : null,
+            AdminAddress = ParseAddress("--admin", parseResult.GetRequiredValue(admin)),
+        }));
+        return command;
+    }
+
+    private static async Task<int> RunAsync(NodeOptions options)
+    {
+        using var stop = new CancellationTokenSource();
+
+        // The first SIGINT or SIGTERM stops the node cleanly (connections closed, volumes
+        // flushed); a second one gets the default action, for when a stop hangs.
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = !stop.IsCancellationRequested;
+            stop.Cancel();
+        }
+
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+
+        OvisNode node;
+        try
+        {
+            node = await OvisNode.StartAsync(options, stop.Token);
+        }
+        catch (NodeStartException ex)
+        {
+            throw new CliException(ex.Message, ExitCodes.Refused, ex);
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            return ExitCodes.Success; // stopped while still recovering the store
+        }
+
+        await using (node)
+        {
+            foreach (var listener in node.Status.NbdListeners)
+            {
+                Console.Out.WriteLine($"nbd listening on {listener}");
+            }
+
+            foreach (var listener in node.Status.AdminListeners)
+            {
+                Console.Out.WriteLine($"admin listening on {listener}");
+            }
+
+            Console.Out.Flush();
+
+            using var running = CancellationTokenSource.CreateLinkedTokenSource(stop.Token, node.Stopping);
+            try
+            {
+                await Task.Delay(Timeout.Infinite, running.Token);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+
+            await node.StopAsync();
+        }
+
+        return ExitCodes.Success;
+    }
+
+    private static ListenAddress ParseAddress(string option, string text)
+        => ListenAddress.TryParse(text, out var address, out var error)
+            ? address!
+            : throw CliException.Usage($"{option}: {error}");
+}

@@ -1,0 +1,163 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+
+namespace Ovis.Node.Admin;
+
+/// <summary>
+/// Reads the JSON bodies of admin requests by hand rather than through model binding, so that
+/// every mistake (malformed JSON, a missing or misspelt field, a string where a number belongs)
+/// is answered with 400 and one line that names the field, never a 500 or an empty body.
+/// </summary>
+internal static class AdminRequestReader
+{
+    // Admin bodies are a few dozen bytes; anything much larger is not one of ours.
+    private const int MaxBodyBytes = 64 * 1024;
+
+    private static readonly string[] CreateFields = ["name", "size", "objectSize"];
+    private static readonly string[] ResizeFields = ["size", "allowShrink"];
+
+    public static async Task<CreateVolumeRequest> ReadCreateVolumeAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"name": "disk1", "size": 1073741824}""", cancellationToken);
+        var body = Fields(document.RootElement, CreateFields);
+        return new CreateVolumeRequest(
+            RequiredString(body, "name"),
+            RequiredInt64(body, "size"),
+            OptionalInt64(body, "objectSize"));
+    }
+
+    public static async Task<ResizeVolumeRequest> ReadResizeVolumeAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"size": 2147483648}""", cancellationToken);
+        var body = Fields(document.RootElement, ResizeFields);
+        return new ResizeVolumeRequest(
+            RequiredInt64(body, "size"),
+            OptionalBoolean(body, "allowShrink") ?? false);
+    }
+
+    private static async Task<JsonDocument> ParseAsync(HttpRequest request, string example, CancellationToken cancellationToken)
+    {
+        // Any content type is accepted: `curl -d` sends form encoding by default, and refusing
+        // it with 415 would only teach people to add a header.
+        using var buffer = new MemoryStream();
+        await request.Body.CopyToAsync(buffer, cancellationToken);
+        if (buffer.Length > MaxBodyBytes)
+        {
+            throw new AdminRequestException($"request body is too large ({buffer.Length} bytes)");
+        }
+
+        if (buffer.Length == 0)
+        {
+            throw new AdminRequestException($"request body is empty: expected a JSON object such as {example}");
+        }
+
+        try
+        {
+            return JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
+        }
+        catch (JsonException ex)
+        {
+            throw new AdminRequestException($"request body is not valid JSON: {Describe(ex)}");
+        }
+    }
+
+    private static Dictionary<string, JsonElement> Fields(JsonElement root, string[] known)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new AdminRequestException($"request body must be a JSON object, not {Kind(root)}");
+        }
+
+        // Field names match case-insensitively, like the web defaults of System.Text.Json, but
+        // an unknown field is an error: a misspelt "allowshrnk" must not silently mean false.
+        var fields = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
+        foreach (var property in root.EnumerateObject())
+        {
+            var name = Array.Find(known, k => k.Equals(property.Name, StringComparison.OrdinalIgnoreCase))
+                ?? throw new AdminRequestException($"unknown field '{property.Name}' (expected {string.Join(", ", known)})");
+            if (!fields.TryAdd(name, property.Value))
+            {
+                throw new AdminRequestException($"field '{name}' appears more than once");
+            }
+        }
+
+        return fields;
+    }
+
+    private static string RequiredString(Dictionary<string, JsonElement> fields, string name)
+    {
+        if (!fields.TryGetValue(name, out var value) || value.ValueKind == JsonValueKind.Null)
+        {
+            throw new AdminRequestException($"missing field '{name}'");
+        }
+
+        return value.ValueKind == JsonValueKind.String
+            ? value.GetString()!
+            : throw new AdminRequestException($"field '{name}' must be a string, not {Kind(value)}");
+    }
+
+    private static long RequiredInt64(Dictionary<string, JsonElement> fields, string name)
+        => OptionalInt64(fields, name) ?? throw new AdminRequestException($"missing field '{name}'");
+
+    private static long? OptionalInt64(Dictionary<string, JsonElement> fields, string name)
+    {
+        if (!fields.TryGetValue(name, out var value) || value.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        if (value.ValueKind != JsonValueKind.Number)
+        {
+            throw new AdminRequestException($"field '{name}' must be a number of bytes, not {Kind(value)}");
+        }
+
+        return value.TryGetInt64(out var number)
+            ? number
+            : throw new AdminRequestException($"field '{name}' must be a whole number of bytes below 2^63, not {value.GetRawText()}");
+    }
+
+    private static bool? OptionalBoolean(Dictionary<string, JsonElement> fields, string name)
+    {
+        if (!fields.TryGetValue(name, out var value) || value.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        return value.ValueKind switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            _ => throw new AdminRequestException($"field '{name}' must be true or false, not {Kind(value)}"),
+        };
+    }
+
+    private static string Kind(JsonElement value) => value.ValueKind switch
+    {
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        _ => "null",
+    };
+
+    // System.Text.Json appends "LineNumber: 0 | BytePositionInLine: 9." (and sometimes a Path)
+    // to its messages; keep the sentence and say where in numbers people count from one.
+    private static string Describe(JsonException ex)
+    {
+        var message = ex.Message;
+        foreach (var marker in (ReadOnlySpan<string>)[" Path:", " LineNumber:"])
+        {
+            var cut = message.IndexOf(marker, StringComparison.Ordinal);
+            if (cut >= 0)
+            {
+                message = message[..cut];
+            }
+        }
+
+        message = message.TrimEnd('.', ' ');
+        return ex.LineNumber is { } line && ex.BytePositionInLine is { } column
+            ? $"{message} (line {line + 1}, column {column + 1})"
+            : message;
+    }
+}

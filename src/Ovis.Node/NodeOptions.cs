@@ -1,0 +1,23 @@
+namespace Ovis.Node;
+
+/// <summary>What one node serves and where; the defaults are those of <c>ovis serve</c>.</summary>
+public sealed class NodeOptions
+{
+    public const int DefaultNbdPort = 10809;
+    public const int DefaultAdminPort = 7070;
+
+    /// <summary>The data directory; relative paths are resolved against the current directory.</summary>
+    public string DataDirectory { get; set; } = "ovis-data";
+
+    /// <summary>NBD over TCP; null serves NBD only on <see cref="NbdSocketPath"/>.</summary>
+    public ListenAddress? NbdAddress { get; set; } = ListenAddress.Loopback(DefaultNbdPort);
+
+    /// <summary>NBD over a Unix domain socket, in addition to TCP; null for none.</summary>
+    public string? NbdSocketPath { get; set; }
+
+    /// <summary>The admin HTTP API.</summary>
+    public ListenAddress AdminAddress { get; set; } = ListenAddress.Loopback(DefaultAdminPort);
+
+    /// <summary>How long a stop waits for NBD clients to finish before their connections are cut.</summary>
+    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
+}

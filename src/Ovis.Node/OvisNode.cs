@@ -1,0 +1,147 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Ovis.Volumes;
+
+namespace Ovis.Node;
+
+/// <summary>
+/// One running node: its volumes, NBD listeners and admin HTTP API in one ASP.NET Core host.
+/// <c>ovis serve</c> runs one; tests start them in-process on port 0. Dispose to stop.
+/// </summary>
+public sealed partial class OvisNode : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly VolumeManager _volumes;
+    private readonly ILogger _logger;
+    private readonly Lock _stopLock = new();
+    private Task? _stopTask;
+
+    private OvisNode(WebApplication app, VolumeManager volumes, NodeStatus status, ILogger logger)
+    {
+        _app = app;
+        _volumes = volumes;
+        Status = status;
+        _logger = logger;
+    }
+
+    /// <summary>Version, data directory, bound listeners and uptime.</summary>
+    public NodeStatus Status { get; }
+
+    public VolumeManager Volumes => _volumes;
+
+    /// <summary>The first bound NBD TCP address with its real port, e.g. <c>127.0.0.1:41237</c>; null without TCP.</summary>
+    public System.Net.IPEndPoint? NbdEndPoint { get; private set; }
+
+    /// <summary>The first bound admin URL with its real port, e.g. <c>http://127.0.0.1:41238</c>.</summary>
+    public Uri AdminUri { get; private set; } = null!;
+
+    /// <summary>Fires when something inside the host asks the node to stop.</summary>
+    public CancellationToken Stopping => _app.Lifetime.ApplicationStopping;
+
+    /// <summary>
+    /// Opens the data directory, then binds every listener. Throws <see cref="NodeStartException"/>
+    /// with one line for an operator when either fails.
+    /// </summary>
+    public static async Task<OvisNode> StartAsync(NodeOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var dataDirectory = Path.GetFullPath(options.DataDirectory);
+
+        VolumeManager volumes;
+        try
+        {
+            volumes = await VolumeManager.OpenAsync(dataDirectory, cancellationToken);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            throw new NodeStartException($"cannot open the data directory '{dataDirectory}': {ex.Message}", ex);
+        }
+
+        var status = new NodeStatus(dataDirectory, TimeProvider.System);
+        WebApplication? app = null;
+        try
+        {
+            var listeners = new Listeners();
+            app = BuildApplication(options, volumes, status, listeners);
+            var node = new OvisNode(app, volumes, status, app.Services.GetRequiredService<ILogger<OvisNode>>());
+            try
+            {
+                await app.StartAsync(cancellationToken);
+            }
+            catch (IOException ex)
+            {
+                throw new NodeStartException(DescribeBindFailure(ex, listeners), ex);
+            }
+
+            node.Publish(listeners);
+            LogStarted(node._logger, NodeStatus.Version, dataDirectory);
+            return node;
+        }
+        catch
+        {
+            if (app is not null)
+            {
+                await app.DisposeAsync();
+            }
+
+            await DisposeQuietlyAsync(volumes);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Stops accepting, asks open NBD connections to finish (cutting them after
+    /// <see cref="NodeOptions.ShutdownTimeout"/>), then closes the volumes, which flushes them.
+    /// Safe to call more than once; later calls wait for the first.
+    /// </summary>
+    public Task StopAsync()
+    {
+        lock (_stopLock)
+        {
+            return _stopTask ??= StopCoreAsync();
+        }
+    }
+
+    public async ValueTask DisposeAsync() => await StopAsync();
+
+    private async Task StopCoreAsync()
+    {
+        LogStopping(_logger);
+
+        // Order matters: no connection may still use a volume when the manager closes.
+        try
+        {
+            await _app.StopAsync(CancellationToken.None);
+        }
+        finally
+        {
+            await _app.DisposeAsync();
+            await _volumes.DisposeAsync();
+        }
+
+        LogStopped(_logger);
+    }
+
+    private static async Task DisposeQuietlyAsync(VolumeManager volumes)
+    {
+        try
+        {
+            await volumes.DisposeAsync();
+        }
+        catch (Exception)
+        {
+            // Already failing to start; the first error is the one worth reporting.
+        }
+    }
+
+    [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "Ovis {Version} started, data in {DataDirectory}")]
+    private static partial void LogStarted(ILogger logger, string version, string dataDirectory);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Information, Message = "Stopping: closing connections, then flushing volumes")]
+    private static partial void LogStopping(ILogger logger);
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Information, Message = "Stopped")]
+    private static partial void LogStopped(ILogger logger);
+}
