@@ -53,6 +53,8 @@ internal sealed partial class Journal : IDisposable
     private long _generation;
     private bool _flushRequested;
     private bool _stopping;
+    private bool _aborted;
+    private long _syncCount;
     private Exception? _failure;
     private TaskCompletionSource _round = NewTcs();
     private TaskCompletionSource _space = NewTcs();
@@ -103,6 +105,9 @@ internal sealed partial class Journal : IDisposable
 
     public bool IsFailed => Volatile.Read(ref _failure) is not null;
 
+    /// <summary>fdatasync calls made on the journal since it was opened.</summary>
+    public long SyncCount => Interlocked.Read(ref _syncCount);
+
     private static TaskCompletionSource NewTcs() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>Starts the committer and the applier; call after replay.</summary>
@@ -123,6 +128,7 @@ internal sealed partial class Journal : IDisposable
     {
         batch = null!;
         offset = 0;
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(size, BatchSize - JournalFormat.BatchHeaderSize);
         lock (_lock)
         {
             if (_failure is not null || _stopping)
@@ -231,6 +237,12 @@ internal sealed partial class Journal : IDisposable
             bool stop;
             lock (_lock)
             {
+                if (_aborted)
+                {
+                    _round.TrySetException(new IOException("journal aborted"));
+                    _applyQueue.Writer.TryComplete();
+                    return;
+                }
                 // A flush seals the open batch; so does the commit interval, which bounds how
                 // long an acknowledged write stays only in memory when nobody flushes.
                 if (_current is not null && _current.RecordCount > 0 && (_flushRequested || !signaled || _stopping))
@@ -264,6 +276,7 @@ internal sealed partial class Journal : IDisposable
                 if (_writing.Count > 0)
                 {
                     NativeIo.DataSync(_file);
+                    Interlocked.Increment(ref _syncCount);
                 }
                 round.SetResult();
                 foreach (BatchBuffer b in _writing)
@@ -289,6 +302,10 @@ internal sealed partial class Journal : IDisposable
     {
         await foreach (BatchBuffer b in _applyQueue.Reader.ReadAllAsync().ConfigureAwait(false))
         {
+            if (Volatile.Read(ref _aborted))
+            {
+                return;
+            }
             try
             {
                 _sink!.Apply(b);
@@ -327,11 +344,36 @@ internal sealed partial class Journal : IDisposable
     /// <summary>Refuses new records, then writes, syncs and applies everything reserved so far.</summary>
     public async Task StopAsync()
     {
+        WakeWaitersForStop(aborted: false);
+        if (_commitLoop is not null)
+        {
+            await _commitLoop.ConfigureAwait(false);
+        }
+        if (_applyLoop is not null)
+        {
+            await _applyLoop.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Refuses new reservations and wakes writers waiting for space, who then see that.</summary>
+    private void WakeWaitersForStop(bool aborted)
+    {
+        TaskCompletionSource space;
         lock (_lock)
         {
             _stopping = true;
+            _aborted |= aborted;
+            space = _space;
+            _space = NewTcs();
         }
+        space.TrySetResult();
         Signal();
+    }
+
+    /// <summary>For crash tests: stops where it is, as a killed process would; nothing more is written.</summary>
+    internal async Task AbortAsync()
+    {
+        WakeWaitersForStop(aborted: true);
         if (_commitLoop is not null)
         {
             await _commitLoop.ConfigureAwait(false);

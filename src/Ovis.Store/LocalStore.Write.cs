@@ -46,7 +46,7 @@ public sealed partial class LocalStore
     }
 
     /// <summary>
-    /// Journals one record for a prefix of <paramref name="data"/> (at most MaxBlocksPerRecord
+    /// Journals one record for a prefix of <paramref name="data"/> (at most _maxBlocksPerRecord
     /// blocks) and points the overlay at it. Partial blocks at either end are completed with
     /// the block's current content under the object lock, so two writes into different bytes
     /// of one block never lose each other.
@@ -55,7 +55,7 @@ public sealed partial class LocalStore
     {
         int headSkip = (int)(offset % StoreBlockSize);
         int firstBlock = (int)(offset / StoreBlockSize);
-        int blocks = Math.Min((headSkip + data.Length + StoreBlockSize - 1) / StoreBlockSize, MaxBlocksPerRecord);
+        int blocks = Math.Min((headSkip + data.Length + StoreBlockSize - 1) / StoreBlockSize, _maxBlocksPerRecord);
         consumed = Math.Min(data.Length, blocks * StoreBlockSize - headSkip);
         bool partialHead = headSkip != 0;
         bool partialTail = (headSkip + consumed) % StoreBlockSize != 0 && (blocks > 1 || !partialHead);

@@ -25,8 +25,8 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     public const int StoreBlockSize = JournalFormat.BlockSize;
     public const long MaxObjectBytes = 16L << 20;
     private const int MaxBlocks = (int)(MaxObjectBytes / StoreBlockSize);
-    // Large writes are split into records of at most 1 MiB so that a batch holds several.
-    private const int MaxBlocksPerRecord = 256;
+    // Large writes are split into records of at most 1 MiB, and small enough that a batch holds one.
+    private readonly int _maxBlocksPerRecord;
 
     private readonly string _directory;
     private readonly LocalStoreOptions _options;
@@ -47,6 +47,7 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
         _options = options;
         _logger = logger;
         _journal = journal;
+        _maxBlocksPerRecord = Math.Min(256, (options.BatchSize - JournalFormat.BatchHeaderSize - JournalFormat.RecordHeaderSize) / (StoreBlockSize + 4));
     }
 
     public int BlockSize => StoreBlockSize;
@@ -131,6 +132,30 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     private string ObjectPath(ObjectId id) => Path.Combine(ObjectDirectory(id.Volume), id.Index.ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
 
     private string MetaPath(uint volume) => Path.Combine(_directory, "meta", volume.ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
+
+    /// <summary>fdatasync calls on the journal so far: a flush costs one, however many objects it covers.</summary>
+    public long JournalSyncCount => _journal.SyncCount;
+
+    /// <summary>For crash tests: stops as a killed process would, leaving the files as they are.</summary>
+    internal async Task CrashAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        _checkpointWake.Release();
+        if (_checkpointLoop is not null)
+        {
+            await _checkpointLoop.ConfigureAwait(false);
+        }
+        await _journal.AbortAsync().ConfigureAwait(false);
+        _journal.Dispose();
+        foreach (ObjectMeta meta in _objects.Values)
+        {
+            meta.File?.Dispose();
+        }
+        foreach (SafeFileHandle f in _metaFiles.Values)
+        {
+            f.Dispose();
+        }
+    }
 
     public async ValueTask DisposeAsync()
     {
