@@ -10,9 +10,6 @@ namespace Ovis.Node.Admin;
 /// </summary>
 internal static class AdminRequestReader
 {
-    // Admin bodies are a few dozen bytes; anything much larger is not one of ours.
-    private const int MaxBodyBytes = 64 * 1024;
-
     private static readonly string[] CreateFields = ["name", "size", "objectSize"];
     private static readonly string[] ResizeFields = ["size", "allowShrink"];
 
@@ -38,13 +35,10 @@ internal static class AdminRequestReader
     private static async Task<JsonDocument> ParseAsync(HttpRequest request, string example, CancellationToken cancellationToken)
     {
         // Any content type is accepted: `curl -d` sends form encoding by default, and refusing
-        // it with 415 would only teach people to add a header.
+        // it with 415 would only teach people to add a header. Kestrel's MaxRequestBodySize
+        // bounds what this buffers (413 past it).
         using var buffer = new MemoryStream();
         await request.Body.CopyToAsync(buffer, cancellationToken);
-        if (buffer.Length > MaxBodyBytes)
-        {
-            throw new AdminRequestException($"request body is too large ({buffer.Length} bytes)");
-        }
 
         if (buffer.Length == 0)
         {
