@@ -29,10 +29,11 @@ public static class Sizes
             digits++;
         }
 
+        // A fraction needs digits on both sides of the point ("1.5"); "1." or ".5" is just malformed.
         var fractionEnd = digits;
-        if (digits > 0 && fractionEnd < s.Length && s[fractionEnd] == '.')
+        if (digits > 0 && digits + 1 < s.Length && s[digits] == '.' && char.IsAsciiDigit(s[digits + 1]))
         {
-            fractionEnd++;
+            fractionEnd = digits + 1;
             while (fractionEnd < s.Length && char.IsAsciiDigit(s[fractionEnd]))
             {
                 fractionEnd++;
