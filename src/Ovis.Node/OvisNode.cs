@@ -54,6 +54,11 @@ public sealed partial class OvisNode : IAsyncDisposable
         {
             volumes = await VolumeManager.OpenAsync(dataDirectory, cancellationToken);
         }
+        catch (VolumeException ex)
+        {
+            // Already a sentence for an operator, naming the directory ("... is in use by another Ovis process").
+            throw new NodeStartException(ex.Message, ex);
+        }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
             throw new NodeStartException($"cannot open the data directory '{dataDirectory}': {ex.Message}", ex);
