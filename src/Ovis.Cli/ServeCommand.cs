@@ -42,13 +42,21 @@ internal static class ServeCommand
             DefaultValueFactory = _ => $"127.0.0.1:{NodeOptions.DefaultAdminPort}",
         };
 
-        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API") { data, nbd, nbdSocket, admin };
+        var journalSize = new Option<string>("--journal-size")
+        {
+            Description = "Size of the store's journal, fixed when the data directory is created",
+            HelpName = "SIZE",
+            DefaultValueFactory = _ => "256M",
+        };
+
+        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API") { data, nbd, nbdSocket, admin, journalSize };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
             DataDirectory = parseResult.GetRequiredValue(data),
             NbdAddress = ParseAddress("--nbd", parseResult.GetRequiredValue(nbd)),
             NbdSocketPath = parseResult.GetValue(nbdSocket) is { Length: > 0 } path ? path : null,
             AdminAddress = ParseAddress("--admin", parseResult.GetRequiredValue(admin)),
+            JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
         }));
         return command;
     }
@@ -109,6 +117,19 @@ internal static class ServeCommand
         }
 
         return ExitCodes.Success;
+    }
+
+    private static long ParseJournalSize(string text)
+    {
+        if (!Sizes.TryParse(text, out long bytes, out string? error))
+        {
+            throw CliException.Usage($"--journal-size: {error}");
+        }
+        if (bytes < 16L << 20 || bytes % 4096 != 0)
+        {
+            throw CliException.Usage($"--journal-size: {text} is too small or not a multiple of 4 KiB: use at least 16M");
+        }
+        return bytes;
     }
 
     private static ListenAddress ParseAddress(string option, string text)

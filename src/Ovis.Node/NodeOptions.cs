@@ -18,6 +18,9 @@ public sealed class NodeOptions
     /// <summary>The admin HTTP API.</summary>
     public ListenAddress AdminAddress { get; set; } = ListenAddress.Loopback(DefaultAdminPort);
 
+    /// <summary>Size of the store's journal ring (see docs/store.md).</summary>
+    public long JournalSize { get; set; } = new Ovis.Store.LocalStoreOptions().JournalSize;
+
     /// <summary>How long a stop waits for NBD clients to finish before their connections are cut.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
 }

@@ -81,6 +81,10 @@ public sealed partial class OvisNode
         return app;
     }
 
+    /// <summary>Logs for the store, which opens (and replays its journal) before the host exists;
+    /// configured like the host's own logging.</summary>
+    private static readonly ILoggerFactory StoreLoggerFactory = LoggerFactory.Create(b => ConfigureLogging(b, b.Services));
+
     private static void ConfigureLogging(ILoggingBuilder logging, IServiceCollection services)
     {
         // stdout carries only the "... listening on ..." lines that scripts and tests parse.

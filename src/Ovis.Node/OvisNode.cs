@@ -52,7 +52,11 @@ public sealed partial class OvisNode : IAsyncDisposable
         VolumeManager volumes;
         try
         {
-            volumes = await VolumeManager.OpenAsync(dataDirectory, cancellationToken);
+            volumes = await VolumeManager.OpenAsync(
+                dataDirectory,
+                new Ovis.Store.LocalStoreOptions { JournalSize = options.JournalSize },
+                StoreLoggerFactory.CreateLogger("Ovis.Store"),
+                cancellationToken);
         }
         catch (VolumeException ex)
         {
