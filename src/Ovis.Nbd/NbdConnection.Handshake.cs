@@ -1,0 +1,216 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+
+namespace Ovis.Nbd;
+
+public sealed partial class NbdConnection
+{
+    private const NbdClientFlags KnownClientFlags = NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes;
+
+    private bool _noZeroes;
+
+    private enum HandshakeStep
+    {
+        NextOption,
+        Transmit,
+        Close,
+    }
+
+    /// <summary>Greets the client and answers options until one selects an export (true) or the session ends (false).</summary>
+    private async Task<bool> HandshakeAsync(CancellationToken cancellationToken)
+    {
+        // Option data up to MaxOptionLength is read whole into this buffer; handshake only.
+        byte[] buffer = BufferPool.Rent(NbdLimits.MaxOptionLength);
+        try
+        {
+            PipeWriter output = _transport.Output;
+            NbdHandshakeWriter.WriteGreeting(output.GetSpan(NbdHandshakeWriter.GreetingSize), NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes);
+            output.Advance(NbdHandshakeWriter.GreetingSize);
+            if (!await FlushHandshakeAsync(cancellationToken)
+                || !await ReadExactAsync(buffer.AsMemory(0, 4), cancellationToken))
+            {
+                return false;
+            }
+
+            var clientFlags = (NbdClientFlags)BinaryPrimitives.ReadUInt32BigEndian(buffer);
+            if ((clientFlags & ~KnownClientFlags) != 0)
+            {
+                // "the server MUST drop the TCP connection if the client sets an unknown flag".
+                NbdLog.ProtocolError(_logger, _connectionId, "unknown client flags");
+                return false;
+            }
+
+            _noZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
+
+            while (true)
+            {
+                if (!await ReadExactAsync(buffer.AsMemory(0, NbdOptionHeader.Size), cancellationToken))
+                {
+                    return false;
+                }
+
+                NbdOptionHeader header = NbdOptionHeader.Read(buffer);
+                if (header.Magic != NbdMagic.Option)
+                {
+                    NbdLog.ProtocolError(_logger, _connectionId, "bad option magic");
+                    return false;
+                }
+
+                HandshakeStep step;
+                if (header.Length > NbdLimits.MaxOptionLength)
+                {
+                    // EXPORT_NAME has no way to report an error, and past the skip limit the
+                    // client is more likely hostile than confused: end the session for both.
+                    if (header.Option == NbdOption.ExportName || header.Length > NbdLimits.MaxSkippedOptionLength)
+                    {
+                        NbdLog.ProtocolError(_logger, _connectionId, "option data too long");
+                        return false;
+                    }
+
+                    if (!await SkipAsync(header.Length, cancellationToken))
+                    {
+                        return false;
+                    }
+
+                    WriteOptionReply(header.Option, NbdOptionReplyType.ErrTooBig);
+                    step = HandshakeStep.NextOption;
+                }
+                else
+                {
+                    if (!await ReadExactAsync(buffer.AsMemory(0, (int)header.Length), cancellationToken))
+                    {
+                        return false;
+                    }
+
+                    step = HandleOption(header.Option, buffer.AsSpan(0, (int)header.Length));
+                }
+
+                if (!await FlushHandshakeAsync(cancellationToken) || step == HandshakeStep.Close)
+                {
+                    return false;
+                }
+
+                if (step == HandshakeStep.Transmit)
+                {
+                    return true;
+                }
+            }
+        }
+        finally
+        {
+            BufferPool.Return(buffer);
+        }
+    }
+
+    private HandshakeStep HandleOption(NbdOption option, ReadOnlySpan<byte> data)
+    {
+        switch (option)
+        {
+            case NbdOption.ExportName:
+                return HandleExportName(data);
+
+            case NbdOption.Abort:
+                // Any data is ignored, as the spec asks; the client drops the connection next.
+                WriteOptionReply(option, NbdOptionReplyType.Ack);
+                return HandshakeStep.Close;
+
+            case NbdOption.List:
+                HandleList(data);
+                return HandshakeStep.NextOption;
+
+            case NbdOption.Info:
+            case NbdOption.Go:
+                return HandleInfoOrGo(option, data);
+
+            case NbdOption.StructuredReply:
+                if (data.Length != 0)
+                {
+                    WriteOptionReply(option, NbdOptionReplyType.ErrInvalid);
+                }
+                else
+                {
+                    _structuredReplies = true;
+                    WriteOptionReply(option, NbdOptionReplyType.Ack);
+                }
+
+                return HandshakeStep.NextOption;
+
+            case NbdOption.ListMetaContext:
+            case NbdOption.SetMetaContext:
+                HandleMetaContext(option, data);
+                return HandshakeStep.NextOption;
+
+            default:
+                // STARTTLS (this server is NOTLS), EXTENDED_HEADERS (refusing them is correct and
+                // keeps compact headers, which libnbd 1.14 and qemu 7.2 use anyway) and every
+                // option this server does not know: "MUST reply ... with NBD_REP_ERR_UNSUP".
+                WriteOptionReply(option, NbdOptionReplyType.ErrUnsup);
+                return HandshakeStep.NextOption;
+        }
+    }
+
+    private void WriteOptionReply(NbdOption option, NbdOptionReplyType type, ReadOnlySpan<byte> data = default)
+    {
+        PipeWriter output = _transport.Output;
+        int size = NbdHandshakeWriter.OptionReplyHeaderSize + data.Length;
+        Span<byte> span = output.GetSpan(size);
+        NbdHandshakeWriter.WriteOptionReplyHeader(span, option, type, (uint)data.Length);
+        data.CopyTo(span[NbdHandshakeWriter.OptionReplyHeaderSize..]);
+        output.Advance(size);
+    }
+
+    private async ValueTask<bool> FlushHandshakeAsync(CancellationToken cancellationToken)
+    {
+        FlushResult result = await _transport.Output.FlushAsync(cancellationToken);
+        return !result.IsCompleted && !result.IsCanceled;
+    }
+
+    /// <summary>Fills <paramref name="destination"/> from the client; false if the client went away first.</summary>
+    private async ValueTask<bool> ReadExactAsync(Memory<byte> destination, CancellationToken cancellationToken)
+    {
+        if (destination.IsEmpty)
+        {
+            return true;
+        }
+
+        PipeReader input = _transport.Input;
+        while (true)
+        {
+            ReadResult result = await input.ReadAsync(cancellationToken);
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            if (buffer.Length >= destination.Length)
+            {
+                buffer.Slice(0, destination.Length).CopyTo(destination.Span);
+                input.AdvanceTo(buffer.GetPosition(destination.Length));
+                return true;
+            }
+
+            input.AdvanceTo(buffer.Start, buffer.End);
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                return false;
+            }
+        }
+    }
+
+    /// <summary>Discards <paramref name="count"/> bytes of client data without buffering them.</summary>
+    private async ValueTask<bool> SkipAsync(long count, CancellationToken cancellationToken)
+    {
+        PipeReader input = _transport.Input;
+        while (count > 0)
+        {
+            ReadResult result = await input.ReadAsync(cancellationToken);
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            long skipped = Math.Min(count, buffer.Length);
+            input.AdvanceTo(buffer.GetPosition(skipped));
+            count -= skipped;
+            if (count > 0 && (result.IsCompleted || result.IsCanceled))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+}

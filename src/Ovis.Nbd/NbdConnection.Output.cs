@@ -1,0 +1,210 @@
+using System.Buffers;
+using System.IO.Pipelines;
+
+namespace Ovis.Nbd;
+
+public sealed partial class NbdConnection
+{
+    // Large READ replies are pushed to the socket in pieces of about this size rather than
+    // piling a whole batch into the pipe before the first byte leaves.
+    private const int FlushThreshold = 256 << 10;
+
+    private volatile bool _outputStopping;
+
+    // Output loop only: once the client stops taking replies, operations are still released
+    // but nothing more is written.
+    private bool _outputFailed;
+
+    /// <summary>
+    /// The only writer of the transport during transmission. Each wake-up drains every finished
+    /// operation, in completion order, and flushes once for the lot.
+    /// </summary>
+    private async Task OutputLoopAsync()
+    {
+        PipeWriter output = _transport.Output;
+        while (true)
+        {
+            await _repliesReady.WaitAsync();
+            long unflushed = 0;
+            while (TryDequeueCompleted(out NbdOperation? operation))
+            {
+                if (!_outputFailed)
+                {
+                    try
+                    {
+                        unflushed += WriteReply(output, operation);
+                    }
+                    catch (Exception ex) when (IsTransportFailure(ex) || ex is InvalidOperationException)
+                    {
+                        OutputFailed(ex);
+                    }
+                }
+
+                // The reply's bytes now live in the pipe: the payload buffer and budget go back.
+                ReleaseOperation(operation);
+                if (unflushed >= FlushThreshold)
+                {
+                    await FlushRepliesAsync(output);
+                    unflushed = 0;
+                }
+            }
+
+            if (unflushed > 0)
+            {
+                await FlushRepliesAsync(output);
+            }
+
+            if (_outputStopping)
+            {
+                return;
+            }
+        }
+    }
+
+    private bool TryDequeueCompleted([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out NbdOperation? operation)
+    {
+        lock (_sync)
+        {
+            return _completed.TryDequeue(out operation);
+        }
+    }
+
+    private async ValueTask FlushRepliesAsync(PipeWriter output)
+    {
+        if (_outputFailed)
+        {
+            return;
+        }
+
+        try
+        {
+            // No cancellation token: a stop request still lets in-flight replies go out; it is
+            // the transport's own abort that ends a flush the client never drains.
+            FlushResult result = await output.FlushAsync();
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                OutputFailed(null);
+            }
+        }
+        catch (Exception ex) when (IsTransportFailure(ex) || ex is InvalidOperationException)
+        {
+            OutputFailed(ex);
+        }
+    }
+
+    private void OutputFailed(Exception? exception)
+    {
+        if (_outputFailed)
+        {
+            return;
+        }
+
+        _outputFailed = true;
+        NbdLog.OutputClosed(_logger, _connectionId, exception);
+        // Nobody is listening any more: stop reading requests too.
+        _transport.Input.CancelPendingRead();
+    }
+
+    /// <summary>Encodes one operation's reply into the pipe; returns the bytes written.</summary>
+    private long WriteReply(PipeWriter output, NbdOperation operation)
+    {
+        NbdRequest request = operation.Request;
+        if (!_structuredReplies)
+        {
+            NbdReplyWriter.WriteSimpleReply(output.GetSpan(NbdReplyWriter.SimpleReplySize), operation.Error, request.Cookie);
+            output.Advance(NbdReplyWriter.SimpleReplySize);
+            if (request.Command != NbdCommand.Read || operation.Error != NbdError.None || request.Length == 0)
+            {
+                return NbdReplyWriter.SimpleReplySize;
+            }
+
+            output.Write(operation.Buffer.AsSpan(0, (int)request.Length));
+            return NbdReplyWriter.SimpleReplySize + request.Length;
+        }
+
+        if (operation.Error != NbdError.None)
+        {
+            // Structured errors for every command: a READ may not get a simple reply at all,
+            // and the others gain a message a human can read.
+            ReadOnlySpan<byte> message = NbdErrorMessages.Get(operation.Reason);
+            int size = NbdReplyWriter.GetErrorChunkSize(message);
+            NbdReplyWriter.WriteErrorChunk(output.GetSpan(size), request.Cookie, operation.Error, message);
+            output.Advance(size);
+            return size;
+        }
+
+        switch (request.Command)
+        {
+            case NbdCommand.Read:
+                return WriteReadChunks(output, operation);
+            case NbdCommand.BlockStatus:
+                return WriteBlockStatusChunk(output, operation);
+            default:
+                // Success without payload: the 16-byte simple reply is allowed and shortest.
+                NbdReplyWriter.WriteSimpleReply(output.GetSpan(NbdReplyWriter.SimpleReplySize), NbdError.None, request.Cookie);
+                output.Advance(NbdReplyWriter.SimpleReplySize);
+                return NbdReplyWriter.SimpleReplySize;
+        }
+    }
+
+    /// <summary>One content chunk per segment; the last carries DONE, since every byte was read before the first was sent.</summary>
+    private static long WriteReadChunks(PipeWriter output, NbdOperation operation)
+    {
+        NbdRequest request = operation.Request;
+        List<NbdExtent> segments = operation.Extents;
+        if (segments.Count == 0)
+        {
+            // A zero-length read: nothing to describe, so just the final NONE chunk.
+            NbdReplyWriter.WriteChunkHeader(output.GetSpan(NbdReplyWriter.ChunkHeaderSize), NbdReplyFlags.Done, NbdReplyType.None, request.Cookie, 0);
+            output.Advance(NbdReplyWriter.ChunkHeaderSize);
+            return NbdReplyWriter.ChunkHeaderSize;
+        }
+
+        long written = 0;
+        long start = 0;
+        for (int i = 0; i < segments.Count; i++)
+        {
+            NbdExtent segment = segments[i];
+            NbdReplyFlags flags = i == segments.Count - 1 ? NbdReplyFlags.Done : NbdReplyFlags.None;
+            ulong offset = request.Offset + (ulong)start;
+            if ((segment.Flags & NbdExtentFlags.Zero) != 0)
+            {
+                NbdReplyWriter.WriteOffsetHole(output.GetSpan(NbdReplyWriter.OffsetHoleSize), flags, request.Cookie, offset, (uint)segment.Length);
+                output.Advance(NbdReplyWriter.OffsetHoleSize);
+                written += NbdReplyWriter.OffsetHoleSize;
+            }
+            else
+            {
+                NbdReplyWriter.WriteOffsetDataHeader(output.GetSpan(NbdReplyWriter.OffsetDataHeaderSize), flags, request.Cookie, offset, (int)segment.Length);
+                output.Advance(NbdReplyWriter.OffsetDataHeaderSize);
+                output.Write(operation.Buffer.AsSpan((int)start, (int)segment.Length));
+                written += NbdReplyWriter.OffsetDataHeaderSize + segment.Length;
+            }
+
+            start += segment.Length;
+        }
+
+        return written;
+    }
+
+    private static long WriteBlockStatusChunk(PipeWriter output, NbdOperation operation)
+    {
+        List<NbdExtent> extents = operation.Extents;
+        NbdReplyWriter.WriteBlockStatusHeader(
+            output.GetSpan(NbdReplyWriter.BlockStatusHeaderSize),
+            NbdReplyFlags.Done,
+            operation.Request.Cookie,
+            NbdLimits.BaseAllocationContextId,
+            extents.Count);
+        output.Advance(NbdReplyWriter.BlockStatusHeaderSize);
+
+        // Extents were clamped to the request's range, whose length is 32 bits.
+        for (int i = 0; i < extents.Count; i++)
+        {
+            NbdReplyWriter.WriteBlockDescriptor(output.GetSpan(NbdReplyWriter.BlockDescriptorSize), (uint)extents[i].Length, (uint)extents[i].Flags);
+            output.Advance(NbdReplyWriter.BlockDescriptorSize);
+        }
+
+        return NbdReplyWriter.BlockStatusHeaderSize + ((long)extents.Count * NbdReplyWriter.BlockDescriptorSize);
+    }
+}

@@ -1,0 +1,158 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using Microsoft.Extensions.Logging;
+
+namespace Ovis.Nbd;
+
+/// <summary>
+/// The server side of one NBD connection: the fixed-newstyle handshake, then the transmission
+/// phase until the client disconnects. Create one per accepted connection and call
+/// <see cref="RunAsync"/> once.
+/// </summary>
+/// <remarks>
+/// Transmission runs two loops. The read loop parses requests, checks them, and starts their
+/// device calls without waiting for them. Finished requests are queued for the output loop,
+/// the only writer of the transport, which encodes replies in completion order and flushes
+/// once per batch. Requests and payload bytes in flight are bounded; when the budget is spent
+/// the read loop stops reading, which pushes back on the client through TCP.
+/// </remarks>
+public sealed partial class NbdConnection : IAsyncDisposable
+{
+    private static long _lastConnectionId;
+
+    private readonly IDuplexPipe _transport;
+    private readonly IExportProvider _exports;
+    private readonly NbdServerOptions _options;
+    private readonly ILogger _logger;
+    private readonly long _connectionId;
+    private readonly CancellationTokenSource _stopping = new();
+    private Task? _running;
+    private int _started;
+    private int _tornDown;
+    private int _disposed;
+
+    /// <param name="transport">The connection's byte streams; completed by the connection when it ends.</param>
+    /// <param name="exports">Where the handshake looks up the export the client names.</param>
+    /// <param name="options">Payload and in-flight limits.</param>
+    /// <param name="logger">Receives connection open/close and protocol errors.</param>
+    public NbdConnection(IDuplexPipe transport, IExportProvider exports, NbdServerOptions options, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(transport);
+        ArgumentNullException.ThrowIfNull(exports);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(logger);
+        // 512 is the smallest preferred block size a server may advertise, and the maximum
+        // payload must not be below it (doc/proto.md, "Size constraints").
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxPayloadSize, 512, nameof(options));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightBytes, 1, nameof(options));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightRequests, 1, nameof(options));
+
+        _transport = transport;
+        _exports = exports;
+        _options = options;
+        _logger = logger;
+        _connectionId = Interlocked.Increment(ref _lastConnectionId);
+        _maxSkippedPayload = Math.Max(options.MaxPayloadSize, NbdLimits.MinSkippedPayloadLength);
+        _completed = new Queue<NbdOperation>(Math.Min(options.MaxInFlightRequests, 1024));
+        _operationPool = new Stack<NbdOperation>(Math.Min(options.MaxInFlightRequests, 1024));
+    }
+
+    /// <summary>Where payload buffers come from; tests swap in a counting pool.</summary>
+    internal ArrayPool<byte> BufferPool { get; init; } = ArrayPool<byte>.Shared;
+
+    /// <summary>
+    /// Runs the handshake and then serves requests. Completes when the client disconnects (after
+    /// the replies to requests already in flight have been written), when the client breaks the
+    /// protocol, or when <paramref name="cancellationToken"/> asks the connection to stop; in every
+    /// case the transport is completed and the export's device disposed. Client misbehaviour never
+    /// surfaces as an exception.
+    /// </summary>
+    public Task RunAsync(CancellationToken cancellationToken)
+    {
+        if (Interlocked.Exchange(ref _started, 1) != 0)
+        {
+            throw new InvalidOperationException("An NbdConnection runs once.");
+        }
+
+        _running = RunCoreAsync(cancellationToken);
+        return _running;
+    }
+
+    /// <summary>
+    /// Stops a running connection and waits for it to end, or releases everything if it never ran.
+    /// Not needed after <see cref="RunAsync"/> has completed: that already tore the connection down.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        if (Interlocked.Exchange(ref _started, 1) == 0)
+        {
+            await TeardownAsync();
+        }
+        else if (_running is { } running)
+        {
+            await _stopping.CancelAsync();
+            await running.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+
+        _stopping.Dispose();
+    }
+
+    private async Task RunCoreAsync(CancellationToken cancellationToken)
+    {
+        using CancellationTokenRegistration registration = cancellationToken.UnsafeRegister(
+            static state => ((CancellationTokenSource)state!).Cancel(), _stopping);
+        CancellationToken stopping = _stopping.Token;
+        NbdLog.ConnectionOpened(_logger, _connectionId);
+        try
+        {
+            if (await HandshakeAsync(stopping))
+            {
+                await TransmitAsync(stopping);
+            }
+        }
+        catch (Exception ex) when (IsTransportFailure(ex))
+        {
+            NbdLog.TransportClosed(_logger, _connectionId, ex);
+        }
+        finally
+        {
+            await TeardownAsync();
+            NbdLog.ConnectionClosed(_logger, _connectionId);
+        }
+    }
+
+    // A reset socket, a stop request or an aborted Kestrel connection: the ordinary ways for a
+    // connection to end abruptly, none of them a server bug.
+    private static bool IsTransportFailure(Exception ex)
+        => ex is IOException or OperationCanceledException or ObjectDisposedException;
+
+    /// <summary>The one teardown path: runs after the loops have finished and nothing is in flight.</summary>
+    private async ValueTask TeardownAsync()
+    {
+        if (Interlocked.Exchange(ref _tornDown, 1) != 0)
+        {
+            return;
+        }
+
+        try
+        {
+            await _transport.Output.CompleteAsync();
+            await _transport.Input.CompleteAsync();
+        }
+        catch (Exception ex) when (IsTransportFailure(ex) || ex is InvalidOperationException)
+        {
+            NbdLog.TransportClosed(_logger, _connectionId, ex);
+        }
+        finally
+        {
+            ReleaseCandidateExport();
+            _device?.Dispose();
+            _device = null;
+        }
+    }
+}

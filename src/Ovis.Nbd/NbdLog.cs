@@ -1,0 +1,33 @@
+using Microsoft.Extensions.Logging;
+
+namespace Ovis.Nbd;
+
+internal static partial class NbdLog
+{
+    [LoggerMessage(EventId = 1, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} opened")]
+    public static partial void ConnectionOpened(ILogger logger, long connectionId);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} closed")]
+    public static partial void ConnectionClosed(ILogger logger, long connectionId);
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Information, Message = "NBD connection {ConnectionId} serving export '{ExportName}' ({Size} bytes, transmission flags 0x{Flags:x4})")]
+    public static partial void ExportSelected(ILogger logger, long connectionId, string exportName, long size, ushort flags);
+
+    [LoggerMessage(EventId = 4, Level = LogLevel.Information, Message = "NBD connection {ConnectionId} asked for unknown export '{ExportName}'")]
+    public static partial void ExportNotFound(ILogger logger, long connectionId, string exportName);
+
+    [LoggerMessage(EventId = 5, Level = LogLevel.Warning, Message = "NBD connection {ConnectionId} protocol error: {Detail}; disconnecting")]
+    public static partial void ProtocolError(ILogger logger, long connectionId, string detail);
+
+    [LoggerMessage(EventId = 6, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} client went away in the middle of a request")]
+    public static partial void ClientVanished(ILogger logger, long connectionId);
+
+    [LoggerMessage(EventId = 7, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} transport closed")]
+    public static partial void TransportClosed(ILogger logger, long connectionId, Exception exception);
+
+    [LoggerMessage(EventId = 8, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} client stopped taking replies")]
+    public static partial void OutputClosed(ILogger logger, long connectionId, Exception? exception);
+
+    [LoggerMessage(EventId = 9, Level = LogLevel.Error, Message = "NBD connection {ConnectionId} block device threw; replying EIO")]
+    public static partial void DeviceFault(ILogger logger, long connectionId, Exception exception);
+}

@@ -1,0 +1,260 @@
+namespace Ovis.Nbd.Tests.Infrastructure;
+
+/// <summary>
+/// An in-memory export with 4 KiB allocation granularity, plus the knobs the tests need:
+/// asynchronous completion, a gate that holds flushes or every call, injected errors and
+/// exceptions, and counters.
+/// </summary>
+internal sealed class MemoryBlockDevice : IBlockDevice
+{
+    public const int AllocationBlock = 4096;
+
+    private readonly byte[] _data;
+    private readonly bool[] _allocated;
+    private readonly Lock _lock = new();
+    private int _concurrent;
+
+    public MemoryBlockDevice(long size, bool readOnly = false, int preferredBlockSize = 4096)
+    {
+        _data = new byte[size];
+        _allocated = new bool[(size + AllocationBlock - 1) / AllocationBlock];
+        IsReadOnly = readOnly;
+        PreferredBlockSize = preferredBlockSize;
+    }
+
+    public long Size => _data.Length;
+
+    public bool IsReadOnly { get; }
+
+    public int PreferredBlockSize { get; }
+
+    /// <summary>Complete every call asynchronously (after a thread-pool hop) instead of inline.</summary>
+    public bool CompleteAsynchronously { get; set; }
+
+    /// <summary>While set and not completed, FlushAsync waits on it.</summary>
+    public TaskCompletionSource? FlushGate { get; set; }
+
+    /// <summary>While set and not completed, every data call (read, write, trim, zero, cache) waits on it.</summary>
+    public TaskCompletionSource? CallGate { get; set; }
+
+    /// <summary>Completed when the concurrent calls first reach <see cref="ConcurrencyTarget"/>.</summary>
+    public TaskCompletionSource ConcurrencyReached { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public int ConcurrencyTarget { get; set; } = int.MaxValue;
+
+    public int MaxConcurrent { get; private set; }
+
+    public NbdError InjectedError { get; set; }
+
+    public bool ThrowOnCall { get; set; }
+
+    public bool ThrowOnAllocation { get; set; }
+
+    public bool Disposed { get; private set; }
+
+    public int ReadCalls { get; private set; }
+
+    public int FlushCalls { get; private set; }
+
+    public bool? LastFua { get; private set; }
+
+    public (bool NoHole, bool FastZero)? LastZeroFlags { get; private set; }
+
+    public byte[] Snapshot(long offset, int length)
+    {
+        lock (_lock)
+        {
+            return _data.AsSpan((int)offset, length).ToArray();
+        }
+    }
+
+    public void Fill(long offset, ReadOnlySpan<byte> bytes)
+    {
+        lock (_lock)
+        {
+            bytes.CopyTo(_data.AsSpan((int)offset));
+            MarkAllocated(offset, bytes.Length, true, wholeBlocksOnly: false);
+        }
+    }
+
+    public ValueTask<NbdError> ReadAsync(long offset, Memory<byte> buffer)
+    {
+        lock (_lock)
+        {
+            ReadCalls++;
+        }
+
+        return RunAsync(gate: CallGate, () =>
+        {
+            lock (_lock)
+            {
+                _data.AsSpan((int)offset, buffer.Length).CopyTo(buffer.Span);
+            }
+        });
+    }
+
+    public ValueTask<NbdError> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
+    {
+        LastFua = fua;
+        return RunAsync(CallGate, () =>
+        {
+            lock (_lock)
+            {
+                data.Span.CopyTo(_data.AsSpan((int)offset));
+                MarkAllocated(offset, data.Length, true, wholeBlocksOnly: false);
+            }
+        });
+    }
+
+    public ValueTask<NbdError> FlushAsync()
+    {
+        lock (_lock)
+        {
+            FlushCalls++;
+        }
+
+        return RunAsync(FlushGate, static () => { });
+    }
+
+    public ValueTask<NbdError> TrimAsync(long offset, long length, bool fua)
+    {
+        LastFua = fua;
+        return RunAsync(CallGate, () =>
+        {
+            lock (_lock)
+            {
+                _data.AsSpan((int)offset, (int)length).Clear();
+                MarkAllocated(offset, length, false, wholeBlocksOnly: true);
+            }
+        });
+    }
+
+    public ValueTask<NbdError> WriteZeroesAsync(long offset, long length, bool noHole, bool fastZero, bool fua)
+    {
+        LastFua = fua;
+        LastZeroFlags = (noHole, fastZero);
+        return RunAsync(CallGate, () =>
+        {
+            lock (_lock)
+            {
+                _data.AsSpan((int)offset, (int)length).Clear();
+                MarkAllocated(offset, length, noHole, wholeBlocksOnly: !noHole);
+            }
+        });
+    }
+
+    public ValueTask<NbdError> CacheAsync(long offset, long length) => RunAsync(CallGate, static () => { });
+
+    public NbdError GetAllocation(long offset, long length, List<NbdExtent> extents)
+    {
+        if (ThrowOnAllocation)
+        {
+            throw new InvalidOperationException("injected allocation fault");
+        }
+
+        lock (_lock)
+        {
+            long end = offset + length;
+            long position = offset;
+            while (position < end)
+            {
+                long block = position / AllocationBlock;
+                long blockEnd = Math.Min((block + 1) * AllocationBlock, end);
+                NbdExtentFlags flags = _allocated[block] ? NbdExtentFlags.None : NbdExtentFlags.Hole | NbdExtentFlags.Zero;
+                long extentLength = blockEnd - position;
+                if (extents.Count > 0 && extents[^1].Flags == flags)
+                {
+                    extents[^1] = new NbdExtent(extents[^1].Length + extentLength, flags);
+                }
+                else
+                {
+                    extents.Add(new NbdExtent(extentLength, flags));
+                }
+
+                position = blockEnd;
+            }
+        }
+
+        return NbdError.None;
+    }
+
+    public void Dispose() => Disposed = true;
+
+    private ValueTask<NbdError> RunAsync(TaskCompletionSource? gate, Action work)
+    {
+        if (ThrowOnCall)
+        {
+            throw new InvalidOperationException("injected device fault");
+        }
+
+        bool mustWait = gate is { Task.IsCompleted: false } || CompleteAsynchronously;
+        if (!mustWait)
+        {
+            if (InjectedError != NbdError.None)
+            {
+                return new ValueTask<NbdError>(InjectedError);
+            }
+
+            work();
+            return new ValueTask<NbdError>(NbdError.None);
+        }
+
+        return RunSlowAsync(gate, work);
+    }
+
+    private async ValueTask<NbdError> RunSlowAsync(TaskCompletionSource? gate, Action work)
+    {
+        int concurrent = Interlocked.Increment(ref _concurrent);
+        lock (_lock)
+        {
+            MaxConcurrent = Math.Max(MaxConcurrent, concurrent);
+        }
+
+        if (concurrent >= ConcurrencyTarget)
+        {
+            ConcurrencyReached.TrySetResult();
+        }
+
+        try
+        {
+            if (gate is not null)
+            {
+                await gate.Task;
+            }
+
+            await Task.Yield();
+            if (InjectedError != NbdError.None)
+            {
+                return InjectedError;
+            }
+
+            work();
+            return NbdError.None;
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _concurrent);
+        }
+    }
+
+    private void MarkAllocated(long offset, long length, bool allocated, bool wholeBlocksOnly)
+    {
+        if (length == 0)
+        {
+            return;
+        }
+
+        long first = offset / AllocationBlock;
+        long last = (offset + length - 1) / AllocationBlock;
+        if (wholeBlocksOnly)
+        {
+            first = (offset + AllocationBlock - 1) / AllocationBlock;
+            last = ((offset + length) / AllocationBlock) - 1;
+        }
+
+        for (long block = first; block <= last; block++)
+        {
+            _allocated[block] = allocated;
+        }
+    }
+}
