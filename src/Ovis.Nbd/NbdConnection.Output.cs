@@ -17,7 +17,8 @@ public sealed partial class NbdConnection
 
     /// <summary>
     /// The only writer of the transport during transmission. Each wake-up drains every finished
-    /// operation, in completion order, and flushes once for the lot.
+    /// operation, in completion order, and flushes once for the lot (or every FlushThreshold
+    /// bytes when the lot is large).
     /// </summary>
     private async Task OutputLoopAsync()
     {
@@ -25,33 +26,55 @@ public sealed partial class NbdConnection
         while (true)
         {
             await _repliesReady.WaitAsync();
-            long unflushed = 0;
-            while (TryDequeueCompleted(out NbdOperation? operation))
+            bool drained = false;
+            while (!drained)
             {
-                if (!_outputFailed)
+                long unflushed = 0;
+                drained = true;
+                while (TryDequeueCompleted(out NbdOperation? operation))
                 {
-                    try
+                    if (!_outputFailed)
                     {
-                        unflushed += WriteReply(output, operation);
+                        try
+                        {
+                            unflushed += WriteReply(output, operation);
+                        }
+                        catch (Exception ex) when (IsTransportFailure(ex) || ex is InvalidOperationException)
+                        {
+                            OutputFailed(ex);
+                        }
                     }
-                    catch (Exception ex) when (IsTransportFailure(ex) || ex is InvalidOperationException)
+
+                    // The reply's bytes now live in the pipe: the payload buffer and budget go back.
+                    ReleaseOperation(operation);
+                    if (unflushed >= FlushThreshold)
                     {
-                        OutputFailed(ex);
+                        drained = false;
+                        break;
                     }
                 }
 
-                // The reply's bytes now live in the pipe: the payload buffer and budget go back.
-                ReleaseOperation(operation);
-                if (unflushed >= FlushThreshold)
+                if (unflushed == 0 || _outputFailed)
                 {
-                    await FlushRepliesAsync(output);
-                    unflushed = 0;
+                    continue;
                 }
-            }
 
-            if (unflushed > 0)
-            {
-                await FlushRepliesAsync(output);
+                // Awaited here rather than in a helper so that a flush the client makes wait
+                // reuses this loop's state machine instead of boxing a new one per batch. No
+                // cancellation token: a stop request still lets in-flight replies go out; it is
+                // the transport's own abort that ends a flush the client never drains.
+                try
+                {
+                    FlushResult result = await output.FlushAsync();
+                    if (result.IsCompleted || result.IsCanceled)
+                    {
+                        OutputFailed(null);
+                    }
+                }
+                catch (Exception ex) when (IsTransportFailure(ex) || ex is InvalidOperationException)
+                {
+                    OutputFailed(ex);
+                }
             }
 
             if (_outputStopping)
@@ -66,29 +89,6 @@ public sealed partial class NbdConnection
         lock (_sync)
         {
             return _completed.TryDequeue(out operation);
-        }
-    }
-
-    private async ValueTask FlushRepliesAsync(PipeWriter output)
-    {
-        if (_outputFailed)
-        {
-            return;
-        }
-
-        try
-        {
-            // No cancellation token: a stop request still lets in-flight replies go out; it is
-            // the transport's own abort that ends a flush the client never drains.
-            FlushResult result = await output.FlushAsync();
-            if (result.IsCompleted || result.IsCanceled)
-            {
-                OutputFailed(null);
-            }
-        }
-        catch (Exception ex) when (IsTransportFailure(ex) || ex is InvalidOperationException)
-        {
-            OutputFailed(ex);
         }
     }
 

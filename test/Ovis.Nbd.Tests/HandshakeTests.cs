@@ -44,7 +44,7 @@ public class HandshakeTests
         var device = new MemoryBlockDevice(1 << 20);
         await using var client = new NbdTestClient(NbdTestClient.Exports(device));
         await client.GreetAsync();
-        await client.SendAsync(Wire.Option(Wire.OptGo, Wire.InfoData("disk"))[..20]);
+        await client.SendAsync(Wire.Option(Wire.OptGo, Wire.InfoData("disk")).AsMemory(0, 20));
         await client.CloseSendAsync();
 
         await client.AssertClosedAsync();

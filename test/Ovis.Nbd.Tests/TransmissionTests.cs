@@ -456,7 +456,7 @@ public class TransmissionTests
         await using var client = new NbdTestClient(NbdTestClient.Exports(new MemoryBlockDevice(Size)));
         await client.NegotiateAsync();
 
-        await client.SendAsync(Wire.Request(0, Wire.CmdRead, 1, 0, 512)[..13]);
+        await client.SendAsync(Wire.Request(0, Wire.CmdRead, 1, 0, 512).AsMemory(0, 13));
         await client.CloseSendAsync();
 
         await client.AssertClosedAsync();
@@ -472,7 +472,7 @@ public class TransmissionTests
 
         for (int i = 0; i < request.Length; i += 7)
         {
-            await client.SendAsync(request[i..Math.Min(i + 7, request.Length)]);
+            await client.SendAsync(request.AsMemory(i, Math.Min(7, request.Length - i)));
         }
 
         Assert.Equal(new SimpleReply(0, 9, []), await client.ReadSimpleReplyAsync());

@@ -26,6 +26,9 @@ internal sealed class CountingArrayPool : ArrayPool<byte>
 
     public int Rented { get; private set; }
 
+    /// <summary>The most arrays out at once.</summary>
+    public int MaxOutstanding { get; private set; }
+
     public int BadReturns { get; private set; }
 
     public override byte[] Rent(int minimumLength)
@@ -36,6 +39,7 @@ internal sealed class CountingArrayPool : ArrayPool<byte>
         {
             _outstanding.Add(array);
             Rented++;
+            MaxOutstanding = Math.Max(MaxOutstanding, _outstanding.Count);
         }
 
         return array;

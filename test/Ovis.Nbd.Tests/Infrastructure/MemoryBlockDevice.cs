@@ -56,6 +56,9 @@ internal sealed class MemoryBlockDevice : IBlockDevice
 
     public int FlushCalls { get; private set; }
 
+    /// <summary>Completed when the first FlushAsync call arrives.</summary>
+    public TaskCompletionSource FlushStarted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     public bool? LastFua { get; private set; }
 
     public (bool NoHole, bool FastZero)? LastZeroFlags { get; private set; }
@@ -84,26 +87,13 @@ internal sealed class MemoryBlockDevice : IBlockDevice
             ReadCalls++;
         }
 
-        return RunAsync(gate: CallGate, () =>
-        {
-            lock (_lock)
-            {
-                _data.AsSpan((int)offset, buffer.Length).CopyTo(buffer.Span);
-            }
-        });
+        return RunAsync(CallGate, new Call(CallKind.Read, offset, buffer.Length, buffer, default, false));
     }
 
     public ValueTask<NbdError> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
     {
         LastFua = fua;
-        return RunAsync(CallGate, () =>
-        {
-            lock (_lock)
-            {
-                data.Span.CopyTo(_data.AsSpan((int)offset));
-                MarkAllocated(offset, data.Length, true, wholeBlocksOnly: false);
-            }
-        });
+        return RunAsync(CallGate, new Call(CallKind.Write, offset, data.Length, default, data, false));
     }
 
     public ValueTask<NbdError> FlushAsync()
@@ -113,37 +103,24 @@ internal sealed class MemoryBlockDevice : IBlockDevice
             FlushCalls++;
         }
 
-        return RunAsync(FlushGate, static () => { });
+        FlushStarted.TrySetResult();
+        return RunAsync(FlushGate, new Call(CallKind.None, 0, 0, default, default, false));
     }
 
     public ValueTask<NbdError> TrimAsync(long offset, long length, bool fua)
     {
         LastFua = fua;
-        return RunAsync(CallGate, () =>
-        {
-            lock (_lock)
-            {
-                _data.AsSpan((int)offset, (int)length).Clear();
-                MarkAllocated(offset, length, false, wholeBlocksOnly: true);
-            }
-        });
+        return RunAsync(CallGate, new Call(CallKind.Trim, offset, length, default, default, false));
     }
 
     public ValueTask<NbdError> WriteZeroesAsync(long offset, long length, bool noHole, bool fastZero, bool fua)
     {
         LastFua = fua;
         LastZeroFlags = (noHole, fastZero);
-        return RunAsync(CallGate, () =>
-        {
-            lock (_lock)
-            {
-                _data.AsSpan((int)offset, (int)length).Clear();
-                MarkAllocated(offset, length, noHole, wholeBlocksOnly: !noHole);
-            }
-        });
+        return RunAsync(CallGate, new Call(CallKind.Zero, offset, length, default, default, noHole));
     }
 
-    public ValueTask<NbdError> CacheAsync(long offset, long length) => RunAsync(CallGate, static () => { });
+    public ValueTask<NbdError> CacheAsync(long offset, long length) => RunAsync(CallGate, new Call(CallKind.None, offset, length, default, default, false));
 
     public NbdError GetAllocation(long offset, long length, List<NbdExtent> extents)
     {
@@ -180,7 +157,7 @@ internal sealed class MemoryBlockDevice : IBlockDevice
 
     public void Dispose() => Disposed = true;
 
-    private ValueTask<NbdError> RunAsync(TaskCompletionSource? gate, Action work)
+    private ValueTask<NbdError> RunAsync(TaskCompletionSource? gate, Call call)
     {
         if (ThrowOnCall)
         {
@@ -190,19 +167,13 @@ internal sealed class MemoryBlockDevice : IBlockDevice
         bool mustWait = gate is { Task.IsCompleted: false } || CompleteAsynchronously;
         if (!mustWait)
         {
-            if (InjectedError != NbdError.None)
-            {
-                return new ValueTask<NbdError>(InjectedError);
-            }
-
-            work();
-            return new ValueTask<NbdError>(NbdError.None);
+            return new ValueTask<NbdError>(Execute(call));
         }
 
-        return RunSlowAsync(gate, work);
+        return RunSlowAsync(gate, call);
     }
 
-    private async ValueTask<NbdError> RunSlowAsync(TaskCompletionSource? gate, Action work)
+    private async ValueTask<NbdError> RunSlowAsync(TaskCompletionSource? gate, Call call)
     {
         int concurrent = Interlocked.Increment(ref _concurrent);
         lock (_lock)
@@ -223,18 +194,44 @@ internal sealed class MemoryBlockDevice : IBlockDevice
             }
 
             await Task.Yield();
-            if (InjectedError != NbdError.None)
-            {
-                return InjectedError;
-            }
-
-            work();
-            return NbdError.None;
+            return Execute(call);
         }
         finally
         {
             Interlocked.Decrement(ref _concurrent);
         }
+    }
+
+    private NbdError Execute(in Call call)
+    {
+        if (InjectedError != NbdError.None)
+        {
+            return InjectedError;
+        }
+
+        lock (_lock)
+        {
+            switch (call.Kind)
+            {
+                case CallKind.Read:
+                    _data.AsSpan((int)call.Offset, (int)call.Length).CopyTo(call.Buffer.Span);
+                    break;
+                case CallKind.Write:
+                    call.Data.Span.CopyTo(_data.AsSpan((int)call.Offset));
+                    MarkAllocated(call.Offset, call.Length, true, wholeBlocksOnly: false);
+                    break;
+                case CallKind.Trim:
+                    _data.AsSpan((int)call.Offset, (int)call.Length).Clear();
+                    MarkAllocated(call.Offset, call.Length, false, wholeBlocksOnly: true);
+                    break;
+                case CallKind.Zero:
+                    _data.AsSpan((int)call.Offset, (int)call.Length).Clear();
+                    MarkAllocated(call.Offset, call.Length, call.NoHole, wholeBlocksOnly: !call.NoHole);
+                    break;
+            }
+        }
+
+        return NbdError.None;
     }
 
     private void MarkAllocated(long offset, long length, bool allocated, bool wholeBlocksOnly)
@@ -257,4 +254,16 @@ internal sealed class MemoryBlockDevice : IBlockDevice
             _allocated[block] = allocated;
         }
     }
+
+    private enum CallKind
+    {
+        None,
+        Read,
+        Write,
+        Trim,
+        Zero,
+    }
+
+    // A struct rather than a lambda, so the synchronous path allocates nothing (AllocationTests).
+    private readonly record struct Call(CallKind Kind, long Offset, long Length, Memory<byte> Buffer, ReadOnlyMemory<byte> Data, bool NoHole);
 }

@@ -10,7 +10,8 @@ internal sealed class MemoryExportProvider : IExportProvider
         return this;
     }
 
-    public int OpenCalls { get; private set; }
+    /// <summary>Opens that found an export (and so handed out a device to dispose).</summary>
+    public int Opened { get; private set; }
 
     public IReadOnlyList<(string Name, string Description)> ListExports()
     {
@@ -25,11 +26,11 @@ internal sealed class MemoryExportProvider : IExportProvider
 
     public IBlockDevice? Open(string name)
     {
-        OpenCalls++;
         foreach ((string exportName, _, MemoryBlockDevice device) in _exports)
         {
             if (exportName == name)
             {
+                Opened++;
                 return device;
             }
         }

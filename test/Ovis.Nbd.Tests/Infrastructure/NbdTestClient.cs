@@ -16,7 +16,7 @@ internal sealed class NbdTestClient : IAsyncDisposable
     private readonly Pipe _toServer;
     private readonly Pipe _toClient;
 
-    public NbdTestClient(MemoryExportProvider exports, NbdServerOptions? options = null, long serverOutputPauseThreshold = 0)
+    public NbdTestClient(MemoryExportProvider exports, NbdServerOptions? options = null, long serverOutputPauseThreshold = 0, ArrayPool<byte>? bufferPool = null)
     {
         _toServer = new Pipe(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
         _toClient = new Pipe(new PipeOptions(
@@ -26,7 +26,7 @@ internal sealed class NbdTestClient : IAsyncDisposable
         ServerOutput = new CountingPipeWriter(_toClient.Writer);
         Connection = new NbdConnection(new DuplexPipe(_toServer.Reader, ServerOutput), exports, options ?? new NbdServerOptions(), Logger)
         {
-            BufferPool = Pool,
+            BufferPool = bufferPool ?? Pool,
         };
 
         // Off the test's synchronization context, as under Kestrel.
@@ -47,9 +47,13 @@ internal sealed class NbdTestClient : IAsyncDisposable
 
     public static MemoryExportProvider Exports(MemoryBlockDevice device, string name = "disk") => new MemoryExportProvider().Add(name, device);
 
-    public async Task SendAsync(byte[] bytes)
+    public async Task SendAsync(ReadOnlyMemory<byte> bytes)
     {
-        await _toServer.Writer.WriteAsync(bytes).AsTask().WaitAsync(Timeout);
+        ValueTask<FlushResult> write = _toServer.Writer.WriteAsync(bytes);
+        if (!write.IsCompletedSuccessfully)
+        {
+            await write.AsTask().WaitAsync(Timeout);
+        }
     }
 
     public async Task SendUInt32Async(uint value)
@@ -60,6 +64,23 @@ internal sealed class NbdTestClient : IAsyncDisposable
     }
 
     public async Task CloseSendAsync() => await _toServer.Writer.CompleteAsync().AsTask().WaitAsync(Timeout);
+
+    /// <summary>Consumes <paramref name="count"/> bytes of replies without keeping them (or allocating).</summary>
+    public async Task SkipAsync(long count, CancellationToken cancellationToken)
+    {
+        PipeReader reader = _toClient.Reader;
+        while (count > 0)
+        {
+            ReadResult result = await reader.ReadAsync(cancellationToken);
+            long take = Math.Min(count, result.Buffer.Length);
+            reader.AdvanceTo(result.Buffer.GetPosition(take));
+            count -= take;
+            if (count > 0 && result.IsCompleted)
+            {
+                throw new XunitException("Server closed early.");
+            }
+        }
+    }
 
     public async Task<byte[]> ReadExactAsync(int count)
     {
@@ -246,6 +267,13 @@ internal sealed class NbdTestClient : IAsyncDisposable
             ? BinaryPrimitives.ReadUInt32BigEndian(payload)
             : 0;
         return (error, BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(4)));
+    }
+
+    /// <summary>The client drops the connection: stops sending and stops taking replies.</summary>
+    public async Task VanishAsync()
+    {
+        await _toServer.Writer.CompleteAsync();
+        await _toClient.Reader.CompleteAsync();
     }
 
     public async ValueTask DisposeAsync()

@@ -1,0 +1,232 @@
+using Ovis.Nbd.Tests.Infrastructure;
+
+namespace Ovis.Nbd.Tests;
+
+/// <summary>Many requests in flight: out-of-order completion, budgets, batching and orderly shutdown.</summary>
+public class ConcurrencyTests
+{
+    private const int Size = 1 << 20;
+
+    [Fact]
+    public async Task SlowFlush_DoesNotHoldBackALaterRead()
+    {
+        var device = new MemoryBlockDevice(Size) { FlushGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
+        device.Fill(0, TransmissionTests.Pattern(4096, 1));
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync(structured: false);
+
+        await client.SendRequestAsync(Wire.CmdFlush, 1, 0, 0);
+        await client.SendRequestAsync(Wire.CmdRead, 2, 0, 4096);
+
+        SimpleReply first = await client.ReadSimpleReplyAsync(4096);
+        Assert.Equal(2ul, first.Cookie);
+        Assert.Equal(TransmissionTests.Pattern(4096, 1), first.Data);
+
+        device.FlushGate.SetResult();
+        Assert.Equal(new SimpleReply(0, 1, []), await client.ReadSimpleReplyAsync());
+    }
+
+    [Fact]
+    public async Task AsynchronousDevice_AnswersEveryRequest_WithItsOwnData()
+    {
+        var device = new MemoryBlockDevice(Size) { CompleteAsynchronously = true };
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync();
+
+        var requests = new List<byte[]>();
+        for (int i = 0; i < 32; i++)
+        {
+            requests.Add(Wire.Request(0, Wire.CmdWrite, (ulong)i, (ulong)i * 4096, 4096, TransmissionTests.Pattern(4096, i)));
+        }
+
+        await client.SendAsync(Wire.Concat([.. requests]));
+        var cookies = new HashSet<ulong>();
+        for (int i = 0; i < 32; i++)
+        {
+            (uint error, ulong cookie) = await client.ReadPayloadlessReplyAsync();
+            Assert.Equal(0u, error);
+            Assert.True(cookies.Add(cookie));
+        }
+
+        for (int i = 0; i < 32; i++)
+        {
+            await client.SendRequestAsync(Wire.CmdRead, (ulong)(100 + i), (ulong)i * 4096, 4096, Wire.FlagDf);
+        }
+
+        for (int i = 0; i < 32; i++)
+        {
+            Chunk chunk = await client.ReadChunkAsync();
+            int index = (int)chunk.Cookie - 100;
+            Assert.Equal((ulong)index * 4096, chunk.Offset);
+            Assert.Equal(TransmissionTests.Pattern(4096, index), chunk.Payload[8..]);
+        }
+    }
+
+    [Fact]
+    public async Task InFlightRequests_AreBounded()
+    {
+        var device = new MemoryBlockDevice(Size)
+        {
+            CallGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously),
+            ConcurrencyTarget = 2,
+        };
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device), new NbdServerOptions { MaxInFlightRequests = 2 });
+        await client.NegotiateAsync(structured: false);
+
+        var requests = new List<byte[]>();
+        for (int i = 0; i < 6; i++)
+        {
+            requests.Add(Wire.Request(0, Wire.CmdWrite, (ulong)i, 0, 512, new byte[512]));
+        }
+
+        await client.SendAsync(Wire.Concat([.. requests]));
+        await device.ConcurrencyReached.Task.WaitAsync(NbdTestClient.Timeout);
+        device.CallGate.SetResult();
+
+        for (int i = 0; i < 6; i++)
+        {
+            Assert.Equal(0u, (await client.ReadSimpleReplyAsync()).Error);
+        }
+
+        Assert.Equal(2, device.MaxConcurrent);
+    }
+
+    [Fact]
+    public async Task InFlightBytes_AreBounded_ButOneOversizedRequestIsAdmittedAlone()
+    {
+        var device = new MemoryBlockDevice(Size) { CompleteAsynchronously = true };
+        await using var client = new NbdTestClient(
+            NbdTestClient.Exports(device),
+            new NbdServerOptions { MaxInFlightBytes = 8192 });
+        await client.NegotiateAsync(structured: false);
+
+        var requests = new List<byte[]>();
+        for (int i = 0; i < 16; i++)
+        {
+            requests.Add(Wire.Request(0, Wire.CmdRead, (ulong)i, (ulong)i * 4096, 4096));
+        }
+
+        // Larger than the whole budget: must still be served, on its own.
+        requests.Add(Wire.Request(0, Wire.CmdRead, 99, 0, 65536));
+        await client.SendAsync(Wire.Concat([.. requests]));
+
+        for (int i = 0; i < 16; i++)
+        {
+            Assert.Equal(0u, (await client.ReadSimpleReplyAsync(4096)).Error);
+        }
+
+        Assert.Equal(0u, (await client.ReadSimpleReplyAsync(65536)).Error);
+        Assert.True(device.MaxConcurrent <= 2, $"{device.MaxConcurrent} reads of 4 KiB ran at once under an 8 KiB budget");
+        Assert.True(client.Pool.MaxOutstanding <= 2, $"{client.Pool.MaxOutstanding} payload buffers were out at once");
+    }
+
+    [Fact]
+    public async Task PipelinedRequests_ShareOneFlush()
+    {
+        var device = new MemoryBlockDevice(Size);
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync(structured: false);
+        int flushesBefore = client.ServerOutput.Flushes;
+
+        var requests = new List<byte[]>();
+        for (int i = 0; i < 64; i++)
+        {
+            requests.Add(Wire.Request(0, Wire.CmdRead, (ulong)i, 0, 512));
+        }
+
+        await client.SendAsync(Wire.Concat([.. requests]));
+        for (int i = 0; i < 64; i++)
+        {
+            Assert.Equal((ulong)i, (await client.ReadSimpleReplyAsync(512)).Cookie);
+        }
+
+        Assert.InRange(client.ServerOutput.Flushes - flushesBefore, 1, 2);
+    }
+
+    [Fact]
+    public async Task SlowClient_BackPressure_DeliversEverythingWithBoundedBuffers()
+    {
+        var device = new MemoryBlockDevice(Size);
+        await using var client = new NbdTestClient(
+            NbdTestClient.Exports(device),
+            new NbdServerOptions { MaxInFlightBytes = 64 << 10, MaxInFlightRequests = 8 },
+            serverOutputPauseThreshold: 16 << 10);
+        await client.NegotiateAsync(structured: false);
+
+        var requests = new List<byte[]>();
+        for (int i = 0; i < 100; i++)
+        {
+            requests.Add(Wire.Request(0, Wire.CmdRead, (ulong)i, (ulong)(i % 64) * 16384, 16384));
+        }
+
+        // All requests are sent before a single reply is read.
+        await client.SendAsync(Wire.Concat([.. requests]));
+        for (int i = 0; i < 100; i++)
+        {
+            SimpleReply reply = await client.ReadSimpleReplyAsync(16384);
+            Assert.Equal(((ulong)i, 0u), (reply.Cookie, reply.Error));
+        }
+
+        Assert.True(client.Pool.MaxOutstanding <= 4, $"{client.Pool.MaxOutstanding} buffers of 16 KiB under a 64 KiB budget");
+    }
+
+    [Fact]
+    public async Task Disconnect_WaitsForInFlightReplies()
+    {
+        var device = new MemoryBlockDevice(Size) { FlushGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync();
+
+        await client.SendAsync(Wire.Concat(Wire.Request(0, Wire.CmdFlush, 1, 0, 0), Wire.Request(0, Wire.CmdDisc, 2, 0, 0)));
+        await device.FlushStarted.Task.WaitAsync(NbdTestClient.Timeout);
+        Assert.False(client.Run.IsCompleted);
+        Assert.False(device.Disposed);
+
+        device.FlushGate.SetResult();
+        Assert.Equal(new SimpleReply(0, 1, []), await client.ReadSimpleReplyAsync());
+        await client.AssertClosedAsync();
+        Assert.True(device.Disposed);
+    }
+
+    [Fact]
+    public async Task StopRequest_FinishesInFlightRequests_ThenCloses()
+    {
+        var device = new MemoryBlockDevice(Size) { FlushGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync(structured: false);
+
+        await client.SendRequestAsync(Wire.CmdFlush, 1, 0, 0);
+        await device.FlushStarted.Task.WaitAsync(NbdTestClient.Timeout);
+        await client.Stopping.CancelAsync();
+        Assert.False(client.Run.IsCompleted);
+
+        device.FlushGate.SetResult();
+        Assert.Equal(new SimpleReply(0, 1, []), await client.ReadSimpleReplyAsync());
+        await client.AssertClosedAsync();
+    }
+
+    [Fact]
+    public async Task ClientGoneWhileRepliesPending_RunEndsAndBuffersComeBack()
+    {
+        var device = new MemoryBlockDevice(Size)
+        {
+            CallGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously),
+            ConcurrencyTarget = 3,
+        };
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync(structured: false);
+
+        await client.SendAsync(Wire.Concat(
+            Wire.Request(0, Wire.CmdRead, 1, 0, 4096),
+            Wire.Request(0, Wire.CmdRead, 2, 4096, 4096),
+            Wire.Request(0, Wire.CmdWrite, 3, 0, 4096, new byte[4096])));
+        await device.ConcurrencyReached.Task.WaitAsync(NbdTestClient.Timeout);
+        await client.VanishAsync();
+
+        device.CallGate.SetResult();
+        await client.Run.WaitAsync(NbdTestClient.Timeout);
+        Assert.Equal(0, client.Pool.Outstanding);
+        Assert.Equal(0, client.Pool.BadReturns);
+        Assert.True(device.Disposed);
+    }
+}
