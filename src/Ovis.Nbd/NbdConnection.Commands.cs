@@ -11,8 +11,12 @@ public sealed partial class NbdConnection
         switch (request.Command)
         {
             case NbdCommand.Read when request.Length > 0:
-                operation.Buffer = BufferPool.Rent((int)request.Length);
-                PlanRead(operation);
+                // A read that is all holes needs no buffer at all.
+                if (PlanRead(operation))
+                {
+                    operation.Buffer = BufferPool.Rent((int)request.Length);
+                }
+
                 break;
 
             case NbdCommand.BlockStatus:
@@ -170,11 +174,11 @@ public sealed partial class NbdConnection
     }
 
     /// <summary>
-    /// Splits a READ into data and zero segments. With structured replies zero runs become
-    /// OFFSET_HOLE chunks and are not read at all; with simple replies, or when the client asked
-    /// for one chunk (DF), the whole range is one data segment.
+    /// Splits a READ into data and zero segments; true when any segment must be read. With
+    /// structured replies zero runs become OFFSET_HOLE chunks and are not read at all; with
+    /// simple replies, or when the client asked for one chunk (DF), the whole range is data.
     /// </summary>
-    private void PlanRead(NbdOperation operation)
+    private bool PlanRead(NbdOperation operation)
     {
         NbdRequest request = operation.Request;
         List<NbdExtent> segments = operation.Extents;
@@ -182,7 +186,7 @@ public sealed partial class NbdConnection
         if (!_structuredReplies || (request.Flags & NbdCommandFlags.DontFragment) != 0)
         {
             segments.Add(new NbdExtent(request.Length, NbdExtentFlags.None));
-            return;
+            return true;
         }
 
         // Only ZERO matters here: a hole without it has undefined contents and must be read.
@@ -193,6 +197,16 @@ public sealed partial class NbdConnection
             // Allocation unknown, failed, or too fragmented: reading is always correct.
             AppendExtent(segments, remainder, NbdExtentFlags.None);
         }
+
+        for (int i = 0; i < segments.Count; i++)
+        {
+            if ((segments[i].Flags & NbdExtentFlags.Zero) == 0)
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     private NbdError CollectBlockStatus(NbdOperation operation)

@@ -115,6 +115,11 @@ public sealed partial class NbdConnection : IAsyncDisposable
                 await TransmitAsync(stopping);
             }
         }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+            // Asked to stop: requests already started were finished on the way out.
+            NbdLog.Stopped(_logger, _connectionId);
+        }
         catch (Exception ex) when (IsTransportFailure(ex))
         {
             NbdLog.TransportClosed(_logger, _connectionId, ex);

@@ -28,6 +28,9 @@ internal static partial class NbdLog
     [LoggerMessage(EventId = 8, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} client stopped taking replies")]
     public static partial void OutputClosed(ILogger logger, long connectionId, Exception? exception);
 
+    [LoggerMessage(EventId = 10, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} stopped on request")]
+    public static partial void Stopped(ILogger logger, long connectionId);
+
     [LoggerMessage(EventId = 9, Level = LogLevel.Error, Message = "NBD connection {ConnectionId} block device threw; replying EIO")]
     public static partial void DeviceFault(ILogger logger, long connectionId, Exception exception);
 }

@@ -66,6 +66,21 @@ public class TransmissionTests
     }
 
     [Fact]
+    public async Task Read_Structured_AllHoles_NeitherReadsNorBuffers()
+    {
+        var device = new MemoryBlockDevice(Size);
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync();
+        int rentedBefore = client.Pool.Rented;
+
+        await client.SendRequestAsync(Wire.CmdRead, 1, 0, 1 << 16);
+
+        Chunk hole = Assert.Single(await client.ReadStructuredReplyAsync());
+        Assert.Equal(Wire.Hex("0000000000000000 00010000"), hole.Payload);
+        Assert.Equal((0, rentedBefore), (device.ReadCalls, client.Pool.Rented));
+    }
+
+    [Fact]
     public async Task Read_DontFragment_SendsOneDataChunkWithZeroesInline()
     {
         var device = new MemoryBlockDevice(Size);
