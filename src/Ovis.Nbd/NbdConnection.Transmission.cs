@@ -5,17 +5,6 @@ namespace Ovis.Nbd;
 
 public sealed partial class NbdConnection
 {
-    private readonly Lock _sync = new();
-
-    // Guarded by _sync: the in-flight budget, finished operations waiting for the output loop,
-    // and idle operation objects.
-    private readonly Queue<NbdOperation> _completed;
-    private readonly Stack<NbdOperation> _operationPool;
-    private int _inFlightRequests;
-    private long _inFlightBytes;
-
-    private readonly NbdSignal _repliesReady = new();
-    private readonly NbdSignal _capacityFreed = new();
     private readonly long _maxSkippedPayload;
 
     // Read loop only.
@@ -206,153 +195,6 @@ public sealed partial class NbdConnection
         return _payloadReceived == length;
     }
 
-    /// <summary>The checks of doc/proto.md, "Error values", in the order a client would want them reported.</summary>
-    private NbdError Validate(in NbdRequest request, out NbdErrorReason reason)
-    {
-        NbdCommandFlags allowed = NbdCommandFlags.Fua;
-        switch (request.Command)
-        {
-            case NbdCommand.Read:
-                // DF only exists once structured replies are on (NBD_FLAG_SEND_DF).
-                if (_structuredReplies)
-                {
-                    allowed |= NbdCommandFlags.DontFragment;
-                }
-
-                break;
-            case NbdCommand.Write:
-            case NbdCommand.Flush:
-            case NbdCommand.Trim:
-            case NbdCommand.Cache:
-                break;
-            case NbdCommand.WriteZeroes:
-                allowed |= NbdCommandFlags.NoHole | NbdCommandFlags.FastZero;
-                break;
-            case NbdCommand.BlockStatus:
-                allowed |= NbdCommandFlags.ReqOne;
-                break;
-            default:
-                reason = NbdErrorReason.UnknownCommand;
-                return NbdError.EINVAL;
-        }
-
-        if ((request.Flags & ~allowed) != 0)
-        {
-            reason = NbdErrorReason.InvalidFlags;
-            return NbdError.EINVAL;
-        }
-
-        if (request.Command is NbdCommand.Write or NbdCommand.Trim or NbdCommand.WriteZeroes
-            && (_transmissionFlags & NbdTransmissionFlags.ReadOnly) != 0)
-        {
-            reason = NbdErrorReason.ReadOnly;
-            return NbdError.EPERM;
-        }
-
-        if (request.Command is NbdCommand.Read or NbdCommand.Write && request.Length > (uint)_options.MaxPayloadSize)
-        {
-            reason = NbdErrorReason.PayloadTooLarge;
-            return NbdError.EINVAL;
-        }
-
-        if (request.Command == NbdCommand.Flush)
-        {
-            // "For a flush request, length and offset are reserved, and MUST be set to all-zero."
-            reason = request.Offset != 0 || request.Length != 0 ? NbdErrorReason.ReservedFieldsSet : NbdErrorReason.None;
-            return reason == NbdErrorReason.None ? NbdError.None : NbdError.EINVAL;
-        }
-
-        if (request.Command == NbdCommand.BlockStatus)
-        {
-            if (!_baseAllocationSelected)
-            {
-                reason = NbdErrorReason.NoMetaContext;
-                return NbdError.EINVAL;
-            }
-
-            // Every descriptor must have a nonzero length, so an empty range has no valid answer.
-            if (request.Length == 0)
-            {
-                reason = NbdErrorReason.ZeroLength;
-                return NbdError.EINVAL;
-            }
-        }
-
-        ulong size = (ulong)_exportSize;
-        if (request.Offset > size || request.Length > size - request.Offset)
-        {
-            reason = NbdErrorReason.OutOfRange;
-            // ENOSPC for writes past the end, EINVAL for everything else.
-            return request.Command is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.ENOSPC : NbdError.EINVAL;
-        }
-
-        reason = NbdErrorReason.None;
-        return NbdError.None;
-    }
-
-    /// <summary>Takes a request slot and <paramref name="bytes"/> of budget, or says to wait for a reply to free some.</summary>
-    private bool TryAdmit(in NbdRequest request, long bytes, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out NbdOperation? operation)
-    {
-        lock (_sync)
-        {
-            // A request larger than the whole byte budget is admitted alone rather than never.
-            if (_inFlightRequests >= _options.MaxInFlightRequests
-                || (_inFlightBytes != 0 && _inFlightBytes + bytes > _options.MaxInFlightBytes))
-            {
-                operation = null;
-                return false;
-            }
-
-            _inFlightRequests++;
-            _inFlightBytes += bytes;
-            _operationPool.TryPop(out operation);
-        }
-
-        operation ??= new NbdOperation(this);
-        operation.Initialize(request, bytes);
-        return true;
-    }
-
-    /// <summary>Returns an operation's buffer and budget; called once per operation, after its reply is written or abandoned.</summary>
-    private void ReleaseOperation(NbdOperation operation)
-    {
-        if (operation.Buffer is { } buffer)
-        {
-            operation.Buffer = null;
-            BufferPool.Return(buffer);
-        }
-
-        long bytes = operation.ChargedBytes;
-        operation.Reset();
-        lock (_sync)
-        {
-            _inFlightRequests--;
-            _inFlightBytes -= bytes;
-            _operationPool.Push(operation);
-        }
-
-        _capacityFreed.Set();
-    }
-
-    /// <summary>Hands a finished operation to the output loop.</summary>
-    private void Complete(NbdOperation operation, bool onReadLoop)
-    {
-        lock (_sync)
-        {
-            _completed.Enqueue(operation);
-        }
-
-        // The read loop wakes the output loop once per batch; device completions at once.
-        if (onReadLoop)
-        {
-            _replySignalPending = true;
-        }
-        else
-        {
-            _repliesReady.Set();
-        }
-    }
-
     private void AbandonPartialPayload()
     {
         _skipRemaining = 0;
@@ -360,22 +202,6 @@ public sealed partial class NbdConnection
         {
             _payloadOperation = null;
             ReleaseOperation(operation);
-        }
-    }
-
-    private async ValueTask DrainAsync()
-    {
-        while (true)
-        {
-            lock (_sync)
-            {
-                if (_inFlightRequests == 0)
-                {
-                    return;
-                }
-            }
-
-            await _capacityFreed.WaitAsync();
         }
     }
 }
