@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Ovis.Interop.Tests.Infrastructure;
@@ -16,7 +17,7 @@ public sealed class HarnessSelfTests(ITestOutputHelper output) : InteropTest(nul
     [Fact]
     public async Task Raw_client_speaks_nbd_with_the_reference_server()
     {
-        await using var nbdkit = await NbdKit.StartAsync(ScratchDirectory(), "memory", "64M");
+        await using var nbdkit = await NbdKit.StartAsync("memory", "64M");
 
         await using (var c = await RawNbdClient.ConnectGreetedAsync(nbdkit.Port))
         {
@@ -55,7 +56,7 @@ public sealed class HarnessSelfTests(ITestOutputHelper output) : InteropTest(nul
     [Fact]
     public async Task ExpectClose_fails_when_the_server_keeps_the_connection()
     {
-        await using var nbdkit = await NbdKit.StartAsync(ScratchDirectory(), "memory", "1M");
+        await using var nbdkit = await NbdKit.StartAsync("memory", "1M");
         await using var c = await RawNbdClient.ConnectAsync(nbdkit.Port, "");
 
         await Assert.ThrowsAsync<FailException>(() => c.ExpectCloseAsync(TimeSpan.FromMilliseconds(300), "an open connection"));
@@ -88,20 +89,26 @@ public sealed class HarnessSelfTests(ITestOutputHelper output) : InteropTest(nul
         Assert.True(File.Exists(Path.ChangeExtension(OvisDaemon.OvisDll, ".runtimeconfig.json")), "ovis.runtimeconfig.json is missing next to ovis.dll");
     }
 
-    /// <summary>nbdkit in the background on a free loopback port; killed on dispose.</summary>
+    /// <summary>
+    /// nbdkit in the foreground (-f) on a free loopback port, killed on dispose. nbdkit sets
+    /// PR_SET_PDEATHSIG, and that signal follows the *thread* that forked it — here a pool thread
+    /// that may end at any time — so it runs under a shell that outlives it.
+    /// </summary>
     private sealed class NbdKit : IAsyncDisposable
     {
-        private readonly string _pidFile;
+        private readonly Process _process;
+        private readonly string _pid;
 
-        private NbdKit(int port, string pidFile)
+        private NbdKit(int port, Process process, string pid)
         {
             Port = port;
-            _pidFile = pidFile;
+            _process = process;
+            _pid = pid;
         }
 
         public int Port { get; }
 
-        public static async Task<NbdKit> StartAsync(string dir, params string[] plugin)
+        public static async Task<NbdKit> StartAsync(params string[] plugin)
         {
             int port;
             using (var probe = new TcpListener(IPAddress.Loopback, 0))
@@ -109,23 +116,63 @@ public sealed class HarnessSelfTests(ITestOutputHelper output) : InteropTest(nul
                 probe.Start();
                 port = ((IPEndPoint)probe.LocalEndpoint).Port;
             }
-            var pidFile = Path.Combine(dir, "nbdkit.pid");
-            // Without -f nbdkit binds its socket before it forks and the parent exits, so the port
-            // is listening when this returns. The child writes the pid file before it serves the
-            // first connection, so it exists by the time the server is disposed.
-            var r = await ProcessRunner.Run("nbdkit",
-                ["-P", pidFile, "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture), .. plugin],
-                TimeSpan.FromSeconds(20));
-            Assert.True(r.Succeeded, r.Describe());
-            return new NbdKit(port, pidFile);
+            var psi = new ProcessStartInfo("sh") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+            // The shell prints nbdkit's pid and waits for it, so that nbdkit can be stopped on its
+            // own and reaped by the shell (a container's pid 1 may not reap orphans).
+            foreach (var a in new[] { "-c", "nbdkit \"$@\" & echo $!; wait $!", "sh", "-f", "-v", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture) }.Concat(plugin))
+            {
+                psi.ArgumentList.Add(a);
+            }
+            var bound = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var pid = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
+            var p = new Process { StartInfo = psi };
+            p.ErrorDataReceived += (_, e) =>
+            {
+                if (e.Data is null)
+                {
+                    return;
+                }
+                log.Enqueue(e.Data);
+                // Printed once the listening socket exists; connections queue from then on.
+                if (e.Data.Contains("bound to", StringComparison.Ordinal))
+                {
+                    bound.TrySetResult();
+                }
+            };
+            p.OutputDataReceived += (_, e) =>
+            {
+                if (e.Data is not null)
+                {
+                    pid.TrySetResult(e.Data.Trim());
+                }
+            };
+            p.Start();
+            p.BeginErrorReadLine();
+            p.BeginOutputReadLine();
+            var done = await Task.WhenAny(bound.Task, p.WaitForExitAsync()).WaitAsync(TimeSpan.FromSeconds(20));
+            if (done != bound.Task)
+            {
+                Assert.Fail($"nbdkit did not start:\n{string.Join('\n', log)}");
+            }
+            return new NbdKit(port, p, await pid.Task.WaitAsync(TimeSpan.FromSeconds(20)));
         }
 
         public async ValueTask DisposeAsync()
         {
-            if (File.Exists(_pidFile))
+            if (!_process.HasExited)
             {
-                await ProcessRunner.Run("kill", [(await File.ReadAllTextAsync(_pidFile)).Trim()], TimeSpan.FromSeconds(10));
+                await ProcessRunner.Run("kill", [_pid], TimeSpan.FromSeconds(10));
+                try
+                {
+                    await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+                }
+                catch (TimeoutException)
+                {
+                    _process.Kill(entireProcessTree: true);
+                }
             }
+            _process.Dispose();
         }
     }
 }

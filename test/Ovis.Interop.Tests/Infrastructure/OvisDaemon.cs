@@ -25,7 +25,7 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     {
     }
 
-    public OvisDaemon(bool unixSocket)
+    private OvisDaemon(bool unixSocket)
     {
         _unixSocket = unixSocket;
         Root = Directory.CreateTempSubdirectory("ovis-interop-").FullName;

@@ -55,6 +55,7 @@ public sealed class RawNbdClient : IAsyncDisposable
     public const uint EPERM = 1;
     public const uint EINVAL = 22;
     public const uint ENOMEM = 12;
+    public const uint ENOSPC = 28;
     public const uint EOVERFLOW = 75;
 
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(20);
