@@ -197,7 +197,7 @@ public class ConcurrencyTests
 
         await client.SendRequestAsync(Wire.CmdFlush, 1, 0, 0);
         await device.FlushStarted.Task.WaitAsync(NbdTestClient.Timeout);
-        await client.Stopping.CancelAsync();
+        await client.Stopping.CancelAsync().WaitAsync(NbdTestClient.Timeout);
         Assert.False(client.Run.IsCompleted);
 
         device.FlushGate.SetResult();

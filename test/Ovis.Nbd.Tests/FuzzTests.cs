@@ -81,7 +81,7 @@ public class FuzzTests
             }
 
             await client.CloseSendAsync();
-            await drained;
+            await drained.WaitAsync(NbdTestClient.Timeout);
             await client.AssertRunCompletedAsync();
             Assert.True(exports.Opened == 0 || device.Disposed);
         }
@@ -99,7 +99,7 @@ public class FuzzTests
         Task<byte[]> drained = client.ReadToEndAsync();
         await client.SendAsync(input);
         await client.CloseSendAsync();
-        await drained;
+        await drained.WaitAsync(NbdTestClient.Timeout);
         await client.AssertRunCompletedAsync();
         Assert.True(device.Disposed);
     }

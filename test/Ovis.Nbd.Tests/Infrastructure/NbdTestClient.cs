@@ -272,14 +272,13 @@ internal sealed class NbdTestClient : IAsyncDisposable
     /// <summary>The client drops the connection: stops sending and stops taking replies.</summary>
     public async Task VanishAsync()
     {
-        await _toServer.Writer.CompleteAsync();
-        await _toClient.Reader.CompleteAsync();
+        await _toServer.Writer.CompleteAsync().AsTask().WaitAsync(Timeout);
+        await _toClient.Reader.CompleteAsync().AsTask().WaitAsync(Timeout);
     }
 
     public async ValueTask DisposeAsync()
     {
-        await _toServer.Writer.CompleteAsync();
-        await _toClient.Reader.CompleteAsync();
+        await VanishAsync();
         await Connection.DisposeAsync().AsTask().WaitAsync(Timeout);
         Stopping.Dispose();
     }
