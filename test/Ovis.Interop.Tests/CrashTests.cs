@@ -130,6 +130,162 @@ public sealed class CrashTests(ITestOutputHelper output) : InteropTest(null, out
         Assert.Equal(data, await again.ReadOkAsync(3 * MiB, data.Length));
     }
 
+    [Fact]
+    public async Task A_flush_on_one_connection_persists_writes_acknowledged_on_another()
+    {
+        await using var daemon = await OvisDaemon.StartNewAsync();
+        Daemon = daemon;
+        var vol = await CreateVolume("crossflush", "16M");
+        var a = await RawNbdClient.ConnectAsync(daemon.NbdPort, vol);
+        var b = await RawNbdClient.ConnectAsync(daemon.NbdPort, vol);
+        var data = RandomBytes(512 * KiB, seed: 77);
+
+        // Acknowledged on a, never flushed on a; b's flush arrives after the acknowledgement.
+        await a.WriteOkAsync(2 * MiB, data);
+        Assert.Equal(0u, await b.FlushAsync());
+        await daemon.KillAsync();
+        a.Abort();
+        b.Abort();
+        await daemon.StartAsync();
+
+        await using var c = await RawNbdClient.ConnectAsync(daemon.NbdPort, vol);
+        var after = await c.ReadOkAsync(2 * MiB, data.Length);
+        Assert.True(data.AsSpan().SequenceEqual(after),
+            "a write acknowledged on one connection was lost although a flush on another connection completed after it");
+    }
+
+    [Fact]
+    public async Task Kill_9_under_pipelined_load_keeps_every_flushed_write()
+    {
+        await using var daemon = await OvisDaemon.StartNewAsync();
+        Daemon = daemon;
+        const int regionStart = 16 * MiB;
+        const int writeSize = 64 * KiB;
+        const int writes = 16 * MiB / writeSize;       // 256 disjoint writes over [16 MiB, 32 MiB)
+        var vol = await CreateVolume("load", "32M");
+        await QemuIo(daemon.NbdUri(vol), "write -P 0x6b 0 16M", "flush");
+
+        var payloads = new byte[writes][];
+        var order = Enumerable.Range(0, writes).ToArray();
+        new Random(31).Shuffle(order);
+        var acked = new bool[writes];
+        var durable = new bool[writes];
+        var ackCount = 0;
+        var flushesDone = 0;
+        var killNow = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var flushSnapshots = new System.Collections.Concurrent.ConcurrentDictionary<ulong, int[]>();
+        var writeOf = new System.Collections.Concurrent.ConcurrentDictionary<ulong, int>();
+        var c = await RawNbdClient.ConnectAsync(daemon.NbdPort, vol);
+        using var window = new SemaphoreSlim(32);
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(120));
+
+        // Sender: keeps 32 writes in flight, in random order; after every 40 writes a flush that
+        // covers the writes already acknowledged when it is sent.
+        var sender = Task.Run(async () =>
+        {
+            for (var i = 0; i < writes; i++)
+            {
+                await window.WaitAsync(stop.Token);
+                var w = order[i];
+                payloads[w] = RandomBytes(writeSize, seed: 1000 + w);
+                var h = c.NextHandle();
+                writeOf[h] = w;
+                await c.SendAsync(RawNbdClient.EncodeRequest(RawNbdClient.CmdWrite, h, (ulong)(regionStart + w * writeSize), writeSize));
+                await c.SendAsync(payloads[w]);
+                if (i % 40 == 39)
+                {
+                    int[] covered;
+                    lock (acked)
+                    {
+                        covered = [.. Enumerable.Range(0, writes).Where(x => acked[x])];
+                    }
+                    var fh = c.NextHandle();
+                    flushSnapshots[fh] = covered;
+                    await c.SendAsync(RawNbdClient.EncodeRequest(RawNbdClient.CmdFlush, fh, 0, 0));
+                }
+            }
+        });
+        // Receiver: records acknowledgements; asks for the kill after 3 completed flushes and
+        // 150 acknowledged writes, with writes still in flight.
+        var receiver = Task.Run(async () =>
+        {
+            while (true)
+            {
+                var r = await c.ReadReplyAsync(0, TimeSpan.FromSeconds(30));
+                if (r is null)
+                {
+                    return;
+                }
+                Assert.Equal(0u, r.Error);
+                if (writeOf.TryRemove(r.Handle, out var w))
+                {
+                    lock (acked)
+                    {
+                        acked[w] = true;
+                    }
+                    window.Release();
+                    Interlocked.Increment(ref ackCount);
+                }
+                else if (flushSnapshots.TryRemove(r.Handle, out var covered))
+                {
+                    lock (acked)
+                    {
+                        foreach (var x in covered)
+                        {
+                            durable[x] = true;
+                        }
+                    }
+                    Interlocked.Increment(ref flushesDone);
+                }
+                if (Volatile.Read(ref flushesDone) >= 3 && Volatile.Read(ref ackCount) >= 150)
+                {
+                    killNow.TrySetResult();
+                }
+            }
+        });
+
+        var first = await Task.WhenAny(killNow.Task, sender, receiver).WaitAsync(TimeSpan.FromSeconds(120));
+        if (first != killNow.Task)
+        {
+            await first; // surfaces the sender's or receiver's failure
+            Assert.Fail($"the load ended before the kill point ({ackCount} writes acknowledged, {flushesDone} flushes)");
+        }
+        await daemon.KillAsync();
+        c.Abort();
+        await stop.CancelAsync();
+        // Both loops end on the dead connection; their errors are expected now.
+        await Task.WhenAll(sender, receiver).ContinueWith(_ => { }, TaskScheduler.Default).WaitAsync(TimeSpan.FromSeconds(30));
+        await daemon.StartAsync();
+
+        await QemuIo(daemon.NbdUri(vol), "read -P 0x6b 0 16M");
+        await using var check = await RawNbdClient.ConnectAsync(daemon.NbdPort, vol);
+        var problems = new List<string>();
+        int survived = 0, durableCount = 0;
+        for (var w = 0; w < writes; w++)
+        {
+            var actual = await check.ReadOkAsync(regionStart + w * writeSize, writeSize);
+            for (var blk = 0; blk < writeSize / Block; blk++)
+            {
+                var a = actual.AsSpan(blk * Block, Block);
+                var isNew = payloads[w] is { } p && a.SequenceEqual(p.AsSpan(blk * Block, Block));
+                var isOld = !a.ContainsAnyExcept((byte)0);
+                if (durable[w] && !isNew)
+                {
+                    problems.Add($"write {w} (offset {regionStart + w * writeSize}) block {blk}: covered by a completed flush but {(isOld ? "gone" : "torn")}");
+                }
+                else if (!isNew && !isOld)
+                {
+                    problems.Add($"write {w} (offset {regionStart + w * writeSize}) block {blk}: torn, neither old nor new");
+                }
+                survived += isNew ? 1 : 0;
+            }
+            durableCount += durable[w] ? 1 : 0;
+        }
+        Log($"{ackCount} writes acknowledged, {durableCount} covered by {flushesDone} flushes, {survived} blocks of new data after the crash");
+        Assert.True(problems.Count == 0, $"{problems.Count} bad blocks:\n{string.Join('\n', problems.Take(20))}\n{daemon.Log}");
+        Assert.True(durableCount > 0, "no write was covered by a completed flush: the test proved nothing");
+    }
+
     /// <summary>24 random writes of 1 B–256 KiB at any offset, a discard and a write-zeroes (4 KiB aligned), then flush.</summary>
     private async Task WriteFlushedWithQemuIo(string uri, byte[] expected, Random rng, string dir, int cycle)
     {
