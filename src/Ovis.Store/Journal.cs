@@ -147,7 +147,8 @@ internal sealed partial class Journal : IDisposable
             offset = batch.Length;
             batch.Length += size;
             batch.RecordCount++;
-            batch.Outstanding++;
+            // Interlocked although under the lock: Commit decrements without it.
+            Interlocked.Increment(ref batch.Outstanding);
             return ReserveResult.Ok;
         }
     }
