@@ -9,7 +9,7 @@ namespace Ovis.Interop.Tests;
 public sealed class FioTests(OvisDaemon daemon, ITestOutputHelper output)
     : InteropTest(daemon, output), IClassFixture<OvisDaemon>
 {
-    private static readonly TimeSpan FioTimeout = TimeSpan.FromSeconds(300);
+    private static readonly TimeSpan FioTimeout = TimeSpan.FromSeconds(120);
 
     [Theory]
     [InlineData("randwrite")]
