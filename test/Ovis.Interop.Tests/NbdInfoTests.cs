@@ -95,6 +95,31 @@ public sealed class NbdInfoTests(OvisDaemon daemon, ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Map_tells_zeroed_but_allocated_blocks_from_holes()
+    {
+        var vol = await CreateVolume(UniqueName("map-zero"), "4M");
+        var uri = Daemon.NbdUri(vol);
+
+        await QemuIo(uri,
+            "write -P 0x01 0 1M",
+            "write -z 64k 64k",                 // WRITE_ZEROES with NO_HOLE: stays allocated
+            "write -z -u 256k 64k");            // may unmap: becomes a hole
+
+        // IObjectStore: keepAllocated blocks are reported allocated and zero (NBD_STATE_ZERO, type 2).
+        (long Offset, long Length, int Type)[] expected =
+        [
+            (0, 64 * KiB, 0),
+            (64 * KiB, 64 * KiB, 2),
+            (128 * KiB, 128 * KiB, 0),
+            (256 * KiB, 64 * KiB, 3),
+            (320 * KiB, MiB - 320 * KiB, 0),
+            (MiB, 3 * MiB, 3),
+        ];
+        Assert.Equal(Format(expected), Format(await NbdMap(uri)));
+        await QemuIo(uri, "read -P 0x01 0 64k", "read -P 0 64k 64k", "read -P 0x01 128k 128k", "read -P 0 256k 64k", "read -P 0x01 320k 704k");
+    }
+
+    [Fact]
     public async Task Map_of_an_untouched_volume_is_one_hole()
     {
         var vol = await CreateVolume(UniqueName("map-empty"), "1G");
