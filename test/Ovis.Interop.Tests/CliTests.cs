@@ -100,6 +100,38 @@ public sealed class CliTests(OvisDaemon daemon, ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData("a/b")]
+    [InlineData("a b")]
+    [InlineData("../up")]
+    [InlineData("name?socket=x")]
+    [InlineData("")]
+    [InlineData("x123456789012345678901234567890123456789012345678901234567890abcd")]   // 65 characters
+    public async Task Names_that_cannot_be_export_names_are_refused(string name)
+    {
+        var r = await Cli("vdi", "create", name, "1M");
+
+        AssertRefused(r, 1, 2);
+        Assert.DoesNotContain(name, VolumeJson.ListFrom(await CliJson("vdi", "list")).Select(v => v.Name));
+    }
+
+    [Fact]
+    public async Task Shrinking_an_exported_volume_is_refused_growing_is_not()
+    {
+        var name = await CreateVolume(UniqueName("cli-rs"), "16M");
+        await QemuIo(Daemon.NbdUri(name), "write -P 0x77 0 16M");
+        await using (var c = await RawNbdClient.ConnectAsync(Daemon.NbdPort, name))
+        {
+            AssertRefused(await Cli("vdi", "resize", name, "8M", "--allow-shrink"), 1);
+            await CliJson("vdi", "resize", name, "32M");
+            // The open connection keeps the size it negotiated, and its data.
+            Assert.Equal(16L * MiB, c.ExportSize);
+            Assert.Equal(Enumerable.Repeat((byte)0x77, 4096), await c.ReadOkAsync(16L * MiB - 4096, 4096));
+        }
+        Assert.Equal(32L * MiB, (await VolumeInfo(name)).Size);
+        await QemuIo(Daemon.NbdUri(name), "read -P 0x77 0 16M", "read -P 0 16M 16M");
+    }
+
+    [Theory]
     [InlineData("vdi create")]
     [InlineData("vdi create only-a-name")]
     [InlineData("vdi info")]

@@ -14,12 +14,14 @@ public sealed class CrashTests(ITestOutputHelper output) : InteropTest(null, out
     private const int Block = 4096;
     private const int VolumeSize = 32 * MiB;
 
-    [Fact]
-    public async Task Flushed_data_survives_kill_9_and_unflushed_blocks_are_all_or_nothing()
+    [Theory]
+    [InlineData(null)]
+    [InlineData("64K")]     // many small objects: 512 of them, most created between two crashes
+    public async Task Flushed_data_survives_kill_9_and_unflushed_blocks_are_all_or_nothing(string? objectSize)
     {
         await using var daemon = await OvisDaemon.StartNewAsync();
         Daemon = daemon;
-        var vol = await CreateVolume("crash", "32M");
+        var vol = await CreateVolume("crash", "32M", objectSize);
         var dir = ScratchDirectory();
         var expected = new byte[VolumeSize];     // the volume as every flushed write left it
         var expectedPath = Path.Combine(dir, "expected.raw");
