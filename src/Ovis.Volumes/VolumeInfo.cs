@@ -1,8 +1,9 @@
 namespace Ovis.Volumes;
 
-/// <summary>What the catalog and the store know of one volume.</summary>
-/// <param name="UsedBytes">Bytes of data the volume's objects hold (thin provisioning).</param>
-/// <param name="Connections">NBD connections that have the volume open now.</param>
+/// <summary>What the catalog and the store know of one volume or snapshot.</summary>
+/// <param name="Name">The volume's name; a snapshot's is <c>VOLUME@TAG</c>.</param>
+/// <param name="UsedBytes">Bytes of data this layer holds itself: for a snapshot, the space only it uses.</param>
+/// <param name="Connections">NBD connections that have it open now.</param>
 public sealed record VolumeInfo(
     uint Id,
     string Name,
@@ -10,4 +11,11 @@ public sealed record VolumeInfo(
     long ObjectSize,
     DateTimeOffset Created,
     long UsedBytes,
-    int Connections);
+    int Connections)
+{
+    /// <summary>The layer this one inherits unwritten data from (a snapshot's name, <c>VOLUME@TAG</c>), or null.</summary>
+    public string? Parent { get; init; }
+
+    /// <summary>A snapshot: read-only, exported as <c>VOLUME@TAG</c>.</summary>
+    public bool IsSnapshot { get; init; }
+}

@@ -258,6 +258,25 @@ public sealed partial class VolumeManager : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Freezes the volume's current content as <c>NAME@TAG</c>, read-only; the volume goes on as a
+    /// new layer on top of it. Takes the same time whatever the volume's size: no data is copied.
+    /// Writes in flight finish first; everything acknowledged before is in the snapshot, durably.
+    /// </summary>
+    public Task<VolumeInfo> SnapshotAsync(string name, string tag) => throw new NotImplementedException();
+
+    /// <summary>A new volume <paramref name="newName"/> whose unwritten data comes from <paramref name="snapshot"/> (<c>NAME@TAG</c>).</summary>
+    public Task<VolumeInfo> CloneAsync(string snapshot, string newName) => throw new NotImplementedException();
+
+    /// <summary>Throws away what was written to the volume since snapshot <paramref name="tag"/>. Refused while the volume is open.</summary>
+    public Task<VolumeInfo> RollbackAsync(string name, string tag) => throw new NotImplementedException();
+
+    /// <summary>Copies inherited data into the volume so it no longer depends on its parent; reports progress from 0 to 1.</summary>
+    public Task<VolumeInfo> FlattenAsync(string name, IProgress<double>? progress = null) => throw new NotImplementedException();
+
+    /// <summary>Bytes copied from parent layers to complete partially written inherited blocks (copy-on-write).</summary>
+    public long CopyOnWriteBytes => 0;
+
     /// <summary>Bytes of data held by all volumes.</summary>
     public long UsedBytes => _store.UsedBytes;
 
