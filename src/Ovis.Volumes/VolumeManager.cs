@@ -275,7 +275,9 @@ public sealed partial class VolumeManager : IAsyncDisposable
     public Task<VolumeInfo> FlattenAsync(string name, IProgress<double>? progress = null) => throw new NotImplementedException();
 
     /// <summary>Bytes copied from parent layers to complete partially written inherited blocks (copy-on-write).</summary>
-    public long CopyOnWriteBytes => 0;
+    public long CopyOnWriteBytes => Interlocked.Read(ref _copyOnWriteBytes);
+
+    private long _copyOnWriteBytes;
 
     /// <summary>Bytes of data held by all volumes.</summary>
     public long UsedBytes => _store.UsedBytes;
