@@ -279,6 +279,8 @@ public sealed partial class VolumeManager : IAsyncDisposable
 
     private long _copyOnWriteBytes;
 
+    internal void CountCopyOnWrite(long bytes) => Interlocked.Add(ref _copyOnWriteBytes, bytes);
+
     /// <summary>Bytes of data held by all volumes.</summary>
     public long UsedBytes => _store.UsedBytes;
 
