@@ -49,7 +49,20 @@ public interface IObjectStore : IAsyncDisposable
     /// <summary>Largest object the store accepts.</summary>
     long MaxObjectSize { get; }
 
-    ValueTask<StoreStatus> WriteAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua);
+    /// <summary>
+    /// Writes <paramref name="data"/>. A partial block that is a hole is completed from
+    /// <paramref name="underlay"/> when one is given (the content a layered volume inherits),
+    /// otherwise from zeroes.
+    /// </summary>
+    ValueTask<StoreStatus> WriteAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, IBlockSource? underlay = null);
+
+    /// <summary>
+    /// Copies blocks into an object only where it has a hole now, atomically per block with
+    /// respect to other writes: <paramref name="data"/> covers whole blocks from the block-aligned
+    /// <paramref name="offset"/>; with <paramref name="zeroes"/> the holes become allocated zeroes
+    /// and <paramref name="data"/> is ignored (its length still gives the range).
+    /// </summary>
+    ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes);
 
     /// <summary>Fills <paramref name="buffer"/>; holes read as zeroes. Checksums are verified.</summary>
     ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer);
@@ -71,4 +84,12 @@ public interface IObjectStore : IAsyncDisposable
 
     /// <summary>Bytes of object data held (allocated data blocks × block size).</summary>
     long UsedBytes { get; }
+}
+
+/// <summary>Where a layered volume's inherited blocks come from (its parent layers).</summary>
+public interface IBlockSource
+{
+    /// <summary>Fills <paramref name="dest"/> (one block) with block <paramref name="block"/> of the
+    /// object as the parent layers have it; false if they cannot be read.</summary>
+    bool ReadBlock(int block, Span<byte> dest);
 }

@@ -72,12 +72,17 @@ public sealed partial class LocalStore
         return StoreStatus.Ok;
     }
 
-    /// <summary>Reads one block's current content (for read-modify-write); caller holds the lock.</summary>
-    private bool ReadBlockLocked(ObjectMeta meta, int block, Span<byte> dest)
+    /// <summary>Reads one block's current content (for read-modify-write); caller holds the lock.
+    /// A hole comes from the underlay when there is one.</summary>
+    private bool ReadBlockLocked(ObjectMeta meta, int block, Span<byte> dest, IBlockSource? underlay)
     {
         if (IsFileBlock(meta, block))
         {
             return ReadFileRun(meta, block, dest);
+        }
+        if (underlay is not null && meta.EffectiveState(block) == BlockState.Hole)
+        {
+            return underlay.ReadBlock(block, dest);
         }
         CopyNonFileBlock(meta, block, dest);
         return true;

@@ -4,17 +4,17 @@ namespace Ovis.Store;
 
 public sealed partial class LocalStore
 {
-    public ValueTask<StoreStatus> WriteAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+    public ValueTask<StoreStatus> WriteAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, IBlockSource? underlay = null)
     {
         CheckRange(offset, data.Length);
         ObjectMeta meta = GetOrAdd(id);
         int done = 0;
         while (done < data.Length)
         {
-            StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], out int consumed, out bool wait);
+            StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], underlay, out int consumed, out bool wait);
             if (wait)
             {
-                return WriteSlowAsync(meta, offset, data, done, fua);
+                return WriteSlowAsync(meta, offset, data, done, fua, underlay);
             }
             if (s != StoreStatus.Ok)
             {
@@ -25,11 +25,11 @@ public sealed partial class LocalStore
         return fua ? FlushAsync() : new(StoreStatus.Ok);
     }
 
-    private async ValueTask<StoreStatus> WriteSlowAsync(ObjectMeta meta, long offset, ReadOnlyMemory<byte> data, int done, bool fua)
+    private async ValueTask<StoreStatus> WriteSlowAsync(ObjectMeta meta, long offset, ReadOnlyMemory<byte> data, int done, bool fua, IBlockSource? underlay)
     {
         while (done < data.Length)
         {
-            StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], out int consumed, out bool wait);
+            StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], underlay, out int consumed, out bool wait);
             if (wait)
             {
                 _checkpointWake.Release();
@@ -51,7 +51,7 @@ public sealed partial class LocalStore
     /// the block's current content under the object lock, so two writes into different bytes
     /// of one block never lose each other.
     /// </summary>
-    private StoreStatus WriteRecord(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, out int consumed, out bool wait)
+    private StoreStatus WriteRecord(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, IBlockSource? underlay, out int consumed, out bool wait)
     {
         int headSkip = (int)(offset % StoreBlockSize);
         int firstBlock = (int)(offset / StoreBlockSize);
@@ -68,8 +68,8 @@ public sealed partial class LocalStore
         {
             // Read the old content of partial blocks before reserving, so a failure leaves no
             // half-filled record in the batch.
-            if ((partialHead && !ReadBlockLocked(meta, firstBlock, edges[..StoreBlockSize]))
-                || (partialTail && !ReadBlockLocked(meta, firstBlock + blocks - 1, edges[StoreBlockSize..])))
+            if ((partialHead && !ReadBlockLocked(meta, firstBlock, edges[..StoreBlockSize], underlay))
+                || (partialTail && !ReadBlockLocked(meta, firstBlock + blocks - 1, edges[StoreBlockSize..], underlay)))
             {
                 return StoreStatus.IoError;
             }
@@ -170,10 +170,10 @@ public sealed partial class LocalStore
     {
         lock (meta.Lock)
         {
-            // Blocks past what the object ever held are holes already: no need to record them,
-            // except that a delete always records so the file goes away.
-            int effective = Math.Min(count, Math.Max(0, meta.Blocks - first));
-            if (effective == 0 && type != RecordType.Delete)
+            // Blocks past what the object ever held are holes already: punching them again
+            // records nothing. Allocated zeroes and deletes are always recorded.
+            int effective = type == RecordType.ZeroHole ? Math.Min(count, Math.Max(0, meta.Blocks - first)) : count;
+            if (effective == 0 && type == RecordType.ZeroHole)
             {
                 return ReserveResult.Ok;
             }
@@ -202,7 +202,7 @@ public sealed partial class LocalStore
     {
         // At most two partial blocks: under 8 KiB.
         byte[] zeroes = new byte[length];
-        return WriteAsync(id, offset, zeroes, fua: false);
+        return WriteAsync(id, offset, zeroes, fua: false, underlay: null);
     }
 
     public async ValueTask<StoreStatus> FlushAsync()

@@ -3,8 +3,24 @@ using System.Text.Json.Serialization;
 
 namespace Ovis.Volumes;
 
-/// <summary>One volume as the catalog records it.</summary>
-internal sealed record VolumeRecord(uint Id, string Name, long Size, long ObjectSize, DateTimeOffset Created);
+/// <summary>
+/// One layer as the catalog records it: a live volume, a clone, or a snapshot (Tag set). A
+/// layer holds the blocks written to it; reads of its holes fall through to the parent layer.
+/// </summary>
+internal sealed record VolumeRecord(uint Id, string Name, long Size, long ObjectSize, DateTimeOffset Created)
+{
+    /// <summary>The layer whose data shows through this one's holes, or null.</summary>
+    public uint? ParentId { get; init; }
+
+    /// <summary>Set for a snapshot (read-only, named <c>NAME@TAG</c>).</summary>
+    public string? Tag { get; init; }
+
+    [JsonIgnore]
+    public bool IsSnapshot => Tag is not null;
+
+    [JsonIgnore]
+    public string DisplayName => Tag is null ? Name : $"{Name}@{Tag}";
+}
 
 /// <summary>
 /// The embedded catalog of a single node: the volume registry in one JSON file, replaced

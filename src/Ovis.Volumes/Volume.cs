@@ -3,10 +3,11 @@ using Ovis.Store;
 namespace Ovis.Volumes;
 
 /// <summary>
-/// An open volume: byte-range I/O mapped onto its objects (object i holds bytes
+/// An open volume or snapshot: byte-range I/O mapped onto its objects (object i holds bytes
 /// [i × ObjectSize, (i+1) × ObjectSize)). Thread-safe; dispose to close. A request inside one
-/// object — the common case — goes straight to the store without an extra await.
-/// Bounds are the caller's to check (the NBD front does, against <see cref="Size"/>).
+/// object of a volume without parent layers — the common case — goes straight to the store
+/// without an extra await. Bounds are the caller's to check (the NBD front does, against
+/// <see cref="Size"/>).
 /// </summary>
 public sealed class Volume : IDisposable
 {
@@ -20,36 +21,38 @@ public sealed class Volume : IDisposable
         _state = state;
         _store = store;
         _owner = owner;
+        IsReadOnly = state.Record.IsSnapshot;
     }
 
-    public string Name => _state.Record.Name;
+    /// <summary>The export name: the volume's, or <c>NAME@TAG</c> for a snapshot.</summary>
+    public string Name => _state.Record.DisplayName;
 
     /// <summary>The size now; it may change by a resize while the volume is open.</summary>
     public long Size => _state.Record.Size;
 
     public long ObjectSize => _state.Record.ObjectSize;
 
+    /// <summary>Snapshots are read-only.</summary>
     public bool IsReadOnly { get; }
-
-    private ObjectId Object(long index) => new(_state.Record.Id, (uint)index);
 
     public ValueTask<StoreStatus> ReadAsync(long offset, Memory<byte> buffer)
     {
+        uint[] chain = _state.Chain;
         long os = ObjectSize;
         long inObject = offset % os;
         return inObject + buffer.Length <= os
-            ? _store.ReadAsync(Object(offset / os), inObject, buffer)
-            : ReadSplitAsync(offset, buffer);
+            ? Layers.ReadAsync(_store, chain, (uint)(offset / os), inObject, buffer)
+            : ReadSplitAsync(chain, offset, buffer);
     }
 
-    private async ValueTask<StoreStatus> ReadSplitAsync(long offset, Memory<byte> buffer)
+    private async ValueTask<StoreStatus> ReadSplitAsync(uint[] chain, long offset, Memory<byte> buffer)
     {
         long os = ObjectSize;
         while (!buffer.IsEmpty)
         {
             long inObject = offset % os;
             int n = (int)Math.Min(buffer.Length, os - inObject);
-            StoreStatus s = await _store.ReadAsync(Object(offset / os), inObject, buffer[..n]).ConfigureAwait(false);
+            StoreStatus s = await Layers.ReadAsync(_store, chain, (uint)(offset / os), inObject, buffer[..n]).ConfigureAwait(false);
             if (s != StoreStatus.Ok)
             {
                 return s;
@@ -61,22 +64,42 @@ public sealed class Volume : IDisposable
     }
 
     public ValueTask<StoreStatus> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
+        => _state.Gate.TryEnter() ? Leave(WriteOp(_state.Chain, offset, data, fua)) : WriteWhenOpenAsync(offset, data, fua);
+
+    private async ValueTask<StoreStatus> WriteWhenOpenAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
+    {
+        await EnterAsync().ConfigureAwait(false);
+        return await Leave(WriteOp(_state.Chain, offset, data, fua)).ConfigureAwait(false);
+    }
+
+    private ValueTask<StoreStatus> WriteOp(uint[] chain, long offset, ReadOnlyMemory<byte> data, bool fua)
     {
         long os = ObjectSize;
         long inObject = offset % os;
         return inObject + data.Length <= os
-            ? _store.WriteAsync(Object(offset / os), inObject, data, fua)
-            : WriteSplitAsync(offset, data, fua);
+            ? WriteObject(chain, (uint)(offset / os), inObject, data, fua)
+            : WriteSplitAsync(chain, offset, data, fua);
     }
 
-    private async ValueTask<StoreStatus> WriteSplitAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
+    private ValueTask<StoreStatus> WriteObject(uint[] chain, uint index, long inObject, ReadOnlyMemory<byte> data, bool fua)
+    {
+        // Only a partial block that this layer has never written needs the parents' content:
+        // whole blocks are written as they are, so copy-on-write copies nothing for them.
+        int bs = _store.BlockSize;
+        IBlockSource? underlay = chain.Length > 1 && (inObject % bs != 0 || data.Length % bs != 0)
+            ? new ParentBlocks(_store, chain, index, _owner)
+            : null;
+        return _store.WriteAsync(new ObjectId(chain[0], index), inObject, data, fua, underlay);
+    }
+
+    private async ValueTask<StoreStatus> WriteSplitAsync(uint[] chain, long offset, ReadOnlyMemory<byte> data, bool fua)
     {
         long os = ObjectSize;
         while (!data.IsEmpty)
         {
             long inObject = offset % os;
             int n = (int)Math.Min(data.Length, os - inObject);
-            StoreStatus s = await _store.WriteAsync(Object(offset / os), inObject, data[..n], fua: false).ConfigureAwait(false);
+            StoreStatus s = await WriteObject(chain, (uint)(offset / os), inObject, data[..n], fua: false).ConfigureAwait(false);
             if (s != StoreStatus.Ok)
             {
                 return s;
@@ -87,18 +110,29 @@ public sealed class Volume : IDisposable
         return fua ? await _store.FlushAsync().ConfigureAwait(false) : StoreStatus.Ok;
     }
 
-    public async ValueTask<StoreStatus> ZeroAsync(long offset, long length, bool keepAllocated, bool fua)
+    public ValueTask<StoreStatus> ZeroAsync(long offset, long length, bool keepAllocated, bool fua)
+        => _state.Gate.TryEnter() ? Leave(ZeroOp(_state.Chain, offset, length, keepAllocated, fua)) : ZeroWhenOpenAsync(offset, length, keepAllocated, fua);
+
+    private async ValueTask<StoreStatus> ZeroWhenOpenAsync(long offset, long length, bool keepAllocated, bool fua)
+    {
+        await EnterAsync().ConfigureAwait(false);
+        return await Leave(ZeroOp(_state.Chain, offset, length, keepAllocated, fua)).ConfigureAwait(false);
+    }
+
+    private async ValueTask<StoreStatus> ZeroOp(uint[] chain, long offset, long length, bool keepAllocated, bool fua)
     {
         long os = ObjectSize;
+        // Over a parent a hole would show the parent's data again: zeroes stay allocated.
+        bool layered = chain.Length > 1;
         while (length > 0)
         {
             long inObject = offset % os;
             long n = Math.Min(length, os - inObject);
-            var id = Object(offset / os);
+            var id = new ObjectId(chain[0], (uint)(offset / os));
             // A whole object that becomes a hole is removed outright.
-            StoreStatus s = n == os && !keepAllocated
+            StoreStatus s = n == os && !keepAllocated && !layered
                 ? await _store.DeleteAsync(id).ConfigureAwait(false)
-                : await _store.ZeroAsync(id, inObject, n, keepAllocated, fua: false).ConfigureAwait(false);
+                : await _store.ZeroAsync(id, inObject, n, keepAllocated || layered, fua: false).ConfigureAwait(false);
             if (s != StoreStatus.Ok)
             {
                 return s;
@@ -111,18 +145,53 @@ public sealed class Volume : IDisposable
 
     public ValueTask<StoreStatus> FlushAsync() => _store.FlushAsync();
 
-    /// <summary>Fills one state per 4 KiB block of the aligned range starting at <paramref name="offset"/>.</summary>
+    /// <summary>Fills one state per 4 KiB block of the aligned range starting at <paramref name="offset"/>,
+    /// looking through to parent layers where this one has holes.</summary>
     public void GetAllocation(long offset, Span<BlockState> states)
     {
+        uint[] chain = _state.Chain;
         long os = ObjectSize;
         int bs = _store.BlockSize;
         while (!states.IsEmpty)
         {
             long inObject = offset % os;
             int n = (int)Math.Min(states.Length, (os - inObject) / bs);
-            _store.GetAllocation(Object(offset / os), inObject, states[..n]);
+            Layers.GetAllocation(_store, chain, (uint)(offset / os), inObject, states[..n]);
             offset += (long)n * bs;
             states = states[n..];
+        }
+    }
+
+    // Writes run inside the volume's gate, so that a snapshot holds either all of a write or
+    // none of it; the chain is read once, inside the gate. A write is started (and its
+    // store call made) inside the gate and leaves it when it completes.
+    private ValueTask<StoreStatus> Leave(ValueTask<StoreStatus> pending)
+    {
+        if (pending.IsCompleted)
+        {
+            _state.Gate.Exit();
+            return pending;
+        }
+        return ExitWhenDoneAsync(pending);
+    }
+
+    private async ValueTask<StoreStatus> ExitWhenDoneAsync(ValueTask<StoreStatus> pending)
+    {
+        try
+        {
+            return await pending.ConfigureAwait(false);
+        }
+        finally
+        {
+            _state.Gate.Exit();
+        }
+    }
+
+    private async Task EnterAsync()
+    {
+        while (!_state.Gate.TryEnter())
+        {
+            await _state.Gate.WhenOpen.ConfigureAwait(false);
         }
     }
 

@@ -6,9 +6,9 @@ using Ovis.Store;
 namespace Ovis.Volumes;
 
 /// <summary>
-/// The volumes of one node: creates, lists, resizes and deletes them in the catalog, and opens
-/// them for I/O. Control-plane calls throw <see cref="VolumeException"/> when refused; they are
-/// serialised by one lock (they are rare), the data path never takes it.
+/// The volumes of one node: creates, lists, resizes, snapshots, clones and deletes them in the
+/// catalog, and opens them for I/O. Control-plane calls throw <see cref="VolumeException"/> when
+/// refused. They are serialised by one async lock (they are rare); the data path never takes it.
 /// </summary>
 public sealed partial class VolumeManager : IAsyncDisposable
 {
@@ -20,8 +20,12 @@ public sealed partial class VolumeManager : IAsyncDisposable
     private readonly LocalStore _store;
     private readonly Catalog _catalog;
     private readonly FileStream _dirLock;
-    private readonly Lock _controlLock = new();
-    private readonly Dictionary<string, VolumeState> _volumes = new(StringComparer.Ordinal);
+    private readonly SemaphoreSlim _control = new(1, 1);
+    // Guards the maps and the states' records and chains, briefly.
+    private readonly Lock _lock = new();
+    private readonly Dictionary<uint, VolumeState> _byId = [];
+    private readonly Dictionary<string, VolumeState> _byName = new(StringComparer.Ordinal);
+    private long _copyOnWriteBytes;
 
     private VolumeManager(LocalStore store, Catalog catalog, FileStream dirLock)
     {
@@ -30,12 +34,20 @@ public sealed partial class VolumeManager : IAsyncDisposable
         _dirLock = dirLock;
         foreach (VolumeRecord r in catalog.State.Volumes)
         {
-            _volumes[r.Name] = new VolumeState(r);
+            var state = new VolumeState(r);
+            _byId[r.Id] = state;
+            _byName[r.DisplayName] = state;
         }
+        RebuildChains();
     }
 
     /// <summary>The object store under the volumes (for statistics).</summary>
     public IObjectStore Store => _store;
+
+    /// <summary>Bytes copied from parent layers to complete partially written inherited blocks (copy-on-write).</summary>
+    public long CopyOnWriteBytes => Interlocked.Read(ref _copyOnWriteBytes);
+
+    internal void CountCopyOnWrite(long bytes) => Interlocked.Add(ref _copyOnWriteBytes, bytes);
 
     /// <summary>Opens (creating if needed) the node's data directory and recovers its store.</summary>
     public static Task<VolumeManager> OpenAsync(string dataDirectory, CancellationToken cancellationToken = default)
@@ -69,7 +81,8 @@ public sealed partial class VolumeManager : IAsyncDisposable
         }
     }
 
-    /// <summary>Objects of volumes the catalog no longer has: left by a crash in the middle of a delete.</summary>
+    /// <summary>Objects of layers the catalog no longer has: left by a crash in the middle of a
+    /// delete, a rollback or a merge, after the catalog changed and before the data was gone.</summary>
     private async Task RemoveOrphansAsync()
     {
         var ids = new HashSet<uint>(_catalog.State.Volumes.Select(v => v.Id));
@@ -91,30 +104,32 @@ public sealed partial class VolumeManager : IAsyncDisposable
     [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     private static partial Regex NamePattern();
 
+    private static void CheckName(string? name, string what)
+    {
+        if (!NamePattern().IsMatch(name ?? ""))
+        {
+            throw new VolumeException(VolumeErrorCode.InvalidArgument, $"invalid {what} '{name}': use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit");
+        }
+    }
+
     public VolumeInfo Create(string name, long size, long? objectSize = null)
     {
         long osize = objectSize ?? DefaultObjectSize;
-        if (!NamePattern().IsMatch(name ?? ""))
-        {
-            throw new VolumeException(VolumeErrorCode.InvalidArgument, $"invalid volume name '{name}': use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit");
-        }
+        CheckName(name, "volume name");
         if (osize < MinObjectSize || osize > LocalStore.MaxObjectBytes || (osize & (osize - 1)) != 0)
         {
             throw new VolumeException(VolumeErrorCode.InvalidArgument, $"invalid object size {osize}: use a power of two from 4 KiB to {LocalStore.MaxObjectBytes >> 20} MiB");
         }
         CheckSize(size, osize);
-        lock (_controlLock)
+        _control.Wait();
+        try
         {
-            if (_volumes.ContainsKey(name!))
-            {
-                throw new VolumeException(VolumeErrorCode.AlreadyExists, $"volume '{name}' already exists");
-            }
-            CatalogState s = _catalog.State;
-            var record = new VolumeRecord(s.NextId, name!, size, osize, DateTimeOffset.UtcNow);
-            _catalog.Save(new CatalogState(s.NextId + 1, [.. s.Volumes, record]));
-            var state = new VolumeState(record);
-            _volumes[name!] = state;
-            return Describe(state);
+            CheckFree(name);
+            return Describe(AddRecord(new VolumeRecord(_catalog.State.NextId, name, size, osize, DateTimeOffset.UtcNow)));
+        }
+        finally
+        {
+            _control.Release();
         }
     }
 
@@ -130,118 +145,134 @@ public sealed partial class VolumeManager : IAsyncDisposable
         }
     }
 
+    private void CheckFree(string name)
+    {
+        lock (_lock)
+        {
+            if (_byName.ContainsKey(name))
+            {
+                throw new VolumeException(VolumeErrorCode.AlreadyExists, $"volume '{name}' already exists");
+            }
+        }
+    }
+
+    /// <summary>Every volume and snapshot, by name.</summary>
     public IReadOnlyList<VolumeInfo> List()
     {
-        lock (_controlLock)
+        VolumeState[] states;
+        lock (_lock)
         {
-            return [.. _volumes.Values.OrderBy(v => v.Record.Name, StringComparer.Ordinal).Select(Describe)];
+            states = [.. _byName.Values];
         }
+        return [.. states.OrderBy(v => v.Record.DisplayName, StringComparer.Ordinal).Select(Describe)];
     }
 
-    /// <summary>Throws NotFound when there is no such volume.</summary>
-    public VolumeInfo Get(string name)
-    {
-        lock (_controlLock)
-        {
-            return Describe(Find(name));
-        }
-    }
+    /// <summary>A volume, or a snapshot by <c>NAME@TAG</c>; throws NotFound when there is none.</summary>
+    public VolumeInfo Get(string name) => Describe(Find(name));
 
     private VolumeState Find(string name)
-        => _volumes.TryGetValue(name, out VolumeState? v) ? v : throw new VolumeException(VolumeErrorCode.NotFound, $"volume '{name}' not found");
+    {
+        lock (_lock)
+        {
+            return _byName.TryGetValue(name, out VolumeState? v) ? v
+                : throw new VolumeException(VolumeErrorCode.NotFound, name.Contains('@', StringComparison.Ordinal) ? $"snapshot '{name}' not found" : $"volume '{name}' not found");
+        }
+    }
+
+    private VolumeState FindLive(string name)
+    {
+        VolumeState v = Find(name);
+        return v.Record.IsSnapshot
+            ? throw new VolumeException(VolumeErrorCode.InvalidArgument, $"'{name}' is a snapshot, which is read-only")
+            : v;
+    }
 
     private VolumeInfo Describe(VolumeState v)
-        => new(v.Record.Id, v.Record.Name, v.Record.Size, v.Record.ObjectSize, v.Record.Created, _store.GetUsedBytes(v.Record.Id), v.Connections);
+    {
+        VolumeRecord r;
+        int connections;
+        string? parent;
+        lock (_lock)
+        {
+            r = v.Record;
+            connections = v.Connections;
+            parent = r.ParentId is uint p && _byId.TryGetValue(p, out VolumeState? ps) ? ps.Record.DisplayName : null;
+        }
+        return new VolumeInfo(r.Id, r.DisplayName, r.Size, r.ObjectSize, r.Created, _store.GetUsedBytes(r.Id), connections)
+        {
+            Parent = parent,
+            IsSnapshot = r.IsSnapshot,
+        };
+    }
 
     /// <summary>Growing is always allowed; shrinking discards the data past the new end and needs <paramref name="allowShrink"/>.</summary>
     public async Task<VolumeInfo> ResizeAsync(string name, long newSize, bool allowShrink)
     {
-        VolumeState v;
-        long oldSize;
-        lock (_controlLock)
+        await _control.WaitAsync().ConfigureAwait(false);
+        try
         {
-            v = Find(name);
-            CheckSize(newSize, v.Record.ObjectSize);
-            oldSize = v.Record.Size;
-            if (newSize < oldSize)
+            VolumeState v = FindLive(name);
+            VolumeRecord old = v.Record;
+            CheckSize(newSize, old.ObjectSize);
+            if (newSize < old.Size)
             {
                 if (!allowShrink)
                 {
-                    throw new VolumeException(VolumeErrorCode.InvalidArgument, $"shrinking '{name}' from {oldSize} to {newSize} bytes discards data: pass --allow-shrink");
+                    throw new VolumeException(VolumeErrorCode.InvalidArgument, $"shrinking '{name}' from {old.Size} to {newSize} bytes discards data: pass --allow-shrink");
                 }
                 if (v.Connections > 0)
                 {
                     throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {v.Connections} connection(s): disconnect them before shrinking");
                 }
             }
-            SaveRecord(v, v.Record with { Size = newSize });
+            SaveRecord(old with { Size = newSize });
+            if (newSize < old.Size)
+            {
+                await DiscardBeyondAsync(v.Chain, old, newSize).ConfigureAwait(false);
+            }
+            return Describe(v);
         }
-        if (newSize < oldSize)
+        finally
         {
-            await DiscardBeyondAsync(v.Record, newSize, oldSize).ConfigureAwait(false);
+            _control.Release();
         }
-        return Get(name);
     }
 
-    /// <summary>Zeroes [from, to) so that growing again later reads zeroes there.</summary>
-    private async Task DiscardBeyondAsync(VolumeRecord r, long from, long to)
+    /// <summary>Zeroes [from, old size) so that growing again later reads zeroes there, not old data
+    /// nor, in a layered volume, the parent's.</summary>
+    private async Task DiscardBeyondAsync(uint[] chain, VolumeRecord r, long from)
     {
-        for (long index = from / r.ObjectSize; index * r.ObjectSize < to; index++)
+        bool layered = chain.Length > 1;
+        for (long index = from / r.ObjectSize; index * r.ObjectSize < r.Size; index++)
         {
             var id = new ObjectId(r.Id, (uint)index);
             long start = Math.Max(from - index * r.ObjectSize, 0);
-            StoreStatus s = start == 0
+            StoreStatus s = start == 0 && !layered
                 ? await _store.DeleteAsync(id).ConfigureAwait(false)
-                : await _store.ZeroAsync(id, start, r.ObjectSize - start, keepAllocated: false, fua: false).ConfigureAwait(false);
+                : await _store.ZeroAsync(id, start, r.ObjectSize - start, keepAllocated: layered, fua: false).ConfigureAwait(false);
             if (s != StoreStatus.Ok)
             {
                 throw new IOException($"discarding object {id} failed: {s}");
             }
         }
-        await _store.FlushAsync().ConfigureAwait(false);
+        await FlushOrThrowAsync().ConfigureAwait(false);
     }
 
-    private void SaveRecord(VolumeState v, VolumeRecord updated)
+    private async Task FlushOrThrowAsync()
     {
-        CatalogState s = _catalog.State;
-        _catalog.Save(s with { Volumes = [.. s.Volumes.Select(r => r.Id == updated.Id ? updated : r)] });
-        v.Record = updated;
+        StoreStatus s = await _store.FlushAsync().ConfigureAwait(false);
+        if (s != StoreStatus.Ok)
+        {
+            throw new IOException($"flushing the store failed: {s}");
+        }
     }
 
-    /// <summary>Refused with InUse while the volume is open.</summary>
-    public async Task DeleteAsync(string name)
-    {
-        VolumeState v;
-        lock (_controlLock)
-        {
-            v = Find(name);
-            if (v.Connections > 0)
-            {
-                throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {v.Connections} connection(s): disconnect them first");
-            }
-            // The catalog entry goes first: a crash after it leaves orphan objects, which the
-            // next start removes; never a volume whose data is half gone.
-            CatalogState s = _catalog.State;
-            _catalog.Save(s with { Volumes = [.. s.Volumes.Where(r => r.Id != v.Record.Id)] });
-            _volumes.Remove(name);
-            v.Deleted = true;
-        }
-        foreach (ObjectId id in _store.ListObjects())
-        {
-            if (id.Volume == v.Record.Id)
-            {
-                await _store.DeleteAsync(id).ConfigureAwait(false);
-            }
-        }
-        await _store.FlushAsync().ConfigureAwait(false);
-    }
-
-    /// <summary>Opens a volume for I/O; null when it does not exist. Dispose the handle to close it.</summary>
+    /// <summary>Opens a volume (or a snapshot, read-only) for I/O; null when it does not exist. Dispose the handle to close it.</summary>
     public Volume? Open(string name)
     {
-        lock (_controlLock)
+        lock (_lock)
         {
-            if (!_volumes.TryGetValue(name, out VolumeState? v))
+            if (!_byName.TryGetValue(name, out VolumeState? v))
             {
                 return null;
             }
@@ -252,49 +283,105 @@ public sealed partial class VolumeManager : IAsyncDisposable
 
     internal void Close(VolumeState v)
     {
-        lock (_controlLock)
+        lock (_lock)
         {
             v.Connections--;
         }
     }
 
-    /// <summary>
-    /// Freezes the volume's current content as <c>NAME@TAG</c>, read-only; the volume goes on as a
-    /// new layer on top of it. Takes the same time whatever the volume's size: no data is copied.
-    /// Writes in flight finish first; everything acknowledged before is in the snapshot, durably.
-    /// </summary>
-    public Task<VolumeInfo> SnapshotAsync(string name, string tag) => throw new NotImplementedException();
-
-    /// <summary>A new volume <paramref name="newName"/> whose unwritten data comes from <paramref name="snapshot"/> (<c>NAME@TAG</c>).</summary>
-    public Task<VolumeInfo> CloneAsync(string snapshot, string newName) => throw new NotImplementedException();
-
-    /// <summary>Throws away what was written to the volume since snapshot <paramref name="tag"/>. Refused while the volume is open.</summary>
-    public Task<VolumeInfo> RollbackAsync(string name, string tag) => throw new NotImplementedException();
-
-    /// <summary>Copies inherited data into the volume so it no longer depends on its parent; reports progress from 0 to 1.</summary>
-    public Task<VolumeInfo> FlattenAsync(string name, IProgress<double>? progress = null) => throw new NotImplementedException();
-
-    /// <summary>Bytes copied from parent layers to complete partially written inherited blocks (copy-on-write).</summary>
-    public long CopyOnWriteBytes => Interlocked.Read(ref _copyOnWriteBytes);
-
-    private long _copyOnWriteBytes;
-
-    internal void CountCopyOnWrite(long bytes) => Interlocked.Add(ref _copyOnWriteBytes, bytes);
-
     /// <summary>Bytes of data held by all volumes.</summary>
     public long UsedBytes => _store.UsedBytes;
+
+    // ---- catalog changes: always the durable catalog first, then the in-memory maps ----
+
+    private VolumeState AddRecord(VolumeRecord record)
+    {
+        Apply([.. _catalog.State.Volumes, record]);
+        lock (_lock)
+        {
+            return _byId[record.Id];
+        }
+    }
+
+    /// <summary>Replaces one record, matched by id.</summary>
+    private void SaveRecord(VolumeRecord changed)
+        => Apply([.. _catalog.State.Volumes.Select(r => r.Id == changed.Id ? changed : r)]);
+
+    /// <summary>
+    /// Makes <paramref name="records"/> the catalog, durably, then the in-memory view.
+    /// <paramref name="moved"/> names a live volume that continues under a new id (a snapshot or
+    /// a rollback gives it a new top layer): its state, with its open handles, moves along.
+    /// </summary>
+    private void Apply(List<VolumeRecord> records, (uint From, uint To)? moved = null)
+    {
+        uint next = Math.Max(_catalog.State.NextId, records.Count == 0 ? 0 : records.Max(r => r.Id) + 1);
+        _catalog.Save(new CatalogState(next, records));
+        lock (_lock)
+        {
+            if (moved is (uint from, uint to) && _byId.Remove(from, out VolumeState? live))
+            {
+                _byId[to] = live;
+            }
+            var keep = new HashSet<uint>();
+            foreach (VolumeRecord r in records)
+            {
+                keep.Add(r.Id);
+                if (_byId.TryGetValue(r.Id, out VolumeState? state))
+                {
+                    state.Record = r;
+                }
+                else
+                {
+                    _byId[r.Id] = new VolumeState(r);
+                }
+            }
+            foreach (uint id in _byId.Keys.Where(id => !keep.Contains(id)).ToList())
+            {
+                _byId.Remove(id);
+            }
+            _byName.Clear();
+            foreach (VolumeState v in _byId.Values)
+            {
+                _byName[v.Record.DisplayName] = v;
+            }
+            RebuildChains();
+        }
+    }
+
+    private void RebuildChains()
+    {
+        foreach (VolumeState v in _byId.Values)
+        {
+            var chain = new List<uint>();
+            for (VolumeRecord? r = v.Record; r is not null; r = r.ParentId is uint p && _byId.TryGetValue(p, out VolumeState? ps) ? ps.Record : null)
+            {
+                chain.Add(r.Id);
+            }
+            v.Chain = [.. chain];
+        }
+    }
+
+    /// <summary>Removes a layer's objects (after the catalog no longer names it).</summary>
+    private async Task DeleteObjectsAsync(uint layer)
+    {
+        foreach (ObjectId id in _store.ListObjects())
+        {
+            if (id.Volume == layer)
+            {
+                StoreStatus s = await _store.DeleteAsync(id).ConfigureAwait(false);
+                if (s != StoreStatus.Ok)
+                {
+                    throw new IOException($"deleting object {id} failed: {s}");
+                }
+            }
+        }
+        await FlushOrThrowAsync().ConfigureAwait(false);
+    }
 
     public async ValueTask DisposeAsync()
     {
         await _store.DisposeAsync().ConfigureAwait(false);
         await _dirLock.DisposeAsync().ConfigureAwait(false);
+        _control.Dispose();
     }
-}
-
-/// <summary>A volume's catalog record and its live counters, shared by all its open handles.</summary>
-internal sealed class VolumeState(VolumeRecord record)
-{
-    public VolumeRecord Record { get; set; } = record;
-    public int Connections { get; set; }
-    public bool Deleted { get; set; }
 }
