@@ -93,15 +93,49 @@ public sealed class AdminClient : IDisposable
             AdminJsonContext.Default.VolumeInfo,
             cancellationToken);
 
+    /// <summary>Deletes a volume, or a snapshot when <paramref name="name"/> is <c>NAME@TAG</c>.</summary>
     public Task DeleteVolumeAsync(string name, CancellationToken cancellationToken)
         => SendAsync<object>(HttpMethod.Delete, VolumePath(name), null, null, cancellationToken);
+
+    public Task<VolumeInfo> SnapshotVolumeAsync(string name, SnapshotRequest request, CancellationToken cancellationToken)
+        => SendAsync(
+            HttpMethod.Post,
+            VolumePath(name) + "/snapshots",
+            JsonContent.Create(request, AdminJsonContext.Default.SnapshotRequest),
+            AdminJsonContext.Default.VolumeInfo,
+            cancellationToken);
+
+    /// <summary>Clones <paramref name="snapshot"/> (<c>NAME@TAG</c>) into a new volume.</summary>
+    public Task<VolumeInfo> CloneSnapshotAsync(string snapshot, CloneRequest request, CancellationToken cancellationToken)
+        => SendAsync(
+            HttpMethod.Post,
+            VolumePath(snapshot) + "/clone",
+            JsonContent.Create(request, AdminJsonContext.Default.CloneRequest),
+            AdminJsonContext.Default.VolumeInfo,
+            cancellationToken);
+
+    public Task<VolumeInfo> RollbackVolumeAsync(string name, RollbackRequest request, CancellationToken cancellationToken)
+        => SendAsync(
+            HttpMethod.Post,
+            VolumePath(name) + "/rollback",
+            JsonContent.Create(request, AdminJsonContext.Default.RollbackRequest),
+            AdminJsonContext.Default.VolumeInfo,
+            cancellationToken);
+
+    /// <summary>Starts a flatten on the node; follow it with <see cref="GetJobAsync"/>.</summary>
+    public Task<JobAccepted> FlattenVolumeAsync(string name, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, VolumePath(name) + "/flatten", null, AdminJsonContext.Default.JobAccepted, cancellationToken);
+
+    public Task<JobInfo> GetJobAsync(string id, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, "api/v1/jobs/" + Uri.EscapeDataString(id), null, AdminJsonContext.Default.JobInfo, cancellationToken);
 
     public void Dispose() => _http.Dispose();
 
     /// <summary>The URL as people write it: <c>http://127.0.0.1:7070</c>, without Uri's trailing slash.</summary>
     public static string Display(Uri uri) => uri.AbsolutePath == "/" ? uri.GetLeftPart(UriPartial.Authority) : uri.AbsoluteUri;
 
-    private static string VolumePath(string name) => "api/v1/volumes/" + Uri.EscapeDataString(name);
+    // '@' of NAME@TAG may stay as it is in a path segment; the node accepts %40 too.
+    private static string VolumePath(string name) => "api/v1/volumes/" + Uri.EscapeDataString(name).Replace("%40", "@", StringComparison.Ordinal);
 
     private async Task<T> SendAsync<T>(HttpMethod method, string path, HttpContent? content, JsonTypeInfo<T>? answerType, CancellationToken cancellationToken)
     {

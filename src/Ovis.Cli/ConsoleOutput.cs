@@ -35,32 +35,94 @@ internal sealed class ConsoleOutput(TextWriter writer)
         }
 
         // Borderless, like `docker ps`: one line per volume, easy to grep and cut.
+        var layers = new Layers(volumes);
         var table = new Table().Border(TableBorder.None);
         table.AddColumn(Column("NAME"));
+        table.AddColumn(Column("TYPE"));
         table.AddColumn(Column("SIZE").RightAligned());
         table.AddColumn(Column("USED").RightAligned());
         table.AddColumn(Column("OBJECT SIZE").RightAligned());
         table.AddColumn(Column("CONNECTIONS").RightAligned());
+        table.AddColumn(Column("PARENT"));
         table.AddColumn(Column("CREATED"));
         foreach (var volume in volumes)
         {
             // Text, not markup: a volume named "[red]" must print as itself.
             table.AddRow(
                 new Text(volume.Name),
+                new Text(layers.KindOf(volume)),
                 new Text(Sizes.Format(volume.Size)),
                 new Text(Sizes.Format(volume.UsedBytes)),
                 new Text(Sizes.Format(volume.ObjectSize)),
                 new Text(volume.Connections.ToString(CultureInfo.InvariantCulture)),
+                new Text(volume.Parent ?? "-"),
                 new Text(Time(volume.Created)));
         }
 
         _console.Write(table);
     }
 
-    public void Volume(VolumeInfo volume) => KeyValues(
+    /// <summary>
+    /// The trees of <paramref name="roots"/>: every layer under the one it inherits from, with its
+    /// kind, size and the space only it uses; live volumes also with their connections.
+    /// </summary>
+    public void Trees(Layers layers, IReadOnlyList<VolumeInfo> roots)
+    {
+        if (roots.Count == 0)
+        {
+            Line("no volumes");
+            return;
+        }
+
+        foreach (var root in roots)
+        {
+            var tree = new Tree(Label(layers, root)) { Guide = TreeGuide.Line };
+            AddChildren(layers, root, tree);
+            _console.Write(tree);
+        }
+
+        static void AddChildren(Layers layers, VolumeInfo parent, IHasTreeNodes node)
+        {
+            foreach (var child in layers.ChildrenOf(parent))
+            {
+                AddChildren(layers, child, node.AddNode(Label(layers, child)));
+            }
+        }
+
+        static Markup Label(Layers layers, VolumeInfo layer)
+        {
+            var kind = layers.KindOf(layer);
+            var details = $"size {Sizes.Format(layer.Size)}, used {Sizes.Format(layer.UsedBytes)}";
+            if (!layer.IsSnapshot)
+            {
+                details += layer.Connections == 1 ? ", 1 connection" : $", {layer.Connections.ToString(CultureInfo.InvariantCulture)} connections";
+            }
+
+            // Live volumes stand out; names are escaped, a volume named "[red]" prints as itself.
+            var name = Markup.Escape(layer.Name);
+            return new Markup($"{(layer.IsSnapshot ? name : $"[bold]{name}[/]")}  [dim]{kind}[/]  {details}");
+        }
+    }
+
+    /// <summary>Runs <paramref name="work"/> under a progress bar fed with fractions from 0 to 1.</summary>
+    public Task<T> ProgressAsync<T>(string description, Func<IProgress<double>, Task<T>> work)
+        => _console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .StartAsync(async context =>
+            {
+                var task = context.AddTask(Markup.Escape(description), maxValue: 1);
+                var result = await work(new ProgressTaskReporter(task));
+                task.Value = task.MaxValue;
+                return result;
+            });
+
+    public void Volume(VolumeInfo volume, string kind) => KeyValues(
     [
         ("Name", volume.Name),
+        ("Type", kind),
         ("Id", volume.Id.ToString(CultureInfo.InvariantCulture)),
+        ("Parent", volume.Parent ?? "-"),
         ("Size", SizeWithBytes(volume.Size)),
         ("Used", SizeWithBytes(volume.UsedBytes)),
         ("Object size", Sizes.Format(volume.ObjectSize)),
@@ -75,7 +137,9 @@ internal sealed class ConsoleOutput(TextWriter writer)
         ("NBD", string.Join(", ", node.Listeners.Nbd)),
         ("Admin", string.Join(", ", node.Listeners.Admin)),
         ("Volumes", node.VolumeCount.ToString(CultureInfo.InvariantCulture)),
+        ("Snapshots", node.SnapshotCount.ToString(CultureInfo.InvariantCulture)),
         ("Used", SizeWithBytes(node.UsedBytes)),
+        ("Copy-on-write", SizeWithBytes(node.CopyOnWriteBytes)),
         ("Started", Time(node.Started)),
         ("Uptime", Uptime(TimeSpan.FromSeconds(node.UptimeSeconds))),
     ]);
@@ -98,11 +162,19 @@ internal sealed class ConsoleOutput(TextWriter writer)
 
     private static IAnsiConsole CreateConsole(TextWriter writer)
     {
-        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(writer) });
+        // Piped into grep or a file, escape codes are noise (Spectre decides from $TERM alone),
+        // and a progress bar that redraws itself becomes Spectre's plain fallback lines.
+        var redirected = Console.IsOutputRedirected;
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(writer),
+            Ansi = redirected ? AnsiSupport.No : AnsiSupport.Detect,
+            Interactive = redirected ? InteractionSupport.No : InteractionSupport.Detect,
+        });
 
-        // Piped into grep or a file there is no terminal width to respect; Spectre would
-        // assume 80 columns and wrap long names across lines.
-        if (Console.IsOutputRedirected)
+        // There is no terminal width to respect either; Spectre would assume 80 columns and
+        // wrap long names across lines.
+        if (redirected)
         {
             console.Profile.Width = 1000;
         }
@@ -125,4 +197,10 @@ internal sealed class ConsoleOutput(TextWriter writer)
         : uptime.TotalHours >= 1
             ? $"{uptime.Hours}h {uptime.Minutes}m {uptime.Seconds}s"
             : $"{uptime.Minutes}m {uptime.Seconds}s";
+
+    /// <summary>Reports into a Spectre task whose maximum is 1; progress only moves forward.</summary>
+    private sealed class ProgressTaskReporter(ProgressTask task) : IProgress<double>
+    {
+        public void Report(double value) => task.Value = Math.Max(task.Value, Math.Clamp(value, 0, 1));
+    }
 }

@@ -38,6 +38,7 @@ public sealed partial class OvisNode
 
         builder.Services.AddSingleton(volumes); // owned by OvisNode, which closes it after the host
         builder.Services.AddSingleton(status);
+        builder.Services.AddSingleton<JobRegistry>();
         builder.Services.AddSingleton<IExportProvider>(new VolumeExports(volumes));
         builder.Services.AddSingleton(new NbdServerOptions());
         builder.Services.ConfigureHttpJsonOptions(o =>

@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Ovis.Node.Admin;
 using Ovis.Volumes;
 
 namespace Ovis.Node;
@@ -15,12 +16,14 @@ public sealed partial class OvisNode : IAsyncDisposable
     private readonly WebApplication _app;
     private readonly VolumeManager _volumes;
     private readonly ILogger _logger;
+    private readonly TimeSpan _shutdownTimeout;
     private readonly Lock _stopLock = new();
     private Task? _stopTask;
 
-    private OvisNode(WebApplication app, VolumeManager volumes, NodeStatus status, ILogger logger)
+    private OvisNode(WebApplication app, VolumeManager volumes, NodeStatus status, TimeSpan shutdownTimeout, ILogger logger)
     {
         _app = app;
+        _shutdownTimeout = shutdownTimeout;
         _volumes = volumes;
         Status = status;
         _logger = logger;
@@ -74,7 +77,7 @@ public sealed partial class OvisNode : IAsyncDisposable
         {
             var listeners = new Listeners();
             app = BuildApplication(options, volumes, status, listeners);
-            var node = new OvisNode(app, volumes, status, app.Services.GetRequiredService<ILogger<OvisNode>>());
+            var node = new OvisNode(app, volumes, status, options.ShutdownTimeout, app.Services.GetRequiredService<ILogger<OvisNode>>());
             try
             {
                 await app.StartAsync(cancellationToken);
@@ -119,18 +122,30 @@ public sealed partial class OvisNode : IAsyncDisposable
     {
         LogStopping(_logger);
 
-        // Order matters: no connection may still use a volume when the manager closes.
+        // Order matters: no connection and no job may still use a volume when the manager closes.
         try
         {
             await _app.StopAsync(CancellationToken.None);
         }
         finally
         {
+            await WaitForJobsAsync();
             await _app.DisposeAsync();
             await _volumes.DisposeAsync();
         }
 
         LogStopped(_logger);
+    }
+
+    // A flatten cannot be cancelled half-way; give it the time connections get, then close the
+    // volumes under it: it fails as it would in a crash, which the volumes must survive anyway.
+    private async Task WaitForJobsAsync()
+    {
+        var stillRunning = await _app.Services.GetRequiredService<JobRegistry>().WaitForRunningAsync(_shutdownTimeout);
+        if (stillRunning > 0)
+        {
+            LogJobsAbandoned(_logger, stillRunning, _shutdownTimeout.TotalSeconds);
+        }
     }
 
     private static async Task DisposeQuietlyAsync(VolumeManager volumes)
@@ -153,4 +168,7 @@ public sealed partial class OvisNode : IAsyncDisposable
 
     [LoggerMessage(EventId = 3, Level = LogLevel.Information, Message = "Stopped")]
     private static partial void LogStopped(ILogger logger);
+
+    [LoggerMessage(EventId = 4, Level = LogLevel.Warning, Message = "{Count} job(s) still running after {Seconds} s; closing the volumes under them")]
+    private static partial void LogJobsAbandoned(ILogger logger, int count, double seconds);
 }

@@ -22,17 +22,31 @@ public static class AdminApi
         api.MapGet("/volumes/{name}", GetVolume);
         api.MapPost("/volumes/{name}/resize", ResizeVolumeAsync);
         api.MapDelete("/volumes/{name}", DeleteVolumeAsync);
+
+        // Snapshots are named NAME@TAG and addressed like volumes; the router sees the path
+        // already percent-decoded, so /volumes/disk0@v1 and /volumes/disk0%40v1 are the same.
+        api.MapPost("/volumes/{name}/snapshots", SnapshotVolumeAsync);
+        api.MapPost("/volumes/{name}/clone", CloneSnapshotAsync);
+        api.MapPost("/volumes/{name}/rollback", RollbackVolumeAsync);
+        api.MapPost("/volumes/{name}/flatten", FlattenVolume);
+        api.MapGet("/jobs/{id}", GetJob);
     }
 
     private static Ok<NodeInfo> GetNode(NodeStatus node, VolumeManager volumes)
-        => TypedResults.Ok(new NodeInfo(
+    {
+        var layers = volumes.List();
+        var snapshots = layers.Count(v => v.IsSnapshot);
+        return TypedResults.Ok(new NodeInfo(
             NodeStatus.Version,
             node.DataDirectory,
             new NodeListeners(node.NbdListeners, node.AdminListeners),
             volumes.UsedBytes,
-            volumes.List().Count,
+            volumes.CopyOnWriteBytes,
+            layers.Count - snapshots,
+            snapshots,
             node.Started,
             (long)node.Uptime.TotalSeconds));
+    }
 
     private static Ok<IReadOnlyList<VolumeInfo>> ListVolumes(VolumeManager volumes)
         => TypedResults.Ok(volumes.List());
@@ -59,5 +73,39 @@ public static class AdminApi
         return TypedResults.NoContent();
     }
 
-    private static string VolumeUri(string name) => $"{Prefix}/volumes/{Uri.EscapeDataString(name)}";
+    private static async Task<Created<VolumeInfo>> SnapshotVolumeAsync(string name, HttpRequest request, VolumeManager volumes, CancellationToken cancellationToken)
+    {
+        var body = await AdminRequestReader.ReadSnapshotAsync(request, cancellationToken);
+        var info = await volumes.SnapshotAsync(name, body.Tag);
+        return TypedResults.Created(VolumeUri(info.Name), info);
+    }
+
+    private static async Task<Created<VolumeInfo>> CloneSnapshotAsync(string name, HttpRequest request, VolumeManager volumes, CancellationToken cancellationToken)
+    {
+        var body = await AdminRequestReader.ReadCloneAsync(request, cancellationToken);
+        var info = await volumes.CloneAsync(name, body.Name);
+        return TypedResults.Created(VolumeUri(info.Name), info);
+    }
+
+    private static async Task<Ok<VolumeInfo>> RollbackVolumeAsync(string name, HttpRequest request, VolumeManager volumes, CancellationToken cancellationToken)
+    {
+        var body = await AdminRequestReader.ReadRollbackAsync(request, cancellationToken);
+        return TypedResults.Ok(await volumes.RollbackAsync(name, body.Tag));
+    }
+
+    // Flatten copies up to the whole volume: it runs as a job, and the answer says where to poll.
+    private static Accepted<JobAccepted> FlattenVolume(string name, VolumeManager volumes, JobRegistry jobs)
+    {
+        volumes.Get(name); // 404 now rather than a job that fails at once
+        var job = jobs.Start("flatten", name, progress => volumes.FlattenAsync(name, progress));
+        return TypedResults.Accepted($"{Prefix}/jobs/{job.Id}", new JobAccepted(job.Id));
+    }
+
+    private static Ok<JobInfo> GetJob(string id, JobRegistry jobs)
+        => TypedResults.Ok(jobs.Get(id) ?? throw new AdminRequestException(
+            $"job '{id}' not found (jobs are kept in memory: the node forgets them when it restarts, and finished ones after {JobRegistry.MaxFinishedJobs} more)",
+            StatusCodes.Status404NotFound));
+
+    // '@' may stand unescaped in a path segment (RFC 3986 pchar): /volumes/disk0@v1 reads better.
+    private static string VolumeUri(string name) => $"{Prefix}/volumes/{Uri.EscapeDataString(name).Replace("%40", "@", StringComparison.Ordinal)}";
 }

@@ -14,13 +14,61 @@ public sealed record CreateVolumeRequest(string Name, long Size, long? ObjectSiz
 /// <summary>Body of <c>POST /api/v1/volumes/{name}/resize</c>.</summary>
 public sealed record ResizeVolumeRequest(long Size, bool AllowShrink = false);
 
+/// <summary>Body of <c>POST /api/v1/volumes/{name}/snapshots</c>: the snapshot is <c>NAME@TAG</c>.</summary>
+public sealed record SnapshotRequest(string Tag);
+
+/// <summary>Body of <c>POST /api/v1/volumes/{NAME@TAG}/clone</c>: the new volume's name.</summary>
+public sealed record CloneRequest(string Name);
+
+/// <summary>Body of <c>POST /api/v1/volumes/{name}/rollback</c>: the snapshot <c>NAME@TAG</c> to go back to.</summary>
+public sealed record RollbackRequest(string Tag);
+
+/// <summary>Answer of <c>POST /api/v1/volumes/{name}/flatten</c> (202): poll <c>GET /api/v1/jobs/{job}</c>.</summary>
+public sealed record JobAccepted(string Job);
+
+/// <summary>Where a job is; a job leaves <see cref="Running"/> once, for good.</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<JobState>))]
+public enum JobState
+{
+    [JsonStringEnumMemberName("running")]
+    Running,
+
+    [JsonStringEnumMemberName("done")]
+    Done,
+
+    [JsonStringEnumMemberName("failed")]
+    Failed,
+}
+
+/// <summary>Answer of <c>GET /api/v1/jobs/{id}</c>: a long-running operation the node runs in the background.</summary>
+/// <param name="Kind">What the job does: <c>flatten</c>.</param>
+/// <param name="Volume">The volume it works on.</param>
+/// <param name="Progress">From 0 to 1; 1 once done.</param>
+public sealed record JobInfo(string Id, string Kind, string Volume, JobState State, double Progress, DateTimeOffset Started)
+{
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public DateTimeOffset? Finished { get; init; }
+
+    /// <summary>Why a failed job failed: one line, like the <c>error</c> of a refused request.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? Error { get; init; }
+
+    /// <summary>The volume as the job left it, once done.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public VolumeInfo? Result { get; init; }
+}
+
 /// <summary>Answer of <c>GET /api/v1/node</c>.</summary>
+/// <param name="CopyOnWriteBytes">Bytes copied from parent layers to complete partly written inherited blocks, since the node started.</param>
+/// <param name="VolumeCount">Live volumes (clones included), not snapshots.</param>
 public sealed record NodeInfo(
     string Version,
     string DataDirectory,
     NodeListeners Listeners,
     long UsedBytes,
+    long CopyOnWriteBytes,
     int VolumeCount,
+    int SnapshotCount,
     DateTimeOffset Started,
     long UptimeSeconds);
 
@@ -39,6 +87,11 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(List<VolumeInfo>))]
 [JsonSerializable(typeof(CreateVolumeRequest))]
 [JsonSerializable(typeof(ResizeVolumeRequest))]
+[JsonSerializable(typeof(SnapshotRequest))]
+[JsonSerializable(typeof(CloneRequest))]
+[JsonSerializable(typeof(RollbackRequest))]
+[JsonSerializable(typeof(JobAccepted))]
+[JsonSerializable(typeof(JobInfo))]
 [JsonSerializable(typeof(NodeInfo))]
 [JsonSerializable(typeof(ErrorBody))]
 [JsonSerializable(typeof(HealthStatus))]

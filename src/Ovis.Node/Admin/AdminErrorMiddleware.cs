@@ -48,7 +48,8 @@ internal sealed partial class AdminErrorMiddleware(RequestDelegate next, ILogger
         return context.Response.WriteAsJsonAsync(new ErrorBody(OneLine(message)), AdminJsonContext.Api.ErrorBody, contentType: null, context.RequestAborted);
     }
 
-    private static (int Status, string Message) Classify(Exception ex) => ex switch
+    /// <summary>The status and one-line message a failure is answered with; jobs report theirs the same way.</summary>
+    internal static (int Status, string Message) Classify(Exception ex) => ex switch
     {
         VolumeException volume => (volume.Code switch
         {
@@ -56,13 +57,13 @@ internal sealed partial class AdminErrorMiddleware(RequestDelegate next, ILogger
             VolumeErrorCode.AlreadyExists or VolumeErrorCode.InUse => StatusCodes.Status409Conflict,
             _ => StatusCodes.Status400BadRequest,
         }, volume.Message),
-        AdminRequestException request => (StatusCodes.Status400BadRequest, request.Message),
+        AdminRequestException request => (request.StatusCode, request.Message),
         BadHttpRequestException badRequest => (badRequest.StatusCode, badRequest.Message),
         NotImplementedException => (StatusCodes.Status500InternalServerError, $"not implemented yet on this node: {ex.Message}"),
         _ => (StatusCodes.Status500InternalServerError, $"internal error: {ex.Message} (see the node's log)"),
     };
 
-    private static string OneLine(string message)
+    internal static string OneLine(string message)
         => message.ReplaceLineEndings(" ").Trim();
 
     [LoggerMessage(EventId = 1, Level = LogLevel.Error, Message = "{Method} {Path} failed")]

@@ -12,6 +12,8 @@ internal static class AdminRequestReader
 {
     private static readonly string[] CreateFields = ["name", "size", "objectSize"];
     private static readonly string[] ResizeFields = ["size", "allowShrink"];
+    private static readonly string[] TagFields = ["tag"];
+    private static readonly string[] CloneFields = ["name"];
 
     public static async Task<CreateVolumeRequest> ReadCreateVolumeAsync(HttpRequest request, CancellationToken cancellationToken)
     {
@@ -30,6 +32,24 @@ internal static class AdminRequestReader
         return new ResizeVolumeRequest(
             RequiredInt64(body, "size"),
             OptionalBoolean(body, "allowShrink") ?? false);
+    }
+
+    public static async Task<SnapshotRequest> ReadSnapshotAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"tag": "v1"}""", cancellationToken);
+        return new SnapshotRequest(RequiredString(Fields(document.RootElement, TagFields), "tag"));
+    }
+
+    public static async Task<CloneRequest> ReadCloneAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"name": "disk1-clone"}""", cancellationToken);
+        return new CloneRequest(RequiredString(Fields(document.RootElement, CloneFields), "name"));
+    }
+
+    public static async Task<RollbackRequest> ReadRollbackAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"tag": "v1"}""", cancellationToken);
+        return new RollbackRequest(RequiredString(Fields(document.RootElement, TagFields), "tag"));
     }
 
     private static async Task<JsonDocument> ParseAsync(HttpRequest request, string example, CancellationToken cancellationToken)
