@@ -50,4 +50,33 @@ public sealed class DaemonLifecycleTests(ITestOutputHelper output) : InteropTest
         var names = VolumeJson.ListFrom(await CliJson("vdi", "list")).Select(v => v.Name).Order().ToArray();
         Assert.Equal(["r0", "r1", "r2"], names);
     }
+
+    [Fact]
+    public async Task Concurrent_creates_writes_and_deletes_are_consistent_and_survive_kill_9()
+    {
+        await using var daemon = await OvisDaemon.StartNewAsync();
+        Daemon = daemon;
+        var names = Enumerable.Range(1, 8).Select(i => $"c{i}").ToArray();
+
+        var created = await Task.WhenAll(names.Select(n => Cli("vdi", "create", n, "2M")));
+        Assert.All(created, r => Assert.True(r.Succeeded, r.Describe()));
+        var listed = VolumeJson.ListFrom(await CliJson("vdi", "list"));
+        Assert.Equal(names.Order(), listed.Select(v => v.Name).Order());
+
+        await Task.WhenAll(names.Select((n, i) => QemuIo(daemon.NbdUri(n), $"write -P 0x{i + 1:x2} 0 1M", "flush")));
+        var deleted = await Task.WhenAll(names.Take(4).Select(n => Cli("vdi", "delete", n)));
+        Assert.All(deleted, r => Assert.True(r.Succeeded, r.Describe()));
+
+        await daemon.RestartAfterKillAsync();
+
+        var after = VolumeJson.ListFrom(await CliJson("vdi", "list")).Select(v => v.Name).Order().ToArray();
+        Assert.Equal(names.Skip(4).Order(), after);
+        for (var i = 4; i < names.Length; i++)
+        {
+            await QemuIo(daemon.NbdUri(names[i]), $"read -P 0x{i + 1:x2} 0 1M", "read -P 0 1M 1M");
+        }
+        // A deleted name can be created again, empty.
+        await CreateVolume(names[0], "2M");
+        await QemuIo(daemon.NbdUri(names[0]), "read -P 0 0 2M");
+    }
 }
