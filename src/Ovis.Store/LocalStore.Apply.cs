@@ -36,67 +36,67 @@ public sealed partial class LocalStore
         switch (r.Type)
         {
             case RecordType.Write:
-            {
-                // Outside the lock: readers never read these blocks from the file while their
-                // overlay entries are set, and they stay set until the lock section below.
-                SafeFileHandle file = EnsureFile(meta);
-                RandomAccess.Write(file, r.Data, (long)r.FirstBlock * StoreBlockSize);
-                int dataOffset = r.Offset + JournalFormat.RecordHeaderSize + r.BlockCount * 4;
-                lock (meta.Lock)
                 {
-                    meta.EnsureBlocks(r.FirstBlock + r.BlockCount);
-                    for (int i = 0; i < r.BlockCount; i++)
+                    // Outside the lock: readers never read these blocks from the file while their
+                    // overlay entries are set, and they stay set until the lock section below.
+                    SafeFileHandle file = EnsureFile(meta);
+                    RandomAccess.Write(file, r.Data, (long)r.FirstBlock * StoreBlockSize);
+                    int dataOffset = r.Offset + JournalFormat.RecordHeaderSize + r.BlockCount * 4;
+                    lock (meta.Lock)
                     {
-                        int b = r.FirstBlock + i;
-                        meta.Crcs[b] = r.BlockCrc(i);
-                        meta.States[b] = BlockState.Data;
-                        if (seq != 0 && meta.Pending[b] == ObjectMeta.PendingValue(seq, (uint)(dataOffset + i * StoreBlockSize)))
+                        meta.EnsureBlocks(r.FirstBlock + r.BlockCount);
+                        for (int i = 0; i < r.BlockCount; i++)
                         {
-                            meta.Pending[b] = ObjectMeta.NotPending;
+                            int b = r.FirstBlock + i;
+                            meta.Crcs[b] = r.BlockCrc(i);
+                            meta.States[b] = BlockState.Data;
+                            if (seq != 0 && meta.Pending[b] == ObjectMeta.PendingValue(seq, (uint)(dataOffset + i * StoreBlockSize)))
+                            {
+                                meta.Pending[b] = ObjectMeta.NotPending;
+                            }
                         }
                     }
+                    break;
                 }
-                break;
-            }
             case RecordType.ZeroHole:
             case RecordType.ZeroAllocated:
             case RecordType.Delete:
-            {
-                SafeFileHandle? file;
-                lock (meta.Lock)
                 {
-                    file = meta.File;
-                }
-                if (file is not null && r.Type != RecordType.Delete)
-                {
-                    NativeIo.PunchHole(file, (long)r.FirstBlock * StoreBlockSize, (long)r.BlockCount * StoreBlockSize);
-                }
-                BlockState state = r.Type == RecordType.ZeroAllocated ? BlockState.Zero : BlockState.Hole;
-                long marker = ObjectMeta.PendingValue(seq, r.Type == RecordType.ZeroAllocated ? ObjectMeta.PendingZero : ObjectMeta.PendingHole);
-                lock (meta.Lock)
-                {
-                    meta.EnsureBlocks(r.FirstBlock + r.BlockCount);
-                    int end = r.Type == RecordType.Delete ? meta.Blocks : r.FirstBlock + r.BlockCount;
-                    for (int b = r.FirstBlock; b < end; b++)
+                    SafeFileHandle? file;
+                    lock (meta.Lock)
                     {
-                        meta.Crcs[b] = 0;
-                        meta.States[b] = state;
-                        if (seq != 0 && meta.Pending[b] == marker)
+                        file = meta.File;
+                    }
+                    if (file is not null && r.Type != RecordType.Delete)
+                    {
+                        NativeIo.PunchHole(file, (long)r.FirstBlock * StoreBlockSize, (long)r.BlockCount * StoreBlockSize);
+                    }
+                    BlockState state = r.Type == RecordType.ZeroAllocated ? BlockState.Zero : BlockState.Hole;
+                    long marker = ObjectMeta.PendingValue(seq, r.Type == RecordType.ZeroAllocated ? ObjectMeta.PendingZero : ObjectMeta.PendingHole);
+                    lock (meta.Lock)
+                    {
+                        meta.EnsureBlocks(r.FirstBlock + r.BlockCount);
+                        int end = r.Type == RecordType.Delete ? meta.Blocks : r.FirstBlock + r.BlockCount;
+                        for (int b = r.FirstBlock; b < end; b++)
                         {
-                            meta.Pending[b] = ObjectMeta.NotPending;
+                            meta.Crcs[b] = 0;
+                            meta.States[b] = state;
+                            if (seq != 0 && meta.Pending[b] == marker)
+                            {
+                                meta.Pending[b] = ObjectMeta.NotPending;
+                            }
+                        }
+                        if (r.Type == RecordType.Delete && meta.File is not null)
+                        {
+                            // Under the lock: no reader is using the file (no block is Data now).
+                            meta.File.Dispose();
+                            meta.File = null;
+                            File.Delete(ObjectPath(meta.Id));
+                            MarkDirectoryDirty(ObjectDirectory(meta.Id.Volume));
                         }
                     }
-                    if (r.Type == RecordType.Delete && meta.File is not null)
-                    {
-                        // Under the lock: no reader is using the file (no block is Data now).
-                        meta.File.Dispose();
-                        meta.File = null;
-                        File.Delete(ObjectPath(meta.Id));
-                        MarkDirectoryDirty(ObjectDirectory(meta.Id.Volume));
-                    }
+                    break;
                 }
-                break;
-            }
         }
         lock (_dirtyLock)
         {
