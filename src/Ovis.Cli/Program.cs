@@ -12,7 +12,10 @@ public static class Program
     public static async Task<int> Main(string[] args)
     {
         var root = CreateRootCommand();
-        var parseResult = root.Parse(args);
+
+        // '@' is part of snapshot names (disk0@v1); a token starting with it must stay a name
+        // rather than be read as a response file ("response file not found").
+        var parseResult = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
 
         if (parseResult.Errors.Count > 0 && parseResult.Action is not HelpAction)
         {

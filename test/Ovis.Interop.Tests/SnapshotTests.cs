@@ -58,6 +58,111 @@ public sealed class SnapshotTests(OvisDaemon daemon, ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_snapshot_taken_under_an_open_connection_holds_what_was_acknowledged_before_it()
+    {
+        var name = await CreateVolume(UniqueName("snap-live"), "8M");
+        await using (var c = await RawNbdClient.ConnectAsync(Daemon.NbdPort, name))
+        {
+            await c.WriteOkAsync(0, Enumerable.Repeat((byte)0xaa, 64 * KiB).ToArray());
+
+            await CliJson("vdi", "snapshot", name, "v1");
+
+            // The same connection goes on writing: into the volume, not into the snapshot.
+            await c.WriteOkAsync(0, Enumerable.Repeat((byte)0xbb, 4096).ToArray());
+            await c.WriteOkAsync(1L * MiB, Enumerable.Repeat((byte)0xbc, 4096).ToArray());
+            await c.WriteOkAsync(10_000, Enumerable.Repeat((byte)0xbd, 512).ToArray());
+            Assert.Equal(Enumerable.Repeat((byte)0xbb, 4096), await c.ReadOkAsync(0, 4096));
+            Assert.Equal(Enumerable.Repeat((byte)0xaa, 4096), await c.ReadOkAsync(4096, 4096));
+            await c.DisconnectAsync();
+        }
+
+        await QemuIoReadOnly(Uri($"{name}@v1"), "read -P 0xaa 0 64k", "read -P 0 64k 8128k");
+        await QemuIo(Uri(name),
+            "read -P 0xbb 0 4k",
+            "read -P 0xaa 4k 5904",
+            "read -P 0xbd 10000 512",
+            "read -P 0xaa 10512 55024",
+            "read -P 0 64k 960k",
+            "read -P 0xbc 1M 4k",
+            "read -P 0 1028k 7164k");
+    }
+
+    [Fact]
+    public async Task Writes_during_a_flatten_are_not_overwritten_by_it()
+    {
+        const long size = 256L * MiB;
+        var name = await CreateVolume(UniqueName("flatten-race"), "256M", "1M");
+        var clone = UniqueName("flatten-race-clone");
+        await QemuIo(Uri(name), "write -P 0xaa 0 256M");
+        await CliJson("vdi", "snapshot", name, "v1");
+        await CliJson("vdi", "clone", $"{name}@v1", clone);
+        using var http = Http();
+
+        // What the clone must read afterwards: the snapshot's data with the client's writes on top.
+        var expected = Path.Combine(ScratchDirectory(), "expected.raw");
+        await using (var f = new FileStream(expected, FileMode.Create, FileAccess.ReadWrite))
+        {
+            var fill = Enumerable.Repeat((byte)0xaa, MiB).ToArray();
+            for (long pos = 0; pos < size; pos += MiB)
+            {
+                await f.WriteAsync(fill);
+            }
+
+            await using var c = await RawNbdClient.ConnectAsync(Daemon.NbdPort, clone);
+            string job;
+            using (var r = await Post(http, $"api/v1/volumes/{clone}/flatten", ""))
+            {
+                Assert.Equal(HttpStatusCode.Accepted, r.StatusCode);
+                job = Str(await Json(r), "job")!;
+            }
+
+            // Whole blocks and partial ones, spread over the volume, until the flatten is done
+            // (and a few after, so that some land on a finished flatten too).
+            var random = new Random(1234);
+            var writes = 0;
+            var after = 0;
+            var writesWhileRunning = 0;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var runningFor = TimeSpan.Zero;
+            using var deadline = new CancellationTokenSource(JobTimeout);
+            while (after < 20)
+            {
+                Assert.False(deadline.IsCancellationRequested, $"flatten job {job} still running after {JobTimeout.TotalSeconds:F0}s\n{DaemonState()}");
+                var partial = writes % 3 == 2;
+                var length = partial ? 512 : 4096;
+                var offset = partial ? random.NextInt64(size / 512 - 1) * 512 : random.NextInt64(size / 4096) * 4096;
+                var data = Enumerable.Repeat((byte)(writes % 250 + 1), length).ToArray();
+                await c.WriteOkAsync(offset, data);
+                f.Seek(offset, SeekOrigin.Begin);
+                await f.WriteAsync(data);
+                writes++;
+                if (writes % 16 == 0 || after > 0)
+                {
+                    using var r = await http.GetAsync(Relative($"api/v1/jobs/{job}"), deadline.Token);
+                    var state = Str(await Json(r), "state");
+                    Assert.NotEqual("failed", state);
+                    if (state == "done")
+                    {
+                        if (after++ == 0)
+                        {
+                            writesWhileRunning = writes;
+                            runningFor = clock.Elapsed;
+                        }
+                    }
+                }
+            }
+            Log($"{writesWhileRunning} writes while the flatten ran ({runningFor.TotalSeconds:F2} s), {writes - writesWhileRunning} after it ({(clock.Elapsed - runningFor).TotalSeconds:F2} s)");
+            await c.DisconnectAsync();
+        }
+
+        await WaitUntilClosed(clone);
+        Assert.Equal(JsonValueKind.Null, Get(await CliJson("vdi", "info", clone), "parent").ValueKind);
+        var compare = await Run("qemu-img", ["compare", "-f", "raw", "-F", "raw", Uri(clone), expected], TimeSpan.FromSeconds(120));
+        Assert.True(compare.Succeeded, $"the clone lost writes made during its flatten:\n{compare.Describe()}\n{DaemonState()}");
+        await QemuIoReadOnly(Uri($"{name}@v1"), "read -P 0xaa 0 256M");
+    }
+
+    [Fact]
     public async Task Writes_to_a_snapshot_export_are_refused()
     {
         var name = await CreateVolume(UniqueName("snap-ro"), "8M");
@@ -256,6 +361,38 @@ public sealed class SnapshotTests(OvisDaemon daemon, ITestOutputHelper output)
         await QemuIo(Uri(name), "read -P 0xaa 0 6M", "read -P 0 6M 4M", "read -P 0xab 10M 1M");
     }
 
+    // Fails today: VolumeManager.FlattenAsync holds the control semaphore for the whole copy, so a
+    // create (or snapshot, delete, resize...) waits for the flatten to end; un-skip once it does not.
+    [Fact(Skip = "FlattenAsync holds the control lock for the whole copy: vdi create waits for the flatten to end")]
+    public async Task The_control_plane_answers_while_a_flatten_runs()
+    {
+        var name = await CreateVolume(UniqueName("flatten-busy"), "1G");
+        var clone = UniqueName("flatten-busy-clone");
+        await QemuIo(Uri(name), "write -P 0xaa 0 1G");
+        await CliJson("vdi", "snapshot", name, "v1");
+        await CliJson("vdi", "clone", $"{name}@v1", clone);
+        using var http = Http();
+        string job;
+        using (var r = await Post(http, $"api/v1/volumes/{clone}/flatten", ""))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, r.StatusCode);
+            job = Str(await Json(r), "job")!;
+        }
+
+        var create = await Cli("vdi", "create", UniqueName("flatten-busy-new"), "1M");
+        using (var r = await http.GetAsync(Relative($"api/v1/jobs/{job}")))
+        {
+            var state = Str(await Json(r), "state");
+            Log($"create took {create.Elapsed.TotalSeconds:F1} s; the flatten is then {state}");
+            Assert.True(create.Succeeded, create.Describe());
+            // Either the create came back while the flatten still ran, or quickly anyway (a fast disk).
+            Assert.True(state == "running" || create.Elapsed < TimeSpan.FromSeconds(2),
+                $"vdi create took {create.Elapsed.TotalSeconds:F1} s: it waited for the flatten\n{DaemonState()}");
+        }
+
+        Assert.Equal("done", Str(await WaitForJob(http, job), "state"));
+    }
+
     [Fact]
     public async Task Tree_draws_each_layer_under_its_parent()
     {
@@ -336,6 +473,10 @@ public sealed class SnapshotTests(OvisDaemon daemon, ITestOutputHelper output)
         AssertRefused(await Cli("vdi", "rollback", $"{name}@v1", "v1"), 1);
         AssertRefused(await Cli("vdi", "flatten", "no-such-volume"), 1);
         AssertRefused(await Cli("vdi", "delete", $"{name}@nope"), 1);
+        // A name starting with '@' is a name, not a response file for the CLI's parser.
+        var atName = await Cli("vdi", "delete", "@v1");
+        AssertRefused(atName, 1);
+        Assert.DoesNotContain("response file", atName.Stderr, StringComparison.Ordinal);
 
         await using (var c = await RawNbdClient.ConnectAsync(Daemon.NbdPort, name))
         {
