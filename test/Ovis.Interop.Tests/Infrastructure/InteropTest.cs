@@ -9,7 +9,7 @@ namespace Ovis.Interop.Tests.Infrastructure;
 /// </summary>
 public abstract class InteropTest : IDisposable
 {
-    private static int s_counter;
+    private static int _counter;
     private readonly List<string> _scratch = [];
 
     protected InteropTest(OvisDaemon? daemon, ITestOutputHelper output)
@@ -30,7 +30,7 @@ public abstract class InteropTest : IDisposable
     protected OvisDaemon? DaemonOrNull { get; private set; }
 
     /// <summary>A volume name no other test uses.</summary>
-    protected static string UniqueName(string prefix) => $"{prefix}-{Interlocked.Increment(ref s_counter)}";
+    protected static string UniqueName(string prefix) => $"{prefix}-{Interlocked.Increment(ref _counter)}";
 
     /// <summary>A fresh directory deleted when the test ends.</summary>
     protected string ScratchDirectory()
