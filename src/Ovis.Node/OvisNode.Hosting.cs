@@ -49,7 +49,11 @@ public sealed partial class OvisNode
 
         // Sockets' NoDelay is already true by default; say so here because NBD depends on it:
         // a reply is often a 16-byte header alone, and Nagle would hold it for the next one.
-        builder.WebHost.UseSockets(o => o.NoDelay = true);
+        builder.WebHost.UseSockets(o =>
+        {
+            o.NoDelay = true;
+            o.UnsafePreferInlineScheduling = true;
+        });
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;

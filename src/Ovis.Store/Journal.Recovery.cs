@@ -95,6 +95,15 @@ internal sealed partial class Journal
     /// </summary>
     public void Checkpoint(long lsn, long seq)
     {
+        lock (_lock)
+        {
+            // Nothing applied since the last checkpoint: no superblock write, and no wake-up for
+            // writers waiting for space (they would only find none and wake us again).
+            if (lsn <= _tailLsn)
+            {
+                return;
+            }
+        }
         // The new tail must be durable before its space is reused: until then a crash replays
         // from the old tail, through batches that must still be there.
         WriteSuperblock(lsn, seq);

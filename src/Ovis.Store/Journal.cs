@@ -54,6 +54,7 @@ internal sealed partial class Journal : IDisposable
     private bool _flushRequested;
     private bool _stopping;
     private bool _aborted;
+    private bool _closed;       // the committer has exited: no flush can be served any more
     private long _syncCount;
     private Exception? _failure;
     private TaskCompletionSource _round = NewTcs();
@@ -181,6 +182,10 @@ internal sealed partial class Journal : IDisposable
             {
                 return Task.FromException(new IOException("journal failed", _failure));
             }
+            if (_closed)
+            {
+                return Task.FromException(new ObjectDisposedException(nameof(Journal), "the store is closed"));
+            }
             _flushRequested = true;
             round = _round.Task;
         }
@@ -240,8 +245,7 @@ internal sealed partial class Journal : IDisposable
             {
                 if (_aborted)
                 {
-                    _round.TrySetException(new IOException("journal aborted"));
-                    _applyQueue.Writer.TryComplete();
+                    CloseRounds();
                     return;
                 }
                 // A flush seals the open batch; so does the commit interval, which bounds how
@@ -293,10 +297,22 @@ internal sealed partial class Journal : IDisposable
             _writing.Clear();
             if (stop)
             {
-                _applyQueue.Writer.TryComplete();
+                lock (_lock)
+                {
+                    CloseRounds();
+                }
                 return;
             }
         }
+    }
+
+    /// <summary>Fails the round that flushes arriving from now on would wait for, since no
+    /// committer will run it; caller holds the lock.</summary>
+    private void CloseRounds()
+    {
+        _closed = true;
+        _round.TrySetException(new ObjectDisposedException(nameof(Journal), "the store is closed"));
+        _applyQueue.Writer.TryComplete();
     }
 
     private async Task ApplyLoopAsync()

@@ -72,7 +72,7 @@ public sealed partial class LocalStore
                         NativeIo.PunchHole(file, (long)r.FirstBlock * StoreBlockSize, (long)r.BlockCount * StoreBlockSize);
                     }
                     BlockState state = r.Type == RecordType.ZeroAllocated ? BlockState.Zero : BlockState.Hole;
-                    long marker = ObjectMeta.PendingValue(seq, r.Type == RecordType.ZeroAllocated ? ObjectMeta.PendingZero : ObjectMeta.PendingHole);
+                    long marker = ObjectMeta.PendingZeroValue(seq, r.Offset, r.Type == RecordType.ZeroAllocated);
                     lock (meta.Lock)
                     {
                         meta.EnsureBlocks(r.FirstBlock + r.BlockCount);

@@ -7,7 +7,15 @@ public sealed partial class LocalStore
     public ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer)
     {
         CheckRange(offset, buffer.Length);
-        return new(Read(id, offset, buffer.Span));
+        try
+        {
+            return new(Read(id, offset, buffer.Span));
+        }
+        catch (ObjectDisposedException)
+        {
+            // The store closed under the read (its files are closed first thing).
+            return new(StoreStatus.Closed);
+        }
     }
 
     private StoreStatus Read(ObjectId id, long offset, Span<byte> dest)
@@ -95,7 +103,7 @@ public sealed partial class LocalStore
     {
         long p = block < meta.Blocks ? meta.Pending[block] : ObjectMeta.NotPending;
         uint offset = (uint)p;
-        if (p == ObjectMeta.NotPending || offset == ObjectMeta.PendingHole || offset == ObjectMeta.PendingZero)
+        if (p == ObjectMeta.NotPending || (offset & ObjectMeta.ZeroBit) != 0)
         {
             dest.Clear();
             return;

@@ -53,6 +53,21 @@ public sealed partial class LocalStore
     /// </summary>
     private StoreStatus WriteRecord(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, IBlockSource? underlay, out int consumed, out bool wait)
     {
+        try
+        {
+            return WriteRecordCore(meta, offset, data, underlay, out consumed, out wait);
+        }
+        catch (ObjectDisposedException)
+        {
+            // A read-modify-write found the object file closed: the store is closing.
+            consumed = 0;
+            wait = false;
+            return StoreStatus.Closed;
+        }
+    }
+
+    private StoreStatus WriteRecordCore(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, IBlockSource? underlay, out int consumed, out bool wait)
+    {
         int headSkip = (int)(offset % StoreBlockSize);
         int firstBlock = (int)(offset / StoreBlockSize);
         int blocks = Math.Min((headSkip + data.Length + StoreBlockSize - 1) / StoreBlockSize, _maxBlocksPerRecord);
@@ -191,7 +206,7 @@ public sealed partial class LocalStore
             JournalFormat.WriteRecordHeader(record, type, batch.Seq, meta.Id, first, effective);
             JournalFormat.SealRecordHeader(record, 0);
             meta.EnsureBlocks(first + effective);
-            long pending = ObjectMeta.PendingValue(batch.Seq, type == RecordType.ZeroAllocated ? ObjectMeta.PendingZero : ObjectMeta.PendingHole);
+            long pending = ObjectMeta.PendingZeroValue(batch.Seq, recordOffset, type == RecordType.ZeroAllocated);
             meta.Pending.AsSpan(first, effective).Fill(pending);
             Journal.Commit(batch);
         }
@@ -215,6 +230,10 @@ public sealed partial class LocalStore
         catch (IOException)
         {
             return StoreStatus.IoError;
+        }
+        catch (ObjectDisposedException)
+        {
+            return StoreStatus.Closed;
         }
     }
 

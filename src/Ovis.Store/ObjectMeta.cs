@@ -11,10 +11,11 @@ internal sealed class ObjectMeta(ObjectId id)
 {
     /// <summary>Pending value meaning "no newer version in the journal".</summary>
     public const long NotPending = 0;
-    /// <summary>Low 32 bits of a pending value for a zeroing record that leaves a hole.</summary>
-    public const uint PendingHole = 0xFFFF_FFFF;
-    /// <summary>Low 32 bits of a pending value for a zeroing record that keeps the block allocated.</summary>
-    public const uint PendingZero = 0xFFFF_FFFE;
+    /// <summary>Low-word bit of a pending value set by a zeroing record (its offset in the batch
+    /// is in the bits below, so every record's marker is its own).</summary>
+    public const uint ZeroBit = 0x8000_0000;
+    /// <summary>With <see cref="ZeroBit"/>: the zeroed blocks stay allocated.</summary>
+    public const uint AllocatedBit = 0x4000_0000;
 
     public ObjectId Id { get; } = id;
 
@@ -23,7 +24,9 @@ internal sealed class ObjectMeta(ObjectId id)
     public uint[] Crcs = [];
     public BlockState[] States = [];
 
-    /// <summary>(batch seq &lt;&lt; 32) | offset of the block's data in that batch, or a Pending* marker; 0 if none.</summary>
+    /// <summary>(batch seq &lt;&lt; 32) | offset of the block's data in that batch, or of the zeroing
+    /// record with <see cref="ZeroBit"/> set; 0 if none. Unique per record, so applying one record
+    /// never clears an entry that a later record of the same batch set.</summary>
     public long[] Pending = [];
 
     /// <summary>Blocks in use (the arrays may be longer).</summary>
@@ -33,6 +36,9 @@ internal sealed class ObjectMeta(ObjectId id)
     public SafeFileHandle? File;
 
     public static long PendingValue(long seq, uint offset) => (seq << 32) | offset;
+
+    public static long PendingZeroValue(long seq, int recordOffset, bool allocated)
+        => PendingValue(seq, (uint)recordOffset | ZeroBit | (allocated ? AllocatedBit : 0));
 
     public void EnsureBlocks(int blocks)
     {
@@ -55,8 +61,8 @@ internal sealed class ObjectMeta(ObjectId id)
         }
         long p = Pending[block];
         return p == NotPending ? States[block]
-            : (uint)p == PendingHole ? BlockState.Hole
-            : (uint)p == PendingZero ? BlockState.Zero
-            : BlockState.Data;
+            : ((uint)p & ZeroBit) == 0 ? BlockState.Data
+            : ((uint)p & AllocatedBit) != 0 ? BlockState.Zero
+            : BlockState.Hole;
     }
 }

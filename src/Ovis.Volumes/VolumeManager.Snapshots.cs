@@ -13,6 +13,41 @@ namespace Ovis.Volumes;
 /// </summary>
 public sealed partial class VolumeManager
 {
+    // Layers that a flatten or a merge is copying from or into, outside the control lock: no
+    // other control operation may change them until it is done. Guarded by _lock.
+    private readonly HashSet<uint> _pinned = [];
+
+    private void Pin(uint[] layers)
+    {
+        lock (_lock)
+        {
+            if (layers.Any(_pinned.Contains))
+            {
+                throw new VolumeException(VolumeErrorCode.InUse, "a flatten or a snapshot merge is already using these layers: try again when it is done");
+            }
+            _pinned.UnionWith(layers);
+        }
+    }
+
+    private void Unpin(uint[] layers)
+    {
+        lock (_lock)
+        {
+            _pinned.ExceptWith(layers);
+        }
+    }
+
+    private void CheckNotPinned(VolumeRecord r, string name)
+    {
+        lock (_lock)
+        {
+            if (_pinned.Contains(r.Id))
+            {
+                throw new VolumeException(VolumeErrorCode.InUse, $"'{name}' is being flattened or merged: try again when that is done");
+            }
+        }
+    }
+
     public async Task<VolumeInfo> SnapshotAsync(string name, string tag)
     {
         CheckName(tag, "snapshot tag");
@@ -20,6 +55,7 @@ public sealed partial class VolumeManager
         try
         {
             VolumeState v = FindLive(name);
+            CheckNotPinned(v.Record, name);
             string full = $"{name}@{tag}";
             CheckFree(full);
             // Writes in flight finish into the layer being frozen; new ones wait and then go to
@@ -75,6 +111,7 @@ public sealed partial class VolumeManager
         try
         {
             VolumeState v = FindLive(name);
+            CheckNotPinned(v.Record, name);
             VolumeState target = Find($"{name}@{tag}");
             if (v.Connections > 0)
             {
@@ -101,11 +138,13 @@ public sealed partial class VolumeManager
     /// </summary>
     public async Task DeleteAsync(string name)
     {
+        (VolumeRecord Snapshot, VolumeRecord Child)? merge = null;
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
             VolumeState v = Find(name);
             VolumeRecord r = v.Record;
+            CheckNotPinned(r, name);
             if (v.Connections > 0)
             {
                 throw new VolumeException(VolumeErrorCode.InUse, $"'{name}' is exported to {v.Connections} connection(s): disconnect them first");
@@ -125,44 +164,90 @@ public sealed partial class VolumeManager
             }
             else if (dependents.Count == 1)
             {
-                // The dependent takes over the blocks it was inheriting from this snapshot; its
-                // reads do not change at any point, so the merge is safe while it is in use.
-                VolumeRecord child = dependents[0];
-                await CopyIntoHolesAsync([r.Id], child, progress: null).ConfigureAwait(false);
-                Apply([.. _catalog.State.Volumes.Where(x => x.Id != r.Id).Select(x => x.Id == child.Id ? x with { ParentId = r.ParentId } : x)]);
+                merge = (r, dependents[0]);
+                Pin([r.Id, dependents[0].Id]);
+            }
+            if (merge is null)
+            {
+                Apply([.. _catalog.State.Volumes.Where(x => x.Id != r.Id)]);
                 await DeleteObjectsAsync(r.Id).ConfigureAwait(false);
                 return;
             }
-            Apply([.. _catalog.State.Volumes.Where(x => x.Id != r.Id)]);
-            await DeleteObjectsAsync(r.Id).ConfigureAwait(false);
         }
         finally
         {
             _control.Release();
         }
+        await MergeAsync(merge.Value.Snapshot, merge.Value.Child).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// The single dependent of a snapshot takes over the blocks it was inheriting from it; its
+    /// reads do not change at any point, so this is safe while it is in use. The copy runs
+    /// outside the control lock; both layers are pinned meanwhile.
+    /// </summary>
+    private async Task MergeAsync(VolumeRecord snapshot, VolumeRecord child)
+    {
+        try
+        {
+            await CopyIntoHolesAsync([snapshot.Id], child, progress: null).ConfigureAwait(false);
+            await _control.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                Apply([.. _catalog.State.Volumes.Where(x => x.Id != snapshot.Id).Select(x => x.Id == child.Id ? x with { ParentId = snapshot.ParentId } : x)]);
+                await DeleteObjectsAsync(snapshot.Id).ConfigureAwait(false);
+            }
+            finally
+            {
+                _control.Release();
+            }
+        }
+        finally
+        {
+            Unpin([snapshot.Id, child.Id]);
+        }
+    }
     public async Task<VolumeInfo> FlattenAsync(string name, IProgress<double>? progress = null)
     {
+        VolumeState v;
+        uint[] chain;
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
-            VolumeState v = FindLive(name);
-            uint[] chain = v.Chain;
+            v = FindLive(name);
+            chain = v.Chain;
             if (chain.Length == 1)
             {
                 progress?.Report(1);
                 return Describe(v);
             }
-            await CopyIntoHolesAsync(chain[1..], v.Record, progress).ConfigureAwait(false);
-            SaveRecord(v.Record with { ParentId = null });
-            progress?.Report(1);
-            return Describe(v);
+            Pin(chain);
         }
         finally
         {
             _control.Release();
         }
+        // The copy runs outside the control lock, which stays free for other volumes; the pins
+        // keep this volume and the layers it reads from as they are until it is done.
+        try
+        {
+            await CopyIntoHolesAsync(chain[1..], v.Record, progress).ConfigureAwait(false);
+            await _control.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                SaveRecord(v.Record with { ParentId = null });
+            }
+            finally
+            {
+                _control.Release();
+            }
+        }
+        finally
+        {
+            Unpin(chain);
+        }
+        progress?.Report(1);
+        return Describe(v);
     }
 
     /// <summary>

@@ -213,6 +213,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         {
             VolumeState v = FindLive(name);
             VolumeRecord old = v.Record;
+            CheckNotPinned(old, name);
             CheckSize(newSize, old.ObjectSize);
             if (newSize < old.Size)
             {
