@@ -59,7 +59,8 @@ internal sealed partial class Journal : IDisposable
     private Exception? _failure;
     private TaskCompletionSource _round = NewTcs();
     private TaskCompletionSource _space = NewTcs();
-    private Task? _commitLoop;
+    private readonly TaskCompletionSource _commitDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private bool _started;
     private Task? _applyLoop;
     private IJournalSink? _sink;
 
@@ -115,7 +116,11 @@ internal sealed partial class Journal : IDisposable
     public void Start(IJournalSink sink)
     {
         _sink = sink;
-        _commitLoop = Task.Factory.StartNew(CommitLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+        _started = true;
+        // The committer is a thread of its own blocked in a plain wait: a flush wakes it at once,
+        // without waiting for a thread-pool thread (that hop is most of a QD1 flush's latency).
+        var committer = new Thread(CommitLoop) { IsBackground = true, Name = "ovis-journal-commit" };
+        committer.Start();
         _applyLoop = Task.Factory.StartNew(ApplyLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
     }
 
@@ -234,11 +239,23 @@ internal sealed partial class Journal : IDisposable
         Signal();
     }
 
-    private async Task CommitLoopAsync()
+    private void CommitLoop()
+    {
+        try
+        {
+            CommitRounds();
+        }
+        finally
+        {
+            _commitDone.TrySetResult();
+        }
+    }
+
+    private void CommitRounds()
     {
         while (true)
         {
-            bool signaled = await _wake.WaitAsync(_commitInterval).ConfigureAwait(false);
+            bool signaled = _wake.Wait(_commitInterval);
             TaskCompletionSource round;
             bool stop;
             lock (_lock)
@@ -362,9 +379,9 @@ internal sealed partial class Journal : IDisposable
     public async Task StopAsync()
     {
         WakeWaitersForStop(aborted: false);
-        if (_commitLoop is not null)
+        if (_started)
         {
-            await _commitLoop.ConfigureAwait(false);
+            await _commitDone.Task.ConfigureAwait(false);
         }
         if (_applyLoop is not null)
         {
@@ -391,9 +408,9 @@ internal sealed partial class Journal : IDisposable
     internal async Task AbortAsync()
     {
         WakeWaitersForStop(aborted: true);
-        if (_commitLoop is not null)
+        if (_started)
         {
-            await _commitLoop.ConfigureAwait(false);
+            await _commitDone.Task.ConfigureAwait(false);
         }
         if (_applyLoop is not null)
         {
