@@ -39,8 +39,15 @@ public sealed partial class LocalStore
                 {
                     // Outside the lock: readers never read these blocks from the file while their
                     // overlay entries are set, and they stay set until the lock section below.
-                    SafeFileHandle file = EnsureFile(meta);
-                    RandomAccess.Write(file, r.Data, (long)r.FirstBlock * StoreBlockSize);
+                    SafeFileHandle file = AcquireFile(meta, create: true)!;
+                    try
+                    {
+                        RandomAccess.Write(file, r.Data, (long)r.FirstBlock * StoreBlockSize);
+                    }
+                    finally
+                    {
+                        file.DangerousRelease();
+                    }
                     int dataOffset = r.Offset + JournalFormat.RecordHeaderSize + r.BlockCount * 4;
                     lock (meta.Lock)
                     {
@@ -62,14 +69,17 @@ public sealed partial class LocalStore
             case RecordType.ZeroAllocated:
             case RecordType.Delete:
                 {
-                    SafeFileHandle? file;
-                    lock (meta.Lock)
+                    SafeFileHandle? file = r.Type == RecordType.Delete ? null : AcquireFile(meta, create: false);
+                    if (file is not null)
                     {
-                        file = meta.File;
-                    }
-                    if (file is not null && r.Type != RecordType.Delete)
-                    {
-                        NativeIo.PunchHole(file, (long)r.FirstBlock * StoreBlockSize, (long)r.BlockCount * StoreBlockSize);
+                        try
+                        {
+                            NativeIo.PunchHole(file, (long)r.FirstBlock * StoreBlockSize, (long)r.BlockCount * StoreBlockSize);
+                        }
+                        finally
+                        {
+                            file.DangerousRelease();
+                        }
                     }
                     BlockState state = r.Type == RecordType.ZeroAllocated ? BlockState.Zero : BlockState.Hole;
                     long marker = ObjectMeta.PendingZeroValue(seq, r.Offset, r.Type == RecordType.ZeroAllocated);
@@ -86,13 +96,16 @@ public sealed partial class LocalStore
                                 meta.Pending[b] = ObjectMeta.NotPending;
                             }
                         }
-                        if (r.Type == RecordType.Delete && meta.File is not null)
+                        if (r.Type == RecordType.Delete)
                         {
                             // Under the lock: no reader is using the file (no block is Data now).
-                            meta.File.Dispose();
-                            meta.File = null;
-                            File.Delete(ObjectPath(meta.Id));
-                            MarkDirectoryDirty(ObjectDirectory(meta.Id.Volume));
+                            CloseFileLocked(meta);
+                            string path = ObjectPath(meta.Id);
+                            if (File.Exists(path))
+                            {
+                                File.Delete(path);
+                                MarkDirectoryDirty(ObjectDirectory(meta.Id.Volume));
+                            }
                         }
                     }
                     break;
@@ -102,31 +115,6 @@ public sealed partial class LocalStore
         {
             _dirty.Add(meta);
         }
-    }
-
-    private SafeFileHandle EnsureFile(ObjectMeta meta)
-    {
-        lock (meta.Lock)
-        {
-            if (meta.File is not null)
-            {
-                return meta.File;
-            }
-        }
-        string dir = ObjectDirectory(meta.Id.Volume);
-        if (_knownDirectories.TryAdd(meta.Id.Volume, 0))
-        {
-            Directory.CreateDirectory(dir);
-            MarkDirectoryDirty(Path.Combine(_directory, "objects"));
-        }
-        SafeFileHandle file = File.OpenHandle(ObjectPath(meta.Id), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
-        MarkDirectoryDirty(dir);
-        lock (meta.Lock)
-        {
-            // Only the applier (or replay, before it) opens files, so nobody raced us here.
-            meta.File = file;
-        }
-        return file;
     }
 
     private void MarkDirectoryDirty(string dir)

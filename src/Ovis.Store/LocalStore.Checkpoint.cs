@@ -109,34 +109,21 @@ public sealed partial class LocalStore
         }
     }
 
-    private static void SyncObjectFile(ObjectMeta meta)
+    private void SyncObjectFile(ObjectMeta meta)
     {
-        SafeFileHandle? file;
-        lock (meta.Lock)
-        {
-            file = meta.File;
-        }
+        // Reopens a file that eviction closed: its dirty pages are still the inode's to sync.
+        SafeFileHandle? file = AcquireFile(meta, create: false);
         if (file is null)
         {
-            return;
+            return; // deleted meanwhile: nothing to sync
         }
-        bool added = false;
         try
         {
-            // A delete may close the handle concurrently; the reference keeps the fd valid.
-            file.DangerousAddRef(ref added);
             NativeIo.DataSync(file);
-        }
-        catch (ObjectDisposedException)
-        {
-            // Deleted meanwhile: nothing to sync.
         }
         finally
         {
-            if (added)
-            {
-                file.DangerousRelease();
-            }
+            file.DangerousRelease();
         }
     }
 
@@ -186,7 +173,7 @@ public sealed partial class LocalStore
                 {
                     continue;
                 }
-                LoadObject(new ObjectId(volume, index), path, metaFile);
+                LoadObject(new ObjectId(volume, index), metaFile);
                 objects++;
             }
         }
@@ -195,10 +182,11 @@ public sealed partial class LocalStore
         LogRecovered(_logger, objects, batches);
     }
 
-    private void LoadObject(ObjectId id, string path, SafeFileHandle? metaFile)
+    /// <summary>Loads an object's block metadata; its file is opened when first needed (a large
+    /// store has more objects than the process may have files open).</summary>
+    private void LoadObject(ObjectId id, SafeFileHandle? metaFile)
     {
         ObjectMeta meta = GetOrAdd(id);
-        meta.File = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
         Span<byte> slot = _slotScratch;
         slot.Clear();
         if (metaFile is not null)

@@ -1,4 +1,5 @@
 using System.Buffers;
+using Microsoft.Win32.SafeHandles;
 
 namespace Ovis.Store;
 
@@ -9,7 +10,9 @@ public sealed partial class LocalStore
         CheckRange(offset, buffer.Length);
         try
         {
-            return new(Read(id, offset, buffer.Span));
+            StoreStatus s = Read(id, offset, buffer.Span);
+            EvictFilesIfNeeded();
+            return new(s);
         }
         catch (ObjectDisposedException)
         {
@@ -115,12 +118,14 @@ public sealed partial class LocalStore
 
     private bool ReadFileRun(ObjectMeta meta, int firstBlock, Span<byte> dest)
     {
-        if (meta.File is null)
+        // Under the object lock, so the handle cannot be closed by eviction meanwhile.
+        SafeFileHandle? file = meta.File ?? OpenFileLocked(meta, create: false);
+        if (file is null)
         {
             LogMissingObjectFile(_logger, meta.Id.ToString());
             return false;
         }
-        int n = RandomAccess.Read(meta.File, dest, (long)firstBlock * StoreBlockSize);
+        int n = RandomAccess.Read(file, dest, (long)firstBlock * StoreBlockSize);
         dest[n..].Clear();
         for (int i = 0; i < dest.Length / StoreBlockSize; i++)
         {

@@ -15,6 +15,10 @@ public sealed record LocalStoreOptions
     /// <summary>Longest time an acknowledged write stays only in memory when no client flushes.</summary>
     public TimeSpan CommitInterval { get; init; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>Object files kept open at once; beyond this the least recently opened are closed
+    /// (and reopened when needed), so a store of any size stays within the process's fd limit.</summary>
+    public int MaxOpenFiles { get; init; } = 4096;
+
     /// <summary>Longest time between checkpoints while there is something to checkpoint.</summary>
     public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(10);
 }

@@ -251,6 +251,34 @@ public sealed class LocalStoreTests
         }
     }
 
+    [Fact]
+    public async Task More_objects_than_open_files_allowed_all_read_back_across_a_crash()
+    {
+        await using var f = new StoreFixture(new LocalStoreOptions { JournalSize = 32L << 20, BatchSize = 1 << 20, BatchCount = 8, MaxOpenFiles = 4 });
+        var data = new Dictionary<uint, byte[]>();
+        for (uint i = 0; i < 40; i++)
+        {
+            data[i] = Bytes.Random(8192, 300 + (int)i);
+            await Ok(f.Store.WriteAsync(new ObjectId(4, i), 4096, data[i], fua: false));
+        }
+        await Ok(f.Store.FlushAsync());
+        // Trims and reads of files that eviction closed reopen them.
+        await Ok(f.Store.ZeroAsync(new ObjectId(4, 0), 4096, 4096, keepAllocated: false, fua: false));
+        Array.Clear(data[0], 0, 4096);
+        foreach ((uint i, byte[] expected) in data)
+        {
+            Assert.Equal(expected, await Bytes.ReadAsync(f.Store, new ObjectId(4, i), 4096, 8192));
+        }
+        Assert.InRange(f.Store.OpenFileCount, 0, 4);
+        await Ok(f.Store.FlushAsync());
+        await f.CrashAndReopenAsync();
+        foreach ((uint i, byte[] expected) in data)
+        {
+            Assert.Equal(expected, await Bytes.ReadAsync(f.Store, new ObjectId(4, i), 4096, 8192));
+        }
+        Assert.InRange(f.Store.OpenFileCount, 0, 4);
+    }
+
     private static void Fill(byte[] chunk, int seed) => new Random(seed).NextBytes(chunk);
 
     private static long AllocatedBytes(string path)
