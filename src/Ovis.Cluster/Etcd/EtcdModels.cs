@@ -1,0 +1,90 @@
+using System.Text;
+
+namespace Ovis.Cluster.Etcd;
+
+/// <summary>A key as etcd stores it. Revisions are etcd's global revisions; <see cref="Lease"/> is 0 without a lease.</summary>
+public sealed record EtcdKeyValue(string Key, byte[] Value, long CreateRevision, long ModRevision, long Version, long Lease)
+{
+    /// <summary>The value as UTF-8 text.</summary>
+    public string ValueText => Encoding.UTF8.GetString(Value);
+}
+
+/// <summary>The keys of a range and the store revision they were read at (watch from <c>Revision + 1</c>).</summary>
+public sealed record EtcdRange(IReadOnlyList<EtcdKeyValue> Kvs, long Revision);
+
+/// <summary>A lease: keys put with it disappear when it runs out or is revoked.</summary>
+public readonly record struct EtcdLease(long Id, long TtlSeconds);
+
+/// <summary>One condition of a transaction; build with the factories.</summary>
+public sealed record EtcdCompare
+{
+    private EtcdCompare(string key, string target, string result, string field, string operand)
+    {
+        Key = key;
+        Target = target;
+        Result = result;
+        Field = field;
+        Operand = operand;
+    }
+
+    public string Key { get; }
+
+    internal string Target { get; }
+
+    internal string Result { get; }
+
+    internal string Field { get; }
+
+    /// <summary>An int64 as a decimal string, or a base64 value.</summary>
+    internal string Operand { get; }
+
+    /// <summary>The key does not exist (its create revision is 0).</summary>
+    public static EtcdCompare Absent(string key) => new(key, "CREATE", "EQUAL", "create_revision", "0");
+
+    /// <summary>The key was created at <paramref name="revision"/> (it is still the same incarnation).</summary>
+    public static EtcdCompare CreatedAt(string key, long revision) => new(key, "CREATE", "EQUAL", "create_revision", Int(revision));
+
+    /// <summary>The key was last modified at <paramref name="revision"/> (nobody wrote it since it was read).</summary>
+    public static EtcdCompare ModifiedAt(string key, long revision) => new(key, "MOD", "EQUAL", "mod_revision", Int(revision));
+
+    /// <summary>The key was last modified before <paramref name="revision"/> (0 when absent, so an absent key passes).</summary>
+    public static EtcdCompare ModifiedBefore(string key, long revision) => new(key, "MOD", "LESS", "mod_revision", Int(revision));
+
+    /// <summary>The key's value equals <paramref name="value"/>.</summary>
+    public static EtcdCompare ValueEquals(string key, byte[] value) => new(key, "VALUE", "EQUAL", "value", Convert.ToBase64String(value));
+
+    private static string Int(long value) => value.ToString(System.Globalization.CultureInfo.InvariantCulture);
+}
+
+/// <summary>One operation of a transaction branch.</summary>
+public abstract record EtcdOp(string Key)
+{
+    /// <summary>Put <paramref name="Value"/>, attached to <paramref name="LeaseId"/> when non-zero.</summary>
+    public sealed record Put(string Key, byte[] Value, long LeaseId = 0) : EtcdOp(Key);
+
+    /// <summary>Read the key, or every key under it when <paramref name="Prefix"/>.</summary>
+    public sealed record Range(string Key, bool Prefix = false) : EtcdOp(Key);
+
+    /// <summary>Delete the key, or every key under it when <paramref name="Prefix"/>.</summary>
+    public sealed record Delete(string Key, bool Prefix = false) : EtcdOp(Key);
+
+    public static Put PutText(string key, string value, long leaseId = 0) => new(key, Encoding.UTF8.GetBytes(value), leaseId);
+}
+
+/// <summary>
+/// The outcome of a transaction: which branch ran, the revision after it, and for each
+/// operation of that branch in order, the keys it read (empty for puts and deletes).
+/// </summary>
+public sealed record EtcdTxnResult(bool Succeeded, long Revision, IReadOnlyList<IReadOnlyList<EtcdKeyValue>> Reads);
+
+public enum EtcdEventType
+{
+    Put,
+    Delete,
+}
+
+/// <summary>
+/// A change seen by a watch. For a delete, <see cref="Kv"/> holds only the key and the
+/// revision of the delete (<see cref="EtcdKeyValue.ModRevision"/>).
+/// </summary>
+public sealed record EtcdWatchEvent(EtcdEventType Type, EtcdKeyValue Kv);
