@@ -157,8 +157,14 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
         }
     }
 
+    private int _disposed;
+
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
         await _stop.CancelAsync().ConfigureAwait(false);
         _checkpointWake.Release();
         if (_checkpointLoop is not null)
