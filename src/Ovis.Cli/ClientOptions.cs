@@ -28,4 +28,17 @@ internal sealed class ClientOptions
         => new(AdminClient.ResolveAdminUri(parseResult.GetValue(Admin)));
 
     public bool WantsJson(ParseResult parseResult) => parseResult.GetValue(Json);
+
+    /// <summary>Prints <paramref name="result"/> as JSON with --json, otherwise the one-line <paramref name="summary"/>.</summary>
+    public void Report<T>(ParseResult parseResult, T result, string summary)
+    {
+        if (WantsJson(parseResult))
+        {
+            ConsoleOutput.Stdout.Json(result);
+        }
+        else
+        {
+            ConsoleOutput.Stdout.Line(summary);
+        }
+    }
 }

@@ -47,14 +47,7 @@ internal static class VdiCommand
                 parseResult.GetValue(objectSize) is { } text ? ParseSize(text) : (long?)null);
             using var admin = client.CreateClient(parseResult);
             var volume = await admin.CreateVolumeAsync(request, cancellationToken);
-            if (client.WantsJson(parseResult))
-            {
-                ConsoleOutput.Stdout.Json(volume);
-            }
-            else
-            {
-                ConsoleOutput.Stdout.Line($"created volume '{volume.Name}' ({Sizes.Format(volume.Size)})");
-            }
+            client.Report(parseResult, volume, $"created volume '{volume.Name}' ({Sizes.Format(volume.Size)})");
         });
         return command;
     }
@@ -118,14 +111,7 @@ internal static class VdiCommand
             var request = new ResizeVolumeRequest(ParseSize(parseResult.GetRequiredValue(size)), parseResult.GetValue(allowShrink));
             using var admin = client.CreateClient(parseResult);
             var volume = await admin.ResizeVolumeAsync(volumeName, request, cancellationToken);
-            if (client.WantsJson(parseResult))
-            {
-                ConsoleOutput.Stdout.Json(volume);
-            }
-            else
-            {
-                ConsoleOutput.Stdout.Line($"resized volume '{volume.Name}' to {Sizes.Format(volume.Size)}");
-            }
+            client.Report(parseResult, volume, $"resized volume '{volume.Name}' to {Sizes.Format(volume.Size)}");
         });
         return command;
     }
@@ -164,14 +150,7 @@ internal static class VdiCommand
             var request = new SnapshotRequest(parseResult.GetRequiredValue(tag));
             using var admin = client.CreateClient(parseResult);
             var snapshot = await admin.SnapshotVolumeAsync(parseResult.GetRequiredValue(name), request, cancellationToken);
-            if (client.WantsJson(parseResult))
-            {
-                ConsoleOutput.Stdout.Json(snapshot);
-            }
-            else
-            {
-                ConsoleOutput.Stdout.Line($"created snapshot '{snapshot.Name}'");
-            }
+            client.Report(parseResult, snapshot, $"created snapshot '{snapshot.Name}'");
         });
         return command;
     }
@@ -191,14 +170,7 @@ internal static class VdiCommand
 
             using var admin = client.CreateClient(parseResult);
             var clone = await admin.CloneSnapshotAsync(source, new CloneRequest(parseResult.GetRequiredValue(newName)), cancellationToken);
-            if (client.WantsJson(parseResult))
-            {
-                ConsoleOutput.Stdout.Json(clone);
-            }
-            else
-            {
-                ConsoleOutput.Stdout.Line($"cloned '{source}' as volume '{clone.Name}'");
-            }
+            client.Report(parseResult, clone, $"cloned '{source}' as volume '{clone.Name}'");
         });
         return command;
     }
@@ -214,14 +186,7 @@ internal static class VdiCommand
             var request = new RollbackRequest(parseResult.GetRequiredValue(tag));
             using var admin = client.CreateClient(parseResult);
             var volume = await admin.RollbackVolumeAsync(volumeName, request, cancellationToken);
-            if (client.WantsJson(parseResult))
-            {
-                ConsoleOutput.Stdout.Json(volume);
-            }
-            else
-            {
-                ConsoleOutput.Stdout.Line($"rolled back volume '{volume.Name}' to '{volumeName}@{request.Tag}'");
-            }
+            client.Report(parseResult, volume, $"rolled back volume '{volume.Name}' to '{volumeName}@{request.Tag}'");
         });
         return command;
     }
