@@ -1,0 +1,18 @@
+using Microsoft.Extensions.Logging;
+
+namespace Ovis.Cluster.Catalog;
+
+internal static partial class CatalogLog
+{
+    [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "Node {Node} joined cluster {Cluster} at epoch {Epoch}")]
+    public static partial void Joined(ILogger logger, string node, string cluster, long epoch);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Warning, Message = "Node {Node} could not renew its lease")]
+    public static partial void KeepAliveFailed(ILogger logger, string node, Exception exception);
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Error, Message = "Node {Node} lost its lease: it is no longer a member of cluster {Cluster}")]
+    public static partial void LeaseLost(ILogger logger, string node, string cluster);
+
+    [LoggerMessage(EventId = 4, Level = LogLevel.Information, Message = "Cluster {Cluster}: epoch {Epoch} for members [{Members}]")]
+    public static partial void EpochBumped(ILogger logger, string cluster, long epoch, string members);
+}

@@ -1,0 +1,156 @@
+using System.Text.Json;
+using Ovis.Cluster.Etcd;
+
+namespace Ovis.Cluster.Catalog;
+
+/// <summary>
+/// A node's membership: its key under <c>nodes/</c> on a lease that a background loop renews
+/// every third of the TTL. Dispose to leave (the key goes and the epoch is bumped in one
+/// transaction, then the lease and every lock on it are revoked). If renewal fails for a whole
+/// TTL or etcd says the lease is gone, <see cref="Lost"/> fires: the node is no longer a member.
+/// </summary>
+public sealed class NodeRegistration : IAsyncDisposable
+{
+    private readonly EtcdCatalog _catalog;
+    private readonly CancellationTokenSource _lost = new();
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _keepAlive;
+    private readonly long _createRevision;
+    private int _disposed;
+
+    private NodeRegistration(EtcdCatalog catalog, NodeInfo node, EtcdLease lease, long createRevision, long epoch)
+    {
+        _catalog = catalog;
+        Node = node;
+        LeaseId = lease.Id;
+        TtlSeconds = lease.TtlSeconds;
+        JoinedEpoch = epoch;
+        _createRevision = createRevision;
+        _keepAlive = Task.Run(KeepAliveLoopAsync);
+    }
+
+    public NodeInfo Node { get; }
+
+    /// <summary>The lease every key of this node (its membership, its volume locks) hangs on.</summary>
+    public long LeaseId { get; }
+
+    public long TtlSeconds { get; }
+
+    /// <summary>The epoch this node's join created.</summary>
+    public long JoinedEpoch { get; }
+
+    /// <summary>Cancelled when the lease is lost: the node's key and its locks are gone.</summary>
+    public CancellationToken Lost => _lost.Token;
+
+    internal static async Task<NodeRegistration> JoinAsync(EtcdCatalog catalog, NodeInfo node, long ttlSeconds,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        EtcdCatalog.ValidateName(node.Id, "node id");
+        await catalog.RequireFormatAsync(cancellationToken).ConfigureAwait(false);
+        var client = catalog.Client;
+        var lease = await client.GrantLeaseAsync(ttlSeconds, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            string key = catalog.Keys.Node(node.Id);
+            byte[] value = JsonSerializer.SerializeToUtf8Bytes(node, CatalogJson.Default.NodeInfo);
+            for (int attempt = 0; attempt < 32; attempt++)
+            {
+                var snapshot = await catalog.SnapshotAsync(cancellationToken).ConfigureAwait(false);
+                if (snapshot.View.Nodes.Any(n => n.Id == node.Id))
+                    throw new CatalogException($"node '{node.Id}' is already a member of cluster '{catalog.Cluster}' (a live process holds its lease)");
+                // Members the epoch counts plus this one: a node whose lease ran out unnoticed is
+                // dropped by the next reconcile, which bumps the epoch again.
+                string[] members = [.. snapshot.View.Nodes.Select(n => n.Id).Append(node.Id).Order(StringComparer.Ordinal)];
+                var epoch = new EpochRecord(snapshot.Epoch.Epoch + 1, members);
+                var result = await client.TxnAsync(
+                    [EtcdCompare.Absent(key), catalog.EpochUnchanged(snapshot)],
+                    [new EtcdOp.Put(key, value, lease.Id), catalog.EpochPut(epoch)],
+                    cancellationToken: cancellationToken).ConfigureAwait(false);
+                if (result.Succeeded)
+                {
+                    CatalogLog.Joined(catalog.Logger, node.Id, catalog.Cluster, epoch.Epoch);
+                    return new NodeRegistration(catalog, node, lease, result.Revision, epoch.Epoch);
+                }
+            }
+            throw new CatalogException($"node '{node.Id}' could not join cluster '{catalog.Cluster}': membership kept changing");
+        }
+        catch
+        {
+            await client.RevokeAsync(lease.Id, CancellationToken.None).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private async Task KeepAliveLoopAsync()
+    {
+        var interval = TimeSpan.FromSeconds(Math.Max(0.5, TtlSeconds / 3.0));
+        var lastRenewal = DateTime.UtcNow;
+        using var timer = new PeriodicTimer(interval);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(_stop.Token).ConfigureAwait(false))
+            {
+                try
+                {
+                    long ttl = await _catalog.Client.KeepAliveOnceAsync(LeaseId, _stop.Token).ConfigureAwait(false);
+                    if (ttl > 0)
+                    {
+                        lastRenewal = DateTime.UtcNow;
+                        continue;
+                    }
+                }
+                catch (EtcdException e)
+                {
+                    CatalogLog.KeepAliveFailed(_catalog.Logger, Node.Id, e);
+                    if (DateTime.UtcNow - lastRenewal < TimeSpan.FromSeconds(TtlSeconds))
+                        continue;
+                }
+                CatalogLog.LeaseLost(_catalog.Logger, Node.Id, _catalog.Cluster);
+                await _lost.CancelAsync().ConfigureAwait(false);
+                return;
+            }
+        }
+        catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Stops renewing the lease without giving it back, as a killed process would: the node's
+    /// key and locks vanish when the lease runs out. For tests of failure handling.
+    /// </summary>
+    internal async Task AbandonAsync()
+    {
+        Interlocked.Exchange(ref _disposed, 1);
+        await _stop.CancelAsync().ConfigureAwait(false);
+        await _keepAlive.ConfigureAwait(false);
+    }
+
+    /// <summary>Leaves the cluster: removes the node and bumps the epoch atomically, then revokes the lease.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        await _stop.CancelAsync().ConfigureAwait(false);
+        await _keepAlive.ConfigureAwait(false);
+        var client = _catalog.Client;
+        string key = _catalog.Keys.Node(Node.Id);
+        for (int attempt = 0; attempt < 32 && !_lost.IsCancellationRequested; attempt++)
+        {
+            var snapshot = await _catalog.SnapshotAsync(CancellationToken.None).ConfigureAwait(false);
+            if (!snapshot.NodeKvs.Any(kv => kv.Key == key && kv.CreateRevision == _createRevision))
+                break; // our key is gone already (the lease ran out): a reconcile bumps the epoch
+            string[] members = [.. snapshot.View.Nodes.Select(n => n.Id).Where(id => id != Node.Id)];
+            var result = await client.TxnAsync(
+                [EtcdCompare.CreatedAt(key, _createRevision), _catalog.EpochUnchanged(snapshot)],
+                [new EtcdOp.Delete(key), _catalog.EpochPut(new EpochRecord(snapshot.Epoch.Epoch + 1, members))],
+                cancellationToken: CancellationToken.None).ConfigureAwait(false);
+            if (result.Succeeded)
+                break;
+        }
+        await client.RevokeAsync(LeaseId, CancellationToken.None).ConfigureAwait(false);
+        _lost.Dispose();
+        _stop.Dispose();
+    }
+}

@@ -1,0 +1,155 @@
+using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Etcd;
+using Ovis.Cluster.Tests.Infrastructure;
+
+namespace Ovis.Cluster.Tests;
+
+[Collection(EtcdCollection.Name)]
+public sealed class CatalogTests(EtcdCluster etcd)
+{
+    private static readonly TimeSpan T = Eventually.Timeout;
+    private readonly EtcdCatalog _catalog = new(etcd.Client, EtcdCluster.NewPrefix("catalog"));
+
+    private static NodeInfo Node(string id, string zone = "z1") => new(id, $"127.0.0.1:{7000 + id.Length}", zone);
+
+    [Fact]
+    public async Task A_cluster_is_formatted_once()
+    {
+        Assert.Null(await _catalog.ReadFormatAsync().WaitAsync(T));
+        var format = await _catalog.FormatAsync(3).WaitAsync(T);
+        Assert.Equal(3, format.Copies);
+        Assert.Equal(3, (await _catalog.ReadFormatAsync().WaitAsync(T))!.Copies);
+
+        var e = await Assert.ThrowsAsync<CatalogException>(() => _catalog.FormatAsync(2).WaitAsync(T));
+        Assert.Contains("already formatted (copies 3", e.Message, StringComparison.Ordinal);
+        Assert.Equal(3, (await _catalog.ReadFormatAsync().WaitAsync(T))!.Copies);
+        Assert.Equal(0, (await _catalog.ReadMembershipAsync().WaitAsync(T)).Epoch);
+    }
+
+    [Fact]
+    public async Task Bad_input_is_refused_clearly()
+    {
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _catalog.FormatAsync(0).WaitAsync(T));
+        Assert.Throws<ArgumentException>(() => new EtcdCatalog(etcd.Client, "a/b"));
+        var e = await Assert.ThrowsAsync<CatalogException>(() => _catalog.JoinAsync(Node("n1")).WaitAsync(T));
+        Assert.Contains("is not formatted", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Joins_and_leaves_bump_the_epoch_and_a_watcher_sees_them()
+    {
+        await _catalog.FormatAsync(2).WaitAsync(T);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await using var views = _catalog.WatchMembershipAsync(cts.Token).GetAsyncEnumerator(cts.Token);
+        var initial = await views.NextAsync(T, "initial view");
+        Assert.Equal((0L, 0), (initial.Epoch, initial.Nodes.Count));
+
+        await using var a = await _catalog.JoinAsync(Node("a")).WaitAsync(T);
+        Assert.Equal(1, a.JoinedEpoch);
+        var v1 = await views.NextAsync(T, "view after a joined");
+        AssertView(v1, 1, "a");
+
+        var b = await _catalog.JoinAsync(Node("b", "z2")).WaitAsync(T);
+        var v2 = await views.NextAsync(T, "view after b joined");
+        AssertView(v2, 2, "a", "b");
+        Assert.Equal("z2", v2.Nodes[1].Zone);
+
+        await b.DisposeAsync().AsTask().WaitAsync(T);
+        var v3 = await views.NextAsync(T, "view after b left");
+        AssertView(v3, 3, "a");
+        await cts.CancelAsync();
+    }
+
+    [Fact]
+    public async Task A_node_id_cannot_join_twice()
+    {
+        await _catalog.FormatAsync(1).WaitAsync(T);
+        await using var a = await _catalog.JoinAsync(Node("a")).WaitAsync(T);
+        var e = await Assert.ThrowsAsync<CatalogException>(() => _catalog.JoinAsync(Node("a")).WaitAsync(T));
+        Assert.Contains("already a member", e.Message, StringComparison.Ordinal);
+        Assert.Equal(1, (await _catalog.ReadMembershipAsync().WaitAsync(T)).Epoch);
+    }
+
+    [Fact]
+    public async Task A_dead_node_disappears_when_its_lease_runs_out_and_the_epoch_moves_on()
+    {
+        await _catalog.FormatAsync(2).WaitAsync(T);
+        await using var survivor = await _catalog.JoinAsync(Node("survivor"), ttlSeconds: 10).WaitAsync(T);
+        var dead = await _catalog.JoinAsync(Node("dead"), ttlSeconds: 2).WaitAsync(T);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await using var views = _catalog.WatchMembershipAsync(cts.Token).GetAsyncEnumerator(cts.Token);
+        var before = await views.NextAsync(T, "initial view");
+        AssertView(before, 2, "dead", "survivor");
+
+        // A kill -9: the keepalive stops and nothing is given back.
+        await dead.AbandonAsync().WaitAsync(T);
+        var after = await views.NextAsync(T, "view after the dead node's lease ran out");
+        AssertView(after, 3, "survivor");
+        Assert.False(survivor.Lost.IsCancellationRequested);
+        // Its renewals kept the survivor alive past several of the dead node's TTLs.
+        Assert.Equal(["survivor"], Ids(await _catalog.ReadMembershipAsync().WaitAsync(T)));
+        await cts.CancelAsync();
+    }
+
+    [Fact]
+    public async Task A_volume_lock_is_exclusive_and_released_on_dispose()
+    {
+        await _catalog.FormatAsync(2).WaitAsync(T);
+        await using var a = await _catalog.JoinAsync(Node("a")).WaitAsync(T);
+        await using var b = await _catalog.JoinAsync(Node("b")).WaitAsync(T);
+
+        var lockA = await _catalog.TryAcquireVolumeLockAsync("vol1", a).WaitAsync(T);
+        Assert.NotNull(lockA);
+        Assert.Null(await _catalog.TryAcquireVolumeLockAsync("vol1", b).WaitAsync(T));
+        Assert.Null(await _catalog.TryAcquireVolumeLockAsync("vol1", a).WaitAsync(T));
+        Assert.Equal("a", await _catalog.GetVolumeLockHolderAsync("vol1").WaitAsync(T));
+        // Locks are per volume.
+        await using var other = await _catalog.TryAcquireVolumeLockAsync("vol2", b).WaitAsync(T);
+        Assert.NotNull(other);
+
+        await lockA.DisposeAsync().AsTask().WaitAsync(T);
+        Assert.Null(await _catalog.GetVolumeLockHolderAsync("vol1").WaitAsync(T));
+        await using var lockB = await _catalog.TryAcquireVolumeLockAsync("vol1", b).WaitAsync(T);
+        Assert.NotNull(lockB);
+        Assert.Equal("b", await _catalog.GetVolumeLockHolderAsync("vol1").WaitAsync(T));
+    }
+
+    [Fact]
+    public async Task A_crashed_holder_loses_the_lock_when_its_lease_runs_out()
+    {
+        await _catalog.FormatAsync(2).WaitAsync(T);
+        var crashed = await _catalog.JoinAsync(Node("crashed"), ttlSeconds: 2).WaitAsync(T);
+        await using var taker = await _catalog.JoinAsync(Node("taker")).WaitAsync(T);
+        var stale = await _catalog.TryAcquireVolumeLockAsync("vol", crashed).WaitAsync(T);
+        Assert.NotNull(stale);
+
+        await crashed.AbandonAsync().WaitAsync(T);
+        Assert.Null(await _catalog.TryAcquireVolumeLockAsync("vol", taker).WaitAsync(T));
+        await using var taken = await Eventually.ValueAsync(
+            () => _catalog.TryAcquireVolumeLockAsync("vol", taker), T, "the taker gets the lock after the holder's lease ran out");
+        Assert.Equal("taker", await _catalog.GetVolumeLockHolderAsync("vol").WaitAsync(T));
+
+        // The old holder's late release must not free the new tenure.
+        await stale.DisposeAsync().AsTask().WaitAsync(T);
+        Assert.Equal("taker", await _catalog.GetVolumeLockHolderAsync("vol").WaitAsync(T));
+    }
+
+    [Fact]
+    public async Task Leaving_releases_the_nodes_locks()
+    {
+        await _catalog.FormatAsync(1).WaitAsync(T);
+        var a = await _catalog.JoinAsync(Node("a")).WaitAsync(T);
+        Assert.NotNull(await _catalog.TryAcquireVolumeLockAsync("vol", a).WaitAsync(T));
+        await a.DisposeAsync().AsTask().WaitAsync(T);
+        Assert.Null(await _catalog.GetVolumeLockHolderAsync("vol").WaitAsync(T));
+        Assert.Null(await etcd.Client.GetAsync($"/ovis/{_catalog.Cluster}/nodes/a").WaitAsync(T));
+    }
+
+    private static void AssertView(MembershipView view, long epoch, params string[] ids)
+    {
+        Assert.Equal(epoch, view.Epoch);
+        Assert.Equal(ids, Ids(view));
+    }
+
+    private static string[] Ids(MembershipView view) => [.. view.Nodes.Select(n => n.Id)];
+}
