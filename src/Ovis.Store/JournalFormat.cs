@@ -68,12 +68,9 @@ internal static class JournalFormat
 
     /// <summary>Seals a record header once its block crcs (if any) are in place.</summary>
     public static void SealRecordHeader(Span<byte> record, int crcBytes)
-    {
-        uint crc = Crc32C.Compute(record[..32]);
-        crc = Crc32C.Compute(record.Slice(RecordHeaderSize, crcBytes)) ^ (crc * 31);
-        BinaryPrimitives.WriteUInt32LittleEndian(record[32..], crc);
-    }
+        => BinaryPrimitives.WriteUInt32LittleEndian(record[32..], RecordHeaderCrc(record, crcBytes));
 
+    /// <summary>The checksum of a record's header (bytes 0..32) and its block checksums.</summary>
     public static uint RecordHeaderCrc(ReadOnlySpan<byte> record, int crcBytes)
     {
         uint crc = Crc32C.Compute(record[..32]);
