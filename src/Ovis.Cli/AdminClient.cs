@@ -129,6 +129,12 @@ public sealed class AdminClient : IDisposable
     public Task<JobInfo> GetJobAsync(string id, CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/jobs/" + Uri.EscapeDataString(id), null, AdminJsonContext.Default.JobInfo, cancellationToken);
 
+    public Task<ClusterInfo> GetClusterAsync(CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, "api/v1/cluster", null, AdminJsonContext.Default.ClusterInfo, cancellationToken);
+
+    public Task<List<MemberInfo>> ListNodesAsync(CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, "api/v1/nodes", null, AdminJsonContext.Default.ListMemberInfo, cancellationToken);
+
     public void Dispose() => _http.Dispose();
 
     /// <summary>The URL as people write it: <c>http://127.0.0.1:7070</c>, without Uri's trailing slash.</summary>

@@ -144,6 +144,33 @@ internal sealed class ConsoleOutput(TextWriter writer)
         ("Uptime", Uptime(TimeSpan.FromSeconds(node.UptimeSeconds))),
     ]);
 
+    public void Cluster(ClusterInfo cluster)
+    {
+        KeyValues(
+        [
+            ("Cluster", cluster.Name),
+            ("Copies", cluster.Copies.ToString(CultureInfo.InvariantCulture)),
+            ("Epoch", cluster.Epoch.ToString(CultureInfo.InvariantCulture)),
+            ("Formatted", Time(cluster.FormattedAt)),
+            ("Nodes", cluster.Nodes.Count.ToString(CultureInfo.InvariantCulture)),
+        ]);
+    }
+
+    public void Members(IReadOnlyList<MemberInfo> nodes)
+    {
+        var table = new Table().Border(TableBorder.None);
+        table.AddColumn(Column("ID"));
+        table.AddColumn(Column("ADDRESS"));
+        table.AddColumn(Column("ZONE"));
+        table.AddColumn(Column("STATE"));
+        foreach (var n in nodes)
+        {
+            table.AddRow(Markup.Escape(n.Id), Markup.Escape(n.Address), Markup.Escape(n.Zone), Markup.Escape(n.State));
+        }
+
+        _console.Write(table);
+    }
+
     // Plain aligned lines rather than a Spectre grid, which pads every line to the widest
     // value: this output is grepped and diffed as often as it is read.
     private void KeyValues(ReadOnlySpan<(string Key, string Value)> rows)

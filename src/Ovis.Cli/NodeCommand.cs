@@ -2,7 +2,7 @@ using System.CommandLine;
 
 namespace Ovis.Cli;
 
-/// <summary><c>ovis node info</c>: what the node says about itself.</summary>
+/// <summary><c>ovis node info</c>: what the node says about itself; <c>ovis node list</c>: its cluster's members.</summary>
 internal static class NodeCommand
 {
     public static Command Create()
@@ -26,6 +26,22 @@ internal static class NodeCommand
             }
         });
         node.Subcommands.Add(info);
+
+        var list = new Command("list", "List the members of the node's cluster: id, address, zone, state");
+        list.SetAction(async (parseResult, cancellationToken) =>
+        {
+            using var admin = client.CreateClient(parseResult);
+            var nodes = await admin.ListNodesAsync(cancellationToken);
+            if (client.WantsJson(parseResult))
+            {
+                ConsoleOutput.Stdout.Json(nodes);
+            }
+            else
+            {
+                ConsoleOutput.Stdout.Members(nodes);
+            }
+        });
+        node.Subcommands.Add(list);
         return node;
     }
 }

@@ -49,7 +49,29 @@ internal static class ServeCommand
             DefaultValueFactory = _ => "256M",
         };
 
-        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API") { data, nbd, nbdSocket, admin, journalSize };
+        var cluster = new Option<string?>("--cluster")
+        {
+            Description = "Join this cluster, formatted with 'ovis cluster format' (membership only; replication is not implemented yet: volumes stay local)",
+            HelpName = "etcd://HOST:PORT[,HOST:PORT...]/NAME",
+        };
+        var zone = new Option<string?>("--zone")
+        {
+            Description = "Failure zone of this node (required with --cluster)",
+            HelpName = "ZONE",
+        };
+        var nodeId = new Option<string?>("--node-id")
+        {
+            Description = "Id of this node in the cluster [default: one created once and kept in the data directory]",
+            HelpName = "ID",
+        };
+        var leaseTtl = new Option<int>("--lease-ttl")
+        {
+            Description = "Seconds a node stays listed after it dies (its membership lease)",
+            HelpName = "SECONDS",
+            DefaultValueFactory = _ => 10,
+        };
+
+        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API") { data, nbd, nbdSocket, admin, journalSize, cluster, zone, nodeId, leaseTtl };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
             DataDirectory = parseResult.GetRequiredValue(data),
@@ -57,6 +79,7 @@ internal static class ServeCommand
             NbdSocketPath = parseResult.GetValue(nbdSocket) is { Length: > 0 } path ? path : null,
             AdminAddress = ParseAddress("--admin", parseResult.GetRequiredValue(admin)),
             JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
+            Cluster = ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl)),
         }));
         return command;
     }
@@ -117,6 +140,33 @@ internal static class ServeCommand
         }
 
         return ExitCodes.Success;
+    }
+
+    private static ClusterMembershipOptions? ParseCluster(string? uri, string? zone, string? nodeId, int leaseTtl)
+    {
+        if (uri is null)
+        {
+            return zone is null && nodeId is null
+                ? null
+                : throw CliException.Usage("--zone and --node-id need --cluster");
+        }
+
+        if (!Ovis.Cluster.Catalog.ClusterUri.TryParse(uri, out var parsed, out var error))
+        {
+            throw CliException.Usage($"--cluster: {error}");
+        }
+
+        if (string.IsNullOrWhiteSpace(zone))
+        {
+            throw CliException.Usage("--cluster needs --zone ZONE (the node's failure zone)");
+        }
+
+        if (leaseTtl is < 2 or > 3600)
+        {
+            throw CliException.Usage($"--lease-ttl: {leaseTtl} is out of range: use 2 to 3600 seconds");
+        }
+
+        return new ClusterMembershipOptions { Uri = parsed!, Zone = zone, NodeId = nodeId, LeaseTtlSeconds = leaseTtl };
     }
 
     private static long ParseJournalSize(string text)

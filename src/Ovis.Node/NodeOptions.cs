@@ -23,4 +23,22 @@ public sealed class NodeOptions
 
     /// <summary>How long a stop waits for NBD clients to finish before their connections are cut.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>The cluster to join (membership only for now); null keeps the node on its embedded catalog.</summary>
+    public ClusterMembershipOptions? Cluster { get; set; }
+}
+
+/// <summary>How a node joins a cluster: <c>ovis serve --cluster URI --zone Z</c>.</summary>
+public sealed class ClusterMembershipOptions
+{
+    public required Ovis.Cluster.Catalog.ClusterUri Uri { get; init; }
+
+    /// <summary>The node's failure zone.</summary>
+    public required string Zone { get; init; }
+
+    /// <summary>The node's id; null uses the one stored in the data directory (<c>node-id</c>), created once.</summary>
+    public string? NodeId { get; init; }
+
+    /// <summary>TTL of the membership lease: how long a dead node stays listed.</summary>
+    public long LeaseTtlSeconds { get; init; } = 10;
 }

@@ -21,7 +21,7 @@ public sealed partial class OvisNode
     // Admin bodies are tiny; NBD listeners do not speak HTTP, so this limit never reaches them.
     private const long MaxAdminRequestBytes = 1L << 20;
 
-    private static WebApplication BuildApplication(NodeOptions options, VolumeManager volumes, NodeStatus status, Listeners listeners)
+    private static WebApplication BuildApplication(NodeOptions options, VolumeManager volumes, NodeStatus status, ClusterMembership membership, Listeners listeners)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
@@ -38,6 +38,7 @@ public sealed partial class OvisNode
 
         builder.Services.AddSingleton(volumes); // owned by OvisNode, which closes it after the host
         builder.Services.AddSingleton(status);
+        builder.Services.AddSingleton(membership); // owned by OvisNode, which leaves before the host stops
         builder.Services.AddSingleton<JobRegistry>();
         builder.Services.AddSingleton<IExportProvider>(new VolumeExports(volumes));
         builder.Services.AddSingleton(new NbdServerOptions());

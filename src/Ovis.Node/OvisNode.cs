@@ -18,11 +18,13 @@ public sealed partial class OvisNode : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly TimeSpan _shutdownTimeout;
     private readonly Lock _stopLock = new();
+    private readonly ClusterMembership _membership;
     private Task? _stopTask;
 
-    private OvisNode(WebApplication app, VolumeManager volumes, NodeStatus status, TimeSpan shutdownTimeout, ILogger logger)
+    private OvisNode(WebApplication app, VolumeManager volumes, NodeStatus status, ClusterMembership membership, TimeSpan shutdownTimeout, ILogger logger)
     {
         _app = app;
+        _membership = membership;
         _shutdownTimeout = shutdownTimeout;
         _volumes = volumes;
         Status = status;
@@ -33,6 +35,9 @@ public sealed partial class OvisNode : IAsyncDisposable
     public NodeStatus Status { get; }
 
     public VolumeManager Volumes => _volumes;
+
+    /// <summary>The node's cluster membership; <see cref="ClusterMembership.Embedded"/> without <c>--cluster</c>.</summary>
+    public ClusterMembership Membership => _membership;
 
     /// <summary>The first bound NBD TCP address with its real port, e.g. <c>127.0.0.1:41237</c>; null without TCP.</summary>
     public System.Net.IPEndPoint? NbdEndPoint { get; private set; }
@@ -73,11 +78,17 @@ public sealed partial class OvisNode : IAsyncDisposable
 
         var status = new NodeStatus(dataDirectory, TimeProvider.System);
         WebApplication? app = null;
+        var membership = ClusterMembership.Embedded;
         try
         {
+            if (options.Cluster is { } cluster)
+            {
+                membership = await ClusterMembership.ConnectAsync(cluster, StoreLoggerFactory.CreateLogger("Ovis.Cluster"), cancellationToken);
+            }
+
             var listeners = new Listeners();
-            app = BuildApplication(options, volumes, status, listeners);
-            var node = new OvisNode(app, volumes, status, options.ShutdownTimeout, app.Services.GetRequiredService<ILogger<OvisNode>>());
+            app = BuildApplication(options, volumes, status, membership, listeners);
+            var node = new OvisNode(app, volumes, status, membership, options.ShutdownTimeout, app.Services.GetRequiredService<ILogger<OvisNode>>());
             try
             {
                 await app.StartAsync(cancellationToken);
@@ -88,11 +99,19 @@ public sealed partial class OvisNode : IAsyncDisposable
             }
 
             node.Publish(listeners);
+            if (options.Cluster is { } joining)
+            {
+                var address = (status.NbdListeners.Count > 0 ? status.NbdListeners[0] : null)
+                    ?? throw new NodeStartException("a clustered node needs an NBD address (--nbd)");
+                await membership.JoinAsync(joining, dataDirectory, address, node._logger, cancellationToken);
+            }
+
             LogStarted(node._logger, NodeStatus.Version, dataDirectory);
             return node;
         }
         catch
         {
+            await membership.DisposeAsync();
             if (app is not null)
             {
                 await app.DisposeAsync();
@@ -121,6 +140,9 @@ public sealed partial class OvisNode : IAsyncDisposable
     private async Task StopCoreAsync()
     {
         LogStopping(_logger);
+
+        // Leave the cluster first: peers stop counting on this node while it drains.
+        await _membership.DisposeAsync();
 
         // Order matters: no connection and no job may still use a volume when the manager closes.
         try

@@ -30,7 +30,33 @@ public static class AdminApi
         api.MapPost("/volumes/{name}/rollback", RollbackVolumeAsync);
         api.MapPost("/volumes/{name}/flatten", FlattenVolume);
         api.MapGet("/jobs/{id}", GetJob);
+
+        api.MapGet("/cluster", GetClusterAsync);
+        api.MapGet("/nodes", ListNodesAsync);
     }
+
+    public const string NotClustered = "this node is not in a cluster (start it with --cluster)";
+
+    private static async Task<Ok<ClusterInfo>> GetClusterAsync(ClusterMembership membership, CancellationToken cancellationToken)
+    {
+        var format = membership.Format ?? throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
+        var view = await membership.ReadMembershipAsync(cancellationToken);
+        return TypedResults.Ok(new ClusterInfo(format.Name, format.Copies, view.Epoch, format.FormattedAt, Members(view)));
+    }
+
+    private static async Task<Ok<IReadOnlyList<MemberInfo>>> ListNodesAsync(ClusterMembership membership, CancellationToken cancellationToken)
+    {
+        if (!membership.IsClustered)
+        {
+            throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
+        }
+
+        return TypedResults.Ok(Members(await membership.ReadMembershipAsync(cancellationToken)));
+    }
+
+    // Only live members are listed (a dead node's key goes with its lease), so every one is up.
+    private static IReadOnlyList<MemberInfo> Members(Ovis.Cluster.Catalog.MembershipView view)
+        => [.. view.Nodes.Select(n => new MemberInfo(n.Id, n.Address, n.Zone, "up"))];
 
     private static Ok<NodeInfo> GetNode(NodeStatus node, VolumeManager volumes)
     {

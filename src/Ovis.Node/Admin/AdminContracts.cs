@@ -75,6 +75,12 @@ public sealed record NodeInfo(
 /// <summary>Bound addresses: NBD as <c>HOST:PORT</c> or <c>unix:PATH</c>, admin as URLs.</summary>
 public sealed record NodeListeners(IReadOnlyList<string> Nbd, IReadOnlyList<string> Admin);
 
+/// <summary>A member of the cluster in <c>GET /api/v1/nodes</c>: <paramref name="State"/> is <c>up</c> while its lease lives.</summary>
+public sealed record MemberInfo(string Id, string Address, string Zone, string State);
+
+/// <summary>Answer of <c>GET /api/v1/cluster</c>.</summary>
+public sealed record ClusterInfo(string Name, int Copies, long Epoch, DateTimeOffset FormattedAt, IReadOnlyList<MemberInfo> Nodes);
+
 /// <summary>Body of every 4xx and 5xx answer: one line meant for an operator.</summary>
 public sealed record ErrorBody(string Error);
 
@@ -94,6 +100,10 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(JobInfo))]
 [JsonSerializable(typeof(NodeInfo))]
 [JsonSerializable(typeof(ErrorBody))]
+[JsonSerializable(typeof(ClusterInfo))]
+[JsonSerializable(typeof(MemberInfo))]
+[JsonSerializable(typeof(IReadOnlyList<MemberInfo>))]
+[JsonSerializable(typeof(List<MemberInfo>))]
 [JsonSerializable(typeof(HealthStatus))]
 public sealed partial class AdminJsonContext : JsonSerializerContext
 {

@@ -63,9 +63,12 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     public string UnixUri(string export) =>
         SocketPath is null ? throw new InvalidOperationException("started without --nbd-socket") : $"nbd+unix:///{export}?socket={SocketPath}";
 
-    public static async Task<OvisDaemon> StartNewAsync(bool unixSocket = false)
+    /// <summary>More arguments for `ovis serve` (e.g. --cluster URI --zone Z), used on every (re)start.</summary>
+    public IReadOnlyList<string> ExtraArguments { get; init; } = [];
+
+    public static async Task<OvisDaemon> StartNewAsync(bool unixSocket = false, IEnumerable<string>? extraArguments = null)
     {
-        var d = new OvisDaemon(unixSocket);
+        var d = new OvisDaemon(unixSocket) { ExtraArguments = [.. extraArguments ?? []] };
         await d.StartAsync();
         return d;
     }
@@ -90,6 +93,10 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
             WorkingDirectory = Root,
         };
         foreach (var a in new[] { OvisDll, "serve", "--data", DataDirectory, "--nbd", "127.0.0.1:0", "--admin", "127.0.0.1:0" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        foreach (var a in ExtraArguments)
         {
             psi.ArgumentList.Add(a);
         }

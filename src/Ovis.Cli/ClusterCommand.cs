@@ -1,0 +1,84 @@
+using System.CommandLine;
+using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Etcd;
+
+namespace Ovis.Cli;
+
+/// <summary>
+/// <c>ovis cluster format</c> (talks to etcd directly: no node is needed, nor can one join before)
+/// and <c>ovis cluster info</c> (through any node's admin API).
+/// </summary>
+internal static class ClusterCommand
+{
+    public const int MaxCopies = 16;
+
+    public static Command Create()
+    {
+        var cluster = new Command("cluster", "Format a cluster and inspect it");
+
+        var copies = new Option<int>("--copies")
+        {
+            Description = $"Copies of every object, 1 to {MaxCopies}; fixed once formatted",
+            HelpName = "N",
+            Required = true,
+        };
+        var etcd = new Option<string>("--etcd")
+        {
+            Description = "Where the cluster's catalog lives, as given to 'ovis serve --cluster'",
+            HelpName = ClusterUri.Usage,
+            Required = true,
+        };
+        var format = new Command("format", "Create a cluster in etcd, once; nodes join it with 'ovis serve --cluster'") { copies, etcd };
+        format.SetAction(async (parseResult, cancellationToken) =>
+        {
+            var n = parseResult.GetValue(copies);
+            if (n is < 1 or > MaxCopies)
+            {
+                throw CliException.Usage($"--copies: {n} is out of range: use 1 to {MaxCopies}");
+            }
+
+            var text = parseResult.GetRequiredValue(etcd);
+            if (!ClusterUri.TryParse(text, out var uri, out var error))
+            {
+                throw CliException.Usage($"--etcd: {error}");
+            }
+
+            using var client = new EtcdClient(uri!.Endpoints);
+            var catalog = new EtcdCatalog(client, uri.Name);
+            try
+            {
+                var done = await catalog.FormatAsync(n, cancellationToken);
+                ConsoleOutput.Stdout.Line($"formatted cluster '{done.Name}' with {done.Copies} cop{(done.Copies == 1 ? "y" : "ies")} of every object");
+            }
+            catch (CatalogException ex)
+            {
+                throw new CliException(ex.Message, ExitCodes.Refused, ex);
+            }
+            catch (Exception ex) when (ex is EtcdException or HttpRequestException)
+            {
+                throw new CliException($"cannot reach etcd at {uri}: {ex.Message}", ExitCodes.Refused, ex);
+            }
+        });
+        cluster.Subcommands.Add(format);
+
+        var client = new ClientOptions();
+        var info = new Command("info", "Show the cluster of a node: name, copies, epoch, members");
+        client.AddTo(info);
+        info.SetAction(async (parseResult, cancellationToken) =>
+        {
+            using var admin = client.CreateClient(parseResult);
+            var status = await admin.GetClusterAsync(cancellationToken);
+            if (client.WantsJson(parseResult))
+            {
+                ConsoleOutput.Stdout.Json(status);
+            }
+            else
+            {
+                ConsoleOutput.Stdout.Cluster(status);
+                ConsoleOutput.Stdout.Members(status.Nodes);
+            }
+        });
+        cluster.Subcommands.Add(info);
+        return cluster;
+    }
+}

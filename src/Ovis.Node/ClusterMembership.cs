@@ -1,0 +1,134 @@
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging;
+using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Etcd;
+
+namespace Ovis.Node;
+
+/// <summary>
+/// A node's place in its cluster: the catalog on etcd, the cluster's format and the node's
+/// membership lease. Membership only: the data path stays local. On an embedded node
+/// <see cref="IsClustered"/> is false and everything else is null.
+/// </summary>
+public sealed partial class ClusterMembership : IAsyncDisposable
+{
+    public const string NodeIdFile = "node-id";
+
+    private readonly EtcdClient? _client;
+
+    private ClusterMembership(EtcdClient? client, EtcdCatalog? catalog, ClusterFormat? format)
+    {
+        _client = client;
+        Catalog = catalog;
+        Format = format;
+    }
+
+    public static ClusterMembership Embedded { get; } = new(null, null, null);
+
+    public bool IsClustered => Catalog is not null;
+
+    public EtcdCatalog? Catalog { get; }
+
+    public ClusterFormat? Format { get; }
+
+    public NodeRegistration? Registration { get; private set; }
+
+    /// <summary>Connects to the catalog and checks the cluster is formatted; one-line <see cref="NodeStartException"/> otherwise.</summary>
+    internal static async Task<ClusterMembership> ConnectAsync(ClusterMembershipOptions options, ILogger logger, CancellationToken cancellationToken)
+    {
+        var client = new EtcdClient(options.Uri.Endpoints);
+        try
+        {
+            var catalog = new EtcdCatalog(client, options.Uri.Name, logger);
+            var format = await Describe(options, () => catalog.RequireFormatAsync(cancellationToken));
+            return new ClusterMembership(client, catalog, format);
+        }
+        catch
+        {
+            client.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Joins with the node's NBD address; the id comes from the options or the data directory.</summary>
+    internal async Task JoinAsync(ClusterMembershipOptions options, string dataDirectory, string address, ILogger logger, CancellationToken cancellationToken)
+    {
+        var catalog = Catalog ?? throw new InvalidOperationException("not clustered");
+        var id = options.NodeId ?? ReadOrCreateNodeId(dataDirectory);
+        Registration = await Describe(options, () => catalog.JoinAsync(new NodeInfo(id, address, options.Zone), options.LeaseTtlSeconds, cancellationToken));
+        Registration.Lost.Register(() => LogLeaseLost(logger, id, catalog.Cluster));
+        LogJoined(logger, id, catalog.Cluster, options.Zone, Registration.JoinedEpoch);
+    }
+
+    /// <summary>The membership now, after counting any node whose lease ran out into the epoch.</summary>
+    public async Task<MembershipView> ReadMembershipAsync(CancellationToken cancellationToken)
+    {
+        var catalog = Catalog ?? throw new InvalidOperationException("not clustered");
+        await catalog.ReconcileEpochAsync(cancellationToken);
+        return await catalog.ReadMembershipAsync(cancellationToken);
+    }
+
+    /// <summary>Leaves the cluster (the node's key goes, the epoch is bumped) and closes the client.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Registration is { } registration)
+        {
+            Registration = null;
+            try
+            {
+                await registration.DisposeAsync();
+            }
+            catch (Exception ex) when (ex is EtcdException or HttpRequestException or CatalogException)
+            {
+                // The lease runs out on its own; leaving early is a courtesy.
+            }
+        }
+
+        _client?.Dispose();
+    }
+
+    private static string ReadOrCreateNodeId(string dataDirectory)
+    {
+        var path = Path.Combine(dataDirectory, NodeIdFile);
+        if (File.Exists(path))
+        {
+            var stored = File.ReadAllText(path).Trim();
+            if (stored.Length > 0)
+            {
+                return stored;
+            }
+        }
+
+        var id = "node-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6));
+        var temp = path + ".tmp";
+        File.WriteAllText(temp, id + "\n");
+        File.Move(temp, path, overwrite: true);
+        return id;
+    }
+
+    private static async Task<T> Describe<T>(ClusterMembershipOptions options, Func<Task<T>> action)
+    {
+        try
+        {
+            return await action();
+        }
+        catch (CatalogException ex)
+        {
+            throw new NodeStartException(ex.Message, ex);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new NodeStartException($"cannot join {options.Uri}: {ex.Message}", ex);
+        }
+        catch (Exception ex) when (ex is EtcdException or HttpRequestException)
+        {
+            throw new NodeStartException($"cannot reach the cluster catalog at {options.Uri}: {ex.Message}", ex);
+        }
+    }
+
+    [LoggerMessage(EventId = 20, Level = LogLevel.Information, Message = "Joined cluster {Cluster} as {Node} in zone {Zone}, epoch {Epoch}")]
+    private static partial void LogJoined(ILogger logger, string node, string cluster, string zone, long epoch);
+
+    [LoggerMessage(EventId = 21, Level = LogLevel.Warning, Message = "Node {Node} lost its membership lease in cluster {Cluster}: it is no longer a member")]
+    private static partial void LogLeaseLost(ILogger logger, string node, string cluster);
+}

@@ -1,0 +1,147 @@
+using System.Text.Json;
+using Ovis.Interop.Tests.Infrastructure;
+using Xunit.Abstractions;
+
+namespace Ovis.Interop.Tests;
+
+/// <summary>
+/// Cluster membership with a real etcd and real daemons: format, join in three zones, a killed
+/// node leaves when its lease runs out (the epoch goes up), a restarted one rejoins; bad input.
+/// </summary>
+public sealed class ClusterMembershipTests(EtcdCluster etcd, ITestOutputHelper output)
+    : InteropTest(null, output), IClassFixture<EtcdCluster>
+{
+    private const int LeaseTtl = 3;
+    private static readonly TimeSpan LeaseMargin = TimeSpan.FromSeconds(LeaseTtl + 10);
+
+    private string EtcdHostPort => etcd.ClientUrl["http://".Length..];
+
+    private string ClusterUri(string name) => $"etcd://{EtcdHostPort}/{name}";
+
+    private Task<ProcessResult> Ovis(params string[] args) =>
+        Run(OvisDaemon.DotnetHost, [OvisDaemon.OvisDll, .. args], OvisDaemon.CliTimeout);
+
+    private async Task<string> Format(int copies = 3)
+    {
+        var name = EtcdCluster.NewPrefix("c");
+        var r = await Ovis("cluster", "format", "--copies", copies.ToString(System.Globalization.CultureInfo.InvariantCulture), "--etcd", ClusterUri(name));
+        Assert.True(r.Succeeded, r.Describe());
+        return name;
+    }
+
+    private static async Task<JsonElement> Json(OvisDaemon d, params string[] args)
+    {
+        var r = await d.Cli([.. args, "--json"]);
+        Assert.True(r.Succeeded, r.Describe());
+        using var doc = JsonDocument.Parse(r.Stdout);
+        return doc.RootElement.Clone();
+    }
+
+    [Fact]
+    public async Task Three_nodes_join_a_killed_one_leaves_with_its_lease_and_rejoins()
+    {
+        var name = await Format();
+        var daemons = new List<OvisDaemon>();
+        try
+        {
+            foreach (var zone in new[] { "a", "b", "c" })
+            {
+                daemons.Add(await OvisDaemon.StartNewAsync(extraArguments:
+                    ["--cluster", ClusterUri(name), "--zone", zone, "--node-id", $"n-{zone}", "--lease-ttl", $"{LeaseTtl}"]));
+            }
+
+            foreach (var d in daemons)
+            {
+                var nodes = await Json(d, "node", "list");
+                Assert.Equal(["a", "b", "c"], nodes.EnumerateArray().Select(n => n.GetProperty("zone").GetString()).Order());
+                Assert.All(nodes.EnumerateArray(), n => Assert.Equal("up", n.GetProperty("state").GetString()));
+                Assert.Contains(nodes.EnumerateArray(), n => n.GetProperty("address").GetString() == $"127.0.0.1:{d.NbdPort}");
+            }
+
+            var info = await Json(daemons[1], "cluster", "info");
+            Assert.Equal(3, info.GetProperty("epoch").GetInt64());
+            Assert.Equal(3, info.GetProperty("copies").GetInt32());
+            Assert.Equal(name, info.GetProperty("name").GetString());
+
+            await daemons[2].KillAsync();
+            await Eventually(async () =>
+            {
+                var now = await Json(daemons[0], "cluster", "info");
+                return now.GetProperty("nodes").GetArrayLength() == 2 && now.GetProperty("epoch").GetInt64() > 3;
+            }, LeaseMargin, "the killed node is gone from the cluster and the epoch went up");
+
+            await daemons[2].StartAsync();
+            var after = await Json(daemons[0], "node", "list");
+            Assert.Contains(after.EnumerateArray(), n => n.GetProperty("id").GetString() == "n-c");
+            Assert.Equal(3, after.GetArrayLength());
+        }
+        finally
+        {
+            foreach (var d in daemons)
+            {
+                await d.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_node_keeps_its_generated_id_and_leaves_on_a_clean_stop()
+    {
+        var name = await Format(1);
+        await using var d = await OvisDaemon.StartNewAsync(extraArguments: ["--cluster", ClusterUri(name), "--zone", "z", "--lease-ttl", $"{LeaseTtl}"]);
+        var id = File.ReadAllText(Path.Combine(d.DataDirectory, "node-id")).Trim();
+        Assert.Equal(id, (await Json(d, "node", "list"))[0].GetProperty("id").GetString());
+
+        Assert.Equal(0, await d.StopAsync());
+        await d.StartAsync();
+        var nodes = await Json(d, "cluster", "info");
+        Assert.Equal(id, nodes.GetProperty("nodes")[0].GetProperty("id").GetString());
+        Assert.Equal(3, nodes.GetProperty("epoch").GetInt64()); // join, leave, join: no lease had to run out
+    }
+
+    [Fact]
+    public async Task Joining_a_cluster_that_was_never_formatted_fails_with_one_line()
+    {
+        await Format();
+        var data = ScratchDirectory();
+        var r = await Ovis("serve", "--data", data, "--nbd", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+            "--cluster", ClusterUri("no-such-cluster"), "--zone", "a");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("cluster 'no-such-cluster' is not formatted", r.Stderr, StringComparison.Ordinal);
+        Assert.Single(r.Stderr.Trim().Split('\n'), l => l.StartsWith("ovis:", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Formatting_twice_is_refused()
+    {
+        var name = await Format();
+        var r = await Ovis("cluster", "format", "--copies", "2", "--etcd", ClusterUri(name));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("is already formatted", r.Stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("0", "etcd://127.0.0.1:2379/x", "--copies: 0 is out of range")]
+    [InlineData("17", "etcd://127.0.0.1:2379/x", "--copies: 17 is out of range")]
+    [InlineData("3", "http://127.0.0.1:2379/x", "is not a cluster URI")]
+    [InlineData("3", "etcd://127.0.0.1/x", "is not HOST:PORT")]
+    [InlineData("3", "etcd://127.0.0.1:2379/", "names no cluster")]
+    public async Task Bad_format_arguments_are_usage_errors(string copies, string uri, string error)
+    {
+        var r = await Ovis("cluster", "format", "--copies", copies, "--etcd", uri);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(error, r.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_embedded_node_says_it_is_not_in_a_cluster()
+    {
+        await using var d = await OvisDaemon.StartNewAsync();
+        foreach (var command in new[] { new[] { "node", "list" }, ["cluster", "info"] })
+        {
+            var r = await d.Cli(command);
+            Assert.Equal(1, r.ExitCode);
+            Assert.Contains("this node is not in a cluster (start it with --cluster)", r.Stderr, StringComparison.Ordinal);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Ovis.Cluster.Etcd;
+
+namespace Ovis.Interop.Tests.Infrastructure;
+
+/// <summary>
+/// A real single-member etcd on free loopback ports with a temporary data directory, killed and
+/// removed on dispose. Copied from Ovis.Cluster.Tests; used as a class fixture. Tests keep apart by
+/// working under their own key prefix (<see cref="NewPrefix"/>).
+/// </summary>
+public sealed class EtcdCluster : IAsyncLifetime
+{
+    private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(30);
+    private readonly StringBuilder _output = new();
+    private Process? _process;
+    private string? _dataDir;
+
+    /// <summary>The client URL, <c>http://127.0.0.1:PORT</c>.</summary>
+    public string ClientUrl { get; private set; } = "";
+
+    /// <summary>A client of this etcd; owned by the fixture.</summary>
+    public EtcdClient Client { get; private set; } = null!;
+
+    /// <summary>A key prefix (and catalog cluster name) no other test uses.</summary>
+    public static string NewPrefix(string name) => $"{name}-{Guid.NewGuid():N}";
+
+    public async Task InitializeAsync()
+    {
+        string etcd = FindEtcd() ?? throw new InvalidOperationException(
+            "the `etcd` command is missing: install the Debian package etcd-server (./run-tests does)");
+        _dataDir = Directory.CreateTempSubdirectory("ovis-etcd-").FullName;
+        int clientPort = FreePort(), peerPort = FreePort();
+        ClientUrl = $"http://127.0.0.1:{clientPort}";
+        string peerUrl = $"http://127.0.0.1:{peerPort}";
+        var start = new ProcessStartInfo(etcd)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (string arg in (string[])[
+            "--name", "t", "--data-dir", _dataDir,
+            "--listen-client-urls", ClientUrl, "--advertise-client-urls", ClientUrl,
+            "--listen-peer-urls", peerUrl, "--initial-advertise-peer-urls", peerUrl,
+            "--initial-cluster", $"t={peerUrl}",
+        ])
+        {
+            start.ArgumentList.Add(arg);
+        }
+        _process = Process.Start(start) ?? throw new InvalidOperationException("etcd did not start");
+        _process.OutputDataReceived += (_, e) => Append(e.Data);
+        _process.ErrorDataReceived += (_, e) => Append(e.Data);
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+        var deadline = Stopwatch.StartNew();
+        while (true)
+        {
+            if (_process.HasExited)
+                throw new InvalidOperationException($"etcd exited with {_process.ExitCode}:\n{Output}");
+            try
+            {
+                string health = await http.GetStringAsync(new Uri($"{ClientUrl}/health"));
+                if (health.Contains("\"true\"", StringComparison.Ordinal))
+                    break;
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
+            {
+            }
+            if (deadline.Elapsed > StartTimeout)
+                throw new TimeoutException($"etcd did not become healthy within {StartTimeout}:\n{Output}");
+            await Task.Delay(50);
+        }
+        Client = new EtcdClient([ClientUrl]);
+    }
+
+    public string Output
+    {
+        get
+        {
+            lock (_output)
+                return _output.ToString();
+        }
+    }
+
+    private void Append(string? line)
+    {
+        if (line is null)
+            return;
+        lock (_output)
+        {
+            if (_output.Length < 1 << 20)
+                _output.AppendLine(line);
+        }
+    }
+
+    public async Task DisposeAsync()
+    {
+        Client?.Dispose();
+        if (_process is not null)
+        {
+            try
+            {
+                _process.Kill(entireProcessTree: true);
+                await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+            }
+            catch (InvalidOperationException)
+            {
+                // already exited
+            }
+            _process.Dispose();
+        }
+        if (_dataDir is not null)
+        {
+            try
+            {
+                Directory.Delete(_dataDir, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+        }
+    }
+
+    private static string? FindEtcd()
+    {
+        foreach (string dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator).Append("/usr/bin"))
+        {
+            string candidate = Path.Combine(dir, "etcd");
+            if (File.Exists(candidate))
+                return candidate;
+        }
+        return null;
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
