@@ -60,7 +60,6 @@ internal sealed partial class AdminErrorMiddleware(RequestDelegate next, ILogger
         AdminRequestException request => (request.StatusCode, request.Message),
         Ovis.Cluster.Etcd.EtcdException etcd => (StatusCodes.Status503ServiceUnavailable, $"the cluster catalog did not answer: {etcd.Message}"),
         BadHttpRequestException badRequest => (badRequest.StatusCode, badRequest.Message),
-        NotImplementedException => (StatusCodes.Status500InternalServerError, $"not implemented yet on this node: {ex.Message}"),
         _ => (StatusCodes.Status500InternalServerError, $"internal error: {ex.Message} (see the node's log)"),
     };
 
