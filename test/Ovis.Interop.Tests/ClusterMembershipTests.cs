@@ -1,3 +1,4 @@
+using Ovis.Cluster.Tests.Infrastructure;
 using System.Text.Json;
 using Ovis.Interop.Tests.Infrastructure;
 using Xunit.Abstractions;

@@ -8,7 +8,8 @@ namespace Ovis.Cluster.Tests.Infrastructure;
 
 /// <summary>
 /// A real single-member etcd on free loopback ports with a temporary data directory, killed and
-/// removed on dispose. Shared by every test in <see cref="EtcdCollection"/>; tests keep apart by
+/// removed on dispose. Shared by the tests of a collection or a class fixture (this file is also
+/// compiled into Ovis.Interop.Tests); tests keep apart by
 /// working under their own key prefix (<see cref="NewPrefix"/>).
 /// </summary>
 public sealed class EtcdCluster : IAsyncLifetime
@@ -143,11 +144,4 @@ public sealed class EtcdCluster : IAsyncLifetime
         listener.Start();
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
-}
-
-/// <summary>Tests that share one <see cref="EtcdCluster"/>.</summary>
-[CollectionDefinition(Name)]
-public sealed class EtcdCollection : ICollectionFixture<EtcdCluster>
-{
-    public const string Name = "etcd";
 }
