@@ -46,9 +46,10 @@ public interface IBlockDevice : IDisposable
     /// <summary>
     /// Describes the allocation of the range starting at <paramref name="offset"/> for
     /// base:allocation: appends extents in order, covering at least one byte and at most
-    /// <paramref name="length"/> bytes; adjacent extents have different flags.
+    /// <paramref name="length"/> bytes; adjacent extents have different flags. Asked for
+    /// BLOCK_STATUS and before each structured READ (whose zero runs are sent as holes, unread).
     /// </summary>
-    NbdError GetAllocation(long offset, long length, List<NbdExtent> extents);
+    ValueTask<NbdError> GetAllocationAsync(long offset, long length, List<NbdExtent> extents);
 }
 
 /// <summary>One base:allocation extent: a length and NBD_STATE_HOLE / NBD_STATE_ZERO flags.</summary>

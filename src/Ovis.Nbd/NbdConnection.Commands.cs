@@ -11,33 +11,34 @@ public sealed partial class NbdConnection
         switch (request.Command)
         {
             case NbdCommand.Read when request.Length > 0:
-                // A read that is all holes needs no buffer at all.
-                if (PlanRead(operation))
+                // With structured replies zero runs become OFFSET_HOLE chunks and are not read at
+                // all, so the allocation is asked first; with simple replies, or when the client
+                // asked for one chunk (DF), the whole range is data.
+                if (_structuredReplies && (request.Flags & NbdCommandFlags.DontFragment) == 0)
                 {
+                    operation.QueryingAllocation = true;
+                }
+                else
+                {
+                    operation.Extents.Add(new NbdExtent(request.Length, NbdExtentFlags.None));
                     operation.Buffer = BufferPool.Rent((int)request.Length);
                 }
 
                 break;
 
             case NbdCommand.BlockStatus:
-                // GetAllocation is synchronous: the reply is ready now.
-                NbdError error = CollectBlockStatus(operation);
-                if (error != NbdError.None)
-                {
-                    operation.Fail(error, NbdErrorReason.Device);
-                }
-
-                Complete(operation, onReadLoop: true);
-                return;
+                operation.QueryingAllocation = true;
+                break;
         }
 
         Advance(operation, onReadLoop: true);
     }
 
     /// <summary>
-    /// Issues the operation's device calls one after another while they complete synchronously
-    /// (the common case, and no thread hop); the first that does not is awaited through the
-    /// operation's cached continuation, which resumes here off the read loop.
+    /// Issues the operation's device calls (allocation queries first, if it has any) one after
+    /// another while they complete synchronously (the common case, and no thread hop); the first
+    /// that does not is awaited through the operation's cached continuation, which resumes here
+    /// off the read loop.
     /// </summary>
     private void Advance(NbdOperation operation, bool onReadLoop)
     {
@@ -67,9 +68,8 @@ public sealed partial class NbdConnection
                 error = NbdError.EIO;
             }
 
-            if (error != NbdError.None)
+            if (!TakeResult(operation, error))
             {
-                operation.Fail(error, NbdErrorReason.Device);
                 break;
             }
         }
@@ -90,14 +90,30 @@ public sealed partial class NbdConnection
             error = NbdError.EIO;
         }
 
-        if (error != NbdError.None)
+        if (!TakeResult(operation, error))
         {
-            operation.Fail(error, NbdErrorReason.Device);
             Complete(operation, onReadLoop: false);
             return;
         }
 
         Advance(operation, onReadLoop: false);
+    }
+
+    /// <summary>Takes the outcome of the device call just finished; false when the operation is done.</summary>
+    private bool TakeResult(NbdOperation operation, NbdError error)
+    {
+        if (operation.QueryingAllocation)
+        {
+            return TakeAllocation(operation, error);
+        }
+
+        if (error != NbdError.None)
+        {
+            operation.Fail(error, NbdErrorReason.Device);
+            return false;
+        }
+
+        return true;
     }
 
     /// <summary>Starts the operation's next device call; false when it has none left.</summary>
@@ -107,6 +123,15 @@ public sealed partial class NbdConnection
         NbdRequest request = operation.Request;
         var offset = (long)request.Offset;
         bool fua = (request.Flags & NbdCommandFlags.Fua) != 0;
+
+        if (operation.QueryingAllocation)
+        {
+            List<NbdExtent> raw = operation.AllocationScratch;
+            raw.Clear();
+            long covered = operation.AllocationCovered;
+            pending = device.GetAllocationAsync(offset + covered, request.Length - covered, raw);
+            return true;
+        }
 
         if (request.Command == NbdCommand.Read)
         {
@@ -174,107 +199,83 @@ public sealed partial class NbdConnection
     }
 
     /// <summary>
-    /// Splits a READ into data and zero segments; true when any segment must be read. With
-    /// structured replies zero runs become OFFSET_HOLE chunks and are not read at all; with
-    /// simple replies, or when the client asked for one chunk (DF), the whole range is data.
+    /// Merges an allocation answer into the operation's extents; true while part of the range is
+    /// still to be asked. Then a BLOCK_STATUS is done, and a READ knows its data and zero segments.
     /// </summary>
-    private bool PlanRead(NbdOperation operation)
+    private bool TakeAllocation(NbdOperation operation, NbdError error)
     {
         NbdRequest request = operation.Request;
-        List<NbdExtent> segments = operation.Extents;
-        segments.Clear();
-        if (!_structuredReplies || (request.Flags & NbdCommandFlags.DontFragment) != 0)
+        if (request.Command == NbdCommand.BlockStatus)
         {
-            segments.Add(new NbdExtent(request.Length, NbdExtentFlags.None));
-            return true;
+            bool one = (request.Flags & NbdCommandFlags.ReqOne) != 0;
+            if (error == NbdError.None
+                && MergeAllocation(operation, NbdExtentFlags.Hole | NbdExtentFlags.Zero, one ? 1 : NbdLimits.MaxBlockStatusExtents))
+            {
+                return true;
+            }
+
+            operation.QueryingAllocation = false;
+            // At least one descriptor is required; fewer than asked is fine (the client asks again).
+            if (operation.Extents.Count == 0)
+            {
+                operation.Fail(error == NbdError.None ? NbdError.EIO : error, NbdErrorReason.Device);
+            }
+
+            return false;
         }
 
         // Only ZERO matters here: a hole without it has undefined contents and must be read.
-        long covered = CollectAllocation(operation, NbdExtentFlags.Zero, NbdLimits.MaxReadSegments - 1, out _);
-        long remainder = request.Length - covered;
+        if (error == NbdError.None && MergeAllocation(operation, NbdExtentFlags.Zero, NbdLimits.MaxReadSegments - 1))
+        {
+            return true;
+        }
+
+        operation.QueryingAllocation = false;
+        long remainder = request.Length - operation.AllocationCovered;
         if (remainder > 0)
         {
             // Allocation unknown, failed, or too fragmented: reading is always correct.
-            AppendExtent(segments, remainder, NbdExtentFlags.None);
+            AppendExtent(operation.Extents, remainder, NbdExtentFlags.None);
         }
 
+        // A read that is all zeroes needs no buffer at all.
+        List<NbdExtent> segments = operation.Extents;
         for (int i = 0; i < segments.Count; i++)
         {
             if ((segments[i].Flags & NbdExtentFlags.Zero) == 0)
             {
-                return true;
+                operation.Buffer = BufferPool.Rent((int)request.Length);
+                break;
             }
         }
 
-        return false;
-    }
-
-    private NbdError CollectBlockStatus(NbdOperation operation)
-    {
-        bool one = (operation.Request.Flags & NbdCommandFlags.ReqOne) != 0;
-        CollectAllocation(
-            operation,
-            NbdExtentFlags.Hole | NbdExtentFlags.Zero,
-            one ? 1 : NbdLimits.MaxBlockStatusExtents,
-            out NbdError error);
-
-        // At least one descriptor is required; fewer than asked is fine (the client asks again).
-        return operation.Extents.Count > 0 ? NbdError.None : error == NbdError.None ? NbdError.EIO : error;
+        return true;
     }
 
     /// <summary>
-    /// Asks the device for the allocation of the request's range and appends it to the
-    /// operation's extents, keeping only <paramref name="relevant"/> flags, merging neighbours
-    /// that agree and stopping at <paramref name="maxExtents"/>. Returns the bytes covered;
-    /// <paramref name="error"/> is the device's error if it failed before covering anything.
+    /// Appends the device's last answer to the operation's extents, keeping only
+    /// <paramref name="relevant"/> flags, merging neighbours that agree and stopping at
+    /// <paramref name="maxExtents"/>; true when the answer was usable and part of the request's
+    /// range is still to be asked.
     /// </summary>
-    private long CollectAllocation(NbdOperation operation, NbdExtentFlags relevant, int maxExtents, out NbdError error)
+    private static bool MergeAllocation(NbdOperation operation, NbdExtentFlags relevant, int maxExtents)
     {
-        IBlockDevice device = _device!;
-        List<NbdExtent> extents = operation.Extents;
         List<NbdExtent> raw = operation.AllocationScratch;
-        var start = (long)operation.Request.Offset;
-        long end = start + operation.Request.Length;
-        long position = start;
-        error = NbdError.None;
-
-        while (position < end)
+        long remaining = operation.Request.Length - operation.AllocationCovered;
+        for (int i = 0; i < raw.Count && remaining > 0; i++)
         {
-            raw.Clear();
-            try
+            // Guard against a device that reports empty or overlong extents.
+            long length = Math.Min(raw[i].Length, remaining);
+            if (length <= 0 || !AppendExtent(operation.Extents, length, raw[i].Flags & relevant, maxExtents))
             {
-                error = device.GetAllocation(position, end - position, raw);
-            }
-            catch (Exception ex)
-            {
-                NbdLog.DeviceFault(_logger, _connectionId, ex);
-                error = NbdError.EIO;
+                return false;
             }
 
-            if (error != NbdError.None || raw.Count == 0)
-            {
-                break;
-            }
-
-            for (int i = 0; i < raw.Count && position < end; i++)
-            {
-                // Guard against a device that reports empty or overlong extents.
-                long length = Math.Min(raw[i].Length, end - position);
-                if (length <= 0)
-                {
-                    return position - start;
-                }
-
-                if (!AppendExtent(extents, length, raw[i].Flags & relevant, maxExtents))
-                {
-                    return position - start;
-                }
-
-                position += length;
-            }
+            operation.AllocationCovered += length;
+            remaining -= length;
         }
 
-        return position - start;
+        return raw.Count > 0 && remaining > 0;
     }
 
     private static bool AppendExtent(List<NbdExtent> extents, long length, NbdExtentFlags flags, int maxExtents = int.MaxValue)

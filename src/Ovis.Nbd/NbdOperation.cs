@@ -40,8 +40,17 @@ internal sealed class NbdOperation
     /// <summary>READ: content segments (Zero = send as a hole). BLOCK_STATUS: the extents to report.</summary>
     public List<NbdExtent> Extents { get; } = [];
 
-    /// <summary>Raw output of IBlockDevice.GetAllocation before it is merged into <see cref="Extents"/>.</summary>
+    /// <summary>Raw output of IBlockDevice.GetAllocationAsync before it is merged into <see cref="Extents"/>.</summary>
     public List<NbdExtent> AllocationScratch { get; } = [];
+
+    /// <summary>
+    /// BLOCK_STATUS, and a structured READ before it knows its segments: the device is being asked
+    /// for the allocation of the range past <see cref="AllocationCovered"/>.
+    /// </summary>
+    public bool QueryingAllocation { get; set; }
+
+    /// <summary>Bytes from the request offset whose allocation is already in <see cref="Extents"/>.</summary>
+    public long AllocationCovered { get; set; }
 
     /// <summary>Device calls issued so far; for READ the index of the next segment.</summary>
     public int Step { get; set; }
@@ -77,6 +86,8 @@ internal sealed class NbdOperation
         Buffer = null;
         Extents.Clear();
         AllocationScratch.Clear();
+        QueryingAllocation = false;
+        AllocationCovered = 0;
         Step = 0;
         SegmentStart = 0;
     }

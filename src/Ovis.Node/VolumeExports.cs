@@ -64,7 +64,7 @@ internal sealed class VolumeBlockDevice(Volume volume) : IBlockDevice
     // Object data is served from the page cache or the journal's memory already.
     public ValueTask<NbdError> CacheAsync(long offset, long length) => new(NbdError.None);
 
-    public NbdError GetAllocation(long offset, long length, List<NbdExtent> extents)
+    public async ValueTask<NbdError> GetAllocationAsync(long offset, long length, List<NbdExtent> extents)
     {
         int bs = LocalStore.StoreBlockSize;
         long end = Math.Min(offset + length, Size);
@@ -73,7 +73,12 @@ internal sealed class VolumeBlockDevice(Volume volume) : IBlockDevice
         BlockState[] states = ArrayPool<BlockState>.Shared.Rent(blocks);
         try
         {
-            volume.GetAllocation(aligned, states.AsSpan(0, blocks));
+            StoreStatus status = await volume.GetAllocationAsync(aligned, states.AsMemory(0, blocks)).ConfigureAwait(false);
+            if (status != StoreStatus.Ok)
+            {
+                // The allocation is unknown, whatever the store's reason (a READ then reads the whole range).
+                return NbdError.EIO;
+            }
             long pos = offset;
             int b = 0;
             while (b < blocks && pos < end)

@@ -38,7 +38,7 @@ public enum BlockState : byte
 /// Reads, writes, zeroes and flushes objects. Implemented by a node's local store and by the
 /// replicating gateway. Safe for concurrent use.
 /// Contract: a write that has completed is seen by every later read; after
-/// <see cref="FlushAsync"/> completes, every write completed before the call is durable, with
+/// <see cref="FlushAsync()"/> completes, every write completed before the call is durable, with
 /// the metadata needed to find it; a write with <c>fua</c> is durable when it completes.
 /// </summary>
 public interface IObjectStore : IAsyncDisposable
@@ -73,8 +73,15 @@ public interface IObjectStore : IAsyncDisposable
 
     ValueTask<StoreStatus> FlushAsync();
 
+    /// <summary>
+    /// Makes durable every completed write to objects of layer <paramref name="volume"/> (a
+    /// replicating store flushes only the nodes holding such writes); the local store syncs its
+    /// journal once either way.
+    /// </summary>
+    ValueTask<StoreStatus> FlushAsync(uint volume) => FlushAsync();
+
     /// <summary>Fills one state per block of the block-aligned range [offset, offset + states.Length * BlockSize).</summary>
-    void GetAllocation(ObjectId id, long offset, Span<BlockState> states);
+    ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states);
 
     /// <summary>Removes an object and frees its space (durable at the next flush).</summary>
     ValueTask<StoreStatus> DeleteAsync(ObjectId id);
@@ -92,4 +99,8 @@ public interface IBlockSource
     /// <summary>Fills <paramref name="dest"/> (one block) with block <paramref name="block"/> of the
     /// object as the parent layers have it; false if they cannot be read.</summary>
     bool ReadBlock(int block, Span<byte> dest);
+
+    /// <summary>The same as <see cref="ReadBlock"/>, for a store that cannot read the parents while it
+    /// holds the object's lock.</summary>
+    ValueTask<bool> ReadBlockAsync(int block, Memory<byte> dest);
 }

@@ -138,21 +138,24 @@ public sealed partial class LocalStore
         return true;
     }
 
-    public void GetAllocation(ObjectId id, long offset, Span<BlockState> states)
+    // The block table is in memory: the answer is ready at once.
+    public ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
     {
         CheckRange(offset, (long)states.Length * StoreBlockSize);
+        Span<BlockState> dest = states.Span;
         if (!_objects.TryGetValue(id.Packed, out ObjectMeta? meta))
         {
-            states.Clear(); // BlockState.Hole is 0
-            return;
+            dest.Clear(); // BlockState.Hole is 0
+            return new(StoreStatus.Ok);
         }
         int first = (int)(offset / StoreBlockSize);
         lock (meta.Lock)
         {
-            for (int i = 0; i < states.Length; i++)
+            for (int i = 0; i < dest.Length; i++)
             {
-                states[i] = meta.EffectiveState(first + i);
+                dest[i] = meta.EffectiveState(first + i);
             }
         }
+        return new(StoreStatus.Ok);
     }
 }

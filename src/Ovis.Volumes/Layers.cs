@@ -29,7 +29,11 @@ internal static class Layers
         BlockState[] states = ArrayPool<BlockState>.Shared.Rent(n);
         try
         {
-            store.GetAllocation(id, first * bs, states.AsSpan(0, n));
+            StoreStatus allocation = await store.GetAllocationAsync(id, first * bs, states.AsMemory(0, n)).ConfigureAwait(false);
+            if (allocation != StoreStatus.Ok)
+            {
+                return allocation;
+            }
             int b = 0;
             while (b < n)
             {
@@ -61,27 +65,38 @@ internal static class Layers
     }
 
     /// <summary>The first non-hole state of each block down the chain.</summary>
-    public static void GetAllocation(IObjectStore store, uint[] chain, uint index, long offset, Span<BlockState> states)
+    public static ValueTask<StoreStatus> GetAllocationAsync(IObjectStore store, uint[] chain, uint index, long offset, Memory<BlockState> states)
+        => chain.Length == 1
+            ? store.GetAllocationAsync(new ObjectId(chain[0], index), offset, states)
+            : GetLayeredAllocationAsync(store, chain, index, offset, states);
+
+    private static async ValueTask<StoreStatus> GetLayeredAllocationAsync(IObjectStore store, uint[] chain, uint index, long offset, Memory<BlockState> states)
     {
-        store.GetAllocation(new ObjectId(chain[0], index), offset, states);
-        if (chain.Length == 1)
+        StoreStatus s = await store.GetAllocationAsync(new ObjectId(chain[0], index), offset, states).ConfigureAwait(false);
+        if (s != StoreStatus.Ok)
         {
-            return;
+            return s;
         }
         BlockState[] lower = ArrayPool<BlockState>.Shared.Rent(states.Length);
         try
         {
-            for (int depth = 1; depth < chain.Length && states.Contains(BlockState.Hole); depth++)
+            for (int depth = 1; depth < chain.Length && states.Span.Contains(BlockState.Hole); depth++)
             {
-                store.GetAllocation(new ObjectId(chain[depth], index), offset, lower.AsSpan(0, states.Length));
-                for (int i = 0; i < states.Length; i++)
+                s = await store.GetAllocationAsync(new ObjectId(chain[depth], index), offset, lower.AsMemory(0, states.Length)).ConfigureAwait(false);
+                if (s != StoreStatus.Ok)
                 {
-                    if (states[i] == BlockState.Hole)
+                    return s;
+                }
+                Span<BlockState> span = states.Span;
+                for (int i = 0; i < span.Length; i++)
+                {
+                    if (span[i] == BlockState.Hole)
                     {
-                        states[i] = lower[i];
+                        span[i] = lower[i];
                     }
                 }
             }
+            return StoreStatus.Ok;
         }
         finally
         {
@@ -92,8 +107,9 @@ internal static class Layers
 
 /// <summary>
 /// The parents' content of one object's blocks, for completing a partial write into a block the
-/// top layer has never written. Called by the store under the object's lock; the parents are
-/// read-only snapshots, so this takes no lock of the top layer and cannot deadlock.
+/// top layer has never written. The local store calls <see cref="ReadBlock"/> under the object's
+/// lock; the parents are read-only snapshots, so this takes no lock of the top layer and cannot
+/// deadlock.
 /// </summary>
 internal sealed class ParentBlocks(IObjectStore store, uint[] chain, uint index, VolumeManager owner) : IBlockSource
 {
@@ -103,16 +119,23 @@ internal sealed class ParentBlocks(IObjectStore store, uint[] chain, uint index,
         byte[] buffer = ArrayPool<byte>.Shared.Rent(bs);
         try
         {
-            // The local store completes reads synchronously; a remote one would need the
-            // partial-block merge moved out of the object lock.
-            StoreStatus s = Layers.ReadAsync(store, chain[1..], index, (long)block * bs, buffer.AsMemory(0, bs)).AsTask().GetAwaiter().GetResult();
+            // The local store completes reads synchronously; a store whose reads wait calls
+            // ReadBlockAsync instead, outside its object lock.
+            bool ok = ReadBlockAsync(block, buffer.AsMemory(0, bs)).AsTask().GetAwaiter().GetResult();
             buffer.AsSpan(0, bs).CopyTo(dest);
-            owner.CountCopyOnWrite(bs);
-            return s == StoreStatus.Ok;
+            return ok;
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
+    }
+
+    public async ValueTask<bool> ReadBlockAsync(int block, Memory<byte> dest)
+    {
+        int bs = store.BlockSize;
+        StoreStatus s = await Layers.ReadAsync(store, chain[1..], index, (long)block * bs, dest[..bs]).ConfigureAwait(false);
+        owner.CountCopyOnWrite(bs);
+        return s == StoreStatus.Ok;
     }
 }

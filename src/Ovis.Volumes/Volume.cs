@@ -107,7 +107,7 @@ public sealed class Volume : IDisposable
             offset += n;
             data = data[n..];
         }
-        return fua ? await _store.FlushAsync().ConfigureAwait(false) : StoreStatus.Ok;
+        return fua ? await _store.FlushAsync(chain[0]).ConfigureAwait(false) : StoreStatus.Ok;
     }
 
     public ValueTask<StoreStatus> ZeroAsync(long offset, long length, bool keepAllocated, bool fua)
@@ -140,26 +140,42 @@ public sealed class Volume : IDisposable
             offset += n;
             length -= n;
         }
-        return fua ? await _store.FlushAsync().ConfigureAwait(false) : StoreStatus.Ok;
+        return fua ? await _store.FlushAsync(chain[0]).ConfigureAwait(false) : StoreStatus.Ok;
     }
 
-    public ValueTask<StoreStatus> FlushAsync() => _store.FlushAsync();
+    // Only the top layer takes writes: a snapshot flushes before it freezes the layer, so no layer
+    // below holds a completed write that is not durable yet.
+    public ValueTask<StoreStatus> FlushAsync() => _store.FlushAsync(_state.Chain[0]);
 
     /// <summary>Fills one state per 4 KiB block of the aligned range starting at <paramref name="offset"/>,
     /// looking through to parent layers where this one has holes.</summary>
-    public void GetAllocation(long offset, Span<BlockState> states)
+    public ValueTask<StoreStatus> GetAllocationAsync(long offset, Memory<BlockState> states)
     {
         uint[] chain = _state.Chain;
+        long os = ObjectSize;
+        long inObject = offset % os;
+        return inObject + ((long)states.Length * _store.BlockSize) <= os
+            ? Layers.GetAllocationAsync(_store, chain, (uint)(offset / os), inObject, states)
+            : GetSplitAllocationAsync(chain, offset, states);
+    }
+
+    private async ValueTask<StoreStatus> GetSplitAllocationAsync(uint[] chain, long offset, Memory<BlockState> states)
+    {
         long os = ObjectSize;
         int bs = _store.BlockSize;
         while (!states.IsEmpty)
         {
             long inObject = offset % os;
             int n = (int)Math.Min(states.Length, (os - inObject) / bs);
-            Layers.GetAllocation(_store, chain, (uint)(offset / os), inObject, states[..n]);
+            StoreStatus s = await Layers.GetAllocationAsync(_store, chain, (uint)(offset / os), inObject, states[..n]).ConfigureAwait(false);
+            if (s != StoreStatus.Ok)
+            {
+                return s;
+            }
             offset += (long)n * bs;
             states = states[n..];
         }
+        return StoreStatus.Ok;
     }
 
     // Writes run inside the volume's gate, so that a snapshot holds either all of a write or

@@ -273,8 +273,11 @@ public sealed partial class VolumeManager
                     continue; // nothing to inherit in this slot
                 }
                 int blocks = (int)(os / bs);
-                Layers.GetAllocation(_store, source, index, 0, states.AsSpan(0, blocks));
-                StoreStatus s = await Layers.ReadAsync(_store, source, index, 0, data.AsMemory(0, (int)os)).ConfigureAwait(false);
+                StoreStatus s = await Layers.GetAllocationAsync(_store, source, index, 0, states.AsMemory(0, blocks)).ConfigureAwait(false);
+                if (s == StoreStatus.Ok)
+                {
+                    s = await Layers.ReadAsync(_store, source, index, 0, data.AsMemory(0, (int)os)).ConfigureAwait(false);
+                }
                 if (s != StoreStatus.Ok)
                 {
                     throw new IOException($"reading object {index} of the parent layers failed: {s}");

@@ -27,6 +27,75 @@ public class ConcurrencyTests
     }
 
     [Fact]
+    public async Task SlowBlockStatus_DoesNotHoldBackALaterRead()
+    {
+        var device = new MemoryBlockDevice(Size) { AllocationGate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
+        device.Fill(8192, TransmissionTests.Pattern(8192, 1));
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync(baseAllocation: true);
+
+        await client.SendRequestAsync(Wire.CmdBlockStatus, 1, 4096, 5 * 4096);
+        // DF: one data chunk whatever the allocation, so this read does not ask for it.
+        await client.SendRequestAsync(Wire.CmdRead, 2, 8192, 4096, Wire.FlagDf);
+
+        Chunk first = await client.ReadChunkAsync();
+        Assert.Equal(2ul, first.Cookie);
+        Assert.Equal(device.Snapshot(8192, 4096), first.Payload[8..]);
+
+        device.AllocationGate.SetResult();
+        Chunk status = await client.ReadChunkAsync();
+        Assert.Equal((1ul, Wire.ReplyTypeBlockStatus), (status.Cookie, status.Type));
+        Assert.Equal(Wire.Hex("00000001 00001000 00000003 00002000 00000000 00002000 00000003"), status.Payload);
+    }
+
+    [Fact]
+    public async Task AsynchronousAllocation_StructuredReadsAndBlockStatus_GetTheirOwnAnswers()
+    {
+        const int Span = 3 * 4096;
+        var device = new MemoryBlockDevice(Size) { CompleteAsynchronously = true };
+        for (int i = 0; i < 16; i++)
+        {
+            // The middle block of each request's range holds data; the blocks around it are holes.
+            device.Fill((i * Span) + 4096, TransmissionTests.Pattern(4096, i));
+        }
+
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync(baseAllocation: true);
+
+        var requests = new List<byte[]>();
+        for (int i = 0; i < 16; i++)
+        {
+            requests.Add(Wire.Request(0, Wire.CmdRead, (ulong)i, (ulong)(i * Span), Span));
+            requests.Add(Wire.Request(0, Wire.CmdBlockStatus, (ulong)(100 + i), (ulong)(i * Span), Span));
+        }
+
+        await client.SendAsync(Wire.Concat([.. requests]));
+        var cookies = new HashSet<ulong>();
+        for (int r = 0; r < 32; r++)
+        {
+            List<Chunk> reply = await client.ReadStructuredReplyAsync();
+            ulong cookie = reply[0].Cookie;
+            Assert.True(cookies.Add(cookie));
+            if (cookie >= 100)
+            {
+                Chunk status = Assert.Single(reply);
+                Assert.Equal(Wire.Hex("00000001 00001000 00000003 00001000 00000000 00001000 00000003"), status.Payload);
+                continue;
+            }
+
+            int i = (int)cookie;
+            Assert.Equal(
+                [Wire.ReplyTypeOffsetHole, Wire.ReplyTypeOffsetData, Wire.ReplyTypeOffsetHole],
+                reply.Select(c => c.Type));
+            Assert.Equal((ulong)((i * Span) + 4096), reply[1].Offset);
+            Assert.Equal(TransmissionTests.Pattern(4096, i), reply[1].Payload[8..]);
+        }
+
+        // The holes were never read.
+        Assert.Equal(16, device.ReadCalls);
+    }
+
+    [Fact]
     public async Task AsynchronousDevice_AnswersEveryRequest_WithItsOwnData()
     {
         var device = new MemoryBlockDevice(Size) { CompleteAsynchronously = true };

@@ -437,6 +437,25 @@ public class TransmissionTests
     }
 
     [Fact]
+    public async Task AllocationFailingAsynchronously_BlockStatusIsEio_ReadIsStillServed()
+    {
+        var device = new MemoryBlockDevice(Size) { CompleteAsynchronously = true, ThrowOnAllocation = true };
+        device.Fill(0, Pattern(4096, 3));
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device));
+        await client.NegotiateAsync(baseAllocation: true);
+
+        await client.SendRequestAsync(Wire.CmdBlockStatus, 1, 0, 4096);
+        Assert.Equal((Wire.EIO, 1ul), await client.ReadPayloadlessReplyAsync());
+
+        // The allocation is unknown, so the whole range is read and sent as data.
+        await client.SendRequestAsync(Wire.CmdRead, 2, 0, 8192);
+        Chunk data = Assert.Single(await client.ReadStructuredReplyAsync());
+        Assert.Equal((Wire.ReplyTypeOffsetData, 2ul), (data.Type, data.Cookie));
+        Assert.Equal(device.Snapshot(0, 8192), data.Payload[8..]);
+        Assert.Equal(2, client.Logger.Entries.Count(e => e.Message.Contains("block device threw", StringComparison.Ordinal)));
+    }
+
+    [Fact]
     public async Task BadRequestMagic_Closes()
     {
         await using var client = new NbdTestClient(NbdTestClient.Exports(new MemoryBlockDevice(Size)));

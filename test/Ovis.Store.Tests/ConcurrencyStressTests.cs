@@ -1041,7 +1041,7 @@ public sealed class ConcurrencyStressTests(ITestOutputHelper output)
         {
             await ExpectContentAsync(store, m, 0, m.Content.Length, when);
             var states = new BlockState[m.States.Length];
-            store.GetAllocation(m.Id, 0, states);
+            await Ok(store.GetAllocationAsync(m.Id, 0, states), () => $"{when}: allocation of {m.Id}");
             for (int b = 0; b < states.Length; b++)
             {
                 bool ok = m.States[b] switch

@@ -139,14 +139,14 @@ public sealed class LocalStoreTests
         await Ok(f.Store.ZeroAsync(A, 512 << 10, 256 << 10, keepAllocated: true, fua: false));
         Assert.Equal(256 << 10, f.Store.GetUsedBytes(1));
         var states = new BlockState[256];
-        f.Store.GetAllocation(A, 0, states);
+        await Ok(f.Store.GetAllocationAsync(A, 0, states));
         Assert.All(states[..128], s => Assert.Equal(BlockState.Hole, s));
         Assert.All(states[128..192], s => Assert.Equal(BlockState.Zero, s));
         Assert.All(states[192..], s => Assert.Equal(BlockState.Data, s));
         Assert.Equal(new byte[768 << 10], await Bytes.ReadAsync(f.Store, A, 0, 768 << 10));
         await Ok(f.Store.FlushAsync());
         await f.ReopenAsync();
-        f.Store.GetAllocation(A, 0, states);
+        await Ok(f.Store.GetAllocationAsync(A, 0, states));
         Assert.Equal(BlockState.Hole, states[0]);
         Assert.Equal(BlockState.Zero, states[130]);
         Assert.Equal(BlockState.Data, states[200]);

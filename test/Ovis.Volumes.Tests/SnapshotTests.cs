@@ -67,7 +67,7 @@ public sealed class SnapshotTests
         {
             Assert.Equal(StoreStatus.Ok, await v.ZeroAsync(0, 8 * MiB, keepAllocated: false, fua: false));
             var states = new BlockState[2048];
-            v.GetAllocation(0, states);
+            Assert.Equal(StoreStatus.Ok, await v.GetAllocationAsync(0, states));
             Assert.All(states, s => Assert.Equal(BlockState.Zero, s));
         }
         Assert.All(await f.ReadAsync("vm", 0, 8 * MiB), b => Assert.Equal(0, b));

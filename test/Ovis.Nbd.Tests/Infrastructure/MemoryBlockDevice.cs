@@ -2,8 +2,8 @@ namespace Ovis.Nbd.Tests.Infrastructure;
 
 /// <summary>
 /// An in-memory export with 4 KiB allocation granularity, plus the knobs the tests need:
-/// asynchronous completion, a gate that holds flushes or every call, injected errors and
-/// exceptions, and counters.
+/// asynchronous completion, gates that hold flushes, allocation queries or every data call,
+/// injected errors and exceptions, and counters.
 /// </summary>
 internal sealed class MemoryBlockDevice : IBlockDevice
 {
@@ -36,6 +36,9 @@ internal sealed class MemoryBlockDevice : IBlockDevice
 
     /// <summary>While set and not completed, every data call (read, write, trim, zero, cache) waits on it.</summary>
     public TaskCompletionSource? CallGate { get; set; }
+
+    /// <summary>While set and not completed, GetAllocationAsync waits on it.</summary>
+    public TaskCompletionSource? AllocationGate { get; set; }
 
     /// <summary>Completed when the concurrent calls first reach <see cref="ConcurrencyTarget"/>.</summary>
     public TaskCompletionSource ConcurrencyReached { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -122,7 +125,24 @@ internal sealed class MemoryBlockDevice : IBlockDevice
 
     public ValueTask<NbdError> CacheAsync(long offset, long length) => RunAsync(CallGate, new Call(CallKind.None, offset, length, default, default, false));
 
-    public NbdError GetAllocation(long offset, long length, List<NbdExtent> extents)
+    public ValueTask<NbdError> GetAllocationAsync(long offset, long length, List<NbdExtent> extents)
+    {
+        bool mustWait = AllocationGate is { Task.IsCompleted: false } || CompleteAsynchronously;
+        return mustWait ? GetAllocationSlowAsync(offset, length, extents) : new(DescribeAllocation(offset, length, extents));
+    }
+
+    private async ValueTask<NbdError> GetAllocationSlowAsync(long offset, long length, List<NbdExtent> extents)
+    {
+        if (AllocationGate is { } gate)
+        {
+            await gate.Task;
+        }
+
+        await Task.Yield();
+        return DescribeAllocation(offset, length, extents);
+    }
+
+    private NbdError DescribeAllocation(long offset, long length, List<NbdExtent> extents)
     {
         if (ThrowOnAllocation)
         {
