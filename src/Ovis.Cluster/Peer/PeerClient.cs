@@ -1,0 +1,280 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Peer;
+
+/// <summary>
+/// Sends object operations to one peer over the peer protocol (PeerProtocol.cs). Safe for
+/// concurrent use: many requests travel at once on one TCP connection and are matched to their
+/// replies by handle.
+/// </summary>
+/// <remarks>
+/// The connection is opened by the first call and reopened by the first call after it failed.
+/// Failures are results, not exceptions: a peer that cannot be reached, a connection that breaks
+/// and a request that gets no reply within <see cref="PeerClientOptions.RequestTimeout"/> all give
+/// <see cref="PeerStatus.Unreachable"/> (and a broken connection gives it to every request on
+/// it). Argument errors throw; a canceled token throws <see cref="OperationCanceledException"/>.
+/// Buffers passed in must stay untouched until the call completes.
+/// </remarks>
+public sealed class PeerClient : IAsyncDisposable
+{
+    private readonly PeerClientOptions _options;
+    private readonly ILogger _logger;
+    private readonly Lock _lock = new();
+    private readonly CancellationTokenSource _disposing = new();
+    private readonly Timer? _heartbeat;
+    private readonly long _timeoutMs;
+
+    // Guarded by _lock for writes; read without it on the fast path.
+    private volatile PeerClientConnection? _connection;
+    private Task<PeerClientConnection?>? _connecting;
+    private int _disposed;
+
+    /// <param name="peer">The peer's peer-protocol address (an <see cref="IPEndPoint"/> or <see cref="DnsEndPoint"/>).</param>
+    /// <param name="options">Connect and request timeouts.</param>
+    /// <param name="logger">Receives connects, connection losses and timeouts.</param>
+    public PeerClient(EndPoint peer, PeerClientOptions options, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(peer);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(logger);
+        Peer = peer;
+        _options = options;
+        _logger = logger;
+        if (options.RequestTimeout != Timeout.InfiniteTimeSpan)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.RequestTimeout, TimeSpan.Zero, nameof(options));
+            _timeoutMs = (long)options.RequestTimeout.TotalMilliseconds;
+            // One timer per client, not per request: it checks the oldest waits a few times per timeout.
+            TimeSpan period = TimeSpan.FromMilliseconds(Math.Clamp(_timeoutMs / 4, 10, 1000));
+            _heartbeat = new Timer(static state => ((PeerClient)state!).CheckTimeouts(), this, period, period);
+        }
+    }
+
+    /// <summary>The address requests go to.</summary>
+    public EndPoint Peer { get; }
+
+    /// <summary>Whether a connection is open now (the next call may still find it broken).</summary>
+    public bool IsConnected => _connection is { IsFailed: false };
+
+    /// <summary>Reads <c>buffer.Length</c> bytes at <paramref name="offset"/> of an object; holes read as zeroes.</summary>
+    public ValueTask<PeerResult> ReadAsync(long epoch, ObjectId id, long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        CheckRange(epoch, offset, buffer.Length);
+        return SendAsync(
+            new PeerRequest(PeerOpcode.Read, PeerRequestFlags.None, epoch, id.Packed, offset, (uint)buffer.Length) { ReadBuffer = buffer },
+            cancellationToken);
+    }
+
+    /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/>; with <paramref name="fua"/> it is durable before the reply.</summary>
+    public ValueTask<PeerResult> WriteAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken = default)
+    {
+        CheckRange(epoch, offset, data.Length);
+        return SendAsync(
+            new PeerRequest(PeerOpcode.Write, fua ? PeerRequestFlags.Fua : PeerRequestFlags.None, epoch, id.Packed, offset, (uint)data.Length) { Payload = data },
+            cancellationToken);
+    }
+
+    /// <summary>Zeroes a range; <paramref name="keepAllocated"/> leaves its blocks allocated (<see cref="BlockState.Zero"/>) rather than holes.</summary>
+    public ValueTask<PeerResult> ZeroAsync(long epoch, ObjectId id, long offset, long length, bool keepAllocated, bool fua, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(epoch);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, uint.MaxValue);
+        PeerRequestFlags flags = (keepAllocated ? PeerRequestFlags.KeepAllocated : PeerRequestFlags.None) | (fua ? PeerRequestFlags.Fua : PeerRequestFlags.None);
+        return SendAsync(new PeerRequest(PeerOpcode.Zero, flags, epoch, id.Packed, offset, (uint)length), cancellationToken);
+    }
+
+    /// <summary>
+    /// Copies whole blocks into the object only where it has holes (IObjectStore.FillHolesAsync).
+    /// With <paramref name="zeroes"/> the holes become allocated zeroes, the content of
+    /// <paramref name="data"/> is not sent and only its length counts.
+    /// </summary>
+    public ValueTask<PeerResult> FillHolesAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, CancellationToken cancellationToken = default)
+    {
+        CheckRange(epoch, offset, data.Length);
+        PeerRequest request = zeroes
+            ? new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.Zeroes, epoch, id.Packed, offset, (uint)data.Length)
+            : new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.None, epoch, id.Packed, offset, (uint)data.Length) { Payload = data };
+        return SendAsync(request, cancellationToken);
+    }
+
+    /// <summary>Removes an object (durable at the peer's next flush).</summary>
+    public ValueTask<PeerResult> DeleteAsync(long epoch, ObjectId id, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(epoch);
+        return SendAsync(new PeerRequest(PeerOpcode.Delete, PeerRequestFlags.None, epoch, id.Packed, 0, 0), cancellationToken);
+    }
+
+    /// <summary>One journal sync on the peer: every write answered before the flush arrived is then durable.</summary>
+    public ValueTask<PeerResult> FlushAsync(long epoch, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(epoch);
+        return SendAsync(new PeerRequest(PeerOpcode.Flush, PeerRequestFlags.None, epoch, 0, 0, 0), cancellationToken);
+    }
+
+    /// <summary>Fills one state per block of the block-aligned range starting at <paramref name="offset"/>.</summary>
+    public ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(epoch);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        return SendAsync(
+            new PeerRequest(PeerOpcode.Allocation, PeerRequestFlags.None, epoch, id.Packed, offset, (uint)states.Length) { States = states },
+            cancellationToken);
+    }
+
+    /// <summary>The peer's space and journal figures. Served at any epoch.</summary>
+    public async ValueTask<PeerStatsResult> StatsAsync(CancellationToken cancellationToken = default)
+    {
+        var request = new PeerRequest(PeerOpcode.Stats, PeerRequestFlags.None, 0, 0, 0, 0);
+        PeerResult result = await SendAsync(request, cancellationToken);
+        return new PeerStatsResult(result.Status, result.Epoch, result.IsOk ? request.Stats : default);
+    }
+
+    /// <summary>A round trip that touches nothing; the result carries the peer's epoch. Served at any epoch.</summary>
+    public ValueTask<PeerResult> PingAsync(CancellationToken cancellationToken = default)
+        => SendAsync(new PeerRequest(PeerOpcode.Ping, PeerRequestFlags.None, 0, 0, 0, 0), cancellationToken);
+
+    private static void CheckRange(long epoch, long offset, int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(epoch);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, PeerProtocol.MaxPayloadLength);
+    }
+
+    private ValueTask<PeerResult> SendAsync(PeerRequest request, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return ValueTask.FromCanceled<PeerResult>(cancellationToken);
+        }
+
+        // Fast path: an open connection; the request itself is the awaitable.
+        if (_connection is { } connection && connection.TrySend(request, cancellationToken))
+        {
+            return request.AsValueTask();
+        }
+
+        return ConnectAndSendAsync(request, cancellationToken);
+    }
+
+    private async ValueTask<PeerResult> ConnectAndSendAsync(PeerRequest request, CancellationToken cancellationToken)
+    {
+        Task<PeerClientConnection?> connecting;
+        lock (_lock)
+        {
+            connecting = _connection is { IsFailed: false } open
+                ? Task.FromResult<PeerClientConnection?>(open)
+                : _connecting ??= Task.Run(ConnectAsync, CancellationToken.None);
+        }
+
+        // Everyone waiting shares one attempt; a caller's token ends only its own wait.
+        PeerClientConnection? connection = await connecting.WaitAsync(cancellationToken);
+        if (connection is null || !connection.TrySend(request, cancellationToken))
+        {
+            return PeerResult.Unreachable;
+        }
+
+        return await request.AsValueTask();
+    }
+
+    private async Task<PeerClientConnection?> ConnectAsync()
+    {
+        Socket socket = Peer is IPEndPoint ip
+            ? new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp)
+            : new Socket(SocketType.Stream, ProtocolType.Tcp);
+        PeerClientConnection? connection = null;
+        try
+        {
+            socket.NoDelay = true;
+            using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(_disposing.Token))
+            {
+                timeout.CancelAfter(_options.ConnectTimeout);
+                await socket.ConnectAsync(Peer, timeout.Token);
+            }
+
+            connection = new PeerClientConnection(this, socket, _logger);
+            PeerLog.Connected(_logger, Peer);
+        }
+        catch (Exception ex)
+        {
+            // Refused, timed out, an unresolvable name, disposal: for the callers all the same.
+            PeerLog.ConnectFailed(_logger, Peer, ex);
+            socket.Dispose();
+        }
+
+        lock (_lock)
+        {
+            _connecting = null;
+            if (connection is null)
+            {
+                return null;
+            }
+
+            if (_disposed != 0)
+            {
+                // Never started: no loop will dispose it.
+                socket.Dispose();
+                return null;
+            }
+
+            _connection = connection;
+            connection.Start();
+        }
+
+        return connection;
+    }
+
+    /// <summary>Called by a connection as it fails, so the next call opens a new one.</summary>
+    internal void OnConnectionFailed(PeerClientConnection connection)
+    {
+        lock (_lock)
+        {
+            if (_connection == connection)
+            {
+                _connection = null;
+            }
+        }
+    }
+
+    private void CheckTimeouts() => _connection?.CheckTimeouts(Environment.TickCount64, _timeoutMs);
+
+    /// <summary>Closes the connection; requests still in flight get <see cref="PeerStatus.Unreachable"/>.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        await _disposing.CancelAsync();
+        if (_heartbeat is not null)
+        {
+            await _heartbeat.DisposeAsync();
+        }
+
+        Task<PeerClientConnection?>? connecting;
+        PeerClientConnection? connection;
+        lock (_lock)
+        {
+            connecting = _connecting;
+            connection = _connection;
+        }
+
+        if (connecting is not null)
+        {
+            await connecting;
+        }
+
+        if (connection is not null)
+        {
+            await connection.DisposeAsync();
+        }
+
+        _disposing.Dispose();
+    }
+}

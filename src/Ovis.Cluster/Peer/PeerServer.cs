@@ -1,0 +1,78 @@
+using System.IO.Pipelines;
+using Microsoft.Extensions.Logging;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Peer;
+
+/// <summary>
+/// Serves the peer protocol (see PeerProtocol.cs) against one node's store. One instance serves
+/// every connection: the host (a Kestrel connection handler, or <see cref="PeerListener"/>) calls
+/// <see cref="RunAsync"/> once per accepted connection.
+/// </summary>
+public sealed class PeerServer
+{
+    private static long _lastConnectionId;
+
+    // FILL_HOLES with ZEROES carries no payload, but the store takes the range as a buffer whose
+    // content it ignores. One shared read-only buffer serves every such request.
+    private static readonly Lazy<byte[]> ZeroPayload = new(() => new byte[PeerProtocol.MaxPayloadLength]);
+
+    /// <param name="store">The store requests are applied to; not disposed by the server.</param>
+    /// <param name="epochs">The node's epoch, checked against every object operation.</param>
+    /// <param name="options">In-flight limits per connection.</param>
+    /// <param name="logger">Receives connection open/close, protocol errors and store faults.</param>
+    public PeerServer(IObjectStore store, IEpochSource epochs, PeerServerOptions options, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(epochs);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(logger);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightRequests, 1, nameof(options));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightBytes, 1, nameof(options));
+        Store = store;
+        Epochs = epochs;
+        Options = options;
+        Logger = logger;
+    }
+
+    internal IObjectStore Store { get; }
+
+    internal IEpochSource Epochs { get; }
+
+    internal PeerServerOptions Options { get; }
+
+    internal ILogger Logger { get; }
+
+    /// <summary>
+    /// Serves one connection until the peer disconnects, breaks the framing, or
+    /// <paramref name="cancellationToken"/> asks it to stop. Requests already started finish and
+    /// their replies are written first; then the transport is completed. A misbehaving peer never
+    /// surfaces as an exception.
+    /// </summary>
+    public Task RunAsync(IDuplexPipe transport, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(transport);
+        var connection = new PeerServerConnection(this, transport, Interlocked.Increment(ref _lastConnectionId));
+        return connection.RunAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// The one place the server asks the store for allocation. When IObjectStore gains
+    /// GetAllocationAsync(ObjectId, long, Memory&lt;BlockState&gt;) this body becomes that call.
+    /// </summary>
+    internal ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
+    {
+        Store.GetAllocation(id, offset, states.Span);
+        return new(StoreStatus.Ok);
+    }
+
+    /// <summary>STATS: a cold path (ListObjects builds a list).</summary>
+    internal PeerStats CollectStats()
+    {
+        // Only the local store has a journal; a gateway-like store reports no syncs.
+        long syncs = Store is LocalStore local ? local.JournalSyncCount : 0;
+        return new PeerStats(Store.UsedBytes, Store.ListObjects().Count, syncs);
+    }
+
+    internal static ReadOnlyMemory<byte> Zeroes(int length) => ZeroPayload.Value.AsMemory(0, length);
+}

@@ -1,0 +1,107 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using Microsoft.Extensions.Logging;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Peer;
+
+/// <summary>
+/// The server side of one peer connection.
+/// </summary>
+/// <remarks>
+/// Two loops. The read loop parses and checks requests and starts their store calls without
+/// waiting for them. Finished requests are queued for the output loop, the only writer of the
+/// transport, which encodes replies in completion order and flushes once per batch. Requests and
+/// payload bytes in flight are bounded; when the budget is spent the read loop stops reading,
+/// which pushes back on the sender through TCP.
+/// </remarks>
+internal sealed partial class PeerServerConnection
+{
+    private readonly PeerServer _server;
+    private readonly IObjectStore _store;
+    private readonly IEpochSource _epochs;
+    private readonly IDuplexPipe _transport;
+    private readonly ILogger _logger;
+    private readonly long _connectionId;
+    private readonly long _maxObjectSize;
+    private readonly int _blockSize;
+    private CancellationToken _stopping;
+
+    // Payload and read buffers. One pool per connection, sized to its in-flight limit: the shared
+    // pool keeps only a few arrays per size and core, so hundreds of 4 KiB requests in flight would
+    // turn into a new array each. This pool never holds more than the connection once had in flight.
+    private readonly ArrayPool<byte> _bufferPool;
+
+    public PeerServerConnection(PeerServer server, IDuplexPipe transport, long connectionId)
+    {
+        _server = server;
+        _store = server.Store;
+        _epochs = server.Epochs;
+        _transport = transport;
+        _logger = server.Logger;
+        _connectionId = connectionId;
+        _maxObjectSize = server.Store.MaxObjectSize;
+        _blockSize = server.Store.BlockSize;
+        _bufferPool = ArrayPool<byte>.Create(PeerProtocol.MaxPayloadLength, server.Options.MaxInFlightRequests);
+        _completed = new Queue<PeerOperation>(Math.Min(server.Options.MaxInFlightRequests, 1024));
+        _operationPool = new Stack<PeerOperation>(Math.Min(server.Options.MaxInFlightRequests, 1024));
+    }
+
+    public async Task RunAsync(CancellationToken cancellationToken)
+    {
+        _stopping = cancellationToken;
+        PeerLog.ConnectionOpened(_logger, _connectionId);
+        try
+        {
+            await TransmitAsync(cancellationToken);
+        }
+        catch (Exception ex) when (IsTransportFailure(ex))
+        {
+            PeerLog.TransportClosed(_logger, _connectionId, ex);
+        }
+        finally
+        {
+            await TeardownAsync();
+            PeerLog.ConnectionClosed(_logger, _connectionId);
+        }
+    }
+
+    // A reset socket, a stop request or an aborted Kestrel connection: the ordinary ways for a
+    // connection to end abruptly, none of them a server bug.
+    private static bool IsTransportFailure(Exception ex)
+        => ex is IOException or OperationCanceledException or ObjectDisposedException;
+
+    private async Task TransmitAsync(CancellationToken cancellationToken)
+    {
+        Task output = OutputLoopAsync();
+        try
+        {
+            await ReadLoopAsync(cancellationToken);
+        }
+        finally
+        {
+            // Whatever ended the read loop, requests already started run to completion (their
+            // replies still go out if the peer is listening) and every buffer goes back once.
+            AbandonPartialPayload();
+            _repliesReady.Set();
+            await DrainAsync();
+            _outputStopping = true;
+            _repliesReady.Set();
+            await output;
+        }
+    }
+
+    /// <summary>The one teardown path: runs after both loops have ended and nothing is in flight.</summary>
+    private async ValueTask TeardownAsync()
+    {
+        try
+        {
+            await _transport.Output.CompleteAsync();
+            await _transport.Input.CompleteAsync();
+        }
+        catch (Exception ex) when (IsTransportFailure(ex) || ex is InvalidOperationException)
+        {
+            PeerLog.TransportClosed(_logger, _connectionId, ex);
+        }
+    }
+}

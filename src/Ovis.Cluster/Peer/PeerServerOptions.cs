@@ -1,0 +1,15 @@
+namespace Ovis.Cluster.Peer;
+
+/// <summary>Limits applied to every peer connection a <see cref="PeerServer"/> serves.</summary>
+public sealed record PeerServerOptions
+{
+    /// <summary>Requests one connection may have between being read and their reply being written.</summary>
+    public int MaxInFlightRequests { get; init; } = 512;
+
+    /// <summary>
+    /// Payload bytes (read buffers, write payloads, allocation maps) one connection may hold at once.
+    /// When they are spent the server stops reading, which pushes back on the sender through TCP. A
+    /// single request larger than this is still admitted when nothing else is in flight.
+    /// </summary>
+    public long MaxInFlightBytes { get; init; } = 64L << 20;
+}
