@@ -56,16 +56,6 @@ public sealed class PeerServer
         return connection.RunAsync(cancellationToken);
     }
 
-    /// <summary>
-    /// The one place the server asks the store for allocation. When IObjectStore gains
-    /// GetAllocationAsync(ObjectId, long, Memory&lt;BlockState&gt;) this body becomes that call.
-    /// </summary>
-    internal ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
-    {
-        Store.GetAllocation(id, offset, states.Span);
-        return new(StoreStatus.Ok);
-    }
-
     /// <summary>STATS: a cold path (ListObjects builds a list).</summary>
     internal PeerStats CollectStats()
     {

@@ -154,7 +154,7 @@ internal sealed partial class PeerServerConnection
                 }
 
                 operation.States = ArrayPool<BlockState>.Shared.Rent(length);
-                return _server.GetAllocationAsync(id, offset, operation.States.AsMemory(0, length));
+                return _server.Store.GetAllocationAsync(id, offset, operation.States.AsMemory(0, length));
 
             case PeerOpcode.Stats:
                 operation.Stats = _server.CollectStats();
