@@ -7,6 +7,8 @@ public enum VolumeErrorCode
     AlreadyExists,
     InvalidArgument,
     InUse,
+    /// <summary>Other nodes kept changing the registry (or the same volume) under the request: try again.</summary>
+    Conflict,
 }
 
 /// <summary>A refused control-plane operation; the message is one line meant for an operator.</summary>

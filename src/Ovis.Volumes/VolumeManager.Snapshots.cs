@@ -7,8 +7,8 @@ namespace Ovis.Volumes;
 /// Snapshots, clones, rollback, delete and flatten. Every layer is a set of objects of its own
 /// id; a snapshot freezes the volume's current top layer under <c>NAME@TAG</c> and the volume
 /// continues on a new, empty layer above it (as Sheepdog gives the working VDI a new id). None of
-/// this copies data, so it takes the same time for a 1 GiB volume as for a 1 TiB one. Catalog
-/// changes are single atomic writes; data goes away only after the catalog no longer names it
+/// this copies data, so it takes the same time for a 1 GiB volume as for a 1 TiB one. Registry
+/// changes are single atomic saves; data goes away only after the registry no longer names it
 /// (orphans are removed at start), so a crash never leaves a reference to missing data.
 /// </summary>
 public sealed partial class VolumeManager
@@ -59,17 +59,26 @@ public sealed partial class VolumeManager
             string full = $"{name}@{tag}";
             CheckFree(full);
             // Writes in flight finish into the layer being frozen; new ones wait and then go to
-            // the new layer. Everything acknowledged so far is made durable before the catalog
+            // the new layer. Everything acknowledged so far is made durable before the registry
             // names the snapshot, so a completed snapshot survives a crash whole.
             await v.Gate.FreezeAsync().ConfigureAwait(false);
             try
             {
                 await FlushOrThrowAsync().ConfigureAwait(false);
-                VolumeRecord top = v.Record;
-                uint newId = _catalog.State.NextId;
-                VolumeRecord snapshot = top with { Tag = tag, Created = DateTimeOffset.UtcNow };
-                VolumeRecord live = top with { Id = newId, ParentId = top.Id };
-                Apply([.. _catalog.State.Volumes.Select(r => r.Id == top.Id ? snapshot : r), live], moved: (top.Id, newId));
+                await CommitAsync(state =>
+                {
+                    // Checked again: another node may have changed the registry since.
+                    if (FindLive(name) != v)
+                    {
+                        throw new VolumeException(VolumeErrorCode.Conflict, $"volume '{name}' was deleted and created again by another node meanwhile: try again");
+                    }
+                    CheckNotPinned(v.Record, name);
+                    CheckFree(full);
+                    VolumeRecord top = v.Record;
+                    VolumeRecord snapshot = top with { Tag = tag, Created = DateTimeOffset.UtcNow };
+                    VolumeRecord live = top with { Id = state.NextId, ParentId = top.Id };
+                    return [.. state.Volumes.Select(r => r.Id == top.Id ? snapshot : r), live];
+                }).ConfigureAwait(false);
             }
             finally
             {
@@ -89,14 +98,17 @@ public sealed partial class VolumeManager
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
-            VolumeState s = Find(snapshot);
-            if (!s.Record.IsSnapshot)
+            await CommitAsync(state =>
             {
-                throw new VolumeException(VolumeErrorCode.InvalidArgument, $"'{snapshot}' is not a snapshot: clone from NAME@TAG (take one with 'vdi snapshot')");
-            }
-            CheckFree(newName);
-            VolumeRecord r = s.Record;
-            AddRecord(new VolumeRecord(_catalog.State.NextId, newName, r.Size, r.ObjectSize, DateTimeOffset.UtcNow) { ParentId = r.Id });
+                VolumeRecord r = Find(snapshot).Record;
+                if (!r.IsSnapshot)
+                {
+                    throw new VolumeException(VolumeErrorCode.InvalidArgument, $"'{snapshot}' is not a snapshot: clone from NAME@TAG (take one with 'vdi snapshot')");
+                }
+                CheckFree(newName);
+                VolumeRecord clone = new(state.NextId, newName, r.Size, r.ObjectSize, DateTimeOffset.UtcNow) { ParentId = r.Id };
+                return [.. state.Volumes, clone];
+            }).ConfigureAwait(false);
             return Get(newName);
         }
         finally
@@ -110,18 +122,21 @@ public sealed partial class VolumeManager
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
-            VolumeState v = FindLive(name);
-            CheckNotPinned(v.Record, name);
-            VolumeState target = Find($"{name}@{tag}");
-            if (v.Connections > 0)
+            VolumeRecord old = await CommitAsync<VolumeRecord>(state =>
             {
-                throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {v.Connections} connection(s): disconnect them before a rollback");
-            }
-            // The volume continues on a new, empty layer over the snapshot; its old top layer is
-            // no longer named and its objects go.
-            VolumeRecord old = v.Record;
-            VolumeRecord live = old with { Id = _catalog.State.NextId, ParentId = target.Record.Id, Size = target.Record.Size };
-            Apply([.. _catalog.State.Volumes.Select(r => r.Id == old.Id ? live : r)], moved: (old.Id, live.Id));
+                VolumeState v = FindLive(name);
+                CheckNotPinned(v.Record, name);
+                VolumeState target = Find($"{name}@{tag}");
+                if (v.Connections > 0)
+                {
+                    throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {v.Connections} connection(s): disconnect them before a rollback");
+                }
+                // The volume continues on a new, empty layer over the snapshot; its old top layer
+                // is no longer named and its objects go.
+                VolumeRecord top = v.Record;
+                VolumeRecord live = top with { Id = state.NextId, ParentId = target.Record.Id, Size = target.Record.Size };
+                return ([.. state.Volumes.Select(r => r.Id == top.Id ? live : r)], top);
+            }).ConfigureAwait(false);
             await DeleteObjectsAsync(old.Id).ConfigureAwait(false);
             return Get(name);
         }
@@ -138,41 +153,46 @@ public sealed partial class VolumeManager
     /// </summary>
     public async Task DeleteAsync(string name)
     {
-        (VolumeRecord Snapshot, VolumeRecord Child)? merge = null;
+        (VolumeRecord Snapshot, VolumeRecord Child)? merge;
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
-            VolumeState v = Find(name);
-            VolumeRecord r = v.Record;
-            CheckNotPinned(r, name);
-            if (v.Connections > 0)
+            VolumeRecord deleted;
+            (deleted, merge) = await CommitAsync<(VolumeRecord, (VolumeRecord Snapshot, VolumeRecord Child)?)>(state =>
             {
-                throw new VolumeException(VolumeErrorCode.InUse, $"'{name}' is exported to {v.Connections} connection(s): disconnect them first");
-            }
-            List<VolumeRecord> dependents = [.. _catalog.State.Volumes.Where(d => d.ParentId == r.Id)];
-            if (!r.IsSnapshot)
-            {
-                List<string> snapshots = [.. _catalog.State.Volumes.Where(s => s.IsSnapshot && s.Name == r.Name).Select(s => s.DisplayName)];
-                if (snapshots.Count > 0)
+                VolumeState v = Find(name);
+                VolumeRecord r = v.Record;
+                CheckNotPinned(r, name);
+                if (v.Connections > 0)
                 {
-                    throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' has snapshots ({string.Join(", ", snapshots)}): delete them first");
+                    throw new VolumeException(VolumeErrorCode.InUse, $"'{name}' is exported to {v.Connections} connection(s): disconnect them first");
                 }
-            }
-            else if (dependents.Count > 1)
-            {
-                throw new VolumeException(VolumeErrorCode.InUse, $"snapshot '{name}' is needed by {string.Join(", ", dependents.Select(d => d.DisplayName))}: flatten or delete all but one of them first");
-            }
-            else if (dependents.Count == 1)
-            {
-                merge = (r, dependents[0]);
-                Pin([r.Id, dependents[0].Id]);
-            }
+                List<VolumeRecord> dependents = [.. state.Volumes.Where(d => d.ParentId == r.Id)];
+                if (!r.IsSnapshot)
+                {
+                    List<string> snapshots = [.. state.Volumes.Where(s => s.IsSnapshot && s.Name == r.Name).Select(s => s.DisplayName)];
+                    if (snapshots.Count > 0)
+                    {
+                        throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' has snapshots ({string.Join(", ", snapshots)}): delete them first");
+                    }
+                }
+                else if (dependents.Count > 1)
+                {
+                    throw new VolumeException(VolumeErrorCode.InUse, $"snapshot '{name}' is needed by {string.Join(", ", dependents.Select(d => d.DisplayName))}: flatten or delete all but one of them first");
+                }
+                else if (dependents.Count == 1)
+                {
+                    // Nothing is saved before the merge has copied the blocks.
+                    return (null, (r, (r, dependents[0])));
+                }
+                return ([.. state.Volumes.Where(x => x.Id != r.Id)], (r, null));
+            }).ConfigureAwait(false);
             if (merge is null)
             {
-                Apply([.. _catalog.State.Volumes.Where(x => x.Id != r.Id)]);
-                await DeleteObjectsAsync(r.Id).ConfigureAwait(false);
+                await DeleteObjectsAsync(deleted.Id).ConfigureAwait(false);
                 return;
             }
+            Pin([merge.Value.Snapshot.Id, merge.Value.Child.Id]);
         }
         finally
         {
@@ -194,7 +214,17 @@ public sealed partial class VolumeManager
             await _control.WaitAsync().ConfigureAwait(false);
             try
             {
-                Apply([.. _catalog.State.Volumes.Where(x => x.Id != snapshot.Id).Select(x => x.Id == child.Id ? x with { ParentId = snapshot.ParentId } : x)]);
+                await CommitAsync(state =>
+                {
+                    // The pins hold these layers still on this node; another node may have
+                    // changed them meanwhile, and then the copy may not be what they need.
+                    VolumeRecord? now = state.Volumes.FirstOrDefault(x => x.Id == snapshot.Id);
+                    if (now is null || !state.Volumes.Where(x => x.ParentId == snapshot.Id).Select(x => x.Id).SequenceEqual([child.Id]))
+                    {
+                        throw new VolumeException(VolumeErrorCode.Conflict, $"snapshot '{snapshot.DisplayName}' or the layer over it was changed by another node during the merge: try the delete again");
+                    }
+                    return [.. state.Volumes.Where(x => x.Id != snapshot.Id).Select(x => x.Id == child.Id ? x with { ParentId = now.ParentId } : x)];
+                }).ConfigureAwait(false);
                 await DeleteObjectsAsync(snapshot.Id).ConfigureAwait(false);
             }
             finally
@@ -210,11 +240,13 @@ public sealed partial class VolumeManager
     public async Task<VolumeInfo> FlattenAsync(string name, IProgress<double>? progress = null)
     {
         VolumeState v;
+        VolumeRecord top;
         uint[] chain;
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
             v = FindLive(name);
+            top = v.Record;
             chain = v.Chain;
             if (chain.Length == 1)
             {
@@ -231,11 +263,18 @@ public sealed partial class VolumeManager
         // keep this volume and the layers it reads from as they are until it is done.
         try
         {
-            await CopyIntoHolesAsync(chain[1..], v.Record, progress).ConfigureAwait(false);
+            await CopyIntoHolesAsync(chain[1..], top, progress).ConfigureAwait(false);
             await _control.WaitAsync().ConfigureAwait(false);
             try
             {
-                SaveRecord(v.Record with { ParentId = null });
+                await CommitAsync(state =>
+                {
+                    // By id: the layer the blocks were copied into, even if another node has
+                    // since snapshotted the volume over it.
+                    VolumeRecord target = state.Volumes.FirstOrDefault(x => x.Id == top.Id)
+                        ?? throw new VolumeException(VolumeErrorCode.Conflict, $"volume '{name}' was changed by another node during the flatten: try again");
+                    return Replace(state, target with { ParentId = null });
+                }).ConfigureAwait(false);
             }
             finally
             {

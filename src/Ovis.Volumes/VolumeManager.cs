@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -7,8 +8,13 @@ namespace Ovis.Volumes;
 
 /// <summary>
 /// The volumes of one node: creates, lists, resizes, snapshots, clones and deletes them in the
-/// catalog, and opens them for I/O. Control-plane calls throw <see cref="VolumeException"/> when
-/// refused. They are serialised by one async lock (they are rare); the data path never takes it.
+/// volume registry, and opens them for I/O. Control-plane calls throw <see cref="VolumeException"/>
+/// when refused. They are serialised by one async lock (they are rare); the data path never takes
+/// it. Each computes the registry's next state from the one it last knew and saves it on the
+/// condition that nobody changed the registry meanwhile; when another node did, it takes that
+/// node's state and runs again on it. What other nodes change arrives through the registry's
+/// watch and is applied to the same in-memory view, so a volume created through one node can be
+/// opened on another a moment later.
 /// </summary>
 public sealed partial class VolumeManager : IAsyncDisposable
 {
@@ -17,28 +23,39 @@ public sealed partial class VolumeManager : IAsyncDisposable
     /// <summary>Object indexes are 32-bit; and beyond this no file system here could hold the data anyway.</summary>
     public const long MaxVolumeSize = 1L << 50;
 
-    private readonly LocalStore _store;
-    private readonly Catalog _catalog;
-    private readonly FileStream _dirLock;
+    /// <summary>
+    /// How long an operation keeps losing its save to other nodes' before it gives up with
+    /// <see cref="VolumeErrorCode.Conflict"/>. A time, not a count: each loss means another node's
+    /// save went through, and the node that saved last hears of it first, so it tends to win again
+    /// while it has more to save; a node under a burst of another's changes waits for the burst.
+    /// </summary>
+    private static readonly TimeSpan CommitPatience = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan WatchRetryDelay = TimeSpan.FromSeconds(1);
+
+    private readonly IObjectStore _store;
+    private readonly IVolumeRegistry _registry;
+    private readonly ILogger _logger;
+    // Set when this manager opened the data directory itself: it owns the lock and the store
+    // then; a store handed in belongs to the caller.
+    private readonly FileStream? _dirLock;
     private readonly SemaphoreSlim _control = new(1, 1);
-    // Guards the maps and the states' records and chains, briefly.
+    private readonly CancellationTokenSource _stopping = new();
+    // Guards the maps, _current and the states' records and chains, briefly.
     private readonly Lock _lock = new();
     private readonly Dictionary<uint, VolumeState> _byId = [];
     private readonly Dictionary<string, VolumeState> _byName = new(StringComparer.Ordinal);
+    // The registry state the maps show. Changes only under _control (and _lock).
+    private VersionedCatalog _current = new(CatalogState.Empty, long.MinValue);
+    private Task _watch = Task.CompletedTask;
     private long _copyOnWriteBytes;
 
-    private VolumeManager(LocalStore store, Catalog catalog, FileStream dirLock)
+    private VolumeManager(IObjectStore store, IVolumeRegistry registry, ILogger logger, FileStream? dirLock, VersionedCatalog loaded)
     {
         _store = store;
-        _catalog = catalog;
+        _registry = registry;
+        _logger = logger;
         _dirLock = dirLock;
-        foreach (VolumeRecord r in catalog.State.Volumes)
-        {
-            var state = new VolumeState(r);
-            _byId[r.Id] = state;
-            _byName[r.DisplayName] = state;
-        }
-        RebuildChains();
+        Apply(loaded);
     }
 
     /// <summary>The object store under the volumes (for statistics).</summary>
@@ -53,6 +70,10 @@ public sealed partial class VolumeManager : IAsyncDisposable
     public static Task<VolumeManager> OpenAsync(string dataDirectory, CancellationToken cancellationToken = default)
         => OpenAsync(dataDirectory, new LocalStoreOptions(), NullLogger.Instance, cancellationToken);
 
+    /// <summary>
+    /// Opens (creating if needed) the data directory of a single node: takes its lock, recovers its
+    /// local store and reads its embedded registry. The manager owns all three and disposes them.
+    /// </summary>
     public static async Task<VolumeManager> OpenAsync(string dataDirectory, LocalStoreOptions storeOptions, ILogger logger, CancellationToken cancellationToken = default)
     {
         Directory.CreateDirectory(dataDirectory);
@@ -68,11 +89,17 @@ public sealed partial class VolumeManager : IAsyncDisposable
         }
         try
         {
-            Catalog catalog = Catalog.Load(dataDirectory);
+            EmbeddedRegistry registry = EmbeddedRegistry.Open(dataDirectory);
             LocalStore store = await Task.Run(() => LocalStore.Open(Path.Combine(dataDirectory, "store"), storeOptions, logger), cancellationToken).ConfigureAwait(false);
-            var manager = new VolumeManager(store, catalog, dirLock);
-            await manager.RemoveOrphansAsync().ConfigureAwait(false);
-            return manager;
+            try
+            {
+                return await StartAsync(store, registry, logger, dirLock, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                await store.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
         }
         catch
         {
@@ -81,13 +108,40 @@ public sealed partial class VolumeManager : IAsyncDisposable
         }
     }
 
-    /// <summary>Objects of layers the catalog no longer has: left by a crash in the middle of a
-    /// delete, a rollback or a merge, after the catalog changed and before the data was gone.</summary>
-    private async Task RemoveOrphansAsync()
+    /// <summary>
+    /// A manager over a store and a registry that someone else owns and disposes (a cluster node:
+    /// its store, the etcd registry): it follows the registry's changes until disposed, and
+    /// disposing it leaves both open.
+    /// </summary>
+    public static Task<VolumeManager> OpenAsync(IObjectStore store, IVolumeRegistry registry, ILogger logger, CancellationToken cancellationToken = default)
     {
-        var ids = new HashSet<uint>(_catalog.State.Volumes.Select(v => v.Id));
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(registry);
+        ArgumentNullException.ThrowIfNull(logger);
+        return StartAsync(store, registry, logger, dirLock: null, cancellationToken);
+    }
+
+    private static async Task<VolumeManager> StartAsync(IObjectStore store, IVolumeRegistry registry, ILogger logger, FileStream? dirLock, CancellationToken cancellationToken)
+    {
+        // The objects are listed before the registry is read: an object listed then existed then,
+        // so its layer was in the registry already (a layer is saved before any of its data is
+        // written), unless it is gone since. Read the other way round, a layer that another node
+        // created in between would look like an orphan.
+        IReadOnlyCollection<ObjectId> objects = store.ListObjects();
+        VersionedCatalog loaded = await registry.LoadAsync(cancellationToken).ConfigureAwait(false);
+        var manager = new VolumeManager(store, registry, logger, dirLock, loaded);
+        await manager.RemoveOrphansAsync(objects, loaded.State).ConfigureAwait(false);
+        manager._watch = Task.Run(() => manager.FollowRegistryAsync(manager._stopping.Token), CancellationToken.None);
+        return manager;
+    }
+
+    /// <summary>Objects of layers the registry no longer has: left by a crash in the middle of a
+    /// delete, a rollback or a merge, after the registry changed and before the data was gone.</summary>
+    private async Task RemoveOrphansAsync(IReadOnlyCollection<ObjectId> objects, CatalogState state)
+    {
+        var ids = new HashSet<uint>(state.Volumes.Select(v => v.Id));
         bool removed = false;
-        foreach (ObjectId id in _store.ListObjects())
+        foreach (ObjectId id in objects)
         {
             if (!ids.Contains(id.Volume))
             {
@@ -112,7 +166,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         }
     }
 
-    public VolumeInfo Create(string name, long size, long? objectSize = null)
+    public async Task<VolumeInfo> CreateAsync(string name, long size, long? objectSize = null)
     {
         long osize = objectSize ?? DefaultObjectSize;
         CheckName(name, "volume name");
@@ -121,11 +175,16 @@ public sealed partial class VolumeManager : IAsyncDisposable
             throw new VolumeException(VolumeErrorCode.InvalidArgument, $"invalid object size {osize}: use a power of two from 4 KiB to {LocalStore.MaxObjectBytes >> 20} MiB");
         }
         CheckSize(size, osize);
-        _control.Wait();
+        await _control.WaitAsync().ConfigureAwait(false);
         try
         {
-            CheckFree(name);
-            return Describe(AddRecord(new VolumeRecord(_catalog.State.NextId, name, size, osize, DateTimeOffset.UtcNow)));
+            uint id = await CommitAsync<uint>(state =>
+            {
+                CheckFree(name);
+                var created = new VolumeRecord(state.NextId, name, size, osize, DateTimeOffset.UtcNow);
+                return ([.. state.Volumes, created], created.Id);
+            }).ConfigureAwait(false);
+            return Describe(ById(id));
         }
         finally
         {
@@ -198,12 +257,15 @@ public sealed partial class VolumeManager : IAsyncDisposable
             connections = v.Connections;
             parent = r.ParentId is uint p && _byId.TryGetValue(p, out VolumeState? ps) ? ps.Record.DisplayName : null;
         }
-        return new VolumeInfo(r.Id, r.DisplayName, r.Size, r.ObjectSize, r.Created, _store.GetUsedBytes(r.Id), connections)
+        return new VolumeInfo(r.Id, r.DisplayName, r.Size, r.ObjectSize, r.Created, UsedBytesOf(r.Id), connections)
         {
             Parent = parent,
             IsSnapshot = r.IsSnapshot,
         };
     }
+
+    // Only the local store counts bytes per layer (IObjectStore has no such call yet).
+    private long UsedBytesOf(uint layer) => _store is LocalStore local ? local.GetUsedBytes(layer) : 0;
 
     /// <summary>Growing is always allowed; shrinking discards the data past the new end and needs <paramref name="allowShrink"/>.</summary>
     public async Task<VolumeInfo> ResizeAsync(string name, long newSize, bool allowShrink)
@@ -211,22 +273,25 @@ public sealed partial class VolumeManager : IAsyncDisposable
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
-            VolumeState v = FindLive(name);
-            VolumeRecord old = v.Record;
-            CheckNotPinned(old, name);
-            CheckSize(newSize, old.ObjectSize);
-            if (newSize < old.Size)
+            (VolumeState v, VolumeRecord old) = await CommitAsync<(VolumeState, VolumeRecord)>(state =>
             {
-                if (!allowShrink)
+                VolumeState found = FindLive(name);
+                VolumeRecord r = found.Record;
+                CheckNotPinned(r, name);
+                CheckSize(newSize, r.ObjectSize);
+                if (newSize < r.Size)
                 {
-                    throw new VolumeException(VolumeErrorCode.InvalidArgument, $"shrinking '{name}' from {old.Size} to {newSize} bytes discards data: pass --allow-shrink");
+                    if (!allowShrink)
+                    {
+                        throw new VolumeException(VolumeErrorCode.InvalidArgument, $"shrinking '{name}' from {r.Size} to {newSize} bytes discards data: pass --allow-shrink");
+                    }
+                    if (found.Connections > 0)
+                    {
+                        throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {found.Connections} connection(s): disconnect them before shrinking");
+                    }
                 }
-                if (v.Connections > 0)
-                {
-                    throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {v.Connections} connection(s): disconnect them before shrinking");
-                }
-            }
-            SaveRecord(old with { Size = newSize });
+                return (Replace(state, r with { Size = newSize }), (found, r));
+            }).ConfigureAwait(false);
             if (newSize < old.Size)
             {
                 await DiscardBeyondAsync(v.Chain, old, newSize).ConfigureAwait(false);
@@ -293,40 +358,94 @@ public sealed partial class VolumeManager : IAsyncDisposable
     /// <summary>Bytes of data held by all volumes.</summary>
     public long UsedBytes => _store.UsedBytes;
 
-    // ---- catalog changes: always the durable catalog first, then the in-memory maps ----
+    // ---- registry changes: always the registry first, then the in-memory maps ----
 
-    private VolumeState AddRecord(VolumeRecord record)
+    /// <summary>
+    /// Saves the registry state that <paramref name="change"/> computes from the current one, on
+    /// the condition that nobody saved another meanwhile. <paramref name="change"/> checks the
+    /// request against the maps (which show the state it is given) and throws
+    /// <see cref="VolumeException"/> to refuse it; returning null records saves nothing. When
+    /// another node saved first, its state is applied and <paramref name="change"/> runs again on
+    /// it, so the caller gets the answer that state warrants (a name taken meanwhile is
+    /// AlreadyExists). Call under <see cref="_control"/>.
+    /// </summary>
+    private async Task<T> CommitAsync<T>(Func<CatalogState, (IReadOnlyList<VolumeRecord>? Records, T Result)> change)
     {
-        Apply([.. _catalog.State.Volumes, record]);
-        lock (_lock)
+        long started = Stopwatch.GetTimestamp();
+        for (int attempt = 1; ; attempt++)
         {
-            return _byId[record.Id];
+            VersionedCatalog from = _current;
+            (IReadOnlyList<VolumeRecord>? records, T result) = change(from.State);
+            if (records is null)
+            {
+                return result;
+            }
+            RegistrySaveResult saved = await _registry.TrySaveAsync(from.State.With(records), from.Version).ConfigureAwait(false);
+            Apply(saved.Current);
+            if (saved.Saved)
+            {
+                return result;
+            }
+            if (saved.Current.Version <= from.Version)
+            {
+                // Retrying cannot help: the registry is not where this node saw it last.
+                throw new InvalidOperationException($"the volume registry went back from version {from.Version} to {saved.Current.Version}: was it deleted or restored from a backup?");
+            }
+            LogCommitConflict(_logger, attempt, saved.Current.Version);
+            if (Stopwatch.GetElapsedTime(started) > CommitPatience)
+            {
+                throw new VolumeException(VolumeErrorCode.Conflict, $"other nodes changed the volume registry {attempt} times under this request in {CommitPatience.TotalSeconds:0} s: try again");
+            }
         }
     }
 
-    /// <summary>Replaces one record, matched by id.</summary>
-    private void SaveRecord(VolumeRecord changed)
-        => Apply([.. _catalog.State.Volumes.Select(r => r.Id == changed.Id ? changed : r)]);
+    /// <summary><see cref="CommitAsync{T}"/> for a change without a result.</summary>
+    private async Task CommitAsync(Func<CatalogState, IReadOnlyList<VolumeRecord>> change)
+        => await CommitAsync<bool>(state => (change(state), true)).ConfigureAwait(false);
 
-    /// <summary>
-    /// Makes <paramref name="records"/> the catalog, durably, then the in-memory view.
-    /// <paramref name="moved"/> names a live volume that continues under a new id (a snapshot or
-    /// a rollback gives it a new top layer): its state, with its open handles, moves along.
-    /// </summary>
-    private void Apply(List<VolumeRecord> records, (uint From, uint To)? moved = null)
+    /// <summary>The records of <paramref name="state"/> with one replaced, matched by id.</summary>
+    private static List<VolumeRecord> Replace(CatalogState state, VolumeRecord changed)
+        => [.. state.Volumes.Select(r => r.Id == changed.Id ? changed : r)];
+
+    private VolumeState ById(uint id)
     {
-        uint next = Math.Max(_catalog.State.NextId, records.Count == 0 ? 0 : records.Max(r => r.Id) + 1);
-        _catalog.Save(new CatalogState(next, records));
         lock (_lock)
         {
-            if (moved is (uint from, uint to) && _byId.Remove(from, out VolumeState? live))
+            return _byId[id];
+        }
+    }
+
+    /// <summary>
+    /// Makes <paramref name="next"/> the in-memory view, unless the view is that version or newer
+    /// already (a watch reports this node's own saves too). A live volume that continues under a
+    /// new id — a snapshot or a rollback, here or on another node, gave it a new top layer over a
+    /// snapshot of its own — keeps its state, with its open handles, under the new id.
+    /// </summary>
+    private void Apply(VersionedCatalog next)
+    {
+        lock (_lock)
+        {
+            if (next.Version <= _current.Version)
             {
-                _byId[to] = live;
+                return;
             }
-            var keep = new HashSet<uint>();
+            IReadOnlyList<VolumeRecord> records = next.State.Volumes;
+            var byId = records.ToDictionary(r => r.Id);
             foreach (VolumeRecord r in records)
             {
-                keep.Add(r.Id);
+                // The parent test keeps a volume deleted and created again under the same name
+                // from inheriting the old one's handles: a new volume cannot stand on a snapshot
+                // of its name, as a volume with snapshots cannot be deleted.
+                if (!r.IsSnapshot && !_byId.ContainsKey(r.Id)
+                    && _byName.TryGetValue(r.Name, out VolumeState? live) && !live.Record.IsSnapshot && live.Record.Id != r.Id
+                    && r.ParentId is uint p && byId.TryGetValue(p, out VolumeRecord? parent) && parent.IsSnapshot && parent.Name == r.Name)
+                {
+                    _byId.Remove(live.Record.Id);
+                    _byId[r.Id] = live;
+                }
+            }
+            foreach (VolumeRecord r in records)
+            {
                 if (_byId.TryGetValue(r.Id, out VolumeState? state))
                 {
                     state.Record = r;
@@ -336,7 +455,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
                     _byId[r.Id] = new VolumeState(r);
                 }
             }
-            foreach (uint id in _byId.Keys.Where(id => !keep.Contains(id)).ToList())
+            foreach (uint id in _byId.Keys.Where(id => !byId.ContainsKey(id)).ToList())
             {
                 _byId.Remove(id);
             }
@@ -346,6 +465,58 @@ public sealed partial class VolumeManager : IAsyncDisposable
                 _byName[v.Record.DisplayName] = v;
             }
             RebuildChains();
+            _current = next;
+        }
+    }
+
+    /// <summary>Applies what other nodes save, until the manager is disposed; a broken watch is started again.</summary>
+    private async Task FollowRegistryAsync(CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            try
+            {
+                long from;
+                lock (_lock)
+                {
+                    from = _current.Version;
+                }
+                await foreach (VersionedCatalog next in _registry.WatchAsync(from, cancellationToken).ConfigureAwait(false))
+                {
+                    // Under the control lock: an operation computes from _current and applies
+                    // what it saved without a change from elsewhere slipping in between.
+                    await _control.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    try
+                    {
+                        if (next.Version > _current.Version)
+                        {
+                            Apply(next);
+                            LogRegistryChanged(_logger, next.Version, next.State.Volumes.Count);
+                        }
+                    }
+                    finally
+                    {
+                        _control.Release();
+                    }
+                }
+                return;
+            }
+            catch (Exception) when (cancellationToken.IsCancellationRequested)
+            {
+                return; // disposed: however the watch ended, nobody needs it any more
+            }
+            catch (Exception e)
+            {
+                LogWatchFailed(_logger, WatchRetryDelay.TotalSeconds, e);
+                try
+                {
+                    await Task.Delay(WatchRetryDelay, cancellationToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
         }
     }
 
@@ -362,7 +533,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         }
     }
 
-    /// <summary>Removes a layer's objects (after the catalog no longer names it).</summary>
+    /// <summary>Removes a layer's objects (after the registry no longer names it).</summary>
     private async Task DeleteObjectsAsync(uint layer)
     {
         foreach (ObjectId id in _store.ListObjects())
@@ -379,10 +550,26 @@ public sealed partial class VolumeManager : IAsyncDisposable
         await FlushOrThrowAsync().ConfigureAwait(false);
     }
 
+    /// <summary>Stops following the registry; a manager that opened the data directory then closes its store and lock.</summary>
     public async ValueTask DisposeAsync()
     {
-        await _store.DisposeAsync().ConfigureAwait(false);
-        await _dirLock.DisposeAsync().ConfigureAwait(false);
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        await _watch.ConfigureAwait(false);
+        if (_dirLock is not null)
+        {
+            await _store.DisposeAsync().ConfigureAwait(false);
+            await _dirLock.DisposeAsync().ConfigureAwait(false);
+        }
         _control.Dispose();
+        _stopping.Dispose();
     }
+
+    [LoggerMessage(EventId = 1, Level = LogLevel.Debug, Message = "Volume registry version {Version} applied ({Layers} layers)")]
+    private static partial void LogRegistryChanged(ILogger logger, long version, int layers);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Warning, Message = "Watching the volume registry failed; watching again in {Seconds} s")]
+    private static partial void LogWatchFailed(ILogger logger, double seconds, Exception exception);
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Debug, Message = "Another node changed the volume registry first (attempt {Attempt}, now version {Version}); computing the change again")]
+    private static partial void LogCommitConflict(ILogger logger, int attempt, long version);
 }

@@ -10,7 +10,7 @@ public sealed class SnapshotTests
     public async Task A_snapshot_keeps_what_was_there_and_the_volume_goes_on()
     {
         await using var f = await ManagerFixture.CreateAsync();
-        f.Manager.Create("vm", 64 * MiB);
+        await f.Manager.CreateAsync("vm", 64 * MiB);
         await f.WriteAsync("vm", 0, ManagerFixture.Pattern(MiB, 0xA1));
         VolumeInfo snap = await f.Manager.SnapshotAsync("vm", "s1");
         Assert.True(snap.IsSnapshot);
@@ -37,7 +37,7 @@ public sealed class SnapshotTests
     public async Task Copy_on_write_copies_nothing_for_whole_blocks_and_one_block_for_a_partial_one()
     {
         await using var f = await ManagerFixture.CreateAsync();
-        f.Manager.Create("vm", 64 * MiB);
+        await f.Manager.CreateAsync("vm", 64 * MiB);
         await f.WriteAsync("vm", 0, ManagerFixture.Pattern(4 * MiB, 0x11));
         await f.Manager.SnapshotAsync("vm", "s1");
         long before = f.Manager.CopyOnWriteBytes;
@@ -60,7 +60,7 @@ public sealed class SnapshotTests
     public async Task Trim_over_inherited_data_reads_zeroes_not_the_parent()
     {
         await using var f = await ManagerFixture.CreateAsync();
-        f.Manager.Create("vm", 64 * MiB);
+        await f.Manager.CreateAsync("vm", 64 * MiB);
         await f.WriteAsync("vm", 0, ManagerFixture.Pattern(8 * MiB, 0x44));
         await f.Manager.SnapshotAsync("vm", "s1");
         using (Volume v = f.Manager.Open("vm")!)
@@ -78,7 +78,7 @@ public sealed class SnapshotTests
     public async Task Clone_rollback_flatten_and_deletes()
     {
         await using var f = await ManagerFixture.CreateAsync();
-        f.Manager.Create("base", 16 * MiB);
+        await f.Manager.CreateAsync("base", 16 * MiB);
         await f.WriteAsync("base", 0, ManagerFixture.Pattern(2 * MiB, 0x55));
         await f.Manager.SnapshotAsync("base", "gold");
         await f.Manager.CloneAsync("base@gold", "vm1");
@@ -121,8 +121,8 @@ public sealed class SnapshotTests
     public async Task Bad_requests_change_nothing()
     {
         await using var f = await ManagerFixture.CreateAsync();
-        f.Manager.Create("vm", 16 * MiB);
-        f.Manager.Create("other", 16 * MiB);
+        await f.Manager.CreateAsync("vm", 16 * MiB);
+        await f.Manager.CreateAsync("other", 16 * MiB);
         await f.Manager.SnapshotAsync("vm", "s1");
         IReadOnlyList<VolumeInfo> before = f.Manager.List();
 
@@ -142,7 +142,7 @@ public sealed class SnapshotTests
     public async Task Snapshots_taken_during_writes_hold_every_write_acknowledged_before_them()
     {
         await using var f = await ManagerFixture.CreateAsync();
-        f.Manager.Create("vm", 64 * MiB);
+        await f.Manager.CreateAsync("vm", 64 * MiB);
         using Volume v = f.Manager.Open("vm")!;
         var acknowledged = new List<(int Round, long Offset)>();
         var snapshotsAt = new List<int>();

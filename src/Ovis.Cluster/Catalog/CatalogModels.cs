@@ -47,6 +47,7 @@ internal sealed partial class CatalogJson : JsonSerializerContext;
 /// epoch             EpochRecord               bumped by txn on every membership change
 /// nodes/&lt;id&gt;        NodeInfo, node's lease    gone when the node's lease runs out
 /// locks/&lt;volume&gt;    LockRecord, holder lease  gone with the holder's lease
+/// volumes           CatalogState              the volume registry, replaced by txn on its mod_revision
 /// </code>
 /// </summary>
 internal sealed class CatalogKeys(string cluster)
@@ -64,4 +65,6 @@ internal sealed class CatalogKeys(string cluster)
     public string Locks => Root + "locks/";
 
     public string Lock(string volume) => Locks + volume;
+
+    public string Volumes => Root + "volumes";
 }

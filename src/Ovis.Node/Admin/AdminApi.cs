@@ -80,7 +80,7 @@ public static class AdminApi
     private static async Task<Created<VolumeInfo>> CreateVolumeAsync(HttpRequest request, VolumeManager volumes, CancellationToken cancellationToken)
     {
         var body = await AdminRequestReader.ReadCreateVolumeAsync(request, cancellationToken);
-        var info = volumes.Create(body.Name, body.Size, body.ObjectSize);
+        var info = await volumes.CreateAsync(body.Name, body.Size, body.ObjectSize);
         return TypedResults.Created(VolumeUri(info.Name), info);
     }
 

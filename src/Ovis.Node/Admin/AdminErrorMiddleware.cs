@@ -54,7 +54,7 @@ internal sealed partial class AdminErrorMiddleware(RequestDelegate next, ILogger
         VolumeException volume => (volume.Code switch
         {
             VolumeErrorCode.NotFound => StatusCodes.Status404NotFound,
-            VolumeErrorCode.AlreadyExists or VolumeErrorCode.InUse => StatusCodes.Status409Conflict,
+            VolumeErrorCode.AlreadyExists or VolumeErrorCode.InUse or VolumeErrorCode.Conflict => StatusCodes.Status409Conflict,
             _ => StatusCodes.Status400BadRequest,
         }, volume.Message),
         AdminRequestException request => (request.StatusCode, request.Message),
