@@ -83,7 +83,13 @@ public interface IExportProvider
     /// <summary>Names and descriptions for NBD_OPT_LIST.</summary>
     IReadOnlyList<(string Name, string Description)> ListExports();
 
-    /// <summary>Opens an export for one connection; null when no such export exists.
-    /// The empty name means the default export, which may not exist.</summary>
-    IBlockDevice? Open(string name);
+    /// <summary>
+    /// Opens an export for one connection; null when no such export exists. The empty name
+    /// means the default export, which may not exist. May complete asynchronously (taking a
+    /// cluster lock, say): the handshake waits for it.
+    /// </summary>
+    /// <exception cref="ExportUnavailableException">
+    /// The export exists but cannot be served here now; the client is told the message.
+    /// </exception>
+    ValueTask<IBlockDevice?> OpenAsync(string name);
 }

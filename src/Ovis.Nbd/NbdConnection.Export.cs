@@ -18,18 +18,38 @@ public sealed partial class NbdConnection
     private IBlockDevice? _candidate;
     private string? _candidateName;
 
-    private HandshakeStep HandleExportName(ReadOnlySpan<byte> data)
+    // Sent with NBD_REP_ERR_UNKNOWN when the provider failed; the log has the exception.
+    private const string OpenFaultMessage = "the export could not be opened because of a server error; see the server log";
+
+    /// <summary>
+    /// How opening an export ended: a device; no such export (Device and Refusal both null); or
+    /// a refusal, whose text goes to the client.
+    /// </summary>
+    private readonly record struct ExportOpening(IBlockDevice? Device, string? Refusal);
+
+    private ValueTask<HandshakeStep> HandleExportNameAsync(ReadOnlySpan<byte> data)
     {
         // EXPORT_NAME cannot answer with an error: "the server MUST terminate the session".
         if (!TryDecodeString(data, out string name))
         {
             NbdLog.ProtocolError(_logger, _connectionId, "export name is not a valid string");
-            return HandshakeStep.Close;
+            return new ValueTask<HandshakeStep>(HandshakeStep.Close);
         }
 
-        if (OpenExport(name) is null)
+        return FinishExportNameAsync(name);
+    }
+
+    private async ValueTask<HandshakeStep> FinishExportNameAsync(string name)
+    {
+        ExportOpening opening = await OpenExportAsync(name);
+        if (opening.Device is null)
         {
-            NbdLog.ExportNotFound(_logger, _connectionId, name);
+            // A refusal has been logged with its reason; only the session's end can tell the client.
+            if (opening.Refusal is null)
+            {
+                NbdLog.ExportNotFound(_logger, _connectionId, name);
+            }
+
             return HandshakeStep.Close;
         }
 
@@ -54,40 +74,42 @@ public sealed partial class NbdConnection
            | information request count (16)|  requests: 16 bits each    ...
            +-------------------------------+-------------------------------+
     */
-    private HandshakeStep HandleInfoOrGo(NbdOption option, ReadOnlySpan<byte> data)
+    private ValueTask<HandshakeStep> HandleInfoOrGoAsync(NbdOption option, ReadOnlySpan<byte> data)
     {
-        if (data.Length < 6)
+        if (!TryParseInfoRequest(data, out string name, out bool wantsName, out bool wantsDescription))
         {
             WriteOptionReply(option, NbdOptionReplyType.ErrInvalid);
-            return HandshakeStep.NextOption;
+            return new ValueTask<HandshakeStep>(HandshakeStep.NextOption);
+        }
+
+        return FinishInfoOrGoAsync(option, name, wantsName, wantsDescription);
+    }
+
+    private static bool TryParseInfoRequest(ReadOnlySpan<byte> data, out string name, out bool wantsName, out bool wantsDescription)
+    {
+        name = "";
+        wantsName = false;
+        wantsDescription = false;
+        if (data.Length < 6)
+        {
+            return false;
         }
 
         uint nameLength = BinaryPrimitives.ReadUInt32BigEndian(data);
         if (nameLength > (uint)(data.Length - 6))
         {
-            WriteOptionReply(option, NbdOptionReplyType.ErrInvalid);
-            return HandshakeStep.NextOption;
+            return false;
         }
 
         ReadOnlySpan<byte> nameBytes = data.Slice(4, (int)nameLength);
         ReadOnlySpan<byte> requests = data[(4 + (int)nameLength)..];
         int requestCount = BinaryPrimitives.ReadUInt16BigEndian(requests);
         requests = requests[2..];
-        if (requests.Length != requestCount * 2 || !TryDecodeString(nameBytes, out string name))
+        if (requests.Length != requestCount * 2 || !TryDecodeString(nameBytes, out name))
         {
-            WriteOptionReply(option, NbdOptionReplyType.ErrInvalid);
-            return HandshakeStep.NextOption;
+            return false;
         }
 
-        IBlockDevice? device = OpenExport(name);
-        if (device is null)
-        {
-            WriteOptionReply(option, NbdOptionReplyType.ErrUnknown);
-            return HandshakeStep.NextOption;
-        }
-
-        bool wantsName = false;
-        bool wantsDescription = false;
         for (int i = 0; i < requests.Length; i += 2)
         {
             // Unknown information requests are ignored, as the spec requires.
@@ -102,6 +124,31 @@ public sealed partial class NbdConnection
             }
         }
 
+        return true;
+    }
+
+    private async ValueTask<HandshakeStep> FinishInfoOrGoAsync(NbdOption option, string name, bool wantsName, bool wantsDescription)
+    {
+        ExportOpening opening = await OpenExportAsync(name);
+        if (opening.Device is not { } device)
+        {
+            WriteOpenFailure(option, opening);
+            return HandshakeStep.NextOption;
+        }
+
+        WriteExportInfo(option, device, name, wantsName, wantsDescription);
+        WriteOptionReply(option, NbdOptionReplyType.Ack);
+        if (option == NbdOption.Info)
+        {
+            return HandshakeStep.NextOption;
+        }
+
+        SelectExport(name);
+        return HandshakeStep.Transmit;
+    }
+
+    private void WriteExportInfo(NbdOption option, IBlockDevice device, string name, bool wantsName, bool wantsDescription)
+    {
         Span<byte> info = stackalloc byte[Math.Max(NbdHandshakeWriter.InfoExportSize, NbdHandshakeWriter.InfoBlockSizeSize)];
         NbdHandshakeWriter.WriteInfoExport(info, (ulong)device.Size, ComputeTransmissionFlags(device));
         WriteOptionReply(option, NbdOptionReplyType.Info, info[..NbdHandshakeWriter.InfoExportSize]);
@@ -122,15 +169,6 @@ public sealed partial class NbdConnection
         {
             WriteInfoText(option, NbdInfoType.Description, description);
         }
-
-        WriteOptionReply(option, NbdOptionReplyType.Ack);
-        if (option == NbdOption.Info)
-        {
-            return HandshakeStep.NextOption;
-        }
-
-        SelectExport(name);
-        return HandshakeStep.Transmit;
     }
 
     private void HandleList(ReadOnlySpan<byte> data)
@@ -210,22 +248,57 @@ public sealed partial class NbdConnection
         return flags;
     }
 
-    private IBlockDevice? OpenExport(string name)
+    /// <summary>
+    /// Opens <paramref name="name"/>, or hands back the device an earlier option opened for it.
+    /// Nothing the provider throws escapes: a refusal comes back with its reason, a fault with a
+    /// generic one, both logged here.
+    /// </summary>
+    private async ValueTask<ExportOpening> OpenExportAsync(string name)
     {
         if (_candidate is not null && string.Equals(_candidateName, name, StringComparison.Ordinal))
         {
-            return _candidate;
+            return new ExportOpening(_candidate, null);
         }
 
         ReleaseCandidateExport();
-        IBlockDevice? device = _exports.Open(name);
+        IBlockDevice? device;
+        try
+        {
+            device = await _exports.OpenAsync(name);
+        }
+        catch (ExportUnavailableException ex)
+        {
+            NbdLog.ExportUnavailable(_logger, _connectionId, name, ex.Message);
+            return new ExportOpening(null, ex.Message);
+        }
+        catch (Exception ex)
+        {
+            // The provider says "no such export" with null and "not here" with
+            // ExportUnavailableException; anything else is a server fault, not the client's.
+            NbdLog.ExportOpenFault(_logger, _connectionId, name, ex);
+            return new ExportOpening(null, OpenFaultMessage);
+        }
+
         if (device is not null)
         {
             _candidate = device;
             _candidateName = name;
         }
 
-        return device;
+        return new ExportOpening(device, null);
+    }
+
+    /// <summary>NBD_REP_ERR_UNKNOWN for an export that is missing (no text) or refused (its reason).</summary>
+    private void WriteOpenFailure(NbdOption option, ExportOpening opening)
+    {
+        if (opening.Refusal is null)
+        {
+            WriteOptionReply(option, NbdOptionReplyType.ErrUnknown);
+        }
+        else
+        {
+            WriteOptionError(option, NbdOptionReplyType.ErrUnknown, opening.Refusal);
+        }
     }
 
     private void ReleaseCandidateExport()

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
+using System.Text.Unicode;
 
 namespace Ovis.Nbd;
 
@@ -83,7 +84,7 @@ public sealed partial class NbdConnection
                         return false;
                     }
 
-                    step = HandleOption(header.Option, buffer.AsSpan(0, (int)header.Length));
+                    step = await HandleOptionAsync(header.Option, buffer.AsMemory(0, (int)header.Length));
                 }
 
                 if (!await FlushHandshakeAsync(cancellationToken) || step == HandshakeStep.Close)
@@ -103,13 +104,35 @@ public sealed partial class NbdConnection
         }
     }
 
-    private HandshakeStep HandleOption(NbdOption option, ReadOnlySpan<byte> data)
+    /// <summary>
+    /// Answers one option. Those that name an export wait for it to open; <paramref name="data"/>
+    /// (the handshake's buffer) is parsed before that wait and not touched after it.
+    /// </summary>
+    private ValueTask<HandshakeStep> HandleOptionAsync(NbdOption option, ReadOnlyMemory<byte> data)
     {
         switch (option)
         {
             case NbdOption.ExportName:
-                return HandleExportName(data);
+                return HandleExportNameAsync(data.Span);
 
+            case NbdOption.Info:
+            case NbdOption.Go:
+                return HandleInfoOrGoAsync(option, data.Span);
+
+            case NbdOption.ListMetaContext:
+            case NbdOption.SetMetaContext:
+                return HandleMetaContextAsync(option, data.Span);
+
+            default:
+                return new ValueTask<HandshakeStep>(HandleOption(option, data.Span));
+        }
+    }
+
+    /// <summary>The options that never open an export.</summary>
+    private HandshakeStep HandleOption(NbdOption option, ReadOnlySpan<byte> data)
+    {
+        switch (option)
+        {
             case NbdOption.Abort:
                 // Any data is ignored, as the spec asks; the client drops the connection next.
                 WriteOptionReply(option, NbdOptionReplyType.Ack);
@@ -118,10 +141,6 @@ public sealed partial class NbdConnection
             case NbdOption.List:
                 HandleList(data);
                 return HandshakeStep.NextOption;
-
-            case NbdOption.Info:
-            case NbdOption.Go:
-                return HandleInfoOrGo(option, data);
 
             case NbdOption.StructuredReply:
                 if (data.Length != 0)
@@ -134,11 +153,6 @@ public sealed partial class NbdConnection
                     WriteOptionReply(option, NbdOptionReplyType.Ack);
                 }
 
-                return HandshakeStep.NextOption;
-
-            case NbdOption.ListMetaContext:
-            case NbdOption.SetMetaContext:
-                HandleMetaContext(option, data);
                 return HandshakeStep.NextOption;
 
             default:
@@ -158,6 +172,29 @@ public sealed partial class NbdConnection
         NbdHandshakeWriter.WriteOptionReplyHeader(span, option, type, (uint)data.Length);
         data.CopyTo(span[NbdHandshakeWriter.OptionReplyHeaderSize..]);
         output.Advance(size);
+    }
+
+    /// <summary>
+    /// An error reply with a message for the operator: "All error replies MAY have some data set,
+    /// in which case that data is an error message string suitable for display to the user".
+    /// Cut to its first line and to the 4096 bytes a string may have (libnbd drops the session on
+    /// a longer one), never inside a character.
+    /// </summary>
+    private void WriteOptionError(NbdOption option, NbdOptionReplyType type, string message)
+    {
+        ReadOnlySpan<char> text = message;
+        int lineEnd = text.IndexOfAny('\r', '\n', '\0');
+        if (lineEnd >= 0)
+        {
+            text = text[..lineEnd];
+        }
+
+        PipeWriter output = _transport.Output;
+        Span<byte> span = output.GetSpan(NbdHandshakeWriter.OptionReplyHeaderSize + NbdLimits.MaxStringLength);
+        // When the text does not fit this writes the characters that do and stops.
+        Utf8.FromUtf16(text, span.Slice(NbdHandshakeWriter.OptionReplyHeaderSize, NbdLimits.MaxStringLength), out _, out int written);
+        NbdHandshakeWriter.WriteOptionReplyHeader(span, option, type, (uint)written);
+        output.Advance(NbdHandshakeWriter.OptionReplyHeaderSize + written);
     }
 
     private async ValueTask<bool> FlushHandshakeAsync(CancellationToken cancellationToken)

@@ -26,7 +26,7 @@ public sealed partial class NbdConnection
            |  per query: query length (32), then the query              ...
            +---------------------------------------------------------------+
     */
-    private void HandleMetaContext(NbdOption option, ReadOnlySpan<byte> data)
+    private ValueTask<HandshakeStep> HandleMetaContextAsync(NbdOption option, ReadOnlySpan<byte> data)
     {
         bool set = option == NbdOption.SetMetaContext;
         if (set)
@@ -40,7 +40,7 @@ public sealed partial class NbdConnection
                 // "This option MUST NOT be requested unless structured replies have been
                 // negotiated first ... a server SHOULD send NBD_REP_ERR_INVALID".
                 WriteOptionReply(option, NbdOptionReplyType.ErrInvalid);
-                return;
+                return new ValueTask<HandshakeStep>(HandshakeStep.NextOption);
             }
         }
 
@@ -48,23 +48,25 @@ public sealed partial class NbdConnection
             || !TryDecodeString(nameBytes, out string name))
         {
             WriteOptionReply(option, NbdOptionReplyType.ErrInvalid);
-            return;
+            return new ValueTask<HandshakeStep>(HandshakeStep.NextOption);
         }
 
-        if (OpenExport(name) is null)
+        return FinishMetaContextAsync(option, name, matchesBaseAllocation);
+    }
+
+    private async ValueTask<HandshakeStep> FinishMetaContextAsync(NbdOption option, string name, bool matchesBaseAllocation)
+    {
+        ExportOpening opening = await OpenExportAsync(name);
+        if (opening.Device is null)
         {
-            WriteOptionReply(option, NbdOptionReplyType.ErrUnknown);
-            return;
+            WriteOpenFailure(option, opening);
+            return HandshakeStep.NextOption;
         }
 
+        bool set = option == NbdOption.SetMetaContext;
         if (matchesBaseAllocation)
         {
-            /* NBD_REP_META_CONTEXT data: context id (32), then the context name. */
-            Span<byte> reply = stackalloc byte[4 + BaseAllocation.Length];
-            // The id in a LIST reply is reserved and SHOULD be zero.
-            BinaryPrimitives.WriteUInt32BigEndian(reply, set ? NbdLimits.BaseAllocationContextId : 0);
-            BaseAllocation.CopyTo(reply[4..]);
-            WriteOptionReply(option, NbdOptionReplyType.MetaContext, reply);
+            WriteBaseAllocationContext(option, set);
         }
 
         if (set)
@@ -74,6 +76,17 @@ public sealed partial class NbdConnection
         }
 
         WriteOptionReply(option, NbdOptionReplyType.Ack);
+        return HandshakeStep.NextOption;
+    }
+
+    /* NBD_REP_META_CONTEXT data: context id (32), then the context name. */
+    private void WriteBaseAllocationContext(NbdOption option, bool set)
+    {
+        Span<byte> reply = stackalloc byte[4 + BaseAllocation.Length];
+        // The id in a LIST reply is reserved and SHOULD be zero.
+        BinaryPrimitives.WriteUInt32BigEndian(reply, set ? NbdLimits.BaseAllocationContextId : 0);
+        BaseAllocation.CopyTo(reply[4..]);
+        WriteOptionReply(option, NbdOptionReplyType.MetaContext, reply);
     }
 
     /// <summary>

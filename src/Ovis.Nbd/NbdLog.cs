@@ -33,4 +33,10 @@ internal static partial class NbdLog
 
     [LoggerMessage(EventId = 9, Level = LogLevel.Error, Message = "NBD connection {ConnectionId} block device threw; replying EIO")]
     public static partial void DeviceFault(ILogger logger, long connectionId, Exception exception);
+
+    [LoggerMessage(EventId = 11, Level = LogLevel.Information, Message = "NBD connection {ConnectionId} refused export '{ExportName}': {Reason}")]
+    public static partial void ExportUnavailable(ILogger logger, long connectionId, string exportName, string reason);
+
+    [LoggerMessage(EventId = 12, Level = LogLevel.Error, Message = "NBD connection {ConnectionId} could not open export '{ExportName}': the export provider threw; refusing the export")]
+    public static partial void ExportOpenFault(ILogger logger, long connectionId, string exportName, Exception exception);
 }

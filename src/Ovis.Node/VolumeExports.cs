@@ -11,10 +11,11 @@ public sealed class VolumeExports(VolumeManager volumes) : IExportProvider
     public IReadOnlyList<(string Name, string Description)> ListExports()
         => [.. volumes.List().Select(v => (v.Name, $"Ovis volume, {v.Size} bytes"))];
 
-    public IBlockDevice? Open(string name)
+    // Opening a local volume does not wait for anything (yet: a cluster will take a lock here).
+    public ValueTask<IBlockDevice?> OpenAsync(string name)
     {
         Volume? volume = name.Length == 0 ? null : volumes.Open(name);
-        return volume is null ? null : new VolumeBlockDevice(volume);
+        return new ValueTask<IBlockDevice?>(volume is null ? null : new VolumeBlockDevice(volume));
     }
 }
 
