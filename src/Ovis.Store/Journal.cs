@@ -175,6 +175,35 @@ internal sealed partial class Journal : IDisposable
     }
 
     /// <summary>
+    /// Completes when every batch sealed before the call (all that a completed flush covers) has
+    /// been applied to the object files, or when the journal has failed. For tests, which may
+    /// then count what the applier left behind.
+    /// </summary>
+    internal async Task WhenAppliedAsync()
+    {
+        long sealedEnd;
+        lock (_lock)
+        {
+            // Batches before the open one are sealed; batches are applied in seq order.
+            sealedEnd = _current?.Seq ?? _nextSeq;
+        }
+        while (true)
+        {
+            Task applied;
+            lock (_lock)
+            {
+                if (_appliedSeq >= sealedEnd || _failure is not null)
+                {
+                    return;
+                }
+                // Completed after each batch is applied (and when space is freed or the journal fails).
+                applied = _space.Task;
+            }
+            await applied.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
     /// Makes every record reserved and committed before the call durable. Flushes that arrive
     /// while a sync is running share the next one.
     /// </summary>

@@ -72,36 +72,48 @@ public sealed partial class LocalStore
         }
     }
 
-    /// <summary>Past the limit, closes files until a quarter of the budget is free again. Never
-    /// called with an object lock held (it takes other objects' locks).</summary>
+    /// <summary>
+    /// Past the limit, closes files until a quarter of the budget is free again. Never called
+    /// with an object lock held (it takes other objects' locks). One thread evicts at a time;
+    /// one that finds another at it leaves the work to that one, which therefore looks at the
+    /// count again after letting go: a file opened meanwhile is not left over the budget.
+    /// </summary>
     private void EvictFilesIfNeeded()
     {
-        if (Volatile.Read(ref _openFiles) <= _options.MaxOpenFiles || Interlocked.Exchange(ref _evicting, 1) == 1)
+        // Both sides are full fences (Increment in OpenFileLocked then CompareExchange here;
+        // Exchange below then the Read here): an opener that finds the flag taken has its file
+        // counted before the evictor reads the count again.
+        while (Volatile.Read(ref _openFiles) > _options.MaxOpenFiles
+            && Interlocked.CompareExchange(ref _evicting, 1, 0) == 0)
         {
-            return;
-        }
-        try
-        {
-            int target = _options.MaxOpenFiles * 3 / 4;
-            foreach (ObjectMeta meta in _objects.Values)
+            try
             {
-                if (Volatile.Read(ref _openFiles) <= target)
-                {
-                    break;
-                }
-                if (meta.File is null)
-                {
-                    continue;
-                }
-                lock (meta.Lock)
-                {
-                    CloseFileLocked(meta);
-                }
+                EvictFiles();
+            }
+            finally
+            {
+                Interlocked.Exchange(ref _evicting, 0);
             }
         }
-        finally
+    }
+
+    private void EvictFiles()
+    {
+        int target = _options.MaxOpenFiles * 3 / 4;
+        foreach (ObjectMeta meta in _objects.Values)
         {
-            Volatile.Write(ref _evicting, 0);
+            if (Volatile.Read(ref _openFiles) <= target)
+            {
+                return;
+            }
+            if (meta.File is null)
+            {
+                continue;
+            }
+            lock (meta.Lock)
+            {
+                CloseFileLocked(meta);
+            }
         }
     }
 }

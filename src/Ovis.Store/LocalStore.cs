@@ -136,6 +136,10 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     /// <summary>fdatasync calls on the journal so far: a flush costs one, however many objects it covers.</summary>
     public long JournalSyncCount => _journal.SyncCount;
 
+    /// <summary>For tests: completes when everything flushed before the call has been applied to
+    /// the object files, after which the applier opens no file until the next write.</summary>
+    internal Task WhenAppliedAsync() => _journal.WhenAppliedAsync();
+
     /// <summary>For crash tests: stops as a killed process would, leaving the files as they are.</summary>
     internal async Task CrashAsync()
     {

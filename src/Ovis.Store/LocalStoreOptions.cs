@@ -16,7 +16,8 @@ public sealed record LocalStoreOptions
     public TimeSpan CommitInterval { get; init; } = TimeSpan.FromSeconds(1);
 
     /// <summary>Object files kept open at once; beyond this the least recently opened are closed
-    /// (and reopened when needed), so a store of any size stays within the process's fd limit.</summary>
+    /// (and reopened when needed), so a store of any size stays within the process's fd limit.
+    /// A file is opened before others are closed, so the count may pass this for a moment.</summary>
     public int MaxOpenFiles { get; init; } = 4096;
 
     /// <summary>Longest time between checkpoints while there is something to checkpoint.</summary>

@@ -254,7 +254,15 @@ public sealed class LocalStoreTests
     [Fact]
     public async Task More_objects_than_open_files_allowed_all_read_back_across_a_crash()
     {
-        await using var f = new StoreFixture(new LocalStoreOptions { JournalSize = 32L << 20, BatchSize = 1 << 20, BatchCount = 8, MaxOpenFiles = 4 });
+        // No timed checkpoint: it would reopen files behind the test's back.
+        await using var f = new StoreFixture(new LocalStoreOptions
+        {
+            JournalSize = 32L << 20,
+            BatchSize = 1 << 20,
+            BatchCount = 8,
+            MaxOpenFiles = 4,
+            CheckpointInterval = TimeSpan.FromHours(1),
+        });
         var data = new Dictionary<uint, byte[]>();
         for (uint i = 0; i < 40; i++)
         {
@@ -269,14 +277,70 @@ public sealed class LocalStoreTests
         {
             Assert.Equal(expected, await Bytes.ReadAsync(f.Store, new ObjectId(4, i), 4096, 8192));
         }
-        Assert.InRange(f.Store.OpenFileCount, 0, 4);
         await Ok(f.Store.FlushAsync());
+        // The applier writes the flushed batches to the files in the background, and may be
+        // between opening a file and evicting another when the reads end: count once it is done.
+        await f.Store.WhenAppliedAsync().WaitAsync(StoreFixture.Timeout);
+        Assert.InRange(f.Store.OpenFileCount, 0, 4);
         await f.CrashAndReopenAsync();
         foreach ((uint i, byte[] expected) in data)
         {
             Assert.Equal(expected, await Bytes.ReadAsync(f.Store, new ObjectId(4, i), 4096, 8192));
         }
+        // Replay applied everything on open: the reads above are the only ones opening files.
         Assert.InRange(f.Store.OpenFileCount, 0, 4);
+    }
+
+    [Fact]
+    public async Task Files_reopened_by_concurrent_reads_stay_within_the_open_file_budget()
+    {
+        // Readers on several threads reopen files that eviction closed, all at the same moment,
+        // and evict. Once they are done the budget must hold: an eviction that found another one
+        // running used to be dropped, and the running one did not look again (this failed in
+        // about half the runs, each time in a few of the rounds).
+        const int Readers = 8;
+        const int Objects = 256;
+        const int Rounds = 3000;
+        await using var f = new StoreFixture(new LocalStoreOptions { JournalSize = 32L << 20, BatchSize = 1 << 20, BatchCount = 8, MaxOpenFiles = 4 });
+        for (uint i = 0; i < Objects; i++)
+        {
+            await Ok(f.Store.WriteAsync(new ObjectId(5, i), 0, Bytes.Random(4096, (int)i), fua: false));
+        }
+        await Ok(f.Store.FlushAsync());
+        // Replayed into the object files on open: the applier has nothing left to open files for.
+        await f.CrashAndReopenAsync();
+
+        var overBudget = new List<string>();
+        // Phase 2r ends when every reader has started round r; 2r + 1 when all have finished it.
+        using var barrier = new Barrier(Readers, b =>
+        {
+            int open = f.Store.OpenFileCount;
+            if (b.CurrentPhaseNumber % 2 == 1 && open > 4)
+            {
+                overBudget.Add($"round {b.CurrentPhaseNumber / 2}: {open} files open");
+            }
+        });
+        var readers = new Task[Readers];
+        for (int t = 0; t < Readers; t++)
+        {
+            int reader = t;
+            readers[t] = Task.Factory.StartNew(
+                () =>
+                {
+                    var buffer = new byte[4096];
+                    for (int round = 0; round < Rounds; round++)
+                    {
+                        Assert.True(barrier.SignalAndWait(StoreFixture.Timeout));
+                        // Each reader its own object, most likely closed: every read reopens a file.
+                        var id = new ObjectId(5, (uint)(((round * Readers) + reader) % Objects));
+                        Assert.Equal(StoreStatus.Ok, f.Store.ReadAsync(id, 0, buffer).AsTask().Result);
+                        Assert.True(barrier.SignalAndWait(StoreFixture.Timeout));
+                    }
+                },
+                TaskCreationOptions.LongRunning);
+        }
+        await Task.WhenAll(readers).WaitAsync(StoreFixture.Timeout);
+        Assert.Empty(overBudget);
     }
 
     private static void Fill(byte[] chunk, int seed) => new Random(seed).NextBytes(chunk);
