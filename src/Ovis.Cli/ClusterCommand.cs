@@ -22,19 +22,30 @@ internal static class ClusterCommand
             HelpName = "N",
             Required = true,
         };
+        var minCopies = new Option<int?>("--min-copies")
+        {
+            Description = "Fewest copies a write must reach while nodes are down [default: a majority of --copies]",
+            HelpName = "N",
+        };
         var etcd = new Option<string>("--etcd")
         {
             Description = "Where the cluster's catalog lives, as given to 'ovis serve --cluster'",
             HelpName = ClusterUri.Usage,
             Required = true,
         };
-        var format = new Command("format", "Create a cluster in etcd, once; nodes join it with 'ovis serve --cluster'") { copies, etcd };
+        var format = new Command("format", "Create a cluster in etcd, once; nodes join it with 'ovis serve --cluster'") { copies, minCopies, etcd };
         format.SetAction(async (parseResult, cancellationToken) =>
         {
             var n = parseResult.GetValue(copies);
             if (n is < 1 or > MaxCopies)
             {
                 throw CliException.Usage($"--copies: {n} is out of range: use 1 to {MaxCopies}");
+            }
+
+            var min = parseResult.GetValue(minCopies) ?? ClusterFormat.DefaultMinCopies(n);
+            if (min < 1 || min > n)
+            {
+                throw CliException.Usage($"--min-copies: {min} is out of range: use 1 to --copies ({n})");
             }
 
             var text = parseResult.GetRequiredValue(etcd);
@@ -47,8 +58,8 @@ internal static class ClusterCommand
             var catalog = new EtcdCatalog(client, uri.Name);
             try
             {
-                var done = await catalog.FormatAsync(n, cancellationToken);
-                ConsoleOutput.Stdout.Line($"formatted cluster '{done.Name}' with {done.Copies} cop{(done.Copies == 1 ? "y" : "ies")} of every object");
+                var done = await catalog.FormatAsync(n, min, cancellationToken);
+                ConsoleOutput.Stdout.Line($"formatted cluster '{done.Name}' with {done.Copies} cop{(done.Copies == 1 ? "y" : "ies")} of every object; writes need {done.EffectiveMinCopies} while nodes are down");
             }
             catch (CatalogException ex)
             {

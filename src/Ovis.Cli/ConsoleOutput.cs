@@ -150,9 +150,11 @@ internal sealed class ConsoleOutput(TextWriter writer)
         [
             ("Cluster", cluster.Name),
             ("Copies", cluster.Copies.ToString(CultureInfo.InvariantCulture)),
+            ("Min copies", cluster.MinCopies.ToString(CultureInfo.InvariantCulture)),
             ("Epoch", cluster.Epoch.ToString(CultureInfo.InvariantCulture)),
             ("Formatted", Time(cluster.FormattedAt)),
             ("Nodes", cluster.Nodes.Count.ToString(CultureInfo.InvariantCulture)),
+            ("Placement", cluster.PlacementError ?? "ok"),
         ]);
     }
 
@@ -163,9 +165,15 @@ internal sealed class ConsoleOutput(TextWriter writer)
         table.AddColumn(Column("ADDRESS"));
         table.AddColumn(Column("ZONE"));
         table.AddColumn(Column("STATE"));
+        table.AddColumn(Column("USED").RightAligned());
+        table.AddColumn(Column("OBJECTS").RightAligned());
         foreach (var n in nodes)
         {
-            table.AddRow(Markup.Escape(n.Id), Markup.Escape(n.Address), Markup.Escape(n.Zone), Markup.Escape(n.State));
+            // A stale node is up but not read from until its copies are brought up to date.
+            var state = n.Stale ? $"{n.State}, stale" : n.State;
+            table.AddRow(Markup.Escape(n.Id), Markup.Escape(n.Address), Markup.Escape(n.Zone), Markup.Escape(state),
+                n.UsedBytes is { } used ? Sizes.Format(used) : "-",
+                n.Objects?.ToString(CultureInfo.InvariantCulture) ?? "-");
         }
 
         _console.Write(table);

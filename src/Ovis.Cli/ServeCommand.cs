@@ -51,7 +51,7 @@ internal static class ServeCommand
 
         var cluster = new Option<string?>("--cluster")
         {
-            Description = "Join this cluster, formatted with 'ovis cluster format' (membership only; replication is not implemented yet: volumes stay local)",
+            Description = "Join this cluster, formatted with 'ovis cluster format': objects are replicated over its nodes and volumes registered in its etcd",
             HelpName = "etcd://HOST:PORT[,HOST:PORT...]/NAME",
         };
         var zone = new Option<string?>("--zone")
@@ -71,7 +71,14 @@ internal static class ServeCommand
             DefaultValueFactory = _ => 10,
         };
 
-        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API") { data, nbd, nbdSocket, admin, journalSize, cluster, zone, nodeId, leaseTtl };
+        var peer = new Option<string>("--peer")
+        {
+            Description = "Address other nodes send object copies to, with --cluster (port 0 picks a free port)",
+            HelpName = "HOST:PORT",
+            DefaultValueFactory = _ => $"127.0.0.1:{NodeOptions.DefaultPeerPort}",
+        };
+
+        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API") { data, nbd, nbdSocket, admin, journalSize, cluster, zone, nodeId, leaseTtl, peer };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
             DataDirectory = parseResult.GetRequiredValue(data),
@@ -79,7 +86,8 @@ internal static class ServeCommand
             NbdSocketPath = parseResult.GetValue(nbdSocket) is { Length: > 0 } path ? path : null,
             AdminAddress = ParseAddress("--admin", parseResult.GetRequiredValue(admin)),
             JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
-            Cluster = ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl)),
+            Cluster = ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl),
+                ParseAddress("--peer", parseResult.GetRequiredValue(peer))),
         }));
         return command;
     }
@@ -142,7 +150,7 @@ internal static class ServeCommand
         return ExitCodes.Success;
     }
 
-    private static ClusterMembershipOptions? ParseCluster(string? uri, string? zone, string? nodeId, int leaseTtl)
+    private static ClusterMembershipOptions? ParseCluster(string? uri, string? zone, string? nodeId, int leaseTtl, ListenAddress peer)
     {
         if (uri is null)
         {
@@ -166,7 +174,7 @@ internal static class ServeCommand
             throw CliException.Usage($"--lease-ttl: {leaseTtl} is out of range: use 2 to 3600 seconds");
         }
 
-        return new ClusterMembershipOptions { Uri = parsed!, Zone = zone, NodeId = nodeId, LeaseTtlSeconds = leaseTtl };
+        return new ClusterMembershipOptions { Uri = parsed!, Zone = zone, NodeId = nodeId, LeaseTtlSeconds = leaseTtl, PeerAddress = peer };
     }
 
     private static long ParseJournalSize(string text)

@@ -7,7 +7,7 @@ namespace Ovis.Node;
 
 /// <summary>
 /// A node's place in its cluster: the catalog on etcd, the cluster's format and the node's
-/// membership lease. Membership only: the data path stays local. On an embedded node
+/// membership lease (the data path is <see cref="ClusterRuntime"/>). On an embedded node
 /// <see cref="IsClustered"/> is false and everything else is null.
 /// </summary>
 public sealed partial class ClusterMembership : IAsyncDisposable
@@ -50,12 +50,11 @@ public sealed partial class ClusterMembership : IAsyncDisposable
         }
     }
 
-    /// <summary>Joins with the node's NBD address; the id comes from the options or the data directory.</summary>
-    internal async Task JoinAsync(ClusterMembershipOptions options, string dataDirectory, string address, ILogger logger, CancellationToken cancellationToken)
+    /// <summary>Joins as <paramref name="id"/> with the node's bound NBD and peer addresses.</summary>
+    internal async Task JoinAsync(ClusterMembershipOptions options, string id, string address, string peer, ILogger logger, CancellationToken cancellationToken)
     {
         var catalog = Catalog ?? throw new InvalidOperationException("not clustered");
-        var id = options.NodeId ?? ReadOrCreateNodeId(dataDirectory);
-        Registration = await Describe(options, () => catalog.JoinAsync(new NodeInfo(id, address, options.Zone), options.LeaseTtlSeconds, cancellationToken));
+        Registration = await Describe(options, () => catalog.JoinAsync(new NodeInfo(id, address, options.Zone) { Peer = peer }, options.LeaseTtlSeconds, cancellationToken));
         Registration.Lost.Register(() => LogLeaseLost(logger, id, catalog.Cluster));
         LogJoined(logger, id, catalog.Cluster, options.Zone, Registration.JoinedEpoch);
     }
@@ -87,7 +86,8 @@ public sealed partial class ClusterMembership : IAsyncDisposable
         _client?.Dispose();
     }
 
-    private static string ReadOrCreateNodeId(string dataDirectory)
+    /// <summary>The id kept in the data directory, created the first time.</summary>
+    internal static string ReadOrCreateNodeId(string dataDirectory)
     {
         var path = Path.Combine(dataDirectory, NodeIdFile);
         if (File.Exists(path))
@@ -106,7 +106,8 @@ public sealed partial class ClusterMembership : IAsyncDisposable
         return id;
     }
 
-    private static async Task<T> Describe<T>(ClusterMembershipOptions options, Func<Task<T>> action)
+    /// <summary>Runs a catalog action, turning its failures into one line for an operator.</summary>
+    internal static async Task<T> Describe<T>(ClusterMembershipOptions options, Func<Task<T>> action)
     {
         try
         {

@@ -5,6 +5,7 @@ public sealed class NodeOptions
 {
     public const int DefaultNbdPort = 10809;
     public const int DefaultAdminPort = 7070;
+    public const int DefaultPeerPort = 7071;
 
     /// <summary>The data directory; relative paths are resolved against the current directory.</summary>
     public string DataDirectory { get; set; } = "ovis-data";
@@ -24,7 +25,7 @@ public sealed class NodeOptions
     /// <summary>How long a stop waits for NBD clients to finish before their connections are cut.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>The cluster to join (membership only for now); null keeps the node on its embedded catalog.</summary>
+    /// <summary>The cluster to join; null keeps the node on its embedded catalog, alone.</summary>
     public ClusterMembershipOptions? Cluster { get; set; }
 }
 
@@ -39,6 +40,9 @@ public sealed class ClusterMembershipOptions
     /// <summary>The node's id; null uses the one stored in the data directory (<c>node-id</c>), created once.</summary>
     public string? NodeId { get; init; }
 
-    /// <summary>TTL of the membership lease: how long a dead node stays listed.</summary>
+    /// <summary>TTL of the membership lease: how long a dead node stays listed, and its volume locks held.</summary>
     public long LeaseTtlSeconds { get; init; } = 10;
+
+    /// <summary>Where this node serves the peer protocol (object copies from other nodes' gateways).</summary>
+    public ListenAddress PeerAddress { get; init; } = ListenAddress.Loopback(NodeOptions.DefaultPeerPort);
 }

@@ -24,4 +24,7 @@ public sealed class NodeStatus(string dataDirectory, TimeProvider timeProvider)
 
     /// <summary>Bound admin listeners as URLs; set once the node has started.</summary>
     public IReadOnlyList<string> AdminListeners { get; internal set; } = [];
+
+    /// <summary>The peer protocol listener of a clustered node, as <c>HOST:PORT</c>; null on an embedded node.</summary>
+    public string? PeerListener { get; internal set; }
 }

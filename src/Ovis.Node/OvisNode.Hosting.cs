@@ -21,7 +21,8 @@ public sealed partial class OvisNode
     // Admin bodies are tiny; NBD listeners do not speak HTTP, so this limit never reaches them.
     private const long MaxAdminRequestBytes = 1L << 20;
 
-    private static WebApplication BuildApplication(NodeOptions options, VolumeManager volumes, NodeStatus status, ClusterMembership membership, Listeners listeners)
+    private static WebApplication BuildApplication(NodeOptions options, NodeVolumes volumes, NodeStatus status, ClusterMembership membership,
+        ClusterRuntime? cluster, Listeners listeners)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
@@ -36,11 +37,22 @@ public sealed partial class OvisNode
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.ShutdownTimeout);
         builder.Services.AddSingleton<IHostLifetime, EmbeddedLifetime>();
 
-        builder.Services.AddSingleton(volumes); // owned by OvisNode, which closes it after the host
+        // Owned by OvisNode, which closes them after the host; resolved on first use, once open.
+        builder.Services.AddSingleton(volumes);
+        builder.Services.AddSingleton(_ => volumes.Get());
         builder.Services.AddSingleton(status);
-        builder.Services.AddSingleton(membership); // owned by OvisNode, which leaves before the host stops
+        builder.Services.AddSingleton(membership);
         builder.Services.AddSingleton<JobRegistry>();
-        builder.Services.AddSingleton<IExportProvider>(new VolumeExports(volumes));
+        var locks = membership.Catalog is { } catalog ? new VolumeLocks(catalog, () => membership.Registration) : null;
+        builder.Services.AddSingleton<IExportProvider>(new VolumeExports(volumes, locks));
+        if (locks is not null)
+        {
+            builder.Services.AddSingleton(locks);
+        }
+        if (cluster is not null)
+        {
+            builder.Services.AddSingleton(cluster);
+        }
         builder.Services.AddSingleton(new NbdServerOptions());
         builder.Services.ConfigureHttpJsonOptions(o =>
         {
@@ -71,6 +83,11 @@ public sealed partial class OvisNode
                 RemoveStaleSocket(path);
                 kestrel.ListenUnixSocket(path, l => l.UseConnectionHandler<NbdConnectionHandler>());
                 listeners.NbdSocketPath = path;
+            }
+
+            if (cluster is not null && options.Cluster is { } clusterOptions)
+            {
+                listeners.Peer.Add((clusterOptions.PeerAddress, Listen(kestrel, clusterOptions.PeerAddress, l => l.UseConnectionHandler<PeerConnectionHandler>())));
             }
 
             // HTTP/1.1 only: h2c without TLS buys a JSON API nothing, and Kestrel warns about it.
@@ -167,7 +184,7 @@ public sealed partial class OvisNode
             reason += " (is another node running?)";
         }
 
-        foreach (var (what, list) in (ReadOnlySpan<(string, List<(ListenAddress Requested, ListenOptions Options)>)>)[("NBD", listeners.Nbd), ("the admin API", listeners.Admin)])
+        foreach (var (what, list) in (ReadOnlySpan<(string, List<(ListenAddress Requested, ListenOptions Options)>)>)[("NBD", listeners.Nbd), ("the admin API", listeners.Admin), ("peers", listeners.Peer)])
         {
             foreach (var (address, _) in list)
             {
@@ -217,6 +234,12 @@ public sealed partial class OvisNode
         }
 
         AdminUri = new Uri(admin[0]);
+        foreach (var (_, options) in listeners.Peer)
+        {
+            // Peers connect to it: the address as bound, never "localhost".
+            Status.PeerListener ??= ((IPEndPoint)options.EndPoint).ToString();
+        }
+
         Status.NbdListeners = nbd;
         Status.AdminListeners = admin;
     }
@@ -232,6 +255,8 @@ public sealed partial class OvisNode
         public List<(ListenAddress Requested, ListenOptions Options)> Nbd { get; } = [];
 
         public List<(ListenAddress Requested, ListenOptions Options)> Admin { get; } = [];
+
+        public List<(ListenAddress Requested, ListenOptions Options)> Peer { get; } = [];
 
         public string? NbdSocketPath { get; set; }
     }

@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Ovis.Node.Admin;
+using Ovis.Cluster.Catalog;
 using Ovis.Volumes;
 
 namespace Ovis.Node;
@@ -14,17 +15,22 @@ namespace Ovis.Node;
 public sealed partial class OvisNode : IAsyncDisposable
 {
     private readonly WebApplication _app;
-    private readonly VolumeManager _volumes;
+    private readonly NodeVolumes _volumes;
     private readonly ILogger _logger;
     private readonly TimeSpan _shutdownTimeout;
     private readonly Lock _stopLock = new();
     private readonly ClusterMembership _membership;
+    private readonly ClusterRuntime? _cluster;
+    private readonly DataDirectory? _data;
     private Task? _stopTask;
 
-    private OvisNode(WebApplication app, VolumeManager volumes, NodeStatus status, ClusterMembership membership, TimeSpan shutdownTimeout, ILogger logger)
+    private OvisNode(WebApplication app, NodeVolumes volumes, NodeStatus status, ClusterMembership membership,
+        ClusterRuntime? cluster, DataDirectory? data, TimeSpan shutdownTimeout, ILogger logger)
     {
         _app = app;
         _membership = membership;
+        _cluster = cluster;
+        _data = data;
         _shutdownTimeout = shutdownTimeout;
         _volumes = volumes;
         Status = status;
@@ -34,7 +40,7 @@ public sealed partial class OvisNode : IAsyncDisposable
     /// <summary>Version, data directory, bound listeners and uptime.</summary>
     public NodeStatus Status { get; }
 
-    public VolumeManager Volumes => _volumes;
+    public VolumeManager Volumes => _volumes.TryGet() ?? throw new InvalidOperationException("the node has not started");
 
     /// <summary>The node's cluster membership; <see cref="ClusterMembership.Embedded"/> without <c>--cluster</c>.</summary>
     public ClusterMembership Membership => _membership;
@@ -49,46 +55,49 @@ public sealed partial class OvisNode : IAsyncDisposable
     public CancellationToken Stopping => _app.Lifetime.ApplicationStopping;
 
     /// <summary>
-    /// Opens the data directory, then binds every listener. Throws <see cref="NodeStartException"/>
-    /// with one line for an operator when either fails.
+    /// Opens the data directory, binds every listener and, with <see cref="NodeOptions.Cluster"/>,
+    /// joins the cluster. Throws <see cref="NodeStartException"/> with one line for an operator
+    /// when any of it fails.
     /// </summary>
+    /// <remarks>
+    /// A clustered node binds its listeners before it joins (it registers their real ports) and
+    /// opens its volumes only after: they write through the gateway, which needs the node live
+    /// in the membership, or it would mark its own copies stale.
+    /// </remarks>
     public static async Task<OvisNode> StartAsync(NodeOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
         var dataDirectory = Path.GetFullPath(options.DataDirectory);
+        var storeOptions = new Ovis.Store.LocalStoreOptions { JournalSize = options.JournalSize };
+        var storeLogger = StoreLoggerFactory.CreateLogger("Ovis.Store");
+        var clusterLogger = StoreLoggerFactory.CreateLogger("Ovis.Cluster");
 
-        VolumeManager volumes;
-        try
-        {
-            volumes = await VolumeManager.OpenAsync(
-                dataDirectory,
-                new Ovis.Store.LocalStoreOptions { JournalSize = options.JournalSize },
-                StoreLoggerFactory.CreateLogger("Ovis.Store"),
-                cancellationToken);
-        }
-        catch (VolumeException ex)
-        {
-            // Already a sentence for an operator, naming the directory ("... is in use by another Ovis process").
-            throw new NodeStartException(ex.Message, ex);
-        }
-        catch (Exception ex) when (ex is not OperationCanceledException)
-        {
-            throw new NodeStartException($"cannot open the data directory '{dataDirectory}': {ex.Message}", ex);
-        }
-
+        var volumes = new NodeVolumes();
         var status = new NodeStatus(dataDirectory, TimeProvider.System);
-        WebApplication? app = null;
         var membership = ClusterMembership.Embedded;
+        DataDirectory? data = null;
+        ClusterRuntime? cluster = null;
+        WebApplication? app = null;
         try
         {
-            if (options.Cluster is { } cluster)
+            if (options.Cluster is { } joining)
             {
-                membership = await ClusterMembership.ConnectAsync(cluster, StoreLoggerFactory.CreateLogger("Ovis.Cluster"), cancellationToken);
+                data = await OpenDataAsync(dataDirectory, () => DataDirectory.OpenAsync(dataDirectory, storeOptions, storeLogger, cancellationToken));
+                volumes.LocalStore = data.Store;
+                membership = await ClusterMembership.ConnectAsync(joining, clusterLogger, cancellationToken);
+                var nodeId = joining.NodeId ?? ClusterMembership.ReadOrCreateNodeId(dataDirectory);
+                cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, clusterLogger, cancellationToken));
+            }
+            else
+            {
+                var manager = await OpenDataAsync(dataDirectory, () => VolumeManager.OpenAsync(dataDirectory, storeOptions, storeLogger, cancellationToken));
+                volumes.LocalStore = (Ovis.Store.LocalStore)manager.Store;
+                volumes.Set(manager);
             }
 
             var listeners = new Listeners();
-            app = BuildApplication(options, volumes, status, membership, listeners);
-            var node = new OvisNode(app, volumes, status, membership, options.ShutdownTimeout, app.Services.GetRequiredService<ILogger<OvisNode>>());
+            app = BuildApplication(options, volumes, status, membership, cluster, listeners);
+            var node = new OvisNode(app, volumes, status, membership, cluster, data, options.ShutdownTimeout, app.Services.GetRequiredService<ILogger<OvisNode>>());
             try
             {
                 await app.StartAsync(cancellationToken);
@@ -99,11 +108,18 @@ public sealed partial class OvisNode : IAsyncDisposable
             }
 
             node.Publish(listeners);
-            if (options.Cluster is { } joining)
+            if (options.Cluster is { } clusterOptions && cluster is not null)
             {
                 var address = (status.NbdListeners.Count > 0 ? status.NbdListeners[0] : null)
                     ?? throw new NodeStartException("a clustered node needs an NBD address (--nbd)");
-                await membership.JoinAsync(joining, dataDirectory, address, node._logger, cancellationToken);
+                await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, node._logger, cancellationToken);
+                await ClusterMembership.Describe(clusterOptions, async () =>
+                {
+                    await cluster.StartAsync(cancellationToken);
+                    var registry = new EtcdVolumeRegistry(membership.Catalog!.Client, membership.Catalog.Cluster);
+                    volumes.Set(await VolumeManager.OpenAsync(cluster.Store, registry, clusterLogger, cancellationToken));
+                    return true;
+                });
             }
 
             LogStarted(node._logger, NodeStatus.Version, dataDirectory);
@@ -111,14 +127,45 @@ public sealed partial class OvisNode : IAsyncDisposable
         }
         catch
         {
-            await membership.DisposeAsync();
             if (app is not null)
             {
                 await app.DisposeAsync();
             }
 
-            await DisposeQuietlyAsync(volumes);
+            if (volumes.TryGet() is { } opened)
+            {
+                await DisposeQuietlyAsync(opened);
+            }
+
+            await membership.DisposeAsync();
+            if (cluster is not null)
+            {
+                await cluster.DisposeAsync();
+            }
+
+            if (data is not null)
+            {
+                await data.DisposeAsync();
+            }
+
             throw;
+        }
+    }
+
+    private static async Task<T> OpenDataAsync<T>(string dataDirectory, Func<Task<T>> open)
+    {
+        try
+        {
+            return await open();
+        }
+        catch (VolumeException ex)
+        {
+            // Already a sentence for an operator, naming the directory ("... is in use by another Ovis process").
+            throw new NodeStartException(ex.Message, ex);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            throw new NodeStartException($"cannot open the data directory '{dataDirectory}': {ex.Message}", ex);
         }
     }
 
@@ -141,10 +188,9 @@ public sealed partial class OvisNode : IAsyncDisposable
     {
         LogStopping(_logger);
 
-        // Leave the cluster first: peers stop counting on this node while it drains.
-        await _membership.DisposeAsync();
-
-        // Order matters: no connection and no job may still use a volume when the manager closes.
+        // Order matters: no connection and no job may still use a volume when the manager closes;
+        // a clustered node flushes its volumes through its peers before it leaves the cluster,
+        // and closes its own store last.
         try
         {
             await _app.StopAsync(CancellationToken.None);
@@ -153,7 +199,28 @@ public sealed partial class OvisNode : IAsyncDisposable
         {
             await WaitForJobsAsync();
             await _app.DisposeAsync();
-            await _volumes.DisposeAsync();
+            if (_volumes.TryGet() is { } volumes)
+            {
+                await volumes.DisposeAsync();
+            }
+
+            // Acknowledged writes stay durable across a clean stop, as on a single node (whose
+            // store flushes when it closes): every copy this gateway wrote to syncs them now.
+            if (_cluster is not null)
+            {
+                await _cluster.Store.FlushAsync();
+            }
+
+            await _membership.DisposeAsync();
+            if (_cluster is not null)
+            {
+                await _cluster.DisposeAsync();
+            }
+
+            if (_data is not null)
+            {
+                await _data.DisposeAsync();
+            }
         }
 
         LogStopped(_logger);

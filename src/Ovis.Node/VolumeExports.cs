@@ -5,22 +5,42 @@ using Ovis.Volumes;
 
 namespace Ovis.Node;
 
-/// <summary>Every volume of the node is an NBD export named after it.</summary>
-public sealed class VolumeExports(VolumeManager volumes) : IExportProvider
+/// <summary>
+/// Every volume of the node is an NBD export named after it. In a cluster a writable volume is
+/// served by one node at a time: opening it takes the volume's lock (<see cref="VolumeLocks"/>),
+/// and another node's open is refused, naming the holder, until the lock is released or dies
+/// with its holder's lease. Snapshots are read-only and need no lock.
+/// </summary>
+internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : IExportProvider
 {
     public IReadOnlyList<(string Name, string Description)> ListExports()
-        => [.. volumes.List().Select(v => (v.Name, $"Ovis volume, {v.Size} bytes"))];
+        => volumes.TryGet() is { } manager ? [.. manager.List().Select(v => (v.Name, $"Ovis volume, {v.Size} bytes"))] : [];
 
-    // Opening a local volume does not wait for anything (yet: a cluster will take a lock here).
-    public ValueTask<IBlockDevice?> OpenAsync(string name)
+    public async ValueTask<IBlockDevice?> OpenAsync(string name)
     {
-        Volume? volume = name.Length == 0 ? null : volumes.Open(name);
-        return new ValueTask<IBlockDevice?>(volume is null ? null : new VolumeBlockDevice(volume));
+        if (name.Length == 0 || volumes.TryGet() is not { } manager)
+            return null;
+        Volume? volume = manager.Open(name);
+        if (volume is null || volume.IsReadOnly || locks is null)
+            return volume is null ? null : new VolumeBlockDevice(volume, null);
+        try
+        {
+            return new VolumeBlockDevice(volume, await locks.AcquireAsync(name).ConfigureAwait(false));
+        }
+        catch
+        {
+            volume.Dispose();
+            throw;
+        }
     }
 }
 
-/// <summary>Adapts an open <see cref="Volume"/> to what the NBD front needs.</summary>
-internal sealed class VolumeBlockDevice(Volume volume) : IBlockDevice
+/// <summary>
+/// Adapts an open <see cref="Volume"/> to what the NBD front needs. With a lock share, every
+/// change first checks that the lock still stands: once the node's lease is lost another node
+/// may be writing the volume, and a change from here could undo its writes on some copies.
+/// </summary>
+internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockShare) : IBlockDevice
 {
     // Block status answers at most this many blocks per request (64 MiB); clients ask again.
     private const int MaxStatusBlocks = 16384;
@@ -52,15 +72,19 @@ internal sealed class VolumeBlockDevice(Volume volume) : IBlockDevice
 
     public ValueTask<NbdError> ReadAsync(long offset, Memory<byte> buffer) => Map(volume.ReadAsync(offset, buffer));
 
-    public ValueTask<NbdError> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua) => Map(volume.WriteAsync(offset, data, fua));
+    private bool LockLost => lockShare is { Lost.IsCancellationRequested: true };
 
-    public ValueTask<NbdError> FlushAsync() => Map(volume.FlushAsync());
+    public ValueTask<NbdError> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
+        => LockLost ? new(NbdError.EIO) : Map(volume.WriteAsync(offset, data, fua));
 
-    public ValueTask<NbdError> TrimAsync(long offset, long length, bool fua) => Map(volume.ZeroAsync(offset, length, keepAllocated: false, fua));
+    public ValueTask<NbdError> FlushAsync() => LockLost ? new(NbdError.EIO) : Map(volume.FlushAsync());
+
+    public ValueTask<NbdError> TrimAsync(long offset, long length, bool fua)
+        => LockLost ? new(NbdError.EIO) : Map(volume.ZeroAsync(offset, length, keepAllocated: false, fua));
 
     // Zeroing is a metadata operation here whatever the flags, so FAST_ZERO never fails.
     public ValueTask<NbdError> WriteZeroesAsync(long offset, long length, bool noHole, bool fastZero, bool fua)
-        => Map(volume.ZeroAsync(offset, length, keepAllocated: noHole, fua));
+        => LockLost ? new(NbdError.EIO) : Map(volume.ZeroAsync(offset, length, keepAllocated: noHole, fua));
 
     // Object data is served from the page cache or the journal's memory already.
     public ValueTask<NbdError> CacheAsync(long offset, long length) => new(NbdError.None);
@@ -108,5 +132,10 @@ internal sealed class VolumeBlockDevice(Volume volume) : IBlockDevice
         }
     }
 
-    public void Dispose() => volume.Dispose();
+    public void Dispose()
+    {
+        volume.Dispose();
+        // The release is one etcd request; the connection need not wait for it.
+        _ = lockShare?.DisposeAsync().AsTask();
+    }
 }

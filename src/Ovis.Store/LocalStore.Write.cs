@@ -222,6 +222,7 @@ public sealed partial class LocalStore
 
     public async ValueTask<StoreStatus> FlushAsync()
     {
+        Interlocked.Increment(ref _flushRequests);
         try
         {
             await _journal.FlushAsync().ConfigureAwait(false);

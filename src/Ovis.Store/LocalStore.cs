@@ -136,6 +136,12 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     /// <summary>fdatasync calls on the journal so far: a flush costs one, however many objects it covers.</summary>
     public long JournalSyncCount => _journal.SyncCount;
 
+    /// <summary>Flushes asked of the store (FUA writes included); a journal with nothing new to
+    /// sync answers one without a sync, so this tells who was asked, <see cref="JournalSyncCount"/> what it cost.</summary>
+    public long FlushRequestCount => Interlocked.Read(ref _flushRequests);
+
+    private long _flushRequests;
+
     /// <summary>For tests: completes when everything flushed before the call has been applied to
     /// the object files, after which the applier opens no file until the next write.</summary>
     internal Task WhenAppliedAsync() => _journal.WhenAppliedAsync();

@@ -37,7 +37,8 @@ public sealed partial class VolumeManager : IAsyncDisposable
     private readonly ILogger _logger;
     // Set when this manager opened the data directory itself: it owns the lock and the store
     // then; a store handed in belongs to the caller.
-    private readonly FileStream? _dirLock;
+    private readonly DataDirectory? _owned;
+    private int _disposed;
     private readonly SemaphoreSlim _control = new(1, 1);
     private readonly CancellationTokenSource _stopping = new();
     // Guards the maps, _current and the states' records and chains, briefly.
@@ -49,12 +50,12 @@ public sealed partial class VolumeManager : IAsyncDisposable
     private Task _watch = Task.CompletedTask;
     private long _copyOnWriteBytes;
 
-    private VolumeManager(IObjectStore store, IVolumeRegistry registry, ILogger logger, FileStream? dirLock, VersionedCatalog loaded)
+    private VolumeManager(IObjectStore store, IVolumeRegistry registry, ILogger logger, DataDirectory? owned, VersionedCatalog loaded)
     {
         _store = store;
         _registry = registry;
         _logger = logger;
-        _dirLock = dirLock;
+        _owned = owned;
         Apply(loaded);
     }
 
@@ -76,34 +77,14 @@ public sealed partial class VolumeManager : IAsyncDisposable
     /// </summary>
     public static async Task<VolumeManager> OpenAsync(string dataDirectory, LocalStoreOptions storeOptions, ILogger logger, CancellationToken cancellationToken = default)
     {
-        Directory.CreateDirectory(dataDirectory);
-        FileStream dirLock;
+        DataDirectory data = await DataDirectory.OpenAsync(dataDirectory, storeOptions, logger, cancellationToken).ConfigureAwait(false);
         try
         {
-            // FileShare.None takes an exclusive flock on Unix: one daemon per data directory.
-            dirLock = new FileStream(Path.Combine(dataDirectory, "lock"), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
-        }
-        catch (IOException)
-        {
-            throw new VolumeException(VolumeErrorCode.InUse, $"data directory {dataDirectory} is in use by another Ovis process");
-        }
-        try
-        {
-            EmbeddedRegistry registry = EmbeddedRegistry.Open(dataDirectory);
-            LocalStore store = await Task.Run(() => LocalStore.Open(Path.Combine(dataDirectory, "store"), storeOptions, logger), cancellationToken).ConfigureAwait(false);
-            try
-            {
-                return await StartAsync(store, registry, logger, dirLock, cancellationToken).ConfigureAwait(false);
-            }
-            catch
-            {
-                await store.DisposeAsync().ConfigureAwait(false);
-                throw;
-            }
+            return await StartAsync(data.Store, EmbeddedRegistry.Open(dataDirectory), logger, data, cancellationToken).ConfigureAwait(false);
         }
         catch
         {
-            await dirLock.DisposeAsync().ConfigureAwait(false);
+            await data.DisposeAsync().ConfigureAwait(false);
             throw;
         }
     }
@@ -118,10 +99,10 @@ public sealed partial class VolumeManager : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(registry);
         ArgumentNullException.ThrowIfNull(logger);
-        return StartAsync(store, registry, logger, dirLock: null, cancellationToken);
+        return StartAsync(store, registry, logger, owned: null, cancellationToken);
     }
 
-    private static async Task<VolumeManager> StartAsync(IObjectStore store, IVolumeRegistry registry, ILogger logger, FileStream? dirLock, CancellationToken cancellationToken)
+    private static async Task<VolumeManager> StartAsync(IObjectStore store, IVolumeRegistry registry, ILogger logger, DataDirectory? owned, CancellationToken cancellationToken)
     {
         // The objects are listed before the registry is read: an object listed then existed then,
         // so its layer was in the registry already (a layer is saved before any of its data is
@@ -129,7 +110,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         // created in between would look like an orphan.
         IReadOnlyCollection<ObjectId> objects = store.ListObjects();
         VersionedCatalog loaded = await registry.LoadAsync(cancellationToken).ConfigureAwait(false);
-        var manager = new VolumeManager(store, registry, logger, dirLock, loaded);
+        var manager = new VolumeManager(store, registry, logger, owned, loaded);
         await manager.RemoveOrphansAsync(objects, loaded.State).ConfigureAwait(false);
         manager._watch = Task.Run(() => manager.FollowRegistryAsync(manager._stopping.Token), CancellationToken.None);
         return manager;
@@ -551,14 +532,18 @@ public sealed partial class VolumeManager : IAsyncDisposable
     }
 
     /// <summary>Stops following the registry; a manager that opened the data directory then closes its store and lock.</summary>
+    // Idempotent: the node's host disposes the manager it handed out, and the node does too.
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
         await _stopping.CancelAsync().ConfigureAwait(false);
         await _watch.ConfigureAwait(false);
-        if (_dirLock is not null)
+        if (_owned is not null)
         {
-            await _store.DisposeAsync().ConfigureAwait(false);
-            await _dirLock.DisposeAsync().ConfigureAwait(false);
+            await _owned.DisposeAsync().ConfigureAwait(false);
         }
         _control.Dispose();
         _stopping.Dispose();

@@ -615,17 +615,6 @@ public sealed class SnapshotTests(OvisDaemon daemon, ITestOutputHelper output)
 
     private string Uri(string export) => Daemon.NbdUri(export);
 
-    /// <summary>Like <see cref="InteropTest.QemuIo"/>, opened read-only (-r): qemu will not open a read-only export otherwise.</summary>
-    private async Task QemuIoReadOnly(string uri, params string[] commands)
-    {
-        var r = await Run("qemu-io", ["-r", .. QemuIoArgs(uri, commands)], TimeSpan.FromSeconds(120));
-        if (!r.Succeeded || r.Stdout.Contains("verification failed", StringComparison.OrdinalIgnoreCase)
-            || r.Stdout.Contains("failed:", StringComparison.OrdinalIgnoreCase))
-        {
-            Assert.Fail($"qemu-io -r failed:\n{r.Describe()}\n{DaemonState()}");
-        }
-    }
-
     /// <summary>`vdi list --json` by name.</summary>
     private async Task<Dictionary<string, JsonElement>> List()
     {

@@ -3,19 +3,42 @@ using System.Text.Json.Serialization;
 namespace Ovis.Cluster.Catalog;
 
 /// <summary>A cluster's immutable settings, written once by <c>ovis cluster format</c>.</summary>
-public sealed record ClusterFormat(string Name, int Copies, DateTimeOffset FormattedAt);
+public sealed record ClusterFormat(string Name, int Copies, DateTimeOffset FormattedAt)
+{
+    /// <summary>Fewest copies a write must reach to be acknowledged while nodes are down; 0 in
+    /// formats written before it existed, which means the default, a majority.</summary>
+    public int MinCopies { get; init; }
 
-/// <summary>A member node: its id (unique in the cluster), peer address and failure zone.</summary>
-public sealed record NodeInfo(string Id, string Address, string Zone);
+    public int EffectiveMinCopies => MinCopies > 0 ? MinCopies : DefaultMinCopies(Copies);
+
+    public static int DefaultMinCopies(int copies) => copies / 2 + 1;
+}
+
+/// <summary>A node: its id (unique in the cluster), NBD address, failure zone and the address
+/// its peers send object operations to.</summary>
+public sealed record NodeInfo(string Id, string Address, string Zone)
+{
+    public string? Peer { get; init; }
+}
 
 /// <summary>
-/// The membership at one etcd revision: the epoch and the live nodes, sorted by id. The epoch
-/// changes whenever the set of nodes does.
+/// The membership at one etcd revision: the epoch, the live nodes (<see cref="Nodes"/>, sorted by
+/// id), every node that ever joined (<see cref="Members"/>: objects are placed over these, so a
+/// node that is merely down keeps its objects), and the members whose copies may miss
+/// acknowledged writes (<see cref="Stale"/>: never read from). The epoch changes whenever the
+/// live set or the member set does.
 /// </summary>
 public sealed record MembershipView(long Epoch, IReadOnlyList<NodeInfo> Nodes, long Revision)
 {
+    public IReadOnlyList<NodeInfo> Members { get; init; } = [];
+
+    public IReadOnlyList<string> Stale { get; init; } = [];
+
     public bool SameAs(MembershipView other) =>
-        other.Epoch == Epoch && other.Nodes.Select(n => n.Id).SequenceEqual(Nodes.Select(n => n.Id), StringComparer.Ordinal);
+        other.Epoch == Epoch
+        && other.Nodes.Select(n => n.Id).SequenceEqual(Nodes.Select(n => n.Id), StringComparer.Ordinal)
+        && other.Members.SequenceEqual(Members)
+        && other.Stale.SequenceEqual(Stale, StringComparer.Ordinal);
 }
 
 /// <summary>A catalog request refused for a reason an operator can act on (the message says which).</summary>
@@ -33,11 +56,15 @@ internal sealed record EpochRecord(long Epoch, string[] Members);
 
 internal sealed record LockRecord(string Node, DateTimeOffset AcquiredAt);
 
+/// <summary>Why a member is stale: which gateway found it missing a write, in which epoch.</summary>
+internal sealed record StaleRecord(string By, long Epoch, DateTimeOffset At);
+
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
 [JsonSerializable(typeof(ClusterFormat))]
 [JsonSerializable(typeof(NodeInfo))]
 [JsonSerializable(typeof(EpochRecord))]
 [JsonSerializable(typeof(LockRecord))]
+[JsonSerializable(typeof(StaleRecord))]
 internal sealed partial class CatalogJson : JsonSerializerContext;
 
 /// <summary>
@@ -46,6 +73,8 @@ internal sealed partial class CatalogJson : JsonSerializerContext;
 /// format            ClusterFormat             created once
 /// epoch             EpochRecord               bumped by txn on every membership change
 /// nodes/&lt;id&gt;        NodeInfo, node's lease    gone when the node's lease runs out
+/// members/&lt;id&gt;      NodeInfo                  written at every join, kept while the node is down
+/// stale/&lt;id&gt;        StaleRecord               the member missed a write; never read from until resynced
 /// locks/&lt;volume&gt;    LockRecord, holder lease  gone with the holder's lease
 /// volumes           CatalogState              the volume registry, replaced by txn on its mod_revision
 /// </code>
@@ -61,6 +90,14 @@ internal sealed class CatalogKeys(string cluster)
     public string Nodes => Root + "nodes/";
 
     public string Node(string id) => Nodes + id;
+
+    public string Members => Root + "members/";
+
+    public string Member(string id) => Members + id;
+
+    public string Stale => Root + "stale/";
+
+    public string StaleMark(string id) => Stale + id;
 
     public string Locks => Root + "locks/";
 

@@ -38,10 +38,12 @@ public sealed class EtcdCatalog
     /// Formats the cluster with <paramref name="copies"/> copies of every object, once: a second
     /// format is refused with a <see cref="CatalogException"/> naming the existing one.
     /// </summary>
-    public async Task<ClusterFormat> FormatAsync(int copies, CancellationToken cancellationToken = default)
+    public async Task<ClusterFormat> FormatAsync(int copies, int minCopies = 0, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(copies, 1);
-        var format = new ClusterFormat(Cluster, copies, DateTimeOffset.UtcNow);
+        ArgumentOutOfRangeException.ThrowIfNegative(minCopies);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(minCopies, copies);
+        var format = new ClusterFormat(Cluster, copies, DateTimeOffset.UtcNow) { MinCopies = minCopies };
         var epoch = new EpochRecord(0, []);
         // The format and epoch 0 appear together or not at all.
         var result = await Client.TxnAsync(
@@ -85,7 +87,9 @@ public sealed class EtcdCatalog
     internal async Task<MembershipSnapshot> SnapshotAsync(CancellationToken cancellationToken)
     {
         // A transaction without conditions: both ranges at the same revision.
-        var result = await Client.TxnAsync([], [new EtcdOp.Range(Keys.Nodes, Prefix: true), new EtcdOp.Range(Keys.Epoch)],
+        var result = await Client.TxnAsync([],
+            [new EtcdOp.Range(Keys.Nodes, Prefix: true), new EtcdOp.Range(Keys.Epoch),
+             new EtcdOp.Range(Keys.Members, Prefix: true), new EtcdOp.Range(Keys.Stale, Prefix: true)],
             cancellationToken: cancellationToken).ConfigureAwait(false);
         var nodes = result.Reads[0]
             .Select(kv => (Kv: kv, Node: JsonSerializer.Deserialize(kv.Value, CatalogJson.Default.NodeInfo)!))
@@ -93,8 +97,12 @@ public sealed class EtcdCatalog
             .ToList();
         var epochKv = result.Reads[1] is [var e, ..] ? e : null;
         var epoch = epochKv is null ? new EpochRecord(0, []) : JsonSerializer.Deserialize(epochKv.Value, CatalogJson.Default.EpochRecord)!;
-        return new MembershipSnapshot(new MembershipView(epoch.Epoch, [.. nodes.Select(n => n.Node)], result.Revision),
-            epoch, epochKv?.ModRevision ?? 0, [.. nodes.Select(n => n.Kv)]);
+        NodeInfo[] members = [.. result.Reads[2]
+            .Select(kv => JsonSerializer.Deserialize(kv.Value, CatalogJson.Default.NodeInfo)!)
+            .OrderBy(n => n.Id, StringComparer.Ordinal)];
+        string[] stale = [.. result.Reads[3].Select(kv => kv.Key[Keys.Stale.Length..]).Order(StringComparer.Ordinal)];
+        var view = new MembershipView(epoch.Epoch, [.. nodes.Select(n => n.Node)], result.Revision) { Members = members, Stale = stale };
+        return new MembershipSnapshot(view, epoch, epochKv?.ModRevision ?? 0, [.. nodes.Select(n => n.Kv)]);
     }
 
     /// <summary>
@@ -159,7 +167,8 @@ public sealed class EtcdCatalog
                         break;
                     }
                     string key = events.Current.Kv.Key;
-                    if (key != Keys.Epoch && !key.StartsWith(Keys.Nodes, StringComparison.Ordinal))
+                    if (key != Keys.Epoch && !key.StartsWith(Keys.Nodes, StringComparison.Ordinal)
+                        && !key.StartsWith(Keys.Members, StringComparison.Ordinal) && !key.StartsWith(Keys.Stale, StringComparison.Ordinal))
                         continue;
                     await ReconcileEpochAsync(cancellationToken).ConfigureAwait(false);
                     snapshot = await SnapshotAsync(cancellationToken).ConfigureAwait(false);
@@ -193,6 +202,27 @@ public sealed class EtcdCatalog
         ValidateName(volume, "volume name");
         var kv = await Client.GetAsync(Keys.Lock(volume), cancellationToken).ConfigureAwait(false);
         return kv is null ? null : JsonSerializer.Deserialize(kv.Value, CatalogJson.Default.LockRecord)!.Node;
+    }
+
+    /// <summary>
+    /// Records durably that <paramref name="node"/>'s copies may miss acknowledged writes, so that
+    /// no gateway reads from it until recovery clears the mark. A gateway calls this before it
+    /// acknowledges a write or flush that did not reach the node.
+    /// </summary>
+    public async Task MarkStaleAsync(string node, string by, long epoch, CancellationToken cancellationToken = default)
+    {
+        ValidateName(node, "node id");
+        byte[] value = JsonSerializer.SerializeToUtf8Bytes(new StaleRecord(by, epoch, DateTimeOffset.UtcNow), CatalogJson.Default.StaleRecord);
+        // Only the first mark is written: the record says when the node first fell behind.
+        await Client.TxnAsync([EtcdCompare.Absent(Keys.StaleMark(node))], [new EtcdOp.Put(Keys.StaleMark(node), value)],
+            cancellationToken: cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Clears a stale mark (after the node's copies were brought up to date).</summary>
+    public Task ClearStaleAsync(string node, CancellationToken cancellationToken = default)
+    {
+        ValidateName(node, "node id");
+        return Client.TxnAsync([], [new EtcdOp.Delete(Keys.StaleMark(node))], cancellationToken: cancellationToken);
     }
 
     internal EtcdCompare EpochUnchanged(MembershipSnapshot snapshot) =>

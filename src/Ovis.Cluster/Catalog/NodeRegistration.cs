@@ -65,7 +65,7 @@ public sealed class NodeRegistration : IAsyncDisposable
                 var epoch = new EpochRecord(snapshot.Epoch.Epoch + 1, members);
                 var result = await client.TxnAsync(
                     [EtcdCompare.Absent(key), catalog.EpochUnchanged(snapshot)],
-                    [new EtcdOp.Put(key, value, lease.Id), catalog.EpochPut(epoch)],
+                    [new EtcdOp.Put(key, value, lease.Id), new EtcdOp.Put(catalog.Keys.Member(node.Id), value), catalog.EpochPut(epoch)],
                     cancellationToken: cancellationToken).ConfigureAwait(false);
                 if (result.Succeeded)
                 {

@@ -7,7 +7,7 @@ using Ovis.Volumes;
 namespace Ovis.Node.Admin;
 
 /// <summary>The routes of the admin HTTP API; docs/admin-api.md describes them for clients.</summary>
-public static class AdminApi
+public static partial class AdminApi
 {
     public const string Prefix = "/api/v1";
 
@@ -28,37 +28,13 @@ public static class AdminApi
         api.MapPost("/volumes/{name}/snapshots", SnapshotVolumeAsync);
         api.MapPost("/volumes/{name}/clone", CloneSnapshotAsync);
         api.MapPost("/volumes/{name}/rollback", RollbackVolumeAsync);
-        api.MapPost("/volumes/{name}/flatten", FlattenVolume);
+        api.MapPost("/volumes/{name}/flatten", FlattenVolumeAsync);
         api.MapGet("/jobs/{id}", GetJob);
 
-        api.MapGet("/cluster", GetClusterAsync);
-        api.MapGet("/nodes", ListNodesAsync);
+        MapCluster(api);
     }
 
-    public const string NotClustered = "this node is not in a cluster (start it with --cluster)";
-
-    private static async Task<Ok<ClusterInfo>> GetClusterAsync(ClusterMembership membership, CancellationToken cancellationToken)
-    {
-        var format = membership.Format ?? throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
-        var view = await membership.ReadMembershipAsync(cancellationToken);
-        return TypedResults.Ok(new ClusterInfo(format.Name, format.Copies, view.Epoch, format.FormattedAt, Members(view)));
-    }
-
-    private static async Task<Ok<IReadOnlyList<MemberInfo>>> ListNodesAsync(ClusterMembership membership, CancellationToken cancellationToken)
-    {
-        if (!membership.IsClustered)
-        {
-            throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
-        }
-
-        return TypedResults.Ok(Members(await membership.ReadMembershipAsync(cancellationToken)));
-    }
-
-    // Only live members are listed (a dead node's key goes with its lease), so every one is up.
-    private static IReadOnlyList<MemberInfo> Members(Ovis.Cluster.Catalog.MembershipView view)
-        => [.. view.Nodes.Select(n => new MemberInfo(n.Id, n.Address, n.Zone, "up"))];
-
-    private static Ok<NodeInfo> GetNode(NodeStatus node, VolumeManager volumes)
+    private static Ok<NodeInfo> GetNode(NodeStatus node, VolumeManager volumes, NodeVolumes local)
     {
         var layers = volumes.List();
         var snapshots = layers.Count(v => v.IsSnapshot);
@@ -66,7 +42,9 @@ public static class AdminApi
             NodeStatus.Version,
             node.DataDirectory,
             new NodeListeners(node.NbdListeners, node.AdminListeners),
-            volumes.UsedBytes,
+            local.LocalStore?.UsedBytes ?? volumes.UsedBytes,
+            local.LocalStore?.JournalSyncCount ?? 0,
+            local.LocalStore?.FlushRequestCount ?? 0,
             volumes.CopyOnWriteBytes,
             layers.Count - snapshots,
             snapshots,
@@ -77,9 +55,15 @@ public static class AdminApi
     private static Ok<IReadOnlyList<VolumeInfo>> ListVolumes(VolumeManager volumes)
         => TypedResults.Ok(volumes.List());
 
-    private static async Task<Created<VolumeInfo>> CreateVolumeAsync(HttpRequest request, VolumeManager volumes, CancellationToken cancellationToken)
+    private static async Task<Created<VolumeInfo>> CreateVolumeAsync(HttpRequest request, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
     {
         var body = await AdminRequestReader.ReadCreateVolumeAsync(request, cancellationToken);
+        // A volume nobody could write to helps nobody: say why now, not at the first write.
+        if ((services.GetService(typeof(ClusterRuntime)) as ClusterRuntime)?.Store.View.PlacementError is { } placement)
+        {
+            throw new AdminRequestException(placement, StatusCodes.Status409Conflict);
+        }
+
         var info = await volumes.CreateAsync(body.Name, body.Size, body.ObjectSize);
         return TypedResults.Created(VolumeUri(info.Name), info);
     }
@@ -87,21 +71,27 @@ public static class AdminApi
     private static Ok<VolumeInfo> GetVolume(string name, VolumeManager volumes)
         => TypedResults.Ok(volumes.Get(name));
 
-    private static async Task<Ok<VolumeInfo>> ResizeVolumeAsync(string name, HttpRequest request, VolumeManager volumes, CancellationToken cancellationToken)
+    private static async Task<Ok<VolumeInfo>> ResizeVolumeAsync(string name, HttpRequest request, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
     {
         var body = await AdminRequestReader.ReadResizeVolumeAsync(request, cancellationToken);
+        await using var held = await LockForChangeAsync(services, volumes, name);
         return TypedResults.Ok(await volumes.ResizeAsync(name, body.Size, body.AllowShrink));
     }
 
-    private static async Task<NoContent> DeleteVolumeAsync(string name, VolumeManager volumes)
+    private static async Task<NoContent> DeleteVolumeAsync(string name, VolumeManager volumes, IServiceProvider services)
     {
-        await volumes.DeleteAsync(name);
+        await using (await LockForChangeAsync(services, volumes, name))
+        {
+            await volumes.DeleteAsync(name);
+        }
+
         return TypedResults.NoContent();
     }
 
-    private static async Task<Created<VolumeInfo>> SnapshotVolumeAsync(string name, HttpRequest request, VolumeManager volumes, CancellationToken cancellationToken)
+    private static async Task<Created<VolumeInfo>> SnapshotVolumeAsync(string name, HttpRequest request, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
     {
         var body = await AdminRequestReader.ReadSnapshotAsync(request, cancellationToken);
+        await using var held = await LockForChangeAsync(services, volumes, name);
         var info = await volumes.SnapshotAsync(name, body.Tag);
         return TypedResults.Created(VolumeUri(info.Name), info);
     }
@@ -113,17 +103,25 @@ public static class AdminApi
         return TypedResults.Created(VolumeUri(info.Name), info);
     }
 
-    private static async Task<Ok<VolumeInfo>> RollbackVolumeAsync(string name, HttpRequest request, VolumeManager volumes, CancellationToken cancellationToken)
+    private static async Task<Ok<VolumeInfo>> RollbackVolumeAsync(string name, HttpRequest request, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
     {
         var body = await AdminRequestReader.ReadRollbackAsync(request, cancellationToken);
+        await using var held = await LockForChangeAsync(services, volumes, name);
         return TypedResults.Ok(await volumes.RollbackAsync(name, body.Tag));
     }
 
     // Flatten copies up to the whole volume: it runs as a job, and the answer says where to poll.
-    private static Accepted<JobAccepted> FlattenVolume(string name, VolumeManager volumes, JobRegistry jobs)
+    private static async Task<Accepted<JobAccepted>> FlattenVolumeAsync(string name, VolumeManager volumes, JobRegistry jobs, IServiceProvider services)
     {
-        volumes.Get(name); // 404 now rather than a job that fails at once
-        var job = jobs.Start("flatten", name, progress => volumes.FlattenAsync(name, progress));
+        // 404 or 409 now rather than a job that fails at once; the lock is held until the job ends.
+        var held = await LockForChangeAsync(services, volumes, name);
+        var job = jobs.Start("flatten", name, async progress =>
+        {
+            await using (held)
+            {
+                return await volumes.FlattenAsync(name, progress);
+            }
+        });
         return TypedResults.Accepted($"{Prefix}/jobs/{job.Id}", new JobAccepted(job.Id));
     }
 

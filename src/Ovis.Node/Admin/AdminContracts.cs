@@ -66,6 +66,8 @@ public sealed record NodeInfo(
     string DataDirectory,
     NodeListeners Listeners,
     long UsedBytes,
+    long JournalSyncs,
+    long FlushRequests,
     long CopyOnWriteBytes,
     int VolumeCount,
     int SnapshotCount,
@@ -75,11 +77,16 @@ public sealed record NodeInfo(
 /// <summary>Bound addresses: NBD as <c>HOST:PORT</c> or <c>unix:PATH</c>, admin as URLs.</summary>
 public sealed record NodeListeners(IReadOnlyList<string> Nbd, IReadOnlyList<string> Admin);
 
-/// <summary>A member of the cluster in <c>GET /api/v1/nodes</c>: <paramref name="State"/> is <c>up</c> while its lease lives.</summary>
-public sealed record MemberInfo(string Id, string Address, string Zone, string State);
+/// <summary>A member of the cluster in <c>GET /api/v1/nodes</c>: <paramref name="State"/> is <c>up</c> while
+/// its lease lives, <c>down</c> after; <paramref name="Stale"/> when its copies missed writes (no reads
+/// come from it); <paramref name="UsedBytes"/> and <paramref name="Objects"/> as the node itself
+/// reports them, null when it did not answer.</summary>
+public sealed record MemberInfo(string Id, string Address, string Zone, string State, bool Stale, long? UsedBytes, long? Objects);
 
-/// <summary>Answer of <c>GET /api/v1/cluster</c>.</summary>
-public sealed record ClusterInfo(string Name, int Copies, long Epoch, DateTimeOffset FormattedAt, IReadOnlyList<MemberInfo> Nodes);
+/// <summary>Answer of <c>GET /api/v1/cluster</c>. <paramref name="PlacementError"/> says why objects cannot
+/// be placed (fewer zones than copies); null when they can.</summary>
+public sealed record ClusterInfo(string Name, int Copies, int MinCopies, long Epoch, DateTimeOffset FormattedAt,
+    IReadOnlyList<MemberInfo> Nodes, string? PlacementError);
 
 /// <summary>Body of every 4xx and 5xx answer: one line meant for an operator.</summary>
 public sealed record ErrorBody(string Error);

@@ -70,6 +70,17 @@ public abstract class InteropTest : IDisposable
         return r;
     }
 
+    /// <summary>Like <see cref="QemuIo"/>, opened read-only (-r): qemu will not open a read-only export otherwise.</summary>
+    protected async Task QemuIoReadOnly(string uri, params string[] commands)
+    {
+        var r = await Run("qemu-io", ["-r", .. QemuIoArgs(uri, commands)], TimeSpan.FromSeconds(120));
+        if (!r.Succeeded || r.Stdout.Contains("verification failed", StringComparison.OrdinalIgnoreCase)
+            || r.Stdout.Contains("failed:", StringComparison.OrdinalIgnoreCase))
+        {
+            Assert.Fail($"qemu-io -r failed:\n{r.Describe()}\n{DaemonState()}");
+        }
+    }
+
     protected static List<string> QemuIoArgs(string uri, IEnumerable<string> commands)
     {
         var args = new List<string> { "-f", "raw" };

@@ -100,6 +100,12 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
         {
             psi.ArgumentList.Add(a);
         }
+        // Clustered daemons share this machine: each gets a free peer port, as for NBD and admin.
+        if (ExtraArguments.Contains("--cluster") && !ExtraArguments.Contains("--peer"))
+        {
+            psi.ArgumentList.Add("--peer");
+            psi.ArgumentList.Add("127.0.0.1:0");
+        }
         if (_unixSocket)
         {
             psi.ArgumentList.Add("--nbd-socket");

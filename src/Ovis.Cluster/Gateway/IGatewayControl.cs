@@ -1,0 +1,14 @@
+namespace Ovis.Cluster.Gateway;
+
+/// <summary>What a gateway asks of the node's membership when a replica disagrees with it.</summary>
+public interface IGatewayControl
+{
+    /// <summary>A replica answered from epoch <paramref name="seen"/>, newer than the gateway's view:
+    /// read the membership now and install the new view (<see cref="ReplicatedStore.Update"/>).</summary>
+    ValueTask RefreshAsync(long seen);
+
+    /// <summary>Durably records that <paramref name="nodeId"/> missed an acknowledged write, so that
+    /// no gateway reads from it until it is resynced, and installs a view that shows the mark.
+    /// Throws when that cannot be recorded.</summary>
+    ValueTask MarkStaleAsync(string nodeId, long epoch);
+}

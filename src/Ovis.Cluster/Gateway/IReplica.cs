@@ -1,0 +1,29 @@
+using Ovis.Cluster.Peer;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Gateway;
+
+/// <summary>
+/// One node's store as a gateway sees it: the node's own store, or a peer reached over the peer
+/// protocol. Every request carries the gateway's epoch; a replica in a newer epoch refuses it
+/// (<see cref="PeerStatus.StaleEpoch"/>) without applying it.
+/// </summary>
+public interface IReplica : IAsyncDisposable
+{
+    string NodeId { get; }
+
+    ValueTask<PeerResult> WriteAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua);
+
+    ValueTask<PeerResult> ReadAsync(long epoch, ObjectId id, long offset, Memory<byte> buffer);
+
+    ValueTask<PeerResult> ZeroAsync(long epoch, ObjectId id, long offset, long length, bool keepAllocated, bool fua);
+
+    ValueTask<PeerResult> FillHolesAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes);
+
+    ValueTask<PeerResult> DeleteAsync(long epoch, ObjectId id);
+
+    /// <summary>One journal sync on the node, shared with concurrent flushes.</summary>
+    ValueTask<PeerResult> FlushAsync(long epoch);
+
+    ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states);
+}

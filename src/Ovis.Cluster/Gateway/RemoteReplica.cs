@@ -1,0 +1,33 @@
+using Ovis.Cluster.Peer;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Gateway;
+
+/// <summary>Another node's store, over one pipelined peer connection.</summary>
+public sealed class RemoteReplica(string nodeId, PeerClient client) : IReplica
+{
+    public string NodeId => nodeId;
+
+    public PeerClient Client => client;
+
+    public ValueTask<PeerResult> WriteAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+        => client.WriteAsync(epoch, id, offset, data, fua);
+
+    public ValueTask<PeerResult> ReadAsync(long epoch, ObjectId id, long offset, Memory<byte> buffer)
+        => client.ReadAsync(epoch, id, offset, buffer);
+
+    public ValueTask<PeerResult> ZeroAsync(long epoch, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
+        => client.ZeroAsync(epoch, id, offset, length, keepAllocated, fua);
+
+    public ValueTask<PeerResult> FillHolesAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
+        => client.FillHolesAsync(epoch, id, offset, data, zeroes);
+
+    public ValueTask<PeerResult> DeleteAsync(long epoch, ObjectId id) => client.DeleteAsync(epoch, id);
+
+    public ValueTask<PeerResult> FlushAsync(long epoch) => client.FlushAsync(epoch);
+
+    public ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states)
+        => client.GetAllocationAsync(epoch, id, offset, states);
+
+    public ValueTask DisposeAsync() => client.DisposeAsync();
+}

@@ -1,0 +1,163 @@
+using Ovis.Cluster.Peer;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Gateway;
+
+public sealed partial class ReplicatedStore
+{
+    /// <summary>
+    /// Makes every completed write to layer <paramref name="volume"/> durable on every copy that
+    /// took it: one flush to each node that holds unflushed writes of the layer — each a single
+    /// journal sync there, shared with concurrent flushes — and nothing to the others.
+    /// </summary>
+    public ValueTask<StoreStatus> FlushAsync(uint volume)
+        => _dirty.TryGetValue(volume, out DirtyNodes? dirty) ? dirty.FlushAsync(this) : new(StoreStatus.Ok);
+
+    /// <summary>Flushes every layer's nodes.</summary>
+    public async ValueTask<StoreStatus> FlushAsync()
+    {
+        StoreStatus result = StoreStatus.Ok;
+        foreach (DirtyNodes dirty in _dirty.Values)
+        {
+            StoreStatus s = await dirty.FlushAsync(this).ConfigureAwait(false);
+            if (s != StoreStatus.Ok)
+                result = s;
+        }
+        return result;
+    }
+
+    /// <summary>Flushes the nodes in <paramref name="mask"/> (slots); how many copies each write
+    /// still has durably decides whether losing a node on the way fails the flush.</summary>
+    private async Task<StoreStatus> FlushNodesAsync(ulong mask, int minReached)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            ClusterView view = View;
+            var pending = new List<(int Node, ValueTask<PeerResult> Reply)>();
+            int lost = 0;
+            for (int n = 0; n < view.Replicas.Length; n++)
+            {
+                if ((mask & (1UL << view.Slots[n])) == 0)
+                    continue;
+                // Started together, each awaited exactly once below.
+#pragma warning disable CA2012
+                if (view.Live[n])
+                    pending.Add((n, view.Replicas[n].FlushAsync(view.Epoch)));
+#pragma warning restore CA2012
+                else
+                    pending.Add((n, new(new PeerResult(PeerStatus.Unreachable, view.Epoch))));
+            }
+            long newest = view.Epoch;
+            var failed = new List<int>();
+            foreach ((int n, ValueTask<PeerResult> reply) in pending)
+            {
+                PeerResult r = await reply.ConfigureAwait(false);
+                if (r.Status == PeerStatus.StaleEpoch)
+                    newest = Math.Max(newest, r.Epoch);
+                else if (!r.IsOk)
+                    failed.Add(n);
+            }
+            if (newest > view.Epoch && attempt < MaxAttempts)
+            {
+                await _control.RefreshAsync(newest).ConfigureAwait(false);
+                continue;
+            }
+            if (newest > view.Epoch)
+                return StoreStatus.IoError;
+            // A node that failed its flush may have lost the writes it had: it is stale now, and
+            // every write must still be durable on enough of the others.
+            foreach (int n in failed)
+            {
+                lost++;
+                if (!await EnsureStaleAsync(view, n).ConfigureAwait(false))
+                    return StoreStatus.IoError;
+            }
+            return minReached - lost >= view.MinCopies || lost == 0 ? StoreStatus.Ok : StoreStatus.IoError;
+        }
+    }
+
+    /// <summary>
+    /// The nodes holding unflushed writes of one layer, as a mask over <see cref="ReplicaSet"/>
+    /// slots, and the fewest copies any of those writes reached. A flush takes the mask and waits
+    /// for the flush before it, so a flush never answers while an earlier one, which took writes
+    /// it must cover, is still on its way.
+    /// </summary>
+    private sealed class DirtyNodes
+    {
+        private readonly Lock _lock = new();
+        private ulong _mask;
+        private int _minReached = int.MaxValue;
+        private Task<StoreStatus> _last = Task.FromResult(StoreStatus.Ok);
+
+        /// <summary>Called when a change is on the nodes in <paramref name="mask"/>, before it is acknowledged.
+        /// When the bits are set already a flush that takes them later syncs those nodes after
+        /// this change reached them, so the common case takes no lock.</summary>
+        public void Add(ulong mask, int reached)
+        {
+            if ((Volatile.Read(ref _mask) & mask) == mask && reached >= Volatile.Read(ref _minReached))
+                return;
+            lock (_lock)
+            {
+                _mask |= mask;
+                _minReached = Math.Min(_minReached, reached);
+            }
+        }
+
+        public ValueTask<StoreStatus> FlushAsync(ReplicatedStore store)
+        {
+            ulong mask;
+            int minReached;
+            Task<StoreStatus> previous;
+            var done = new TaskCompletionSource<StoreStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (_lock)
+            {
+                mask = _mask;
+                minReached = _minReached;
+                previous = _last;
+                if (mask == 0 && previous.IsCompletedSuccessfully && previous.Result == StoreStatus.Ok)
+                    return new(StoreStatus.Ok);
+                _mask = 0;
+                _minReached = int.MaxValue;
+                _last = done.Task;
+            }
+            _ = RunAsync(store, mask, minReached, previous, done);
+            return new(done.Task);
+        }
+
+        private async Task RunAsync(ReplicatedStore store, ulong mask, int minReached, Task<StoreStatus> previous, TaskCompletionSource<StoreStatus> done)
+        {
+            try
+            {
+                if (await previous.ConfigureAwait(false) != StoreStatus.Ok)
+                {
+                    // The earlier flush gave its nodes back (below): this one covers them too.
+                    lock (_lock)
+                    {
+                        mask |= _mask;
+                        minReached = Math.Min(minReached, _minReached);
+                        _mask = 0;
+                        _minReached = int.MaxValue;
+                    }
+                }
+                StoreStatus result = mask == 0 ? StoreStatus.Ok : await store.FlushNodesAsync(mask, minReached).ConfigureAwait(false);
+                if (result != StoreStatus.Ok)
+                {
+                    lock (_lock)
+                    {
+                        _mask |= mask;
+                        _minReached = Math.Min(_minReached, minReached);
+                    }
+                }
+                done.SetResult(result);
+            }
+#pragma warning disable CA1031 // The flush's caller gets an error, never a lost task.
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+                lock (_lock)
+                    _mask |= mask;
+                done.SetResult(StoreStatus.IoError);
+            }
+        }
+    }
+}

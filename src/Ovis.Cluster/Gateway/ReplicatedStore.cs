@@ -1,0 +1,352 @@
+using Ovis.Cluster.Peer;
+using System.Buffers;
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Gateway;
+
+/// <summary>
+/// The gateway: an <see cref="IObjectStore"/> that keeps every object on the nodes the
+/// placement names. A change goes to all copies at once and completes when every reachable one
+/// has it — and at least <see cref="ClusterView.MinCopies"/> did; a copy that missed it is marked
+/// stale in the catalog before the reply, so no read ever comes from it. A read goes to one
+/// copy: the local one when it holds one, else the next in placement order. A replica in a newer
+/// epoch refuses a request; the gateway then refreshes its view and sends it again.
+/// Flushes go only to the nodes holding unflushed writes of the volume (<see cref="FlushAsync(uint)"/>).
+/// </summary>
+public sealed partial class ReplicatedStore : IObjectStore
+{
+    // A request refused for its epoch is retried after a refresh; the epoch cannot run away forever.
+    private const int MaxAttempts = 8;
+
+    private readonly IObjectStore _local;
+    private readonly IGatewayControl _control;
+    private readonly ILogger _logger;
+    private readonly ConcurrentDictionary<string, bool> _markedStale = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<uint, DirtyNodes> _dirty = new();
+    private ClusterView _view;
+
+    /// <param name="local">This node's store: it answers space and object listings.</param>
+    public ReplicatedStore(IObjectStore local, ClusterView view, IGatewayControl control, ILogger logger)
+    {
+        _local = local;
+        _view = view;
+        _control = control;
+        _logger = logger;
+    }
+
+    public ClusterView View => Volatile.Read(ref _view);
+
+    public int BlockSize => _local.BlockSize;
+
+    public long MaxObjectSize => _local.MaxObjectSize;
+
+    public long UsedBytes => _local.UsedBytes;
+
+    public IReadOnlyCollection<ObjectId> ListObjects() => _local.ListObjects();
+
+    /// <summary>Installs a newer view (by catalog revision); an older one is ignored, as views may arrive out of order.</summary>
+    public void Update(ClusterView view)
+    {
+        ArgumentNullException.ThrowIfNull(view);
+        ClusterView current = Volatile.Read(ref _view);
+        while (view.Revision > current.Revision)
+        {
+            ClusterView seen = Interlocked.CompareExchange(ref _view, view, current);
+            if (ReferenceEquals(seen, current))
+            {
+                ForgetClearedMarks(view);
+                return;
+            }
+            current = seen;
+        }
+    }
+
+    public ValueTask<StoreStatus> WriteAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, IBlockSource? underlay = null)
+    {
+        int bs = BlockSize;
+        return underlay is not null && (offset % bs != 0 || (offset + data.Length) % bs != 0)
+            ? WriteOverUnderlayAsync(id, offset, data, fua, underlay)
+            : MutateAsync(id, new WriteOp(offset, data, fua));
+    }
+
+    /// <summary>
+    /// A write that covers a block only in part, in a layer over parents: the replicas cannot ask
+    /// the parents themselves, so the gateway first fills the edge blocks with the parents'
+    /// content where the copies still have holes (FILL_HOLES is atomic per block on each copy, so
+    /// a racing write is never overwritten), then writes.
+    /// </summary>
+    private async ValueTask<StoreStatus> WriteOverUnderlayAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, IBlockSource underlay)
+    {
+        int bs = BlockSize;
+        long first = offset / bs;
+        long last = (offset + data.Length - 1) / bs;
+        byte[] block = ArrayPool<byte>.Shared.Rent(bs);
+        try
+        {
+            foreach (long b in first == last ? [first] : new[] { first, last })
+            {
+                bool partial = b == first ? offset % bs != 0 || (b == last && (offset + data.Length) % bs != 0) : (offset + data.Length) % bs != 0;
+                if (!partial)
+                    continue;
+                if (!await underlay.ReadBlockAsync((int)b, block.AsMemory(0, bs)).ConfigureAwait(false))
+                    return StoreStatus.IoError;
+                StoreStatus filled = await MutateAsync(id, new FillOp(b * bs, block.AsMemory(0, bs), Zeroes: false)).ConfigureAwait(false);
+                if (filled != StoreStatus.Ok)
+                    return filled;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(block);
+        }
+        return await MutateAsync(id, new WriteOp(offset, data, fua)).ConfigureAwait(false);
+    }
+
+    public ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
+        => MutateAsync(id, new FillOp(offset, data, zeroes));
+
+    public ValueTask<StoreStatus> ZeroAsync(ObjectId id, long offset, long length, bool keepAllocated, bool fua)
+        => MutateAsync(id, new ZeroOp(offset, length, keepAllocated, fua));
+
+    public ValueTask<StoreStatus> DeleteAsync(ObjectId id) => MutateAsync(id, default(DeleteOp));
+
+    /// <summary>Sends a change to every copy of <paramref name="id"/> at once.</summary>
+    private async ValueTask<StoreStatus> MutateAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            ClusterView view = View;
+            if (view.Placement is not { } placement)
+            {
+                LogCannotPlace(_logger, view.PlacementError ?? "no members");
+                return StoreStatus.IoError;
+            }
+            int copies = view.Copies;
+            int[] picks = new int[copies];
+            placement.ChooseIndexes(id.Packed, picks);
+            // All copies are started before any is awaited; each is awaited exactly once below.
+            var pending = new ValueTask<PeerResult>[copies];
+            for (int i = 0; i < copies; i++)
+            {
+                int n = picks[i];
+#pragma warning disable CA2012
+                pending[i] = view.Live[n]
+                    ? op.Send(view.Replicas[n], view.Epoch, id)
+                    : new(new PeerResult(PeerStatus.Unreachable, view.Epoch));
+#pragma warning restore CA2012
+            }
+
+            int reached = 0;
+            ulong holding = 0; // slots of the nodes that took the change
+            long newest = view.Epoch;
+            bool noSpace = false;
+            ulong missed = 0; // bits over i
+            for (int i = 0; i < copies; i++)
+            {
+                PeerResult reply = await pending[i].ConfigureAwait(false);
+                switch (reply.Status)
+                {
+                    case PeerStatus.Ok:
+                        reached++;
+                        holding |= 1UL << view.Slots[picks[i]];
+                        break;
+                    case PeerStatus.StaleEpoch:
+                        newest = Math.Max(newest, reply.Epoch);
+                        break;
+                    case PeerStatus.NoSpace:
+                        noSpace = true;
+                        break;
+                    default:
+                        missed |= 1UL << i;
+                        break;
+                }
+            }
+            if (newest > view.Epoch && attempt < MaxAttempts)
+            {
+                // Some copy lives in a newer epoch, perhaps with a new placement: send the whole change again.
+                await _control.RefreshAsync(newest).ConfigureAwait(false);
+                continue;
+            }
+            if (noSpace)
+                return StoreStatus.NoSpace;
+            if (reached < view.MinCopies || reached + BitCount(missed) < copies)
+            {
+                LogTooFewCopies(_logger, id.ToString(), reached, view.MinCopies, view.Epoch);
+                return StoreStatus.IoError;
+            }
+            for (int i = 0; i < copies && missed != 0; i++)
+            {
+                if ((missed & (1UL << i)) != 0 && !await EnsureStaleAsync(view, picks[i]).ConfigureAwait(false))
+                    return StoreStatus.IoError;
+            }
+            // Recorded after the copies took the change and before the reply: a flush that starts
+            // after the reply finds these nodes (one that starts earlier need not cover it).
+            DirtyNodes dirty = _dirty.GetOrAdd(id.Volume, static _ => new DirtyNodes());
+            dirty.Add(holding, reached);
+            return StoreStatus.Ok;
+        }
+    }
+
+    private static int BitCount(ulong bits) => System.Numerics.BitOperations.PopCount(bits);
+
+    /// <summary>Marks a copy that missed a change stale, once per node; false when the catalog could not be told.</summary>
+    private async ValueTask<bool> EnsureStaleAsync(ClusterView view, int node)
+    {
+        if (view.Stale[node])
+            return true;
+        string nodeId = view.Replicas[node].NodeId;
+        if (_markedStale.ContainsKey(nodeId))
+            return true;
+        try
+        {
+            await _control.MarkStaleAsync(nodeId, view.Epoch).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Whatever the catalog's failure, the write cannot be acknowledged.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            LogStaleMarkFailed(_logger, nodeId, ex);
+            return false;
+        }
+        _markedStale[nodeId] = true;
+        LogMarkedStale(_logger, nodeId, view.Epoch);
+        return true;
+    }
+
+    /// <summary>A mark this gateway made that the catalog no longer has was cleared (the node was
+    /// resynced): should the node miss a write again, it must be marked again.</summary>
+    private void ForgetClearedMarks(ClusterView view)
+    {
+        if (_markedStale.IsEmpty)
+            return;
+        for (int n = 0; n < view.Replicas.Length; n++)
+        {
+            if (!view.Stale[n])
+                _markedStale.TryRemove(view.Replicas[n].NodeId, out _);
+        }
+    }
+
+    // The control installs a view with the mark before a write that made it is acknowledged, so
+    // the view alone says which copies may be read.
+    private static bool Readable(ClusterView view, int node) => view.Live[node] && !view.Stale[node];
+
+    public ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer)
+    {
+        // The common case, a local copy that is current, costs no more than the local store.
+        ClusterView view = View;
+        if (LocalCopy(view, id) && Readable(view, view.LocalIndex))
+        {
+            ValueTask<StoreStatus> local = _local.ReadAsync(id, offset, buffer);
+            if (!local.IsCompletedSuccessfully)
+                return ReadLocalThenCopiesAsync(local, id, offset, buffer);
+            if (local.Result == StoreStatus.Ok)
+                return local;
+        }
+        return ReadFromCopiesAsync(id, offset, buffer);
+    }
+
+    private async ValueTask<StoreStatus> ReadLocalThenCopiesAsync(ValueTask<StoreStatus> local, ObjectId id, long offset, Memory<byte> buffer)
+        => await local.ConfigureAwait(false) == StoreStatus.Ok
+            ? StoreStatus.Ok
+            : await ReadFromCopiesAsync(id, offset, buffer).ConfigureAwait(false);
+
+    private async ValueTask<StoreStatus> ReadFromCopiesAsync(ObjectId id, long offset, Memory<byte> buffer)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            ClusterView view = View;
+            if (view.Placement is null)
+                return StoreStatus.IoError;
+            long newest = view.Epoch;
+            foreach (int n in ReadOrder(view, id))
+            {
+                PeerResult reply = await view.Replicas[n].ReadAsync(view.Epoch, id, offset, buffer).ConfigureAwait(false);
+                if (reply.IsOk)
+                    return StoreStatus.Ok;
+                if (reply.Status == PeerStatus.StaleEpoch)
+                    newest = Math.Max(newest, reply.Epoch);
+                // Any other failure (a checksum, a dead node): the next copy may have it right.
+            }
+            if (newest > view.Epoch && attempt < MaxAttempts)
+            {
+                await _control.RefreshAsync(newest).ConfigureAwait(false);
+                continue;
+            }
+            return StoreStatus.IoError;
+        }
+    }
+
+    public ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
+    {
+        ClusterView view = View;
+        return LocalCopy(view, id) && Readable(view, view.LocalIndex)
+            ? _local.GetAllocationAsync(id, offset, states)
+            : GetAllocationFromCopiesAsync(id, offset, states);
+    }
+
+    private async ValueTask<StoreStatus> GetAllocationFromCopiesAsync(ObjectId id, long offset, Memory<BlockState> states)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            ClusterView view = View;
+            if (view.Placement is null)
+                return StoreStatus.IoError;
+            long newest = view.Epoch;
+            foreach (int n in ReadOrder(view, id))
+            {
+                PeerResult reply = await view.Replicas[n].GetAllocationAsync(view.Epoch, id, offset, states).ConfigureAwait(false);
+                if (reply.IsOk)
+                    return StoreStatus.Ok;
+                if (reply.Status == PeerStatus.StaleEpoch)
+                    newest = Math.Max(newest, reply.Epoch);
+            }
+            if (newest > view.Epoch && attempt < MaxAttempts)
+            {
+                await _control.RefreshAsync(newest).ConfigureAwait(false);
+                continue;
+            }
+            return StoreStatus.IoError;
+        }
+    }
+
+    private static bool LocalCopy(ClusterView view, ObjectId id)
+    {
+        if (view.Placement is not { } placement || view.LocalIndex < 0)
+            return false;
+        Span<int> picks = stackalloc int[view.Copies];
+        placement.ChooseIndexes(id.Packed, picks);
+        return picks.Contains(view.LocalIndex);
+    }
+
+    /// <summary>The copies a read may use, best first: the local one, then placement order; never a stale or down one.</summary>
+    private static List<int> ReadOrder(ClusterView view, ObjectId id)
+    {
+        int[] picks = new int[view.Copies];
+        view.Placement!.ChooseIndexes(id.Packed, picks);
+        var order = new List<int>(picks.Length);
+        if (picks.Contains(view.LocalIndex) && Readable(view, view.LocalIndex))
+            order.Add(view.LocalIndex);
+        foreach (int n in picks)
+        {
+            if (n != view.LocalIndex && Readable(view, n))
+                order.Add(n);
+        }
+        return order;
+    }
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+
+    [LoggerMessage(EventId = 40, Level = LogLevel.Error, Message = "Cannot place objects: {Reason}")]
+    private static partial void LogCannotPlace(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 41, Level = LogLevel.Error, Message = "Object {Object}: only {Reached} copies answered, {Min} needed (epoch {Epoch})")]
+    private static partial void LogTooFewCopies(ILogger logger, string @object, int reached, int min, long epoch);
+
+    [LoggerMessage(EventId = 42, Level = LogLevel.Warning, Message = "Node {Node} missed a write in epoch {Epoch}: marked stale, no reads from it until it is resynced")]
+    private static partial void LogMarkedStale(ILogger logger, string node, long epoch);
+
+    [LoggerMessage(EventId = 43, Level = LogLevel.Error, Message = "Could not mark node {Node} stale in the catalog: the write is not acknowledged")]
+    private static partial void LogStaleMarkFailed(ILogger logger, string node, Exception exception);
+}

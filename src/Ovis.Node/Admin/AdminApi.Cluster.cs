@@ -1,0 +1,76 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Routing;
+using Ovis.Cluster.Catalog;
+using Ovis.Nbd;
+using Ovis.Volumes;
+
+namespace Ovis.Node.Admin;
+
+public static partial class AdminApi
+{
+    public const string NotClustered = "this node is not in a cluster (start it with --cluster)";
+
+    /// <summary>
+    /// In a cluster, the node that changes a volume's data or layers must be the one writing it:
+    /// a snapshot, rollback, resize, delete or flatten takes (or shares) the volume's lock, and is
+    /// refused with 409 naming the holder while another node serves the volume. Null on an
+    /// embedded node. The volume is looked up first, so a missing one is still a 404.
+    /// </summary>
+    private static async Task<IAsyncDisposable?> LockForChangeAsync(IServiceProvider services, VolumeManager volumes, string name)
+    {
+        volumes.Get(name);
+        if (services.GetService(typeof(VolumeLocks)) is not VolumeLocks locks)
+        {
+            return null;
+        }
+
+        int at = name.IndexOf('@', StringComparison.Ordinal);
+        try
+        {
+            return await locks.AcquireAsync(at < 0 ? name : name[..at]);
+        }
+        catch (ExportUnavailableException ex)
+        {
+            throw new AdminRequestException(ex.Message, StatusCodes.Status409Conflict);
+        }
+    }
+
+    private static void MapCluster(RouteGroupBuilder api)
+    {
+        api.MapGet("/cluster", GetClusterAsync);
+        api.MapGet("/nodes", ListNodesAsync);
+    }
+
+    private static async Task<Ok<ClusterInfo>> GetClusterAsync(ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
+    {
+        var format = membership.Format ?? throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
+        var view = await membership.ReadMembershipAsync(cancellationToken);
+        var runtime = services.GetService(typeof(ClusterRuntime)) as ClusterRuntime;
+        return TypedResults.Ok(new ClusterInfo(format.Name, format.Copies, format.EffectiveMinCopies, view.Epoch, format.FormattedAt,
+            await MembersAsync(view, runtime), runtime?.Store.View.PlacementError));
+    }
+
+    private static async Task<Ok<IReadOnlyList<MemberInfo>>> ListNodesAsync(ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
+    {
+        if (!membership.IsClustered)
+        {
+            throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
+        }
+
+        var view = await membership.ReadMembershipAsync(cancellationToken);
+        return TypedResults.Ok(await MembersAsync(view, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime));
+    }
+
+    /// <summary>Every node that ever joined, up or down, with the space and objects each reports (asked in parallel).</summary>
+    private static async Task<IReadOnlyList<MemberInfo>> MembersAsync(MembershipView view, ClusterRuntime? runtime)
+    {
+        var live = view.Nodes.Select(n => n.Id).ToHashSet(StringComparer.Ordinal);
+        var members = view.Members.Count > 0 ? view.Members : view.Nodes;
+        var stats = await Task.WhenAll(members.Select(async m =>
+            live.Contains(m.Id) && runtime is not null ? await runtime.StatsAsync(m.Id) : null));
+        return [.. members.Select((m, i) => new MemberInfo(m.Id, m.Address, m.Zone, live.Contains(m.Id) ? "up" : "down",
+            view.Stale.Contains(m.Id, StringComparer.Ordinal), stats[i]?.UsedBytes, stats[i]?.ObjectCount))];
+    }
+}

@@ -1,0 +1,173 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Gateway;
+using Ovis.Cluster.Peer;
+using Ovis.Store;
+
+namespace Ovis.Node;
+
+/// <summary>
+/// The data path of a clustered node: the gateway (<see cref="ReplicatedStore"/>) its volumes
+/// write through, the peer server other gateways send copies to, and the membership view both
+/// check epochs against — kept current by a watch on the catalog, and refreshed at once when a
+/// peer answers from a newer epoch.
+/// </summary>
+internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IAsyncDisposable
+{
+    private readonly ClusterMembership _membership;
+    private readonly EtcdCatalog _catalog;
+    private readonly ClusterFormat _format;
+    private readonly string _nodeId;
+    private readonly ReplicaSet _replicas;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly SemaphoreSlim _refreshing = new(1, 1);
+    private Task _watch = Task.CompletedTask;
+
+    private readonly LocalStore _local;
+
+    private ClusterRuntime(ClusterMembership membership, string nodeId, LocalStore local, ILogger logger, MembershipView first)
+    {
+        _local = local;
+        _membership = membership;
+        _catalog = membership.Catalog!;
+        _format = membership.Format!;
+        _nodeId = nodeId;
+        _logger = logger;
+        _replicas = new ReplicaSet(new LocalReplica(nodeId, local),
+            node => new RemoteReplica(node.Id, new PeerClient(ParsePeer(node), new PeerClientOptions(), logger)));
+        Store = new ReplicatedStore(local, ClusterView.Build(first, _format, nodeId, _replicas), this, logger);
+        PeerServer = new PeerServer(local, this, new PeerServerOptions(), logger);
+    }
+
+    /// <summary>The store volumes use: every object on its placement's nodes.</summary>
+    public ReplicatedStore Store { get; }
+
+    /// <summary>Serves this node's store to other nodes' gateways.</summary>
+    public PeerServer PeerServer { get; }
+
+    public string NodeId => _nodeId;
+
+    /// <summary>Reads the membership and builds the first view; the node is not live in it until it joins.</summary>
+    public static async Task<ClusterRuntime> CreateAsync(ClusterMembership membership, string nodeId, LocalStore local, ILogger logger, CancellationToken cancellationToken)
+    {
+        MembershipView first = await membership.ReadMembershipAsync(cancellationToken).ConfigureAwait(false);
+        return new ClusterRuntime(membership, nodeId, local, logger, first);
+    }
+
+    /// <summary>After the join: follows membership changes until disposed.</summary>
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        await RefreshAsync(0).ConfigureAwait(false);
+        _watch = Task.Run(() => WatchAsync(_stop.Token), CancellationToken.None);
+        if (Store.View.PlacementError is { } error)
+            LogCannotPlace(_logger, error);
+    }
+
+    private async Task WatchAsync(CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            try
+            {
+                await foreach (MembershipView view in _catalog.WatchMembershipAsync(cancellationToken).ConfigureAwait(false))
+                    Install(view);
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                return;
+            }
+#pragma warning disable CA1031 // etcd unreachable or a watch broken: keep trying, the view stays as it was.
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                LogWatchFailed(_logger, ex);
+                try
+                {
+                    await Task.Delay(TimeSpan.FromSeconds(1), cancellationToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    private void Install(MembershipView membership)
+    {
+        ClusterView before = Store.View;
+        Store.Update(ClusterView.Build(membership, _format, _nodeId, _replicas));
+        if (Store.View.Epoch != before.Epoch)
+            LogEpoch(_logger, Store.View.Epoch, membership.Nodes.Count, membership.Members.Count, string.Join(",", membership.Stale));
+    }
+
+    /// <summary>Reads the membership now unless a view at <paramref name="seen"/> or newer is installed;
+    /// concurrent callers share one read.</summary>
+    public async ValueTask RefreshAsync(long seen)
+    {
+        if (seen > 0 && Store.View.Epoch >= seen)
+            return;
+        await _refreshing.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (seen > 0 && Store.View.Epoch >= seen)
+                return;
+            Install(await _membership.ReadMembershipAsync(_stop.Token).ConfigureAwait(false));
+        }
+        finally
+        {
+            _refreshing.Release();
+        }
+    }
+
+    public async ValueTask MarkStaleAsync(string nodeId, long epoch)
+    {
+        await _catalog.MarkStaleAsync(nodeId, _nodeId, epoch).ConfigureAwait(false);
+        await RefreshAsync(0).ConfigureAwait(false);
+    }
+
+    /// <summary>What a node's store holds, as it reports it; null when it does not answer in time.</summary>
+    public async Task<PeerStats?> StatsAsync(string nodeId)
+    {
+        if (nodeId == _nodeId)
+            return new PeerStats(_local.UsedBytes, _local.ListObjects().Count, _local.JournalSyncCount);
+        if (_replicas.Find(nodeId) is not RemoteReplica remote)
+            return null;
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+        PeerStatsResult result = await remote.Client.StatsAsync(timeout.Token).ConfigureAwait(false);
+        return result.IsOk ? result.Stats : null;
+    }
+
+    long IEpochSource.Current => Store.View.Epoch;
+
+    async ValueTask<long> IEpochSource.CatchUpAsync(long seen, CancellationToken cancellationToken)
+    {
+        await RefreshAsync(seen).ConfigureAwait(false);
+        return Store.View.Epoch;
+    }
+
+    private static IPEndPoint ParsePeer(NodeInfo node)
+        => node.Peer is { } peer && IPEndPoint.TryParse(peer, out IPEndPoint? endPoint)
+            ? endPoint
+            : throw new CatalogException($"node '{node.Id}' has no usable peer address ('{node.Peer}'): restart it with this version");
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        await _watch.ConfigureAwait(false);
+        await _replicas.DisposeAsync().ConfigureAwait(false);
+        _stop.Dispose();
+        _refreshing.Dispose();
+    }
+
+    [LoggerMessage(EventId = 30, Level = LogLevel.Information, Message = "Epoch {Epoch}: {Live} of {Members} nodes up; stale: [{Stale}]")]
+    private static partial void LogEpoch(ILogger logger, long epoch, int live, int members, string stale);
+
+    [LoggerMessage(EventId = 31, Level = LogLevel.Warning, Message = "Membership watch failed; retrying")]
+    private static partial void LogWatchFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 32, Level = LogLevel.Error, Message = "{Error}")]
+    private static partial void LogCannotPlace(ILogger logger, string error);
+}

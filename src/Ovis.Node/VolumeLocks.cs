@@ -1,0 +1,99 @@
+using Ovis.Cluster.Catalog;
+using Ovis.Nbd;
+
+namespace Ovis.Node;
+
+/// <summary>
+/// The volume locks this node holds in the cluster catalog: taken when the first connection
+/// opens a volume for writing, shared by that volume's connections on this node, released when
+/// the last one closes. A lock lives on the node's membership lease, so a node that dies loses
+/// it within the lease time and another node can take the volume over.
+/// </summary>
+// The semaphore never allocates a wait handle (only WaitAsync is used), so it needs no disposal.
+#pragma warning disable CA1001
+internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> registration)
+#pragma warning restore CA1001
+{
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly Dictionary<string, Held> _held = new(StringComparer.Ordinal);
+
+    /// <summary>A share of one volume's lock; dispose when the connection ends.</summary>
+    public interface IShare : IAsyncDisposable
+    {
+        /// <summary>Cancelled when the lock is gone with the node's lease: writes must stop.</summary>
+        CancellationToken Lost { get; }
+    }
+
+    /// <summary>Takes (or shares) the lock of <paramref name="volume"/>; throws
+    /// <see cref="ExportUnavailableException"/> naming the holder when another node has it.</summary>
+    public async Task<IShare> AcquireAsync(string volume)
+    {
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (_held.TryGetValue(volume, out Held? held) && !held.Lock.Lost.IsCancellationRequested)
+            {
+                held.Users++;
+                return new Share(this, held);
+            }
+            NodeRegistration holder = registration() ?? throw new ExportUnavailableException($"volume {volume}: this node is not a cluster member now");
+            VolumeLock? taken = await catalog.TryAcquireVolumeLockAsync(volume, holder).ConfigureAwait(false);
+            if (taken is null)
+            {
+                string? other = await catalog.GetVolumeLockHolderAsync(volume).ConfigureAwait(false);
+                throw new ExportUnavailableException(
+                    $"volume {volume} is being served by node {other ?? "(just released)"}: one node writes a volume at a time; connect there, or retry once it is closed or its lease has run out");
+            }
+            held = new Held(volume, taken) { Users = 1 };
+            _held[volume] = held;
+            return new Share(this, held);
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private async ValueTask ReleaseAsync(Held held)
+    {
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (--held.Users > 0)
+                return;
+            if (_held.TryGetValue(held.Volume, out Held? current) && ReferenceEquals(current, held))
+                _held.Remove(held.Volume);
+        }
+        finally
+        {
+            _gate.Release();
+        }
+        try
+        {
+            await held.Lock.DisposeAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is Ovis.Cluster.Etcd.EtcdException or HttpRequestException)
+        {
+            // The lease takes the lock with it when the node goes; releasing early is a courtesy.
+        }
+    }
+
+    private sealed class Held(string volume, VolumeLock @lock)
+    {
+        public string Volume => volume;
+
+        public VolumeLock Lock => @lock;
+
+        public int Users { get; set; }
+    }
+
+    private sealed class Share(VolumeLocks owner, Held held) : IShare
+    {
+        private int _disposed;
+
+        public CancellationToken Lost => held.Lock.Lost;
+
+        public ValueTask DisposeAsync()
+            => Interlocked.Exchange(ref _disposed, 1) == 0 ? owner.ReleaseAsync(held) : ValueTask.CompletedTask;
+    }
+}

@@ -1,0 +1,274 @@
+using Microsoft.Extensions.Logging.Abstractions;
+using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Gateway;
+using Ovis.Cluster.Peer;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Tests;
+
+/// <summary>
+/// The gateway over three real local stores, one per node; the two remote ones behind a wrapper
+/// that can make them unreachable or answer from a newer epoch, as a dead node or a membership
+/// change would. (The interop tests do the same with real daemons and a real etcd.)
+/// </summary>
+public sealed class ReplicatedStoreTests : IAsyncLifetime
+{
+    private static readonly TimeSpan T = TimeSpan.FromSeconds(30);
+    private static readonly string[] Zones = ["a", "b", "c"];
+    private readonly List<(string Dir, LocalStore Store)> _stores = [];
+    private readonly Dictionary<string, FaultyReplica> _remote = new(StringComparer.Ordinal);
+    private readonly Control _control = new();
+
+    public Task InitializeAsync()
+    {
+        foreach (var zone in Zones)
+        {
+            var dir = Path.Combine(Path.GetTempPath(), "ovis-gw-" + Guid.NewGuid().ToString("N"));
+            _stores.Add((dir, LocalStore.Open(dir, new LocalStoreOptions { JournalSize = 32L << 20, BatchSize = 1 << 20, BatchCount = 8 }, NullLogger.Instance)));
+        }
+        _remote["n-b"] = new FaultyReplica(new LocalReplica("n-b", _stores[1].Store));
+        _remote["n-c"] = new FaultyReplica(new LocalReplica("n-c", _stores[2].Store));
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
+    {
+        foreach (var (dir, store) in _stores)
+        {
+            await store.DisposeAsync();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private LocalStore A => _stores[0].Store;
+
+    private LocalStore B => _stores[1].Store;
+
+    private LocalStore C => _stores[2].Store;
+
+    private static MembershipView View(long epoch, long revision, params string[] stale)
+    {
+        NodeInfo[] members = [.. Zones.Select(z => new NodeInfo($"n-{z}", $"127.0.0.1:{z[0]}", z))];
+        return new MembershipView(epoch, members, revision) { Members = members, Stale = stale };
+    }
+
+    private ReplicatedStore Gateway(int copies, out ReplicaSet replicas)
+    {
+        replicas = new ReplicaSet(new LocalReplica("n-a", A), node => _remote[node.Id]);
+        var format = new ClusterFormat("t", copies, DateTimeOffset.UtcNow);
+        var set = replicas;
+        var store = new ReplicatedStore(A, ClusterView.Build(View(5, 100), format, "n-a", replicas), _control, NullLogger.Instance);
+        long revision = 100;
+        _control.Next = (epoch, stale) => ClusterView.Build(View(epoch, Interlocked.Increment(ref revision), stale), format, "n-a", set);
+        _control.Store = store;
+        return store;
+    }
+
+    private static async Task<byte[]> Read(IObjectStore store, ObjectId id, int length)
+    {
+        var buffer = new byte[length];
+        Assert.Equal(StoreStatus.Ok, await store.ReadAsync(id, 0, buffer).AsTask().WaitAsync(T));
+        return buffer;
+    }
+
+    private static byte[] Data(int seed)
+    {
+        var b = new byte[4096];
+        new Random(seed).NextBytes(b);
+        return b;
+    }
+
+    [Fact]
+    public async Task A_write_reaches_every_copy_reads_are_local_and_a_flush_syncs_each_node_once()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var data = Data(1);
+        var ids = Enumerable.Range(0, 50).Select(i => new ObjectId(7, (uint)i)).ToArray();
+        await Task.WhenAll(ids.Select(id => gw.WriteAsync(id, 0, data, fua: false).AsTask()));
+        foreach (var store in new[] { A, B, C })
+        {
+            Assert.Equal(data, await Read(store, ids[17], 4096));
+        }
+        Assert.Equal(data, await Read(gw, ids[3], 4096));
+        Assert.Equal(0, _remote["n-b"].Reads + _remote["n-c"].Reads);
+
+        long[] before = [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount];
+        Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(7).AsTask().WaitAsync(T));
+        Assert.Equal([before[0] + 1, before[1] + 1, before[2] + 1], [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount]);
+
+        // Nothing written since, or only to another volume: no node is asked.
+        Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(7).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(8).AsTask().WaitAsync(T));
+        Assert.Equal([before[0] + 1, before[1] + 1, before[2] + 1], [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount]);
+    }
+
+    [Fact]
+    public async Task With_two_copies_a_flush_syncs_only_the_two_nodes_that_hold_the_write()
+    {
+        var gw = Gateway(copies: 2, out _);
+        var id = new ObjectId(9, 4);
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, Data(2), fua: false).AsTask().WaitAsync(T));
+        var holders = new[] { A, B, C }.Select(s => s.ListObjects().Contains(id)).ToArray();
+        Assert.Equal(2, holders.Count(h => h));
+
+        long[] before = [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount];
+        Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(9).AsTask().WaitAsync(T));
+        long[] after = [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount];
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(holders[i] ? before[i] + 1 : before[i], after[i]);
+        }
+    }
+
+    [Fact]
+    public async Task A_copy_that_misses_a_write_is_marked_stale_before_the_reply_and_never_read()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(3, 1);
+        _remote["n-b"].Unreachable = true;
+        _control.OnMarkStale = node => Assert.Equal(0, _control.Acknowledged);
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, Data(3), fua: false).AsTask().WaitAsync(T));
+        Interlocked.Increment(ref _control.Acknowledged);
+        Assert.Equal(["n-b"], _control.Marked);
+
+        // Node b comes back with its old copy; then the local copy is found stale and c is
+        // down: the only copy left is b's, and the read fails rather than return it.
+        _remote["n-b"].Unreachable = false;
+        _remote["n-c"].Unreachable = true;
+        _control.Store!.Update(_control.Next!(5, ["n-a", "n-b"]));
+        var buffer = new byte[4096];
+        Assert.Equal(StoreStatus.IoError, await gw.ReadAsync(id, 0, buffer).AsTask().WaitAsync(T));
+        Assert.Equal(0, _remote["n-b"].Reads);
+    }
+
+    [Fact]
+    public async Task Below_the_minimum_of_copies_a_write_fails_and_so_does_a_failed_stale_mark()
+    {
+        var gw = Gateway(copies: 3, out _);
+        _remote["n-b"].Unreachable = true;
+        _remote["n-c"].Unreachable = true;
+        Assert.Equal(StoreStatus.IoError, await gw.WriteAsync(new ObjectId(4, 0), 0, Data(4), fua: false).AsTask().WaitAsync(T));
+
+        _remote["n-c"].Unreachable = false;
+        _control.FailMarks = true;
+        Assert.Equal(StoreStatus.IoError, await gw.WriteAsync(new ObjectId(4, 1), 0, Data(5), fua: false).AsTask().WaitAsync(T));
+    }
+
+    [Fact]
+    public async Task A_reply_from_a_newer_epoch_refreshes_the_view_and_the_write_is_sent_again()
+    {
+        var gw = Gateway(copies: 3, out _);
+        _remote["n-c"].StaleEpochOnce = 6;
+        var id = new ObjectId(5, 2);
+        var data = Data(6);
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, data, fua: false).AsTask().WaitAsync(T));
+        Assert.Equal([6L], _control.Refreshes);
+        Assert.Equal(6, gw.View.Epoch);
+        Assert.Equal(data, await Read(C, id, 4096));
+        Assert.Empty(_control.Marked);
+    }
+
+    [Fact]
+    public async Task A_read_falls_back_to_another_copy_when_the_local_one_is_bad()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(6, 0);
+        var data = Data(7);
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, data, fua: false).AsTask().WaitAsync(T));
+        _control.Store!.Update(_control.Next!(7, ["n-a"])); // the local copy is stale now
+        Assert.Equal(data, await Read(gw, id, 4096));
+        Assert.Equal(1, _remote["n-b"].Reads + _remote["n-c"].Reads);
+    }
+
+    /// <summary>The node's side of the gateway: refreshes install the next view, stale marks are recorded.</summary>
+    private sealed class Control : IGatewayControl
+    {
+        public Func<long, string[], ClusterView>? Next { get; set; }
+
+        public ReplicatedStore? Store { get; set; }
+
+        public List<long> Refreshes { get; } = [];
+
+        public List<string> Marked { get; } = [];
+
+        public bool FailMarks { get; set; }
+
+        public Action<string>? OnMarkStale { get; set; }
+
+        public int Acknowledged;
+
+        public ValueTask RefreshAsync(long seen)
+        {
+            lock (Refreshes)
+                Refreshes.Add(seen);
+            Store!.Update(Next!(seen, [.. Marked]));
+            return ValueTask.CompletedTask;
+        }
+
+        public ValueTask MarkStaleAsync(string nodeId, long epoch)
+        {
+            if (FailMarks)
+                throw new CatalogException("etcd is unreachable");
+            OnMarkStale?.Invoke(nodeId);
+            lock (Marked)
+                Marked.Add(nodeId);
+            Store!.Update(Next!(Store.View.Epoch, [.. Marked]));
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    /// <summary>A replica that can be cut off, or answer once from a newer epoch without applying the request.</summary>
+    private sealed class FaultyReplica(IReplica inner) : IReplica
+    {
+        public bool Unreachable { get; set; }
+
+        public long StaleEpochOnce { get; set; }
+
+        public int Reads;
+
+        public string NodeId => inner.NodeId;
+
+        private bool Refuse(out PeerResult result)
+        {
+            if (Unreachable)
+            {
+                result = PeerResult.Unreachable;
+                return true;
+            }
+            if (StaleEpochOnce > 0)
+            {
+                result = new PeerResult(PeerStatus.StaleEpoch, StaleEpochOnce);
+                StaleEpochOnce = 0;
+                return true;
+            }
+            result = default;
+            return false;
+        }
+
+        public ValueTask<PeerResult> WriteAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+            => Refuse(out var r) ? new(r) : inner.WriteAsync(epoch, id, offset, data, fua);
+
+        public ValueTask<PeerResult> ReadAsync(long epoch, ObjectId id, long offset, Memory<byte> buffer)
+        {
+            Interlocked.Increment(ref Reads);
+            return Refuse(out var r) ? new(r) : inner.ReadAsync(epoch, id, offset, buffer);
+        }
+
+        public ValueTask<PeerResult> ZeroAsync(long epoch, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
+            => Refuse(out var r) ? new(r) : inner.ZeroAsync(epoch, id, offset, length, keepAllocated, fua);
+
+        public ValueTask<PeerResult> FillHolesAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
+            => Refuse(out var r) ? new(r) : inner.FillHolesAsync(epoch, id, offset, data, zeroes);
+
+        public ValueTask<PeerResult> DeleteAsync(long epoch, ObjectId id)
+            => Refuse(out var r) ? new(r) : inner.DeleteAsync(epoch, id);
+
+        public ValueTask<PeerResult> FlushAsync(long epoch)
+            => Refuse(out var r) ? new(r) : inner.FlushAsync(epoch);
+
+        public ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states)
+            => Refuse(out var r) ? new(r) : inner.GetAllocationAsync(epoch, id, offset, states);
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
