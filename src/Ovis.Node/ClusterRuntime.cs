@@ -26,10 +26,12 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     private Task _watch = Task.CompletedTask;
 
     private readonly LocalStore _local;
+    private readonly bool _wasMember;
 
     private ClusterRuntime(ClusterMembership membership, string nodeId, LocalStore local, ILogger logger, MembershipView first)
     {
         _local = local;
+        _wasMember = first.Members.Any(m => m.Id == nodeId);
         _membership = membership;
         _catalog = membership.Catalog!;
         _format = membership.Format!;
@@ -54,6 +56,23 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     {
         MembershipView first = await membership.ReadMembershipAsync(cancellationToken).ConfigureAwait(false);
         return new ClusterRuntime(membership, nodeId, local, logger, first);
+    }
+
+    /// <summary>
+    /// Before the join: a node that holds none of the cluster's data — new to the cluster, or back
+    /// with an empty store — is marked stale, since placement may name it for objects written
+    /// before it came; no read is served from it until recovery has filled it. A cluster without
+    /// volumes has nothing it could miss.
+    /// </summary>
+    public async Task MarkStaleIfEmptyAsync(Ovis.Volumes.IVolumeRegistry registry, CancellationToken cancellationToken)
+    {
+        if (_wasMember && _local.ListObjects().Count > 0)
+            return;
+        var loaded = await registry.LoadAsync(cancellationToken).ConfigureAwait(false);
+        if (loaded.State.Volumes.Count == 0)
+            return;
+        await _catalog.MarkStaleAsync(_nodeId, _nodeId, Store.View.Epoch, cancellationToken).ConfigureAwait(false);
+        LogJoinsStale(_logger, _nodeId, _wasMember ? "its store is empty" : "it is new to the cluster");
     }
 
     /// <summary>After the join: follows membership changes until disposed.</summary>
@@ -167,6 +186,9 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
 
     [LoggerMessage(EventId = 31, Level = LogLevel.Warning, Message = "Membership watch failed; retrying")]
     private static partial void LogWatchFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 33, Level = LogLevel.Warning, Message = "Node {Node} joins stale ({Reason}): no reads are served from it until its copies are recovered")]
+    private static partial void LogJoinsStale(ILogger logger, string node, string reason);
 
     [LoggerMessage(EventId = 32, Level = LogLevel.Error, Message = "{Error}")]
     private static partial void LogCannotPlace(ILogger logger, string error);

@@ -112,11 +112,16 @@ public sealed partial class OvisNode : IAsyncDisposable
             {
                 var address = (status.NbdListeners.Count > 0 ? status.NbdListeners[0] : null)
                     ?? throw new NodeStartException("a clustered node needs an NBD address (--nbd)");
+                var registry = new EtcdVolumeRegistry(membership.Catalog!.Client, membership.Catalog.Cluster);
+                await ClusterMembership.Describe(clusterOptions, async () =>
+                {
+                    await cluster.MarkStaleIfEmptyAsync(registry, cancellationToken);
+                    return true;
+                });
                 await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, node._logger, cancellationToken);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
                     await cluster.StartAsync(cancellationToken);
-                    var registry = new EtcdVolumeRegistry(membership.Catalog!.Client, membership.Catalog.Cluster);
                     volumes.Set(await VolumeManager.OpenAsync(cluster.Store, registry, clusterLogger, cancellationToken));
                     return true;
                 });

@@ -65,9 +65,20 @@ public sealed class CatalogTests(EtcdCluster etcd)
     {
         await _catalog.FormatAsync(1).WaitAsync(T);
         await using var a = await _catalog.JoinAsync(Node("a")).WaitAsync(T);
-        var e = await Assert.ThrowsAsync<CatalogException>(() => _catalog.JoinAsync(Node("a")).WaitAsync(T));
+        // The second waits as long as a lease of its own would live (2 s here), then gives up.
+        var e = await Assert.ThrowsAsync<CatalogException>(() => _catalog.JoinAsync(Node("a"), ttlSeconds: 2).WaitAsync(T));
         Assert.Contains("already a member", e.Message, StringComparison.Ordinal);
         Assert.Equal(1, (await _catalog.ReadMembershipAsync().WaitAsync(T)).Epoch);
+    }
+
+    [Fact]
+    public async Task A_node_restarted_after_a_crash_joins_once_its_old_lease_runs_out()
+    {
+        await _catalog.FormatAsync(1).WaitAsync(T);
+        var crashed = await _catalog.JoinAsync(Node("a"), ttlSeconds: 2).WaitAsync(T);
+        await crashed.AbandonAsync(); // stops renewing, as kill -9 would
+        await using var again = await _catalog.JoinAsync(Node("a"), ttlSeconds: 2).WaitAsync(T);
+        Assert.Equal(["a"], (await _catalog.ReadMembershipAsync().WaitAsync(T)).Nodes.Select(n => n.Id));
     }
 
     [Fact]

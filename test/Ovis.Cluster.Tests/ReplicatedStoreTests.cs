@@ -155,6 +155,18 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_full_node_misses_the_write_like_a_dead_one_and_too_many_full_nodes_give_ENOSPC()
+    {
+        var gw = Gateway(copies: 3, out _);
+        _remote["n-c"].Full = true;
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(new ObjectId(2, 0), 0, Data(8), fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(["n-c"], _control.Marked);
+
+        _remote["n-b"].Full = true;
+        Assert.Equal(StoreStatus.NoSpace, await gw.WriteAsync(new ObjectId(2, 1), 0, Data(9), fua: false).AsTask().WaitAsync(T));
+    }
+
+    [Fact]
     public async Task A_reply_from_a_newer_epoch_refreshes_the_view_and_the_write_is_sent_again()
     {
         var gw = Gateway(copies: 3, out _);
@@ -222,6 +234,8 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
     {
         public bool Unreachable { get; set; }
 
+        public bool Full { get; set; }
+
         public long StaleEpochOnce { get; set; }
 
         public int Reads;
@@ -233,6 +247,11 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
             if (Unreachable)
             {
                 result = PeerResult.Unreachable;
+                return true;
+            }
+            if (Full)
+            {
+                result = new PeerResult(PeerStatus.NoSpace, 5);
                 return true;
             }
             if (StaleEpochOnce > 0)

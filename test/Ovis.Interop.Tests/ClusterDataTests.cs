@@ -239,6 +239,26 @@ public sealed class ClusterDataTests(EtcdCluster etcd, ITestOutputHelper output)
         await QemuIoReadOnly(nodes[1].NbdUri("l@before"), "read -P 0x33 0 64k");
     }
 
+    [Fact]
+    public async Task A_node_added_to_a_cluster_with_data_is_never_read_from_until_recovered()
+    {
+        // Two copies on nodes a and b; then node c joins and placement names it for about a third
+        // of the objects, which it does not have.
+        await using var nodes = await StartCluster(copies: 2, nodes: 2);
+        await Create(nodes[0], "n", "64M");
+        var image = Path.Combine(ScratchDirectory(), "in.raw");
+        WriteImage(image, 64L * MiB, seed: 5);
+        await RunOk("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", image, nodes[0].NbdUri("n")]);
+
+        nodes.Add(await OvisDaemon.StartNewAsync(extraArguments: NodeArguments(nodes.Cluster, "c")));
+        var list = await Json(nodes[0], "node", "list");
+        Assert.True(list.EnumerateArray().Single(n => n.GetProperty("id").GetString() == "n-c").GetProperty("stale").GetBoolean(), list.ToString());
+
+        // Through the new node as gateway: every object reads back from a current copy.
+        await Eventually(async () => (await Json(nodes[2], "vdi", "list")).GetArrayLength() == 1, LeaseMargin, "node c knows the volume");
+        await RunOk("qemu-img", ["compare", "-f", "raw", "-F", "raw", image, nodes[2].NbdUri("n")]);
+    }
+
     /// <summary>The daemons of one cluster, stopped together.</summary>
     private sealed class Nodes(string cluster) : List<OvisDaemon>, IAsyncDisposable
     {

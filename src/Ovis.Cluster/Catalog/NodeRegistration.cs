@@ -49,10 +49,15 @@ public sealed class NodeRegistration : IAsyncDisposable
         EtcdCatalog.ValidateName(node.Id, "node id");
         await catalog.RequireFormatAsync(cancellationToken).ConfigureAwait(false);
         var client = catalog.Client;
+        string key = catalog.Keys.Node(node.Id);
+        // A node restarted right after a crash finds its old key still there until the old lease
+        // runs out: it waits that long (a lease of the same length) before it takes a lease itself.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(ttlSeconds + 2);
+        while (await client.GetAsync(key, cancellationToken).ConfigureAwait(false) is not null && DateTime.UtcNow < deadline)
+            await Task.Delay(TimeSpan.FromMilliseconds(250), cancellationToken).ConfigureAwait(false);
         var lease = await client.GrantLeaseAsync(ttlSeconds, cancellationToken).ConfigureAwait(false);
         try
         {
-            string key = catalog.Keys.Node(node.Id);
             byte[] value = JsonSerializer.SerializeToUtf8Bytes(node, CatalogJson.Default.NodeInfo);
             for (int attempt = 0; attempt < 32; attempt++)
             {

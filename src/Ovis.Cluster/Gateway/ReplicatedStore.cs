@@ -156,7 +156,9 @@ public sealed partial class ReplicatedStore : IObjectStore
                         newest = Math.Max(newest, reply.Epoch);
                         break;
                     case PeerStatus.NoSpace:
+                        // A full node misses the change like a dead one: the others may still take it.
                         noSpace = true;
+                        missed |= 1UL << i;
                         break;
                     default:
                         missed |= 1UL << i;
@@ -169,12 +171,10 @@ public sealed partial class ReplicatedStore : IObjectStore
                 await _control.RefreshAsync(newest).ConfigureAwait(false);
                 continue;
             }
-            if (noSpace)
-                return StoreStatus.NoSpace;
             if (reached < view.MinCopies || reached + BitCount(missed) < copies)
             {
                 LogTooFewCopies(_logger, id.ToString(), reached, view.MinCopies, view.Epoch);
-                return StoreStatus.IoError;
+                return noSpace ? StoreStatus.NoSpace : StoreStatus.IoError;
             }
             for (int i = 0; i < copies && missed != 0; i++)
             {
