@@ -1,20 +1,35 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace Ovis.Store;
 
 /// <summary>
-/// One batch of journal records in 4 KiB-aligned native memory, so it can be written with
-/// O_DIRECT as it is. Until the batch is durable and applied to the object files, it is also
-/// where reads find the data it holds (the store's overlay points into it).
+/// One batch of journal records in 4 KiB-aligned memory, so it can be written with O_DIRECT as it
+/// is. Until the batch is durable and applied to the object files, it is also where reads find the
+/// data it holds (the store's overlay points into it).
 /// </summary>
-internal sealed unsafe class BatchBuffer : IDisposable
+/// <remarks>
+/// The memory is a pinned managed array, not native memory: a writer or reader that still holds
+/// a span of the batch when the store is torn down (a crash test, a dispose racing I/O) writes or
+/// reads memory that stays valid until the last span is gone, instead of memory already freed,
+/// which took a whole test host down once.
+/// </remarks>
+internal sealed class BatchBuffer
 {
-    private byte* _memory;
+    private readonly byte[] _array;
+    private readonly int _start;
 
     public BatchBuffer(int capacity)
     {
         Capacity = capacity;
-        _memory = (byte*)NativeMemory.AlignedAlloc((nuint)capacity, JournalFormat.BlockSize);
+        _array = GC.AllocateUninitializedArray<byte>(capacity + JournalFormat.BlockSize, pinned: true);
+        _start = AlignedStart(_array);
+    }
+
+    private static unsafe int AlignedStart(byte[] pinned)
+    {
+        var address = (nuint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinned));
+        return (int)((JournalFormat.BlockSize - address % JournalFormat.BlockSize) % JournalFormat.BlockSize);
     }
 
     public int Capacity { get; }
@@ -33,7 +48,7 @@ internal sealed unsafe class BatchBuffer : IDisposable
     /// <summary>Reservations handed out and not yet filled; the batch is written only at zero.</summary>
     public int Outstanding;
 
-    public Span<byte> Span => new(_memory, Capacity);
+    public Span<byte> Span => _array.AsSpan(_start, Capacity);
 
     /// <summary>The bytes to write: the used length rounded up to 4 KiB, the padding zeroed.</summary>
     public ReadOnlySpan<byte> Padded
@@ -43,15 +58,6 @@ internal sealed unsafe class BatchBuffer : IDisposable
             int padded = (int)JournalFormat.Align4K(Length);
             Span[Length..padded].Clear();
             return Span[..padded];
-        }
-    }
-
-    public void Dispose()
-    {
-        if (_memory != null)
-        {
-            NativeMemory.AlignedFree(_memory);
-            _memory = null;
         }
     }
 }

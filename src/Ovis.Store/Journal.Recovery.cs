@@ -124,7 +124,7 @@ internal sealed partial class Journal
     private void WriteSuperblock(long tailLsn, long tailSeq)
     {
         long generation = Interlocked.Increment(ref _generation);
-        using var buf = new BatchBuffer(JournalFormat.SuperblockSize);
+        var buf = new BatchBuffer(JournalFormat.SuperblockSize);
         Span<byte> sb = buf.Span;
         sb.Clear();
         BinaryPrimitives.WriteUInt32LittleEndian(sb, JournalFormat.SuperblockMagic);

@@ -450,10 +450,6 @@ internal sealed partial class Journal : IDisposable
     public void Dispose()
     {
         _file.Dispose();
-        foreach (BatchBuffer b in _buffers)
-        {
-            b.Dispose();
-        }
         _wake.Dispose();
     }
 

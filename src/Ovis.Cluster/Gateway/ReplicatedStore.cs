@@ -1,7 +1,7 @@
-using Ovis.Cluster.Peer;
 using System.Buffers;
 using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
+using Ovis.Cluster.Peer;
 using Ovis.Store;
 
 namespace Ovis.Cluster.Gateway;
@@ -80,28 +80,31 @@ public sealed partial class ReplicatedStore : IObjectStore
     private async ValueTask<StoreStatus> WriteOverUnderlayAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, IBlockSource underlay)
     {
         int bs = BlockSize;
+        long end = offset + data.Length;
         long first = offset / bs;
-        long last = (offset + data.Length - 1) / bs;
-        byte[] block = ArrayPool<byte>.Shared.Rent(bs);
+        long last = (end - 1) / bs;
+        StoreStatus s = StoreStatus.Ok;
+        if (offset % bs != 0)
+            s = await FillFromParentsAsync(id, first, underlay).ConfigureAwait(false);
+        if (s == StoreStatus.Ok && end % bs != 0 && (last != first || offset % bs == 0))
+            s = await FillFromParentsAsync(id, last, underlay).ConfigureAwait(false);
+        return s == StoreStatus.Ok ? await MutateAsync(id, new WriteOp(offset, data, fua)).ConfigureAwait(false) : s;
+    }
+
+    private async ValueTask<StoreStatus> FillFromParentsAsync(ObjectId id, long block, IBlockSource underlay)
+    {
+        int bs = BlockSize;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(bs);
         try
         {
-            foreach (long b in first == last ? [first] : new[] { first, last })
-            {
-                bool partial = b == first ? offset % bs != 0 || (b == last && (offset + data.Length) % bs != 0) : (offset + data.Length) % bs != 0;
-                if (!partial)
-                    continue;
-                if (!await underlay.ReadBlockAsync((int)b, block.AsMemory(0, bs)).ConfigureAwait(false))
-                    return StoreStatus.IoError;
-                StoreStatus filled = await MutateAsync(id, new FillOp(b * bs, block.AsMemory(0, bs), Zeroes: false)).ConfigureAwait(false);
-                if (filled != StoreStatus.Ok)
-                    return filled;
-            }
+            return await underlay.ReadBlockAsync((int)block, buffer.AsMemory(0, bs)).ConfigureAwait(false)
+                ? await MutateAsync(id, new FillOp(block * bs, buffer.AsMemory(0, bs), Zeroes: false)).ConfigureAwait(false)
+                : StoreStatus.IoError;
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(block);
+            ArrayPool<byte>.Shared.Return(buffer);
         }
-        return await MutateAsync(id, new WriteOp(offset, data, fua)).ConfigureAwait(false);
     }
 
     public ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
