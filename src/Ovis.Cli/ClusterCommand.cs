@@ -90,6 +90,36 @@ internal static class ClusterCommand
             }
         });
         cluster.Subcommands.Add(info);
+        cluster.Subcommands.Add(CheckCommand());
         return cluster;
+    }
+
+    private static Command CheckCommand()
+    {
+        var client = new ClientOptions();
+        var volume = new Argument<string>("VOLUME") { Description = "The volume (or NAME@TAG snapshot) whose copies to compare" };
+        var check = new Command("check", "Compare every copy of every object of a volume; exit 1 when any differs or cannot be read") { volume };
+        client.AddTo(check);
+        check.SetAction(async (parseResult, cancellationToken) =>
+        {
+            using var admin = client.CreateClient(parseResult);
+            var report = await admin.CheckVolumeAsync(parseResult.GetRequiredValue(volume), cancellationToken);
+            if (client.WantsJson(parseResult))
+            {
+                ConsoleOutput.Stdout.Json(report);
+            }
+            else
+            {
+                foreach (var d in report.Differences)
+                {
+                    ConsoleOutput.Stdout.Line($"object {d.ObjectId}: copy on {d.Node}: {d.Reason}");
+                }
+
+                ConsoleOutput.Stdout.Line($"{report.Volume}: {report.Objects} objects checked, {report.Differences.Count} cop{(report.Differences.Count == 1 ? "y differs" : "ies differ")}");
+            }
+
+            return report.Differences.Count == 0 ? ExitCodes.Success : ExitCodes.Refused;
+        });
+        return check;
     }
 }

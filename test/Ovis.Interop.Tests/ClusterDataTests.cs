@@ -259,6 +259,39 @@ public sealed class ClusterDataTests(EtcdCluster etcd, ITestOutputHelper output)
         await RunOk("qemu-img", ["compare", "-f", "raw", "-F", "raw", image, nodes[2].NbdUri("n")]);
     }
 
+    [Fact]
+    public async Task Check_finds_a_copy_corrupted_by_hand_and_reads_still_return_the_right_data()
+    {
+        await using var nodes = await StartCluster(copies: 3);
+        await Create(nodes[0], "k", "16M");
+        await QemuIo(nodes[0].NbdUri("k"), "write -P 0x6b 0 8M", "flush");
+        var clean = await nodes[1].Cli("cluster", "check", "k");
+        Assert.True(clean.Succeeded, clean.Describe());
+        Assert.Contains("k: 4 objects checked, 0 copies differ", clean.Stdout, StringComparison.Ordinal);
+
+        // Flip one byte of object 1 in node c's file, behind its store's back, once the journal
+        // has applied the write there.
+        var id = (await Json(nodes[0], "vdi", "info", "k")).GetProperty("id").GetUInt32();
+        var file = Path.Combine(nodes[2].DataDirectory, "store", "objects", id.ToString("x8", CultureInfo.InvariantCulture), "00000001");
+        await Eventually(() => Task.FromResult(File.Exists(file) && new FileInfo(file).Length == 4 * MiB), LeaseMargin, "node c applied object 1");
+        await Task.Delay(500);
+        using (var f = File.Open(file, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+        {
+            f.Position = 3 * 4096 + 10;
+            var b = f.ReadByte();
+            f.Position = 3 * 4096 + 10;
+            f.WriteByte((byte)(b ^ 0xff));
+        }
+
+        var found = await nodes[1].Cli("cluster", "check", "k");
+        Assert.Equal(1, found.ExitCode);
+        Assert.Contains($"object {id:x8}.00000001: copy on n-c: unreadable: a checksum failed", found.Stdout, StringComparison.Ordinal);
+        Assert.Contains("k: 4 objects checked, 1 copy differs", found.Stdout, StringComparison.Ordinal);
+
+        // Node c as the gateway: its own copy fails its checksum, the read comes from another.
+        await QemuIo(nodes[2].NbdUri("k"), "read -P 0x6b 0 8M");
+    }
+
     /// <summary>The daemons of one cluster, stopped together.</summary>
     private sealed class Nodes(string cluster) : List<OvisDaemon>, IAsyncDisposable
     {

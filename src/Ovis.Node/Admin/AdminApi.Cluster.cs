@@ -41,6 +41,7 @@ public static partial class AdminApi
     {
         api.MapGet("/cluster", GetClusterAsync);
         api.MapGet("/nodes", ListNodesAsync);
+        api.MapPost("/volumes/{name}/check", CheckVolumeAsync);
     }
 
     private static async Task<Ok<ClusterInfo>> GetClusterAsync(ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
@@ -61,6 +62,26 @@ public static partial class AdminApi
 
         var view = await membership.ReadMembershipAsync(cancellationToken);
         return TypedResults.Ok(await MembersAsync(view, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime));
+    }
+
+    /// <summary>Compares the copies of every object of one layer (read-only; one object at a time).</summary>
+    private static async Task<Ok<CheckReport>> CheckVolumeAsync(string name, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
+    {
+        var runtime = services.GetService(typeof(ClusterRuntime)) as ClusterRuntime
+            ?? throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
+        var volume = volumes.Get(name);
+        long objects = (volume.Size + volume.ObjectSize - 1) / volume.ObjectSize;
+        var differences = new List<CheckDifference>();
+        for (long i = 0; i < objects; i++)
+        {
+            var id = new Ovis.Store.ObjectId(volume.Id, (uint)i);
+            foreach (var d in await runtime.Store.CheckObjectAsync(id, volume.ObjectSize, cancellationToken))
+            {
+                differences.Add(new CheckDifference(id.ToString(), d.Node, d.Reason));
+            }
+        }
+
+        return TypedResults.Ok(new CheckReport(volume.Name, objects, differences));
     }
 
     /// <summary>Every node that ever joined, up or down, with the space and objects each reports (asked in parallel).</summary>

@@ -88,6 +88,13 @@ public sealed record MemberInfo(string Id, string Address, string Zone, string S
 public sealed record ClusterInfo(string Name, int Copies, int MinCopies, long Epoch, DateTimeOffset FormattedAt,
     IReadOnlyList<MemberInfo> Nodes, string? PlacementError);
 
+/// <summary>Answer of <c>POST /api/v1/volumes/{name}/check</c>: every copy of every object of the
+/// layer compared; <paramref name="Differences"/> lists the copies that disagree or could not be read.</summary>
+public sealed record CheckReport(string Volume, long Objects, IReadOnlyList<CheckDifference> Differences);
+
+/// <summary>One copy that differs: the object id (<c>LAYER.INDEX</c>, hex), the node and why.</summary>
+public sealed record CheckDifference(string ObjectId, string Node, string Reason);
+
 /// <summary>Body of every 4xx and 5xx answer: one line meant for an operator.</summary>
 public sealed record ErrorBody(string Error);
 
@@ -112,6 +119,7 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(IReadOnlyList<MemberInfo>))]
 [JsonSerializable(typeof(List<MemberInfo>))]
 [JsonSerializable(typeof(HealthStatus))]
+[JsonSerializable(typeof(CheckReport))]
 public sealed partial class AdminJsonContext : JsonSerializerContext
 {
     /// <summary>

@@ -1,0 +1,63 @@
+using Ovis.Cluster.Peer;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Gateway;
+
+/// <summary>A copy of an object that does not agree with the others, and why.</summary>
+public sealed record CopyDifference(string Node, string Reason);
+
+public sealed partial class ReplicatedStore
+{
+    /// <summary>
+    /// Reads every copy of an object on the nodes that are up — allocation and data — and names
+    /// the copies that differ from the first current copy that could be read, or could not be
+    /// read at all (a checksum failed). Empty when all agree. Stale copies are compared too: a
+    /// stale node whose copy happens to agree is not reported.
+    /// </summary>
+    public async Task<IReadOnlyList<CopyDifference>> CheckObjectAsync(ObjectId id, long objectSize, CancellationToken cancellationToken = default)
+    {
+        ClusterView view = View;
+        if (view.Placement is not { } placement)
+            return [new CopyDifference("-", view.PlacementError ?? "no members")];
+        int[] picks = new int[view.Copies];
+        placement.ChooseIndexes(id.Packed, picks);
+        // Current copies first, so the reference is one that reads may be served from.
+        int[] order = [.. picks.Where(n => !view.Stale[n]), .. picks.Where(n => view.Stale[n])];
+        int blocks = (int)(objectSize / BlockSize);
+        byte[]? referenceData = null;
+        BlockState[]? referenceStates = null;
+        var differences = new List<CopyDifference>();
+        foreach (int n in order)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            IReplica replica = view.Replicas[n];
+            if (!view.Live[n])
+            {
+                differences.Add(new CopyDifference(replica.NodeId, "down: not checked"));
+                continue;
+            }
+            var states = new BlockState[blocks];
+            var data = new byte[objectSize];
+            PeerResult allocation = await replica.GetAllocationAsync(view.Epoch, id, 0, states).ConfigureAwait(false);
+            PeerResult read = allocation.IsOk ? await replica.ReadAsync(view.Epoch, id, 0, data).ConfigureAwait(false) : allocation;
+            if (!read.IsOk)
+            {
+                differences.Add(new CopyDifference(replica.NodeId, read.Status == PeerStatus.IoError ? "unreadable: a checksum failed" : $"unreadable: {read.Status}"));
+                continue;
+            }
+            if (referenceData is null)
+            {
+                (referenceData, referenceStates) = (data, states);
+                continue;
+            }
+            if (!data.AsSpan().SequenceEqual(referenceData))
+                differences.Add(new CopyDifference(replica.NodeId, "data differs"));
+            else if (!Allocated(states).SequenceEqual(Allocated(referenceStates!)))
+                differences.Add(new CopyDifference(replica.NodeId, "allocation differs"));
+        }
+        return differences;
+    }
+
+    // Zeroed-but-allocated and data blocks both hold space; a hole does not.
+    private static IEnumerable<bool> Allocated(BlockState[] states) => states.Select(s => s != BlockState.Hole);
+}
