@@ -129,8 +129,8 @@ public sealed class AdminClient : IDisposable
     public Task<JobInfo> GetJobAsync(string id, CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/jobs/" + Uri.EscapeDataString(id), null, AdminJsonContext.Default.JobInfo, cancellationToken);
 
-    public Task<CheckReport> CheckVolumeAsync(string name, CancellationToken cancellationToken)
-        => SendAsync(HttpMethod.Post, VolumePath(name) + "/check", null, AdminJsonContext.Default.CheckReport, cancellationToken);
+    public Task<CheckReport> CheckVolumeAsync(string name, bool repair, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, VolumePath(name) + (repair ? "/check?repair=true" : "/check"), null, AdminJsonContext.Default.CheckReport, cancellationToken);
 
     public Task<ClusterInfo> GetClusterAsync(CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/cluster", null, AdminJsonContext.Default.ClusterInfo, cancellationToken);

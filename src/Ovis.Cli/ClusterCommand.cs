@@ -98,12 +98,13 @@ internal static class ClusterCommand
     {
         var client = new ClientOptions();
         var volume = new Argument<string>("VOLUME") { Description = "The volume (or NAME@TAG snapshot) whose copies to compare" };
-        var check = new Command("check", "Compare every copy of every object of a volume; exit 1 when any differs or cannot be read") { volume };
+        var repair = new Option<bool>("--repair") { Description = "Rewrite each copy that differs from a current one (the volume must not be open)" };
+        var check = new Command("check", "Compare every copy of every object of a volume; exit 1 when any differs or cannot be read (and was not repaired)") { volume, repair };
         client.AddTo(check);
         check.SetAction(async (parseResult, cancellationToken) =>
         {
             using var admin = client.CreateClient(parseResult);
-            var report = await admin.CheckVolumeAsync(parseResult.GetRequiredValue(volume), cancellationToken);
+            var report = await admin.CheckVolumeAsync(parseResult.GetRequiredValue(volume), parseResult.GetValue(repair), cancellationToken);
             if (client.WantsJson(parseResult))
             {
                 ConsoleOutput.Stdout.Json(report);
@@ -115,10 +116,15 @@ internal static class ClusterCommand
                     ConsoleOutput.Stdout.Line($"object {d.ObjectId}: copy on {d.Node}: {d.Reason}");
                 }
 
+                foreach (var d in report.Repaired)
+                {
+                    ConsoleOutput.Stdout.Line($"object {d.ObjectId}: copy on {d.Node}: {d.Reason}");
+                }
+
                 ConsoleOutput.Stdout.Line($"{report.Volume}: {report.Objects} objects checked, {report.Differences.Count} cop{(report.Differences.Count == 1 ? "y differs" : "ies differ")}");
             }
 
-            return report.Differences.Count == 0 ? ExitCodes.Success : ExitCodes.Refused;
+            return report.Differences.Count == report.Repaired.Count ? ExitCodes.Success : ExitCodes.Refused;
         });
         return check;
     }

@@ -290,6 +290,22 @@ public sealed class ClusterDataTests(EtcdCluster etcd, ITestOutputHelper output)
 
         // Node c as the gateway: its own copy fails its checksum, the read comes from another.
         await QemuIo(nodes[2].NbdUri("k"), "read -P 0x6b 0 8M");
+
+        // Not while a client has the volume open: a write racing the rewrite could be undone.
+        await using (var open = await RawNbdClient.ConnectAsync(nodes[1].NbdPort, "k"))
+        {
+            var busy = await nodes[1].Cli("cluster", "check", "k", "--repair");
+            Assert.Equal(1, busy.ExitCode);
+            Assert.Contains("is open by an NBD client", busy.Stderr, StringComparison.Ordinal);
+        }
+
+        // Rewritten from a good copy: the check is clean again.
+        var repaired = await nodes[1].Cli("cluster", "check", "k", "--repair");
+        Assert.True(repaired.Succeeded, repaired.Describe());
+        Assert.Contains($"object {id:x8}.00000001: copy on n-c: rewritten from a current copy", repaired.Stdout, StringComparison.Ordinal);
+        var again = await nodes[0].Cli("cluster", "check", "k");
+        Assert.True(again.Succeeded, again.Describe());
+        Assert.Contains("k: 4 objects checked, 0 copies differ", again.Stdout, StringComparison.Ordinal);
     }
 
     /// <summary>The daemons of one cluster, stopped together.</summary>

@@ -58,6 +58,70 @@ public sealed partial class ReplicatedStore
         return differences;
     }
 
+    /// <summary>
+    /// Rewrites the copies of an object on <paramref name="nodes"/> from the first current copy
+    /// that reads back: removed, then its data and allocated zeroes written again, then synced.
+    /// Only safe while nothing writes the object (the caller holds the volume's lock and has no
+    /// client on it): a write landing between the read and the rewrite would be undone on that copy.
+    /// Returns the nodes rewritten.
+    /// </summary>
+    public async Task<IReadOnlyList<string>> RepairObjectAsync(ObjectId id, long objectSize, IReadOnlyCollection<string> nodes, CancellationToken cancellationToken = default)
+    {
+        ClusterView view = View;
+        if (view.Placement is not { } placement)
+            return [];
+        int[] picks = new int[view.Copies];
+        placement.ChooseIndexes(id.Packed, picks);
+        int blocks = (int)(objectSize / BlockSize);
+        var states = new BlockState[blocks];
+        var data = new byte[objectSize];
+        bool haveReference = false;
+        foreach (int n in picks.Where(n => view.Live[n] && !view.Stale[n] && !nodes.Contains(view.Replicas[n].NodeId)))
+        {
+            if ((await view.Replicas[n].GetAllocationAsync(view.Epoch, id, 0, states).ConfigureAwait(false)).IsOk
+                && (await view.Replicas[n].ReadAsync(view.Epoch, id, 0, data).ConfigureAwait(false)).IsOk)
+            {
+                haveReference = true;
+                break;
+            }
+        }
+        if (!haveReference)
+            return [];
+        var repaired = new List<string>();
+        foreach (int n in picks.Where(n => view.Live[n] && nodes.Contains(view.Replicas[n].NodeId)))
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (await RewriteAsync(view.Replicas[n], view.Epoch, id, states, data).ConfigureAwait(false))
+                repaired.Add(view.Replicas[n].NodeId);
+        }
+        return repaired;
+    }
+
+    private async Task<bool> RewriteAsync(IReplica replica, long epoch, ObjectId id, BlockState[] states, byte[] data)
+    {
+        if (!(await replica.DeleteAsync(epoch, id).ConfigureAwait(false)).IsOk)
+            return false;
+        int bs = BlockSize;
+        for (int b = 0; b < states.Length;)
+        {
+            int e = b + 1;
+            while (e < states.Length && states[e] == states[b])
+                e++;
+            long offset = (long)b * bs;
+            long length = (long)(e - b) * bs;
+            PeerResult r = states[b] switch
+            {
+                BlockState.Data => await replica.WriteAsync(epoch, id, offset, data.AsMemory((int)offset, (int)length), fua: false).ConfigureAwait(false),
+                BlockState.Zero => await replica.ZeroAsync(epoch, id, offset, length, keepAllocated: true, fua: false).ConfigureAwait(false),
+                _ => new PeerResult(PeerStatus.Ok, epoch),
+            };
+            if (!r.IsOk)
+                return false;
+            b = e;
+        }
+        return (await replica.FlushAsync(epoch).ConfigureAwait(false)).IsOk;
+    }
+
     // Zeroed-but-allocated and data blocks both hold space; a hole does not.
     private static IEnumerable<bool> Allocated(BlockState[] states) => states.Select(s => s != BlockState.Hole);
 }

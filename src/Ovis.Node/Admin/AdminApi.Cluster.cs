@@ -64,24 +64,42 @@ public static partial class AdminApi
         return TypedResults.Ok(await MembersAsync(view, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime));
     }
 
-    /// <summary>Compares the copies of every object of one layer (read-only; one object at a time).</summary>
-    private static async Task<Ok<CheckReport>> CheckVolumeAsync(string name, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
+    /// <summary>
+    /// Compares the copies of every object of one layer, one object at a time. With
+    /// <paramref name="repair"/>, a copy that differs is rewritten from a current one: that needs
+    /// the volume quiet — this node takes its lock and refuses while a client has it open — or a
+    /// write racing the rewrite could be undone on that copy.
+    /// </summary>
+    private static async Task<Ok<CheckReport>> CheckVolumeAsync(string name, bool? repair, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
     {
         var runtime = services.GetService(typeof(ClusterRuntime)) as ClusterRuntime
             ?? throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
         var volume = volumes.Get(name);
+        await using var held = repair == true ? await LockForChangeAsync(services, volumes, name) : null;
+        if (repair == true && volumes.Get(name).Connections > 0)
+        {
+            throw new AdminRequestException($"volume {name} is open by an NBD client: close it before repairing its copies", StatusCodes.Status409Conflict);
+        }
+
         long objects = (volume.Size + volume.ObjectSize - 1) / volume.ObjectSize;
         var differences = new List<CheckDifference>();
+        var repaired = new List<CheckDifference>();
         for (long i = 0; i < objects; i++)
         {
             var id = new Ovis.Store.ObjectId(volume.Id, (uint)i);
-            foreach (var d in await runtime.Store.CheckObjectAsync(id, volume.ObjectSize, cancellationToken))
+            var found = await runtime.Store.CheckObjectAsync(id, volume.ObjectSize, cancellationToken);
+            differences.AddRange(found.Select(d => new CheckDifference(id.ToString(), d.Node, d.Reason)));
+            var bad = found.Where(d => !d.Reason.StartsWith("down", StringComparison.Ordinal)).Select(d => d.Node).ToList();
+            if (repair == true && bad.Count > 0)
             {
-                differences.Add(new CheckDifference(id.ToString(), d.Node, d.Reason));
+                foreach (var node in await runtime.Store.RepairObjectAsync(id, volume.ObjectSize, bad, cancellationToken))
+                {
+                    repaired.Add(new CheckDifference(id.ToString(), node, "rewritten from a current copy"));
+                }
             }
         }
 
-        return TypedResults.Ok(new CheckReport(volume.Name, objects, differences));
+        return TypedResults.Ok(new CheckReport(volume.Name, objects, differences, repaired));
     }
 
     /// <summary>Every node that ever joined, up or down, with the space and objects each reports (asked in parallel).</summary>

@@ -89,8 +89,9 @@ public sealed record ClusterInfo(string Name, int Copies, int MinCopies, long Ep
     IReadOnlyList<MemberInfo> Nodes, string? PlacementError);
 
 /// <summary>Answer of <c>POST /api/v1/volumes/{name}/check</c>: every copy of every object of the
-/// layer compared; <paramref name="Differences"/> lists the copies that disagree or could not be read.</summary>
-public sealed record CheckReport(string Volume, long Objects, IReadOnlyList<CheckDifference> Differences);
+/// layer compared; <paramref name="Differences"/> lists the copies that disagree or could not be read,
+/// <paramref name="Repaired"/> those rewritten from a good copy (with <c>?repair=true</c>).</summary>
+public sealed record CheckReport(string Volume, long Objects, IReadOnlyList<CheckDifference> Differences, IReadOnlyList<CheckDifference> Repaired);
 
 /// <summary>One copy that differs: the object id (<c>LAYER.INDEX</c>, hex), the node and why.</summary>
 public sealed record CheckDifference(string ObjectId, string Node, string Reason);
