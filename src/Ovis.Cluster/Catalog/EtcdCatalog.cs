@@ -218,13 +218,6 @@ public sealed class EtcdCatalog
             cancellationToken: cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Clears a stale mark (after the node's copies were brought up to date).</summary>
-    public Task ClearStaleAsync(string node, CancellationToken cancellationToken = default)
-    {
-        ValidateName(node, "node id");
-        return Client.TxnAsync([], [new EtcdOp.Delete(Keys.StaleMark(node))], cancellationToken: cancellationToken);
-    }
-
     internal EtcdCompare EpochUnchanged(MembershipSnapshot snapshot) =>
         snapshot.EpochModRevision == 0 ? EtcdCompare.Absent(Keys.Epoch) : EtcdCompare.ModifiedAt(Keys.Epoch, snapshot.EpochModRevision);
 

@@ -3,7 +3,8 @@ using Ovis.Store;
 
 namespace Ovis.Cluster.Gateway;
 
-/// <summary>A change sent to every copy of an object; structs so the fan-out allocates no closure.</summary>
+/// <summary>A request sent to the copies of an object (a change to all, a read to one); structs so
+/// no closure is allocated.</summary>
 internal interface IReplicaOp
 {
     ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id);
@@ -27,4 +28,14 @@ internal readonly record struct FillOp(long Offset, ReadOnlyMemory<byte> Data, b
 internal readonly record struct DeleteOp : IReplicaOp
 {
     public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.DeleteAsync(epoch, id);
+}
+
+internal readonly record struct ReadOp(long Offset, Memory<byte> Buffer) : IReplicaOp
+{
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.ReadAsync(epoch, id, Offset, Buffer);
+}
+
+internal readonly record struct AllocationOp(long Offset, Memory<BlockState> States) : IReplicaOp
+{
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.GetAllocationAsync(epoch, id, Offset, States);
 }

@@ -255,41 +255,19 @@ public sealed partial class ReplicatedStore : IObjectStore
             ? StoreStatus.Ok
             : await ReadFromCopiesAsync(id, offset, buffer).ConfigureAwait(false);
 
-    private async ValueTask<StoreStatus> ReadFromCopiesAsync(ObjectId id, long offset, Memory<byte> buffer)
-    {
-        for (int attempt = 1; ; attempt++)
-        {
-            ClusterView view = View;
-            if (view.Placement is null)
-                return StoreStatus.IoError;
-            long newest = view.Epoch;
-            foreach (int n in ReadOrder(view, id))
-            {
-                PeerResult reply = await view.Replicas[n].ReadAsync(view.Epoch, id, offset, buffer).ConfigureAwait(false);
-                if (reply.IsOk)
-                    return StoreStatus.Ok;
-                if (reply.Status == PeerStatus.StaleEpoch)
-                    newest = Math.Max(newest, reply.Epoch);
-                // Any other failure (a checksum, a dead node): the next copy may have it right.
-            }
-            if (newest > view.Epoch && attempt < MaxAttempts)
-            {
-                await _control.RefreshAsync(newest).ConfigureAwait(false);
-                continue;
-            }
-            return StoreStatus.IoError;
-        }
-    }
+    private ValueTask<StoreStatus> ReadFromCopiesAsync(ObjectId id, long offset, Memory<byte> buffer)
+        => FromOneCopyAsync(id, new ReadOp(offset, buffer));
 
     public ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
     {
         ClusterView view = View;
         return LocalCopy(view, id) && Readable(view, view.LocalIndex)
             ? _local.GetAllocationAsync(id, offset, states)
-            : GetAllocationFromCopiesAsync(id, offset, states);
+            : FromOneCopyAsync(id, new AllocationOp(offset, states));
     }
 
-    private async ValueTask<StoreStatus> GetAllocationFromCopiesAsync(ObjectId id, long offset, Memory<BlockState> states)
+    /// <summary>Asks the copies that may be read, best first, until one answers.</summary>
+    private async ValueTask<StoreStatus> FromOneCopyAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
     {
         for (int attempt = 1; ; attempt++)
         {
@@ -299,11 +277,12 @@ public sealed partial class ReplicatedStore : IObjectStore
             long newest = view.Epoch;
             foreach (int n in ReadOrder(view, id))
             {
-                PeerResult reply = await view.Replicas[n].GetAllocationAsync(view.Epoch, id, offset, states).ConfigureAwait(false);
+                PeerResult reply = await op.Send(view.Replicas[n], view.Epoch, id).ConfigureAwait(false);
                 if (reply.IsOk)
                     return StoreStatus.Ok;
                 if (reply.Status == PeerStatus.StaleEpoch)
                     newest = Math.Max(newest, reply.Epoch);
+                // Any other failure (a checksum, a dead node): the next copy may have it right.
             }
             if (newest > view.Epoch && attempt < MaxAttempts)
             {
