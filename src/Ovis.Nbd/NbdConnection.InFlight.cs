@@ -12,8 +12,8 @@ public sealed partial class NbdConnection
     private long _inFlightBytes;
 
     // The output loop waits for replies; the read loop (and the final drain) for budget.
-    private readonly NbdSignal _repliesReady = new();
-    private readonly NbdSignal _capacityFreed = new();
+    private readonly AsyncSignal _repliesReady = new();
+    private readonly AsyncSignal _capacityFreed = new();
 
     /// <summary>Takes a request slot and <paramref name="bytes"/> of budget, or says to wait for a reply to free some.</summary>
     private bool TryAdmit(in NbdRequest request, long bytes, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out NbdOperation? operation)

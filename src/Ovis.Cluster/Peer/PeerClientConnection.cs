@@ -31,7 +31,7 @@ internal sealed partial class PeerClientConnection : IAsyncDisposable
     private bool _failed;
 
     private readonly ConcurrentQueue<PeerRequest> _sendQueue = new();
-    private readonly PeerSignal _sendReady = new();
+    private readonly AsyncSignal _sendReady = new();
     private int _aborted;
     private Task _sendLoop = Task.CompletedTask;
     private Task _receiveLoop = Task.CompletedTask;

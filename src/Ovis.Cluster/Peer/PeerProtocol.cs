@@ -125,6 +125,20 @@ public static class PeerProtocol
 
     /// <summary>Size of the STATS reply payload this version writes.</summary>
     public const int StatsPayloadSize = 24;
+
+    /// <summary>The first <paramref name="size"/> bytes of <paramref name="buffer"/>, copied into
+    /// <paramref name="scratch"/> only when they straddle pipe segments.</summary>
+    internal static ReadOnlySpan<byte> PeekHeader(in ReadOnlySequence<byte> buffer, Span<byte> scratch, int size)
+    {
+        ReadOnlySpan<byte> first = buffer.FirstSpan;
+        if (first.Length >= size)
+        {
+            return first[..size];
+        }
+
+        buffer.Slice(0, size).CopyTo(scratch);
+        return scratch[..size];
+    }
 }
 
 /// <summary>What a request asks of the serving store.</summary>
@@ -218,19 +232,9 @@ internal readonly record struct PeerRequestHeader(
             BinaryPrimitives.ReadUInt32BigEndian(source[40..]));
     }
 
-    /// <summary>Copies the header at the front of <paramref name="buffer"/> (at least <see cref="Size"/>
-    /// bytes) into <paramref name="scratch"/> when it straddles pipe segments.</summary>
+    /// <summary>The header at the front of <paramref name="buffer"/> (at least <see cref="Size"/> bytes).</summary>
     public static ReadOnlySpan<byte> Peek(in ReadOnlySequence<byte> buffer, Span<byte> scratch)
-    {
-        ReadOnlySpan<byte> first = buffer.FirstSpan;
-        if (first.Length >= Size)
-        {
-            return first[..Size];
-        }
-
-        buffer.Slice(0, Size).CopyTo(scratch);
-        return scratch[..Size];
-    }
+        => PeerProtocol.PeekHeader(buffer, scratch, Size);
 
     public void Write(Span<byte> destination)
     {
@@ -264,17 +268,9 @@ internal readonly record struct PeerReplyHeader(PeerStatus Status, ulong Epoch, 
             BinaryPrimitives.ReadUInt32BigEndian(source[24..]));
     }
 
+    /// <summary>The header at the front of <paramref name="buffer"/> (at least <see cref="Size"/> bytes).</summary>
     public static ReadOnlySpan<byte> Peek(in ReadOnlySequence<byte> buffer, Span<byte> scratch)
-    {
-        ReadOnlySpan<byte> first = buffer.FirstSpan;
-        if (first.Length >= Size)
-        {
-            return first[..Size];
-        }
-
-        buffer.Slice(0, Size).CopyTo(scratch);
-        return scratch[..Size];
-    }
+        => PeerProtocol.PeekHeader(buffer, scratch, Size);
 
     public void Write(Span<byte> destination)
     {

@@ -16,8 +16,8 @@ internal sealed partial class PeerServerConnection
     private long _inFlightBytes;
 
     // The output loop waits for replies; the read loop (and the final drain) for budget.
-    private readonly PeerSignal _repliesReady = new();
-    private readonly PeerSignal _capacityFreed = new();
+    private readonly AsyncSignal _repliesReady = new();
+    private readonly AsyncSignal _capacityFreed = new();
 
     /// <summary>Takes a request slot and <paramref name="bytes"/> of budget, or says to wait for a reply to free some.</summary>
     private bool TryAdmit(in PeerRequestHeader request, long bytes, [NotNullWhen(true)] out PeerOperation? operation)

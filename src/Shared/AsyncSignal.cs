@@ -1,16 +1,18 @@
 using System.Threading.Tasks.Sources;
 
-namespace Ovis.Nbd;
+namespace Ovis;
 
 /// <summary>
 /// An auto-reset event with one waiter, reused for the life of a connection so waiting does not
 /// allocate. <see cref="Set"/> may be called from any thread, any number of times; a set that
 /// finds no waiter is remembered and satisfies the next <see cref="WaitAsync"/> at once.
+/// One source file, compiled into the NBD front and the peer protocol: both wake their
+/// connections' loops with it.
 /// </summary>
-internal sealed class NbdSignal : IValueTaskSource
+internal sealed class AsyncSignal : IValueTaskSource
 {
-    // Continuations run on the thread pool: the setter is a device completion or the output
-    // loop, and neither should end up running the waiter's loop on its own stack.
+    // Continuations run on the thread pool: the setter is a store or device completion, a caller
+    // or another loop, and none of them should end up running the waiter's loop on its own stack.
     private ManualResetValueTaskSourceCore<bool> _core = new() { RunContinuationsAsynchronously = true };
     private readonly Lock _lock = new();
     private bool _isSet;
