@@ -51,6 +51,20 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         return states;
     }
 
+    private static async Task<BlockSum[]> SumsAsync(PeerFixture f, ObjectId id, long offset, int blocks, bool verify)
+    {
+        var sums = new BlockSum[blocks];
+        await Ok(f.Client.GetBlockSumsAsync(f.Epoch, id, offset, sums, verify));
+        return sums;
+    }
+
+    private static async Task<BlockSum[]> StoreSumsAsync(PeerFixture f, ObjectId id, long offset, int blocks)
+    {
+        var sums = new BlockSum[blocks];
+        Assert.Equal(StoreStatus.Ok, await f.Store.GetBlockSumsAsync(id, offset, sums, verify: false));
+        return sums;
+    }
+
     // --- Wire format ---------------------------------------------------------------------------
 
     [Fact]
@@ -137,6 +151,54 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         header.Write(bytes);
         Assert.Equal("4F565052" + "0000" + "0000" + "0000000000000009" + "000000000000002A" + "00000000", Convert.ToHexString(bytes));
         Assert.Empty(payload);
+    }
+
+    [Fact]
+    public async Task Block_sums_travel_as_a_state_byte_and_a_big_endian_crc_per_block()
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(1);
+        await using var client = new PeerClient(listener.LocalEndPoint!, new PeerClientOptions(), NullLogger.Instance);
+
+        var sums = new BlockSum[3];
+        Task<PeerResult> call = client.GetBlockSumsAsync(3, new ObjectId(1, 2), 8192, sums, verify: true).AsTask();
+        using Socket server = await listener.AcceptAsync().WaitAsync(Timeout);
+        var received = new byte[PeerProtocol.RequestHeaderSize];
+        for (int n = 0; n < received.Length;)
+        {
+            n += await server.ReceiveAsync(received.AsMemory(n)).AsTask().WaitAsync(Timeout);
+        }
+
+        // BLOCKSUMS (10) with VERIFY (8); the length counts blocks.
+        Assert.Equal(
+            "4F565051" + "000A" + "0008" + "0000000000000003" + "0000000000000001" + "0000000100000002" + "0000000000002000" + "00000003",
+            Convert.ToHexString(received));
+
+        byte[] payload = Convert.FromHexString("01" + "DEADBEEF" + "02" + "00000000" + "00" + "00000000");
+        var reply = new byte[PeerProtocol.ReplyHeaderSize];
+        new PeerReplyHeader(PeerStatus.Ok, 3, 1, (uint)payload.Length).Write(reply);
+        await server.SendAsync(reply.Concat(payload).ToArray().AsMemory()).AsTask().WaitAsync(Timeout);
+        Assert.Equal(new PeerResult(PeerStatus.Ok, 3), await call.WaitAsync(Timeout));
+        Assert.Equal([new BlockSum(BlockState.Data, 0xDEADBEEF), new BlockSum(BlockState.Zero, 0), new BlockSum(BlockState.Hole, 0)], sums);
+    }
+
+    [Fact]
+    public async Task The_server_answers_block_sums_with_exactly_the_documented_bytes()
+    {
+        await using var f = new PeerFixture(epoch: 2);
+        byte[] data = RandomBytes(4096, 16);
+        await Ok(f.Client.WriteAsync(f.Epoch, A, 4096, data, fua: false));
+        await Ok(f.Client.ZeroAsync(f.Epoch, A, 2 * 4096, 4096, keepAllocated: true, fua: false));
+        await using RawPeer raw = await RawPeer.ConnectAsync(f.EndPoint);
+
+        await raw.SendAsync(RawPeer.Request(PeerOpcode.BlockSums, PeerRequestFlags.None, 2, 5, A.Packed, 0, 4));
+        var (header, payload) = await raw.ReceiveAsync();
+
+        Assert.Equal(new PeerReplyHeader(PeerStatus.Ok, 2, 5, 20), header);
+        Assert.Equal(
+            "00" + "00000000" + "01" + Crc32C.Compute(data).ToString("X8") + "02" + "00000000" + "00" + "00000000",
+            Convert.ToHexString(payload));
     }
 
     [Fact]
@@ -284,6 +346,58 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         Assert.All(await AllocationAsync(f, A, 0, 12), s => Assert.Equal(BlockState.Hole, s));
         Assert.Equal(new byte[12 * 4096], await ReadAsync(f, A, 0, 12 * 4096));
         Assert.DoesNotContain(A, f.Store.ListObjects());
+    }
+
+    [Fact]
+    public async Task Block_sums_through_the_peer_are_what_the_store_answers()
+    {
+        await using var f = new PeerFixture();
+        byte[] data = RandomBytes(4096 * 4096, 17);
+        await Ok(f.Client.WriteAsync(f.Epoch, A, 0, data, fua: true));
+        await Ok(f.Client.ZeroAsync(f.Epoch, A, 10 * 4096, 5 * 4096, keepAllocated: true, fua: false));
+        await Ok(f.Client.ZeroAsync(f.Epoch, A, 20 * 4096, 5 * 4096, keepAllocated: false, fua: false));
+        await Ok(f.Client.WriteAsync(f.Epoch, A, 30 * 4096 + 17, RandomBytes(3 * 4096, 18), fua: false));
+
+        // The whole object: a 20 KiB reply that spans many pipe segments both ways.
+        BlockSum[] expected = await StoreSumsAsync(f, A, 0, 4096);
+        Assert.Equal(expected, await SumsAsync(f, A, 0, 4096, verify: false));
+        Assert.Equal(expected, await SumsAsync(f, A, 0, 4096, verify: true));
+        Assert.Equal(BlockState.Zero, expected[12].State);
+        Assert.Equal(BlockState.Hole, expected[22].State);
+        Assert.Equal(new BlockSum(BlockState.Data, Crc32C.Compute(data.AsSpan(0, 4096))), expected[0]);
+
+        // A range in the middle, an object never written, and no blocks at all.
+        Assert.Equal(expected[8..40], await SumsAsync(f, A, 8 * 4096, 32, verify: true));
+        Assert.All(await SumsAsync(f, B, 0, 4, verify: false), s => Assert.Equal(new BlockSum(BlockState.Hole, 0), s));
+        Assert.Empty(await SumsAsync(f, A, 0, 0, verify: false));
+    }
+
+    [Fact]
+    public async Task Verified_block_sums_report_a_block_damaged_on_disk_as_an_io_error()
+    {
+        await using var f = new PeerFixture();
+        byte[] data = RandomBytes(4 * 4096, 19);
+        await Ok(f.Client.WriteAsync(f.Epoch, A, 0, data, fua: true));
+        BlockSum[] good = await SumsAsync(f, A, 0, 4, verify: true);
+
+        // Once the applier has written the object file, damage block 1 there.
+        string path = Path.Combine(f.StoreDirectory, "objects", A.Volume.ToString("x8"), A.Index.ToString("x8"));
+        await Eventually.TrueAsync(() => Task.FromResult(File.Exists(path) && new FileInfo(path).Length >= data.Length), Timeout, "the write applied");
+        using (var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite))
+        {
+            file.Position = 4096 + 9;
+            int b = file.ReadByte();
+            file.Position = 4096 + 9;
+            file.WriteByte((byte)(b ^ 0x40));
+        }
+
+        // The block leaves the overlay (and is read from the file) just after the file write.
+        await Eventually.TrueAsync(
+            async () => (await Result(f.Client.GetBlockSumsAsync(f.Epoch, A, 0, new BlockSum[4], verify: true))).Status == PeerStatus.IoError,
+            Timeout,
+            "verify finds the damage");
+        Assert.Equal(good, await SumsAsync(f, A, 0, 4, verify: false));
+        Assert.Equal(good[2..], await SumsAsync(f, A, 2 * 4096, 2, verify: true));
     }
 
     [Fact]
@@ -451,6 +565,11 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
             (RawPeer.Request(PeerOpcode.Flush, PeerRequestFlags.None, 1, 10, A.Packed, 0, 0), false),          // object id on FLUSH
             (RawPeer.Request(PeerOpcode.Delete, PeerRequestFlags.None, 1, 11, A.Packed, 0, 1), false),         // length on DELETE
             (RawPeer.Request(PeerOpcode.Read, PeerRequestFlags.None, ulong.MaxValue, 12, A.Packed, 0, 1), false), // epoch > 2^63-1
+            (RawPeer.Request(PeerOpcode.BlockSums, PeerRequestFlags.None, 1, 13, A.Packed, 100, 1), false),    // misaligned
+            (RawPeer.Request(PeerOpcode.BlockSums, PeerRequestFlags.Verify, 1, 14, A.Packed, 0, 4097), false), // more blocks than an object has
+            (RawPeer.Request(PeerOpcode.BlockSums, PeerRequestFlags.None, 1, 15, A.Packed, max - 4096, 2), false), // past the object
+            (RawPeer.Request(PeerOpcode.BlockSums, PeerRequestFlags.Fua, 1, 16, A.Packed, 0, 1), false),       // flag not allowed
+            (RawPeer.Request(PeerOpcode.Allocation, PeerRequestFlags.Verify, 1, 17, A.Packed, 0, 1), false),   // VERIFY is for BLOCKSUMS only
         ];
         foreach ((byte[] header, bool withPayload) in cases)
         {

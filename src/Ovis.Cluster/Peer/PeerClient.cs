@@ -126,6 +126,21 @@ public sealed class PeerClient : IAsyncDisposable
             cancellationToken);
     }
 
+    /// <summary>
+    /// Fills one <see cref="BlockSum"/> per block of the block-aligned range starting at
+    /// <paramref name="offset"/>, without moving the data. With <paramref name="verify"/> the peer
+    /// reads its data blocks and checks their checksums (a failure is <see cref="PeerStatus.IoError"/>).
+    /// </summary>
+    public ValueTask<PeerResult> GetBlockSumsAsync(long epoch, ObjectId id, long offset, Memory<BlockSum> sums, bool verify, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(epoch);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(sums.Length, PeerProtocol.MaxPayloadLength / PeerProtocol.BlockSumSize);
+        return SendAsync(
+            new PeerRequest(PeerOpcode.BlockSums, verify ? PeerRequestFlags.Verify : PeerRequestFlags.None, epoch, id.Packed, offset, (uint)sums.Length) { Sums = sums },
+            cancellationToken);
+    }
+
     /// <summary>The peer's space and journal figures. Served at any epoch.</summary>
     public async ValueTask<PeerStatsResult> StatsAsync(CancellationToken cancellationToken = default)
     {

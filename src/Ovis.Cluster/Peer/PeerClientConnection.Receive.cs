@@ -154,6 +154,7 @@ internal sealed partial class PeerClientConnection
     {
         PeerOpcode.Read => request.ReadBuffer.Span,
         PeerOpcode.Allocation => MemoryMarshal.AsBytes(request.States.Span),
+        PeerOpcode.BlockSums => BlockSumWire.ReceiveTarget(request.Sums.Span),
         PeerOpcode.Stats => _statsScratch,
         _ => default,
     };
@@ -166,6 +167,10 @@ internal sealed partial class PeerClientConnection
                 BinaryPrimitives.ReadInt64BigEndian(_statsScratch),
                 BinaryPrimitives.ReadInt64BigEndian(_statsScratch.AsSpan(8)),
                 BinaryPrimitives.ReadInt64BigEndian(_statsScratch.AsSpan(16)));
+        }
+        else if (request.Opcode == PeerOpcode.BlockSums)
+        {
+            BlockSumWire.DecodeInPlace(request.Sums.Span);
         }
 
         request.Finish(_receivingResult);
@@ -182,6 +187,7 @@ internal sealed partial class PeerClientConnection
         return request.Opcode switch
         {
             PeerOpcode.Read or PeerOpcode.Allocation => length == request.Length,
+            PeerOpcode.BlockSums => length == (long)request.Length * PeerProtocol.BlockSumSize,
             PeerOpcode.Stats => length is >= PeerProtocol.StatsPayloadSize and <= PeerProtocol.MaxPayloadLength,
             _ => length == 0,
         };

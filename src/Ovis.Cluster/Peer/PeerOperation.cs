@@ -10,7 +10,7 @@ namespace Ovis.Cluster.Peer;
 /// <remarks>
 /// Ownership passes along and is never shared: the read loop fills it and starts the store call;
 /// whichever thread completes that call queues it for the output loop; the output loop writes the
-/// reply and returns <see cref="Buffer"/> and <see cref="States"/> to their pools.
+/// reply and returns <see cref="Buffer"/>, <see cref="States"/> and <see cref="Sums"/> to their pools.
 /// </remarks>
 internal sealed class PeerOperation
 {
@@ -37,6 +37,9 @@ internal sealed class PeerOperation
     /// <summary>ALLOCATION: one state per block, rented from the shared BlockState pool.</summary>
     public BlockState[]? States { get; set; }
 
+    /// <summary>BLOCKSUMS: one sum per block, rented from the shared BlockSum pool.</summary>
+    public BlockSum[]? Sums { get; set; }
+
     /// <summary>STATS: what the reply carries.</summary>
     public PeerStats Stats { get; set; }
 
@@ -61,6 +64,7 @@ internal sealed class PeerOperation
         Status = PeerStatus.Ok;
         Buffer = null;
         States = null;
+        Sums = null;
         Stats = default;
     }
 

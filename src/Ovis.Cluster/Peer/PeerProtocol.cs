@@ -77,13 +77,21 @@ namespace Ovis.Cluster.Peer;
      STATS         8    -                   0, 0 (object id 0 too)       -           3 × u64: used bytes,
                                                                                      objects, journal syncs
      PING          9    -                   0, 0 (object id 0 too)       -           -
+     BLOCKSUMS    10    VERIFY              block-aligned offset;        -           `length` × 5 bytes, per
+                                            length counts blocks                     block its BlockState
+                                                                                     (u8) and CRC32C (u32)
 
    Flags: FUA (0x1) = durable before the reply; KEEP_ALLOCATED (0x2) = zeroed blocks stay
    allocated (BlockState.Zero) instead of becoming holes; ZEROES (0x4) = FILL_HOLES fills with
-   allocated zeroes and carries no payload (`length` still gives the range). FLUSH is one journal
-   sync of the serving store: every write answered before the FLUSH arrived is then durable, and
-   concurrent flushes share the store's group commit. STATS may grow: a reader takes the fields it
-   knows from the front of the payload and skips the rest.
+   allocated zeroes and carries no payload (`length` still gives the range); VERIFY (0x8) =
+   BLOCKSUMS reads the data blocks from disk and checks them against their checksums (a scrub),
+   answering IO_ERROR if one fails. FLUSH is one journal sync of the serving store: every write
+   answered before the FLUSH arrived is then durable, and concurrent flushes share the store's
+   group commit. STATS may grow: a reader takes the fields it knows from the front of the payload
+   and skips the rest. BLOCKSUMS gives a copy's blocks in brief (Ovis.Store.BlockSum: a data
+   block's CRC32C as reads see it, 0 for holes and allocated zeroes), so copies on different nodes
+   can be compared without moving their data; without VERIFY it reads only the block table. A
+   server whose store keeps no checksums answers BLOCKSUMS INVALID.
 
    Statuses: 0 OK, 1 IO_ERROR, 2 NO_SPACE, 3 CLOSED (the values of StoreStatus), 4 STALE_EPOCH,
    5 INVALID. A reply other than OK has no payload.
@@ -98,13 +106,14 @@ namespace Ovis.Cluster.Peer;
    Malformed input. A bad request magic means the framing is lost: the server closes the
    connection without a reply. Otherwise a request is checked before its payload is buffered: an
    unknown opcode, a flag or field the opcode does not allow, a range past the store's largest
-   object (offset + length > MaxObjectSize) or a misaligned FILL_HOLES or ALLOCATION is answered
-   INVALID, its payload (if any) is skipped and the connection continues. An unknown opcode is
-   taken to carry no payload; should one follow anyway, it fails the next magic check. A WRITE or
-   FILL_HOLES that declares a payload over MaxPayloadLength is answered INVALID and then the
-   connection is closed: skipping up to 4 GiB to stay in step is not worth it, and a sender that
-   does this is broken. A READ, ZERO or ALLOCATION over its limit has no payload to skip, so it
-   is answered INVALID and the connection continues.
+   object (offset + length > MaxObjectSize, the length in bytes for ALLOCATION and BLOCKSUMS) or a
+   misaligned FILL_HOLES, ALLOCATION or BLOCKSUMS is answered INVALID, its payload (if any) is
+   skipped and the connection continues. An unknown opcode is taken to carry no payload; should
+   one follow anyway, it fails the next magic check. A WRITE or FILL_HOLES that declares a payload
+   over MaxPayloadLength is answered INVALID and then the connection is closed: skipping up to
+   4 GiB to stay in step is not worth it, and a sender that does this is broken. A READ, ZERO,
+   ALLOCATION or BLOCKSUMS over its limit has no payload to skip, so it is answered INVALID and the
+   connection continues.
 */
 
 /// <summary>Constants of the peer protocol; the wire format is described at the top of PeerProtocol.cs.</summary>
@@ -125,6 +134,9 @@ public static class PeerProtocol
 
     /// <summary>Size of the STATS reply payload this version writes.</summary>
     public const int StatsPayloadSize = 24;
+
+    /// <summary>Bytes per block in a BLOCKSUMS reply: the state, then the big-endian CRC32C.</summary>
+    public const int BlockSumSize = 5;
 
     /// <summary>The first <paramref name="size"/> bytes of <paramref name="buffer"/>, copied into
     /// <paramref name="scratch"/> only when they straddle pipe segments.</summary>
@@ -155,6 +167,7 @@ public enum PeerOpcode : ushort
     Allocation = 7,
     Stats = 8,
     Ping = 9,
+    BlockSums = 10,
 }
 
 /// <summary>Request flags; which ones an opcode allows is listed in PeerProtocol.cs.</summary>
@@ -171,6 +184,9 @@ public enum PeerRequestFlags : ushort
 
     /// <summary>FILL_HOLES: fill with allocated zeroes; the request carries no payload.</summary>
     Zeroes = 1 << 2,
+
+    /// <summary>BLOCKSUMS: read the data blocks and check them against their checksums.</summary>
+    Verify = 1 << 3,
 }
 
 /// <summary>

@@ -69,6 +69,9 @@ internal sealed class PeerRequest : IValueTaskSource<PeerResult>
     /// <summary>ALLOCATION: where the reply's states go, written by the receive loop.</summary>
     public Memory<BlockState> States { get; init; }
 
+    /// <summary>BLOCKSUMS: where the reply's sums go, received and decoded in place by the receive loop.</summary>
+    public Memory<BlockSum> Sums { get; init; }
+
     /// <summary>STATS: filled in by the receive loop before the result is delivered.</summary>
     public PeerStats Stats { get; set; }
 

@@ -56,6 +56,11 @@ internal sealed partial class PeerServerConnection
             ArrayPool<BlockState>.Shared.Return(states);
         }
 
+        if (operation.Sums is { } sums)
+        {
+            ArrayPool<BlockSum>.Shared.Return(sums);
+        }
+
         long bytes = operation.ChargedBytes;
         operation.Reset();
         lock (_sync)

@@ -156,6 +156,16 @@ internal sealed partial class PeerServerConnection
                 operation.States = ArrayPool<BlockState>.Shared.Rent(length);
                 return _server.Store.GetAllocationAsync(id, offset, operation.States.AsMemory(0, length));
 
+            case PeerOpcode.BlockSums:
+                if (length == 0)
+                {
+                    return new(StoreStatus.Ok);
+                }
+
+                // Validate admits BLOCKSUMS only when the store keeps checksums.
+                operation.Sums = ArrayPool<BlockSum>.Shared.Rent(length);
+                return _sums!.GetBlockSumsAsync(id, offset, operation.Sums.AsMemory(0, length), (request.Flags & PeerRequestFlags.Verify) != 0);
+
             case PeerOpcode.Stats:
                 operation.Stats = _server.CollectStats();
                 return new(StoreStatus.Ok);

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Runtime.InteropServices;
+using Ovis.Store;
 
 namespace Ovis.Cluster.Peer;
 
@@ -109,6 +110,7 @@ internal sealed partial class PeerServerConnection
     {
         PeerRequestHeader request = operation.Request;
         scoped ReadOnlySpan<byte> payload = default;
+        ReadOnlySpan<BlockSum> sums = default;
         Span<byte> stats = stackalloc byte[PeerProtocol.StatsPayloadSize];
         if (operation.Status == PeerStatus.Ok)
         {
@@ -120,6 +122,9 @@ internal sealed partial class PeerServerConnection
                 case PeerOpcode.Allocation:
                     payload = MemoryMarshal.AsBytes(operation.States.AsSpan(0, (int)request.Length));
                     break;
+                case PeerOpcode.BlockSums:
+                    sums = operation.Sums.AsSpan(0, (int)request.Length);
+                    break;
                 case PeerOpcode.Stats:
                     PeerStats values = operation.Stats;
                     BinaryPrimitives.WriteInt64BigEndian(stats, values.UsedBytes);
@@ -130,7 +135,8 @@ internal sealed partial class PeerServerConnection
             }
         }
 
-        var header = new PeerReplyHeader(operation.Status, (ulong)_epochs.Current, request.Handle, (uint)payload.Length);
+        int length = payload.Length + sums.Length * PeerProtocol.BlockSumSize;
+        var header = new PeerReplyHeader(operation.Status, (ulong)_epochs.Current, request.Handle, (uint)length);
         header.Write(output.GetSpan(PeerReplyHeader.Size));
         output.Advance(PeerReplyHeader.Size);
         if (!payload.IsEmpty)
@@ -138,6 +144,7 @@ internal sealed partial class PeerServerConnection
             output.Write(payload);
         }
 
-        return PeerReplyHeader.Size + payload.Length;
+        BlockSumWire.Write(output, sums);
+        return PeerReplyHeader.Size + length;
     }
 }

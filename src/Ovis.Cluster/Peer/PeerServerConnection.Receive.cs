@@ -1,5 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+using Ovis.Store;
 
 namespace Ovis.Cluster.Peer;
 
@@ -232,6 +234,15 @@ internal sealed partial class PeerServerConnection
                     ? PeerStatus.Ok
                     : PeerStatus.Invalid;
 
+            case PeerOpcode.BlockSums:
+                // As ALLOCATION; only a store that keeps checksums can answer.
+                return _sums is not null
+                    && (request.Flags & ~PeerRequestFlags.Verify) == 0
+                    && request.Offset % (ulong)_blockSize == 0
+                    && InObject(request.Offset, request.Length * (ulong)_blockSize)
+                    ? PeerStatus.Ok
+                    : PeerStatus.Invalid;
+
             case PeerOpcode.Delete:
                 return request.Flags == PeerRequestFlags.None && request.Offset == 0 && request.Length == 0
                     ? PeerStatus.Ok
@@ -255,10 +266,11 @@ internal sealed partial class PeerServerConnection
     /// <summary>Object operations are served only at the server's epoch; STATS and PING at any.</summary>
     private static bool IsEpochChecked(PeerOpcode opcode) => opcode is not (PeerOpcode.Stats or PeerOpcode.Ping);
 
-    /// <summary>Memory the request holds while in flight: its payload, read buffer or allocation map.</summary>
+    /// <summary>Memory the request holds while in flight: its payload, read buffer, allocation map or sums.</summary>
     private static long ChargedBytes(in PeerRequestHeader request) => request.Opcode switch
     {
         PeerOpcode.Read or PeerOpcode.Allocation => request.Length,
+        PeerOpcode.BlockSums => request.Length * (long)Unsafe.SizeOf<BlockSum>(),
         _ when request.HasPayload => request.Length,
         _ => 0,
     };

@@ -25,6 +25,9 @@ internal sealed partial class PeerServerConnection
     private readonly long _connectionId;
     private readonly long _maxObjectSize;
     private readonly int _blockSize;
+
+    // The store again when it keeps block checksums (BLOCKSUMS); null otherwise.
+    private readonly LocalStore? _sums;
     private CancellationToken _stopping;
 
     // Payload and read buffers. One pool per connection, sized to its in-flight limit: the shared
@@ -36,6 +39,7 @@ internal sealed partial class PeerServerConnection
     {
         _server = server;
         _store = server.Store;
+        _sums = server.Store as LocalStore;
         _epochs = server.Epochs;
         _transport = transport;
         _logger = server.Logger;

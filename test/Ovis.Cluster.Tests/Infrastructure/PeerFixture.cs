@@ -42,6 +42,9 @@ internal sealed class PeerFixture : IAsyncDisposable
 
     public LocalStore Store { get; }
 
+    /// <summary>Where the store keeps its files, for tests that damage them by hand.</summary>
+    public string StoreDirectory => _directory;
+
     public TestEpochs Epochs { get; }
 
     public PeerServer Server { get; }
