@@ -192,6 +192,39 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
         Assert.Equal(1, _remote["n-b"].Reads + _remote["n-c"].Reads);
     }
 
+    [Fact]
+    public async Task Check_compares_copies_by_their_block_sums_without_moving_their_data()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(8, 0);
+        const long Size = 4 * 4096;
+        byte[] data = Data(10);
+        // Block 0 data, block 1 zero bytes written as data, block 2 allocated zeroes, block 3 a hole.
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, data, fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 4096, new byte[4096], fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await gw.ZeroAsync(id, 2 * 4096, 4096, keepAllocated: true, fua: false).AsTask().WaitAsync(T));
+        Assert.Empty(await gw.CheckObjectAsync(id, Size).WaitAsync(T));
+
+        // The first copy in placement order is the reference; the other two are changed behind
+        // the gateway's back.
+        var stores = new Dictionary<string, LocalStore> { ["n-a"] = A, ["n-b"] = B, ["n-c"] = C };
+        int[] picks = new int[3];
+        gw.View.Placement!.ChooseIndexes(id.Packed, picks);
+        string[] nodes = [.. picks.Select(n => gw.View.Placement!.Nodes[n].Id)];
+
+        // Zero bytes as data or as allocated zeroes read the same and are both allocated: no difference.
+        Assert.Equal(StoreStatus.Ok, await stores[nodes[2]].ZeroAsync(id, 4096, 4096, keepAllocated: true, fua: false).AsTask().WaitAsync(T));
+        Assert.Empty(await gw.CheckObjectAsync(id, Size).WaitAsync(T));
+
+        // A hole where the others hold zeroes reads the same but is not allocated; one changed byte is data.
+        Assert.Equal(StoreStatus.Ok, await stores[nodes[2]].ZeroAsync(id, 4096, 4096, keepAllocated: false, fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await stores[nodes[1]].WriteAsync(id, 100, new[] { (byte)~data[100] }, fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(
+            [new CopyDifference(nodes[1], "data differs"), new CopyDifference(nodes[2], "allocation differs")],
+            await gw.CheckObjectAsync(id, Size).WaitAsync(T));
+        Assert.Equal(0, _remote["n-b"].Reads + _remote["n-c"].Reads);
+    }
+
     /// <summary>The node's side of the gateway: refreshes install the next view, stale marks are recorded.</summary>
     private sealed class Control : IGatewayControl
     {
@@ -287,6 +320,9 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
 
         public ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states)
             => Refuse(out var r) ? new(r) : inner.GetAllocationAsync(epoch, id, offset, states);
+
+        public ValueTask<PeerResult> GetBlockSumsAsync(long epoch, ObjectId id, long offset, Memory<BlockSum> sums, bool verify)
+            => Refuse(out var r) ? new(r) : inner.GetBlockSumsAsync(epoch, id, offset, sums, verify);
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }

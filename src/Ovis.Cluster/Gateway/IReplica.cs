@@ -26,4 +26,8 @@ public interface IReplica : IAsyncDisposable
     ValueTask<PeerResult> FlushAsync(long epoch);
 
     ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states);
+
+    /// <summary>The copy's blocks in brief (LocalStore.GetBlockSumsAsync); with <paramref name="verify"/>
+    /// its data blocks are read and checked, a failed checksum being <see cref="PeerStatus.IoError"/>.</summary>
+    ValueTask<PeerResult> GetBlockSumsAsync(long epoch, ObjectId id, long offset, Memory<BlockSum> sums, bool verify);
 }

@@ -7,7 +7,7 @@ namespace Ovis.Cluster.Gateway;
 /// The gateway node's own store. It needs no epoch check: the gateway and the store share one
 /// membership view. The store is the node's; disposing this does not close it.
 /// </summary>
-public sealed class LocalReplica(string nodeId, IObjectStore store) : IReplica
+public sealed class LocalReplica(string nodeId, LocalStore store) : IReplica
 {
     public string NodeId => nodeId;
 
@@ -29,6 +29,9 @@ public sealed class LocalReplica(string nodeId, IObjectStore store) : IReplica
 
     public ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states)
         => Map(store.GetAllocationAsync(id, offset, states), epoch);
+
+    public ValueTask<PeerResult> GetBlockSumsAsync(long epoch, ObjectId id, long offset, Memory<BlockSum> sums, bool verify)
+        => Map(store.GetBlockSumsAsync(id, offset, sums, verify), epoch);
 
     // The local store completes most calls synchronously: no state machine then.
     private static ValueTask<PeerResult> Map(ValueTask<StoreStatus> pending, long epoch)

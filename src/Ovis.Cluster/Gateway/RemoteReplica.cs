@@ -29,5 +29,8 @@ public sealed class RemoteReplica(string nodeId, PeerClient client) : IReplica
     public ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states)
         => client.GetAllocationAsync(epoch, id, offset, states);
 
+    public ValueTask<PeerResult> GetBlockSumsAsync(long epoch, ObjectId id, long offset, Memory<BlockSum> sums, bool verify)
+        => client.GetBlockSumsAsync(epoch, id, offset, sums, verify);
+
     public ValueTask DisposeAsync() => client.DisposeAsync();
 }

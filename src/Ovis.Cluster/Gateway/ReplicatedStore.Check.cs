@@ -9,10 +9,12 @@ public sealed record CopyDifference(string Node, string Reason);
 public sealed partial class ReplicatedStore
 {
     /// <summary>
-    /// Reads every copy of an object on the nodes that are up — allocation and data — and names
+    /// Compares every copy of an object on the nodes that are up — allocation and data — and names
     /// the copies that differ from the first current copy that could be read, or could not be
     /// read at all (a checksum failed). Empty when all agree. Stale copies are compared too: a
-    /// stale node whose copy happens to agree is not reported.
+    /// stale node whose copy happens to agree is not reported. Each node reads and verifies its
+    /// own copy and sends only its block checksums (BLOCKSUMS with VERIFY): no data crosses the
+    /// network.
     /// </summary>
     public async Task<IReadOnlyList<CopyDifference>> CheckObjectAsync(ObjectId id, long objectSize, CancellationToken cancellationToken = default)
     {
@@ -24,8 +26,8 @@ public sealed partial class ReplicatedStore
         // Current copies first, so the reference is one that reads may be served from.
         int[] order = [.. picks.Where(n => !view.Stale[n]), .. picks.Where(n => view.Stale[n])];
         int blocks = (int)(objectSize / BlockSize);
-        byte[]? referenceData = null;
-        BlockState[]? referenceStates = null;
+        uint zeroBlock = Crc32C.Compute(new byte[BlockSize]);
+        BlockSum[]? reference = null;
         var differences = new List<CopyDifference>();
         foreach (int n in order)
         {
@@ -36,23 +38,21 @@ public sealed partial class ReplicatedStore
                 differences.Add(new CopyDifference(replica.NodeId, "down: not checked"));
                 continue;
             }
-            var states = new BlockState[blocks];
-            var data = new byte[objectSize];
-            PeerResult allocation = await replica.GetAllocationAsync(view.Epoch, id, 0, states).ConfigureAwait(false);
-            PeerResult read = allocation.IsOk ? await replica.ReadAsync(view.Epoch, id, 0, data).ConfigureAwait(false) : allocation;
+            var sums = new BlockSum[blocks];
+            PeerResult read = await replica.GetBlockSumsAsync(view.Epoch, id, 0, sums, verify: true).ConfigureAwait(false);
             if (!read.IsOk)
             {
                 differences.Add(new CopyDifference(replica.NodeId, read.Status == PeerStatus.IoError ? "unreadable: a checksum failed" : $"unreadable: {read.Status}"));
                 continue;
             }
-            if (referenceData is null)
+            if (reference is null)
             {
-                (referenceData, referenceStates) = (data, states);
+                reference = sums;
                 continue;
             }
-            if (!data.AsSpan().SequenceEqual(referenceData))
+            if (!Content(sums, zeroBlock).SequenceEqual(Content(reference, zeroBlock)))
                 differences.Add(new CopyDifference(replica.NodeId, "data differs"));
-            else if (!Allocated(states).SequenceEqual(Allocated(referenceStates!)))
+            else if (!Allocated(sums).SequenceEqual(Allocated(reference)))
                 differences.Add(new CopyDifference(replica.NodeId, "allocation differs"));
         }
         return differences;
@@ -122,6 +122,10 @@ public sealed partial class ReplicatedStore
         return (await replica.FlushAsync(epoch).ConfigureAwait(false)).IsOk;
     }
 
+    // What each block reads as: holes and allocated zeroes read as a block of zeroes, which a data
+    // block may hold too; that is the same data, told apart (if at all) by its allocation.
+    private static IEnumerable<uint> Content(BlockSum[] sums, uint zeroBlock) => sums.Select(s => s.State == BlockState.Data ? s.Crc : zeroBlock);
+
     // Zeroed-but-allocated and data blocks both hold space; a hole does not.
-    private static IEnumerable<bool> Allocated(BlockState[] states) => states.Select(s => s != BlockState.Hole);
+    private static IEnumerable<bool> Allocated(BlockSum[] sums) => sums.Select(s => s.State != BlockState.Hole);
 }
