@@ -115,10 +115,11 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var registry = new EtcdVolumeRegistry(membership.Catalog!.Client, membership.Catalog.Cluster);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
-                    await cluster.MarkStaleIfEmptyAsync(registry, cancellationToken);
+                    await cluster.MarkStaleIfEmptyAsync(registry, ClusterMembership.JoinedBefore(dataDirectory, membership.Format!), cancellationToken);
                     return true;
                 });
                 await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, node._logger, cancellationToken);
+                ClusterMembership.RecordJoined(dataDirectory, membership.Format!);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
                     await cluster.StartAsync(cancellationToken);
