@@ -138,6 +138,13 @@ public sealed class AdminClient : IDisposable
     public Task<List<MemberInfo>> ListNodesAsync(CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/nodes", null, AdminJsonContext.Default.ListMemberInfo, cancellationToken);
 
+    public Task<RecoveryStatus> GetRecoveryAsync(CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, "api/v1/recovery", null, AdminJsonContext.Default.RecoveryStatus, cancellationToken);
+
+    /// <summary>Pauses or resumes recovery on every node of the cluster.</summary>
+    public Task<RecoveryStatus> SetRecoveryPausedAsync(bool paused, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, paused ? "api/v1/recovery/pause" : "api/v1/recovery/resume", null, AdminJsonContext.Default.RecoveryStatus, cancellationToken);
+
     public void Dispose() => _http.Dispose();
 
     /// <summary>The URL as people write it: <c>http://127.0.0.1:7070</c>, without Uri's trailing slash.</summary>

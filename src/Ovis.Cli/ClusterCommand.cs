@@ -1,12 +1,14 @@
 using System.CommandLine;
 using Ovis.Cluster.Catalog;
 using Ovis.Cluster.Etcd;
+using Ovis.Node.Admin;
 
 namespace Ovis.Cli;
 
 /// <summary>
-/// <c>ovis cluster format</c> (talks to etcd directly: no node is needed, nor can one join before)
-/// and <c>ovis cluster info</c> (through any node's admin API).
+/// <c>ovis cluster format</c> (talks to etcd directly: no node is needed, nor can one join before);
+/// <c>ovis cluster info</c>, <c>check</c>, <c>recovery</c> and <c>recover pause|resume</c>
+/// (through any node's admin API).
 /// </summary>
 internal static class ClusterCommand
 {
@@ -91,7 +93,75 @@ internal static class ClusterCommand
         });
         cluster.Subcommands.Add(info);
         cluster.Subcommands.Add(CheckCommand());
+        cluster.Subcommands.Add(RecoveryCommand());
+        cluster.Subcommands.Add(RecoverCommand());
         return cluster;
+    }
+
+    private static Command RecoveryCommand()
+    {
+        var client = new ClientOptions();
+        var wait = new Option<bool>("--wait") { Description = "Follow it until every object found needing work is done (Ctrl-C stops watching, not recovery)" };
+        var recovery = new Command("recovery", "Show recovery's progress on every live node, and whether it is paused") { wait };
+        client.AddTo(recovery);
+        recovery.SetAction(async (parseResult, cancellationToken) =>
+        {
+            using var admin = client.CreateClient(parseResult);
+            var status = !parseResult.GetValue(wait)
+                ? await admin.GetRecoveryAsync(cancellationToken)
+                : client.WantsJson(parseResult)
+                    ? await WaitForRecoveryAsync(admin, progress: null, cancellationToken)
+                    : await ConsoleOutput.Stdout.CountProgressAsync("recovering", "objects", progress => WaitForRecoveryAsync(admin, progress, cancellationToken));
+            if (client.WantsJson(parseResult))
+            {
+                ConsoleOutput.Stdout.Json(status);
+            }
+            else
+            {
+                ConsoleOutput.Stdout.Recovery(status);
+            }
+        });
+        return recovery;
+    }
+
+    // Nodes publish their figures once a second: asking more often shows nothing new.
+    private static async Task<RecoveryStatus> WaitForRecoveryAsync(AdminClient admin, IProgress<(long Done, long Total)>? progress, CancellationToken cancellationToken)
+    {
+        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
+        while (true)
+        {
+            var status = await admin.GetRecoveryAsync(cancellationToken);
+            progress?.Report((status.ObjectsDone, status.ObjectsQueued));
+            if (status.Nodes.All(n => n.ObjectsDone >= n.ObjectsQueued))
+            {
+                return status;
+            }
+
+            await timer.WaitForNextTickAsync(cancellationToken);
+        }
+    }
+
+    private static Command RecoverCommand()
+    {
+        var client = new ClientOptions();
+        var recover = new Command("recover", "Pause or resume recovery on every node of the cluster");
+        client.AddTo(recover);
+        var pause = new Command("pause", "Pause recovery on every node (for a maintenance window); it stays paused, across restarts, until resumed");
+        pause.SetAction((parseResult, cancellationToken) => SetPausedAsync(client, parseResult, true, cancellationToken));
+        recover.Subcommands.Add(pause);
+        var resume = new Command("resume", "Resume recovery on every node");
+        resume.SetAction((parseResult, cancellationToken) => SetPausedAsync(client, parseResult, false, cancellationToken));
+        recover.Subcommands.Add(resume);
+        return recover;
+    }
+
+    private static async Task SetPausedAsync(ClientOptions client, ParseResult parseResult, bool paused, CancellationToken cancellationToken)
+    {
+        using var admin = client.CreateClient(parseResult);
+        var status = await admin.SetRecoveryPausedAsync(paused, cancellationToken);
+        client.Report(parseResult, status, paused
+            ? "recovery paused on every node (each sees it within a few seconds); 'ovis cluster recover resume' resumes it"
+            : "recovery resumed on every node");
     }
 
     private static Command CheckCommand()

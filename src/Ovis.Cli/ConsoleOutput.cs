@@ -117,6 +117,20 @@ internal sealed class ConsoleOutput(TextWriter writer)
                 return result;
             });
 
+    /// <summary>
+    /// Runs <paramref name="work"/> under a bar of work done out of work found, both reported as
+    /// counts of <paramref name="unit"/>; the total may grow while it runs (recovery finds more).
+    /// </summary>
+    public Task<T> CountProgressAsync<T>(string description, string unit, Func<IProgress<(long Done, long Total)>, Task<T>> work)
+        => _console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new SpinnerColumn())
+            .StartAsync(async context =>
+            {
+                var task = context.AddTask(Markup.Escape(description), maxValue: 1);
+                return await work(new CountReporter(task, description, unit));
+            });
+
     public void Volume(VolumeInfo volume, string kind) => KeyValues(
     [
         ("Name", volume.Name),
@@ -179,6 +193,38 @@ internal sealed class ConsoleOutput(TextWriter writer)
         _console.Write(table);
     }
 
+    public void Recovery(RecoveryStatus status)
+    {
+        KeyValues(
+        [
+            ("Recovery", status.Paused ? $"paused by {status.PausedBy ?? "?"}{(status.PausedAt is { } at ? $" since {Time(at)}" : "")}" : "running"),
+            ("Objects", $"{Count(status.ObjectsDone)} of {Count(status.ObjectsQueued)} done"),
+            ("Moved", SizeWithBytes(status.BytesMoved)),
+            ("Resynced", SizeWithBytes(status.BytesResynced)),
+            ("Scrubbed", $"{Count(status.ObjectsScrubbed)} objects"),
+            ("Repaired", $"{Count(status.CopiesRepaired)} copies"),
+        ]);
+
+        // Live nodes only: a node's figures go with its lease.
+        var table = new Table().Border(TableBorder.None);
+        table.AddColumn(Column("NODE"));
+        table.AddColumn(Column("STATE"));
+        table.AddColumn(Column("QUEUED").RightAligned());
+        table.AddColumn(Column("DONE").RightAligned());
+        table.AddColumn(Column("MOVED").RightAligned());
+        table.AddColumn(Column("RESYNCED").RightAligned());
+        table.AddColumn(Column("SCRUBBED").RightAligned());
+        table.AddColumn(Column("REPAIRED").RightAligned());
+        table.AddColumn(Column("UPDATED"));
+        foreach (var n in status.Nodes)
+        {
+            table.AddRow(Markup.Escape(n.Node), n.Paused ? "paused" : "running", Count(n.ObjectsQueued), Count(n.ObjectsDone),
+                Sizes.Format(n.BytesMoved), Sizes.Format(n.BytesResynced), Count(n.ObjectsScrubbed), Count(n.CopiesRepaired), Time(n.At));
+        }
+
+        _console.Write(table);
+    }
+
     // Plain aligned lines rather than a Spectre grid, which pads every line to the widest
     // value: this output is grepped and diffed as often as it is read.
     private void KeyValues(ReadOnlySpan<(string Key, string Value)> rows)
@@ -224,6 +270,8 @@ internal sealed class ConsoleOutput(TextWriter writer)
             ? Sizes.Format(bytes)
             : $"{Sizes.Format(bytes)} ({bytes.ToString(CultureInfo.InvariantCulture)} bytes)";
 
+    private static string Count(long value) => value.ToString(CultureInfo.InvariantCulture);
+
     private static string Time(DateTimeOffset time)
         => time.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture);
 
@@ -232,6 +280,18 @@ internal sealed class ConsoleOutput(TextWriter writer)
         : uptime.TotalHours >= 1
             ? $"{uptime.Hours}h {uptime.Minutes}m {uptime.Seconds}s"
             : $"{uptime.Minutes}m {uptime.Seconds}s";
+
+    /// <summary>Reports counts into a Spectre task: its maximum follows the total, its description says both.</summary>
+    private sealed class CountReporter(ProgressTask task, string description, string unit) : IProgress<(long Done, long Total)>
+    {
+        public void Report((long Done, long Total) value)
+        {
+            // Nothing found yet counts as done, not as 0 % of nothing.
+            task.MaxValue = Math.Max(1, value.Total);
+            task.Value = value.Total == 0 ? task.MaxValue : Math.Min(value.Done, value.Total);
+            task.Description = Markup.Escape($"{description}: {Count(value.Done)} of {Count(value.Total)} {unit}");
+        }
+    }
 
     /// <summary>Reports into a Spectre task whose maximum is 1; progress only moves forward.</summary>
     private sealed class ProgressTaskReporter(ProgressTask task) : IProgress<double>

@@ -14,6 +14,9 @@ public sealed partial class ClusterMembership : IAsyncDisposable
 {
     public const string NodeIdFile = "node-id";
 
+    /// <summary>Written in the data directory once the node has joined: which cluster its store belongs to.</summary>
+    public const string JoinedFile = "cluster-joined";
+
     private readonly EtcdClient? _client;
 
     private ClusterMembership(EtcdClient? client, EtcdCatalog? catalog, ClusterFormat? format)
@@ -105,6 +108,35 @@ public sealed partial class ClusterMembership : IAsyncDisposable
         File.Move(temp, path, overwrite: true);
         return id;
     }
+
+    /// <summary>
+    /// Whether this data directory's store is the one that joined <paramref name="format"/>'s
+    /// cluster before: a member back on it missed nothing it was not marked stale for, even with
+    /// no objects (placement may have given it none). A wiped or replaced directory has no record.
+    /// </summary>
+    internal static bool JoinedBefore(string dataDirectory, ClusterFormat format)
+    {
+        var path = Path.Combine(dataDirectory, JoinedFile);
+        return File.Exists(path) && File.ReadAllText(path).Trim() == JoinedRecord(format);
+    }
+
+    /// <summary>Records, after a join, that this data directory's store is a member's (see <see cref="JoinedBefore"/>).</summary>
+    internal static void RecordJoined(string dataDirectory, ClusterFormat format)
+    {
+        if (JoinedBefore(dataDirectory, format))
+        {
+            return;
+        }
+
+        var path = Path.Combine(dataDirectory, JoinedFile);
+        var temp = path + ".tmp";
+        File.WriteAllText(temp, JoinedRecord(format) + "\n");
+        File.Move(temp, path, overwrite: true);
+    }
+
+    // The name and the time of the format: a cluster formatted again under the same name is another one.
+    private static string JoinedRecord(ClusterFormat format)
+        => $"{format.Name} {format.FormattedAt.ToString("O", System.Globalization.CultureInfo.InvariantCulture)}";
 
     /// <summary>Runs a catalog action, turning its failures into one line for an operator.</summary>
     internal static async Task<T> Describe<T>(ClusterMembershipOptions options, Func<Task<T>> action)

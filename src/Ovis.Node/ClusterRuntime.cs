@@ -60,13 +60,17 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
 
     /// <summary>
     /// Before the join: a node that holds none of the cluster's data — new to the cluster, or back
-    /// with an empty store — is marked stale, since placement may name it for objects written
+    /// with a wiped store — is marked stale, since placement may name it for objects written
     /// before it came; no read is served from it until recovery has filled it. A cluster without
     /// volumes has nothing it could miss.
     /// </summary>
-    public async Task MarkStaleIfEmptyAsync(Ovis.Volumes.IVolumeRegistry registry, CancellationToken cancellationToken)
+    /// <param name="joinedBefore">This store joined the cluster before (its data directory says
+    /// so). Then an empty store is not a wiped one: placement may simply have given it no object
+    /// yet, and marking it would take a current member out of reads at every restart (until a
+    /// recovery that has nothing to copy clears the mark).</param>
+    public async Task MarkStaleIfEmptyAsync(Ovis.Volumes.IVolumeRegistry registry, bool joinedBefore, CancellationToken cancellationToken)
     {
-        if (_wasMember && _local.ListObjects().Count > 0)
+        if (_wasMember && (joinedBefore || _local.ListObjects().Count > 0))
             return;
         var loaded = await registry.LoadAsync(cancellationToken).ConfigureAwait(false);
         if (loaded.State.Volumes.Count == 0)

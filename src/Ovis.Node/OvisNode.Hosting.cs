@@ -22,7 +22,7 @@ public sealed partial class OvisNode
     private const long MaxAdminRequestBytes = 1L << 20;
 
     private static WebApplication BuildApplication(NodeOptions options, NodeVolumes volumes, NodeStatus status, ClusterMembership membership,
-        ClusterRuntime? cluster, Listeners listeners)
+        ClusterRuntime? cluster, RecoveryControl? recovery, Listeners listeners)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
@@ -52,6 +52,11 @@ public sealed partial class OvisNode
         if (cluster is not null)
         {
             builder.Services.AddSingleton(cluster);
+        }
+
+        if (recovery is not null)
+        {
+            builder.Services.AddSingleton(recovery);
         }
         builder.Services.AddSingleton(new NbdServerOptions());
         builder.Services.ConfigureHttpJsonOptions(o =>

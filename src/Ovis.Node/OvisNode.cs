@@ -21,15 +21,17 @@ public sealed partial class OvisNode : IAsyncDisposable
     private readonly Lock _stopLock = new();
     private readonly ClusterMembership _membership;
     private readonly ClusterRuntime? _cluster;
+    private readonly RecoveryControl? _recovery;
     private readonly DataDirectory? _data;
     private Task? _stopTask;
 
     private OvisNode(WebApplication app, NodeVolumes volumes, NodeStatus status, ClusterMembership membership,
-        ClusterRuntime? cluster, DataDirectory? data, TimeSpan shutdownTimeout, ILogger logger)
+        ClusterRuntime? cluster, RecoveryControl? recovery, DataDirectory? data, TimeSpan shutdownTimeout, ILogger logger)
     {
         _app = app;
         _membership = membership;
         _cluster = cluster;
+        _recovery = recovery;
         _data = data;
         _shutdownTimeout = shutdownTimeout;
         _volumes = volumes;
@@ -77,6 +79,7 @@ public sealed partial class OvisNode : IAsyncDisposable
         var membership = ClusterMembership.Embedded;
         DataDirectory? data = null;
         ClusterRuntime? cluster = null;
+        RecoveryControl? recovery = null;
         WebApplication? app = null;
         try
         {
@@ -87,6 +90,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                 membership = await ClusterMembership.ConnectAsync(joining, clusterLogger, cancellationToken);
                 var nodeId = joining.NodeId ?? ClusterMembership.ReadOrCreateNodeId(dataDirectory);
                 cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, clusterLogger, cancellationToken));
+                recovery = new RecoveryControl(new RecoveryCatalog(membership.Catalog!), nodeId, clusterLogger);
             }
             else
             {
@@ -96,8 +100,8 @@ public sealed partial class OvisNode : IAsyncDisposable
             }
 
             var listeners = new Listeners();
-            app = BuildApplication(options, volumes, status, membership, cluster, listeners);
-            var node = new OvisNode(app, volumes, status, membership, cluster, data, options.ShutdownTimeout, app.Services.GetRequiredService<ILogger<OvisNode>>());
+            app = BuildApplication(options, volumes, status, membership, cluster, recovery, listeners);
+            var node = new OvisNode(app, volumes, status, membership, cluster, recovery, data, options.ShutdownTimeout, app.Services.GetRequiredService<ILogger<OvisNode>>());
             try
             {
                 await app.StartAsync(cancellationToken);
@@ -115,13 +119,15 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var registry = new EtcdVolumeRegistry(membership.Catalog!.Client, membership.Catalog.Cluster);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
-                    await cluster.MarkStaleIfEmptyAsync(registry, cancellationToken);
+                    await cluster.MarkStaleIfEmptyAsync(registry, ClusterMembership.JoinedBefore(dataDirectory, membership.Format!), cancellationToken);
                     return true;
                 });
                 await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, node._logger, cancellationToken);
+                ClusterMembership.RecordJoined(dataDirectory, membership.Format!);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
                     await cluster.StartAsync(cancellationToken);
+                    await recovery!.StartAsync(membership.Registration!.LeaseId, cancellationToken);
                     volumes.Set(await VolumeManager.OpenAsync(cluster.Store, registry, clusterLogger, cancellationToken));
                     return true;
                 });
@@ -140,6 +146,11 @@ public sealed partial class OvisNode : IAsyncDisposable
             if (volumes.TryGet() is { } opened)
             {
                 await DisposeQuietlyAsync(opened);
+            }
+
+            if (recovery is not null)
+            {
+                await recovery.DisposeAsync();
             }
 
             await membership.DisposeAsync();
@@ -204,6 +215,14 @@ public sealed partial class OvisNode : IAsyncDisposable
         {
             await WaitForJobsAsync();
             await _app.DisposeAsync();
+
+            // Recovery's switch and figures stop before the data it works on closes, and before
+            // the leave revokes the lease its figures hang on (they go with it).
+            if (_recovery is not null)
+            {
+                await _recovery.DisposeAsync();
+            }
+
             if (_volumes.TryGet() is { } volumes)
             {
                 await volumes.DisposeAsync();

@@ -65,6 +65,8 @@ internal sealed record StaleRecord(string By, long Epoch, DateTimeOffset At);
 [JsonSerializable(typeof(EpochRecord))]
 [JsonSerializable(typeof(LockRecord))]
 [JsonSerializable(typeof(StaleRecord))]
+[JsonSerializable(typeof(RecoveryPause))]
+[JsonSerializable(typeof(Recovery.RecoveryProgress))]
 internal sealed partial class CatalogJson : JsonSerializerContext;
 
 /// <summary>
@@ -77,6 +79,8 @@ internal sealed partial class CatalogJson : JsonSerializerContext;
 /// stale/&lt;id&gt;        StaleRecord               the member missed a write; never read from until resynced
 /// locks/&lt;volume&gt;    LockRecord, holder lease  gone with the holder's lease
 /// volumes           CatalogState              the volume registry, replaced by txn on its mod_revision
+/// recovery/paused   RecoveryPause             present while an operator has paused recovery
+/// recovery/progress/&lt;id&gt;  RecoveryProgress, node's lease  the node's recovery figures, gone with the node
 /// </code>
 /// </summary>
 internal sealed class CatalogKeys(string cluster)
@@ -104,4 +108,10 @@ internal sealed class CatalogKeys(string cluster)
     public string Lock(string volume) => Locks + volume;
 
     public string Volumes => Root + "volumes";
+
+    public string RecoveryPaused => Root + "recovery/paused";
+
+    public string RecoveryProgress => Root + "recovery/progress/";
+
+    public string Progress(string id) => RecoveryProgress + id;
 }

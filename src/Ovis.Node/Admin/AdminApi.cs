@@ -32,6 +32,7 @@ public static partial class AdminApi
         api.MapGet("/jobs/{id}", GetJob);
 
         MapCluster(api);
+        MapRecovery(api);
     }
 
     private static Ok<NodeInfo> GetNode(NodeStatus node, VolumeManager volumes, NodeVolumes local)

@@ -1,6 +1,7 @@
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Ovis.Cluster.Recovery;
 using Ovis.Volumes;
 
 namespace Ovis.Node.Admin;
@@ -96,6 +97,27 @@ public sealed record CheckReport(string Volume, long Objects, IReadOnlyList<Chec
 /// <summary>One copy that differs: the object id (<c>LAYER.INDEX</c>, hex), the node and why.</summary>
 public sealed record CheckDifference(string ObjectId, string Node, string Reason);
 
+/// <summary>Answer of <c>GET /api/v1/recovery</c> (and of pause and resume): whether an operator paused
+/// recovery, the sums of the figures of every live node, and each node's own (<see cref="Nodes"/>;
+/// a node that is down has none).</summary>
+public sealed record RecoveryStatus(
+    bool Paused,
+    long ObjectsQueued,
+    long ObjectsDone,
+    long BytesMoved,
+    long BytesResynced,
+    long ObjectsScrubbed,
+    long CopiesRepaired,
+    IReadOnlyList<RecoveryProgress> Nodes)
+{
+    /// <summary>The node that took the pause request, while paused.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? PausedBy { get; init; }
+
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public DateTimeOffset? PausedAt { get; init; }
+}
+
 /// <summary>Body of every 4xx and 5xx answer: one line meant for an operator.</summary>
 public sealed record ErrorBody(string Error);
 
@@ -121,6 +143,7 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(List<MemberInfo>))]
 [JsonSerializable(typeof(HealthStatus))]
 [JsonSerializable(typeof(CheckReport))]
+[JsonSerializable(typeof(RecoveryStatus))]
 public sealed partial class AdminJsonContext : JsonSerializerContext
 {
     /// <summary>

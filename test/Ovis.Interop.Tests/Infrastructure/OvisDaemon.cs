@@ -20,6 +20,7 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     private readonly LogBuffer _log = new(600);
     private Process? _process;
     private int _generation;
+    private int _peerPort;
 
     public OvisDaemon() : this(unixSocket: false)
     {
@@ -66,6 +67,12 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     /// <summary>More arguments for `ovis serve` (e.g. --cluster URI --zone Z), used on every (re)start.</summary>
     public IReadOnlyList<string> ExtraArguments { get; init; } = [];
 
+    /// <summary>
+    /// Restarts bind the ports of the first start (NBD, admin and, clustered, peer), as a node with
+    /// fixed addresses in its service file would; otherwise every start picks free ones.
+    /// </summary>
+    public bool KeepPorts { get; init; }
+
     public static async Task<OvisDaemon> StartNewAsync(bool unixSocket = false, IEnumerable<string>? extraArguments = null)
     {
         var d = new OvisDaemon(unixSocket) { ExtraArguments = [.. extraArguments ?? []] };
@@ -92,7 +99,9 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
             UseShellExecute = false,
             WorkingDirectory = Root,
         };
-        foreach (var a in new[] { OvisDll, "serve", "--data", DataDirectory, "--nbd", "127.0.0.1:0", "--admin", "127.0.0.1:0" })
+        var nbdPort = KeepPorts ? NbdPort : 0;
+        var adminPort = KeepPorts && AdminUrl.Length > 0 ? new Uri(AdminUrl).Port : 0;
+        foreach (var a in new[] { OvisDll, "serve", "--data", DataDirectory, "--nbd", $"127.0.0.1:{nbdPort}", "--admin", $"127.0.0.1:{adminPort}" })
         {
             psi.ArgumentList.Add(a);
         }
@@ -103,8 +112,13 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
         // Clustered daemons share this machine: each gets a free peer port, as for NBD and admin.
         if (ExtraArguments.Contains("--cluster") && !ExtraArguments.Contains("--peer"))
         {
+            // The daemon does not print its peer port: one kept across restarts is picked here.
+            if (KeepPorts && _peerPort == 0)
+            {
+                _peerPort = FreePort();
+            }
             psi.ArgumentList.Add("--peer");
-            psi.ArgumentList.Add("127.0.0.1:0");
+            psi.ArgumentList.Add($"127.0.0.1:{_peerPort}");
         }
         if (_unixSocket)
         {
@@ -271,6 +285,13 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
             Assert.Fail($"the daemon did not exit within {timeout.TotalSeconds:F0}s {when}.\n{Log}");
         }
         _log.Add($"[{_generation}] exited with code {p.ExitCode}");
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     private static string FindOvisDll()
