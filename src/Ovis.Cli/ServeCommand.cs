@@ -78,7 +78,29 @@ internal static class ServeCommand
             DefaultValueFactory = _ => $"127.0.0.1:{NodeOptions.DefaultPeerPort}",
         };
 
-        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API") { data, nbd, nbdSocket, admin, journalSize, cluster, zone, nodeId, leaseTtl, peer };
+        var dirtyLog = new Option<string>("--dirty-log")
+        {
+            Description = "Log objects before their first write, so only those are resynced after a crash or a node's absence (on|off; off only to measure it)",
+            HelpName = "on|off",
+            DefaultValueFactory = _ => "on",
+        };
+        var recoveryBandwidth = new Option<string>("--recovery-bandwidth")
+        {
+            Description = "Bytes per second background recovery may copy, e.g. 64M; 0 for no limit",
+            HelpName = "SIZE",
+            DefaultValueFactory = _ => "64M",
+        };
+        var scrubInterval = new Option<double>("--scrub-interval")
+        {
+            Description = "Seconds between two objects checked by the background scrub; 0 turns it off",
+            HelpName = "SECONDS",
+            DefaultValueFactory = _ => 1,
+        };
+
+        var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API")
+        {
+            data, nbd, nbdSocket, admin, journalSize, cluster, zone, nodeId, leaseTtl, peer, dirtyLog, recoveryBandwidth, scrubInterval,
+        };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
             DataDirectory = parseResult.GetRequiredValue(data),
@@ -86,8 +108,10 @@ internal static class ServeCommand
             NbdSocketPath = parseResult.GetValue(nbdSocket) is { Length: > 0 } path ? path : null,
             AdminAddress = ParseAddress("--admin", parseResult.GetRequiredValue(admin)),
             JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
-            Cluster = ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl),
-                ParseAddress("--peer", parseResult.GetRequiredValue(peer))),
+            Cluster = WithRecovery(
+                ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl),
+                    ParseAddress("--peer", parseResult.GetRequiredValue(peer))),
+                ParseRecovery(parseResult.GetRequiredValue(dirtyLog), parseResult.GetRequiredValue(recoveryBandwidth), parseResult.GetValue(scrubInterval))),
         }));
         return command;
     }
@@ -175,6 +199,34 @@ internal static class ServeCommand
         }
 
         return new ClusterMembershipOptions { Uri = parsed!, Zone = zone, NodeId = nodeId, LeaseTtlSeconds = leaseTtl, PeerAddress = peer };
+    }
+
+    private static ClusterMembershipOptions? WithRecovery(ClusterMembershipOptions? cluster, RecoveryOptions recovery)
+    {
+        if (cluster is not null)
+        {
+            cluster.Recovery = recovery;
+        }
+        return cluster;
+    }
+
+    private static RecoveryOptions ParseRecovery(string dirtyLog, string bandwidth, double scrubSeconds)
+    {
+        bool log = dirtyLog switch
+        {
+            "on" => true,
+            "off" => false,
+            _ => throw CliException.Usage($"--dirty-log: '{dirtyLog}' is neither on nor off"),
+        };
+        if (!Sizes.TryParse(bandwidth, out long bytes, out string? error))
+        {
+            throw CliException.Usage($"--recovery-bandwidth: {error}");
+        }
+        if (!double.IsFinite(scrubSeconds) || scrubSeconds < 0 || scrubSeconds > 86400)
+        {
+            throw CliException.Usage($"--scrub-interval: {scrubSeconds} is out of range: use 0 (off) to 86400 seconds");
+        }
+        return new RecoveryOptions { DirtyLog = log, BandwidthBytesPerSecond = bytes, ScrubInterval = TimeSpan.FromSeconds(scrubSeconds) };
     }
 
     private static long ParseJournalSize(string text)

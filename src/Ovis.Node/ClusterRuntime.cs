@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging;
 using Ovis.Cluster.Catalog;
 using Ovis.Cluster.Gateway;
 using Ovis.Cluster.Peer;
+using Ovis.Cluster.Recovery;
 using Ovis.Store;
 
 namespace Ovis.Node;
@@ -24,11 +25,15 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     private readonly CancellationTokenSource _stop = new();
     private readonly SemaphoreSlim _refreshing = new(1, 1);
     private Task _watch = Task.CompletedTask;
+    private Task _staleCheck = Task.CompletedTask;
+    private VolumeRecovery? _recovery;
+    private IdleVolumeRecovery? _idle;
+    private Func<IReadOnlyCollection<string>>? _volumeNames;
 
     private readonly LocalStore _local;
     private readonly bool _wasMember;
 
-    private ClusterRuntime(ClusterMembership membership, string nodeId, LocalStore local, ILogger logger, MembershipView first)
+    private ClusterRuntime(ClusterMembership membership, string nodeId, LocalStore local, ILogger logger, MembershipView first, RecoveryOptions recovery)
     {
         _local = local;
         _wasMember = first.Members.Any(m => m.Id == nodeId);
@@ -39,12 +44,20 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         _logger = logger;
         _replicas = new ReplicaSet(new LocalReplica(nodeId, local),
             node => new RemoteReplica(node.Id, new PeerClient(ParsePeer(node), new PeerClientOptions(), logger)));
-        Store = new ReplicatedStore(local, ClusterView.Build(first, _format, nodeId, _replicas), this, logger);
+        Records = new EtcdRecoveryStore(_catalog);
+        DirtyLog? log = recovery.DirtyLog ? new DirtyLog(Records, logger, recovery.DirtyClearAfter) : null;
+        Store = new ReplicatedStore(local, ClusterView.Build(first, _format, nodeId, _replicas), this, logger, log);
         PeerServer = new PeerServer(local, this, new PeerServerOptions(), logger);
     }
 
     /// <summary>The store volumes use: every object on its placement's nodes.</summary>
     public ReplicatedStore Store { get; }
+
+    /// <summary>The recovery of the volumes this node writes; null until the volumes are open.</summary>
+    public VolumeRecovery? Recovery => _recovery;
+
+    /// <summary>Recovery's records in the catalog: dirty-region logs and volume baselines.</summary>
+    public EtcdRecoveryStore Records { get; }
 
     /// <summary>Serves this node's store to other nodes' gateways.</summary>
     public PeerServer PeerServer { get; }
@@ -52,10 +65,31 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     public string NodeId => _nodeId;
 
     /// <summary>Reads the membership and builds the first view; the node is not live in it until it joins.</summary>
-    public static async Task<ClusterRuntime> CreateAsync(ClusterMembership membership, string nodeId, LocalStore local, ILogger logger, CancellationToken cancellationToken)
+    public static async Task<ClusterRuntime> CreateAsync(ClusterMembership membership, string nodeId, LocalStore local, RecoveryOptions recovery,
+        ILogger logger, CancellationToken cancellationToken)
     {
         MembershipView first = await membership.ReadMembershipAsync(cancellationToken).ConfigureAwait(false);
-        return new ClusterRuntime(membership, nodeId, local, logger, first);
+        return new ClusterRuntime(membership, nodeId, local, logger, first, recovery);
+    }
+
+    /// <summary>
+    /// Hands the node's volume recovery in, once the volumes are open: every later view is
+    /// installed with the gate shut until the objects it moved are queued, and this node's stale
+    /// mark is lifted as soon as nothing it may have missed is left.
+    /// </summary>
+    public void Attach(VolumeRecovery recovery, Func<IReadOnlyCollection<string>> volumeNames, VolumeLocks locks, NodeVolumes volumes)
+    {
+        _recovery = recovery;
+        _volumeNames = volumeNames;
+        _staleCheck = Task.Run(() => ClearOwnStaleMarkAsync(_stop.Token), CancellationToken.None);
+        _idle = new IdleVolumeRecovery(this, locks, volumes, _logger);
+    }
+
+    /// <summary>Stops recovering idle volumes: the first step of a stop, before the volumes close.</summary>
+    public async Task StopIdleRecoveryAsync()
+    {
+        if (_idle is { } idle)
+            await idle.DisposeAsync().ConfigureAwait(false);
     }
 
     /// <summary>
@@ -76,6 +110,8 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         if (loaded.State.Volumes.Count == 0)
             return;
         await _catalog.MarkStaleAsync(_nodeId, _nodeId, Store.View.Epoch, cancellationToken).ConfigureAwait(false);
+        // Every volume must fill this node again, not only resync what the log names.
+        await Records.UnsyncAsync(_nodeId, cancellationToken).ConfigureAwait(false);
         LogJoinsStale(_logger, _nodeId, _wasMember ? "its store is empty" : "it is new to the cluster");
     }
 
@@ -121,9 +157,75 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     private void Install(MembershipView membership)
     {
         ClusterView before = Store.View;
-        Store.Update(ClusterView.Build(membership, _format, _nodeId, _replicas));
+        ClusterView next = ClusterView.Build(membership, _format, _nodeId, _replicas);
+        if (_recovery is { } recovery && !SameMembers(before, next))
+        {
+            // No request may reach the new placement before the objects it moved are queued.
+            Store.Gate.Shut();
+            try
+            {
+                Store.Update(next);
+                recovery.OnViewInstalled(Store.View);
+            }
+            finally
+            {
+                Store.Gate.Open();
+            }
+        }
+        else
+        {
+            Store.Update(next);
+        }
         if (Store.View.Epoch != before.Epoch)
             LogEpoch(_logger, Store.View.Epoch, membership.Nodes.Count, membership.Members.Count, string.Join(",", membership.Stale));
+    }
+
+    /// <summary>Starts the recovery of a volume whose lock this node just took; null before <see cref="Attach"/>.</summary>
+    /// <param name="lost">Cancelled when the lock is lost: another node may write the volume then, so recovery stops.</param>
+    public async Task<IAsyncDisposable?> StartRecoveryAsync(string volume, CancellationToken lost)
+        => _recovery is { } recovery ? await recovery.StartAsync(volume, lost).ConfigureAwait(false) : null;
+
+    private static bool SameMembers(ClusterView a, ClusterView b)
+        => (a.Placement?.Nodes.Select(n => n.Id) ?? []).SequenceEqual(b.Placement?.Nodes.Select(n => n.Id) ?? [], StringComparer.Ordinal);
+
+    /// <summary>
+    /// While this node is up and stale, asks every couple of seconds whether anything it may have
+    /// missed is left (logged objects it holds a copy of, volumes not yet filled on it); the
+    /// catalog lifts the mark in the same transaction that checked.
+    /// </summary>
+    private async Task ClearOwnStaleMarkAsync(CancellationToken cancellationToken)
+    {
+        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
+        try
+        {
+            while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
+            {
+                ClusterView view = Store.View;
+                if (view.LocalIndex < 0 || !view.IsStale(view.LocalIndex) || !view.IsLive(view.LocalIndex) || view.Placement is not { } placement)
+                    continue;
+                try
+                {
+                    int[] holders = new int[view.Copies];
+                    bool Holds(ObjectId id)
+                    {
+                        placement.ChooseIndexes(id.Packed, holders);
+                        return holders.Contains(view.LocalIndex);
+                    }
+                    if (await Records.TryClearStaleAsync(_nodeId, _volumeNames!(), Holds, cancellationToken).ConfigureAwait(false))
+                    {
+                        LogStaleCleared(_logger, _nodeId);
+                        await RefreshAsync(0).ConfigureAwait(false);
+                    }
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException)
+                {
+                    LogWatchFailed(_logger, ex);
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
     }
 
     /// <summary>Reads the membership now unless a view at <paramref name="seen"/> or newer is installed;
@@ -180,6 +282,9 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     {
         await _stop.CancelAsync().ConfigureAwait(false);
         await _watch.ConfigureAwait(false);
+        await _staleCheck.ConfigureAwait(false);
+        if (Store.DirtyLog is { } log)
+            await log.DisposeAsync().ConfigureAwait(false);
         await _replicas.DisposeAsync().ConfigureAwait(false);
         _stop.Dispose();
         _refreshing.Dispose();
@@ -193,6 +298,9 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
 
     [LoggerMessage(EventId = 33, Level = LogLevel.Warning, Message = "Node {Node} joins stale ({Reason}): no reads are served from it until its copies are recovered")]
     private static partial void LogJoinsStale(ILogger logger, string node, string reason);
+
+    [LoggerMessage(EventId = 34, Level = LogLevel.Information, Message = "Node {Node} is current again: its stale mark is lifted, reads may use its copies")]
+    private static partial void LogStaleCleared(ILogger logger, string node);
 
     [LoggerMessage(EventId = 32, Level = LogLevel.Error, Message = "{Error}")]
     private static partial void LogCannotPlace(ILogger logger, string error);

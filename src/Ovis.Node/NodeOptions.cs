@@ -45,4 +45,6 @@ public sealed class ClusterMembershipOptions
 
     /// <summary>Where this node serves the peer protocol (object copies from other nodes' gateways).</summary>
     public ListenAddress PeerAddress { get; init; } = ListenAddress.Loopback(NodeOptions.DefaultPeerPort);
+
+    public RecoveryOptions Recovery { get; set; } = new();
 }

@@ -43,7 +43,7 @@ public sealed partial class OvisNode
         builder.Services.AddSingleton(status);
         builder.Services.AddSingleton(membership);
         builder.Services.AddSingleton<JobRegistry>();
-        var locks = membership.Catalog is { } catalog ? new VolumeLocks(catalog, () => membership.Registration) : null;
+        var locks = membership.Catalog is { } catalog ? new VolumeLocks(catalog, () => membership.Registration, (volume, lost) => cluster?.StartRecoveryAsync(volume, lost) ?? Task.FromResult<IAsyncDisposable?>(null)) : null;
         builder.Services.AddSingleton<IExportProvider>(new VolumeExports(volumes, locks));
         if (locks is not null)
         {

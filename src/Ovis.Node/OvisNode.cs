@@ -89,7 +89,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                 volumes.LocalStore = data.Store;
                 membership = await ClusterMembership.ConnectAsync(joining, clusterLogger, cancellationToken);
                 var nodeId = joining.NodeId ?? ClusterMembership.ReadOrCreateNodeId(dataDirectory);
-                cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, clusterLogger, cancellationToken));
+                cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, joining.Recovery, clusterLogger, cancellationToken));
                 recovery = new RecoveryControl(new RecoveryCatalog(membership.Catalog!), nodeId, clusterLogger);
             }
             else
@@ -129,6 +129,9 @@ public sealed partial class OvisNode : IAsyncDisposable
                     await cluster.StartAsync(cancellationToken);
                     await recovery!.StartAsync(membership.Registration!.LeaseId, cancellationToken);
                     volumes.Set(await VolumeManager.OpenAsync(cluster.Store, registry, clusterLogger, cancellationToken));
+                    cluster.Attach(new VolumeRecovery(cluster.Store, cluster.Records, recovery.Counters, recovery,
+                        volumes, clusterOptions.Recovery, clusterLogger), () => [.. volumes.Get().List().Where(v => !v.IsSnapshot).Select(v => v.Name)],
+                        app.Services.GetRequiredService<VolumeLocks>(), volumes);
                     return true;
                 });
             }
@@ -209,6 +212,11 @@ public sealed partial class OvisNode : IAsyncDisposable
         // and closes its own store last.
         try
         {
+            if (_cluster is not null)
+            {
+                await _cluster.StopIdleRecoveryAsync();
+            }
+
             await _app.StopAsync(CancellationToken.None);
         }
         finally

@@ -16,7 +16,7 @@ namespace Ovis.Node;
 /// where a watch would need resuming and compaction handling. Created with the cluster runtime,
 /// it starts once the node has joined: its figures hang on the node's lease.
 /// </remarks>
-public sealed partial class RecoveryControl : IAsyncDisposable
+public sealed partial class RecoveryControl : Ovis.Cluster.Recovery.IRecoveryPause, IAsyncDisposable
 {
     /// <summary>How often the switch is read and the counters published.</summary>
     public static readonly TimeSpan Interval = TimeSpan.FromSeconds(1);

@@ -11,7 +11,7 @@ namespace Ovis.Node;
 /// </summary>
 // The semaphore never allocates a wait handle (only WaitAsync is used), so it needs no disposal.
 #pragma warning disable CA1001
-internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> registration)
+internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> registration, Func<string, CancellationToken, Task<IAsyncDisposable?>> startRecovery)
 #pragma warning restore CA1001
 {
     private readonly SemaphoreSlim _gate = new(1, 1);
@@ -25,26 +25,70 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
     }
 
     /// <summary>Takes (or shares) the lock of <paramref name="volume"/>; throws
-    /// <see cref="ExportUnavailableException"/> naming the holder when another node has it.</summary>
+    /// <see cref="ExportUnavailableException"/> naming the holder when another node has it. A node
+    /// that holds it only to recover the volume lets go within seconds: that is waited for.</summary>
     public async Task<IShare> AcquireAsync(string volume)
+    {
+        var deadline = DateTime.UtcNow + RecoveryWait;
+        while (true)
+        {
+            IShare? share = await TryAcquireAsync(volume, forRecovery: false).ConfigureAwait(false);
+            if (share is not null)
+                return share;
+            // Only a recovering holder gets here (a serving one throws): wait for it to let go.
+            if (DateTime.UtcNow > deadline)
+                throw Refused(volume, await catalog.GetVolumeLockHolderAsync(volume).ConfigureAwait(false));
+            await Task.Delay(TimeSpan.FromMilliseconds(250)).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Takes the lock of an idle volume to recover it; null when any node holds it.</summary>
+    public Task<IShare?> TryAcquireForRecoveryAsync(string volume) => TryAcquireAsync(volume, forRecovery: true);
+
+    // A recovering holder gives an idle volume back after a slice of at most a few seconds.
+    private static readonly TimeSpan RecoveryWait = TimeSpan.FromSeconds(15);
+
+    private static ExportUnavailableException Refused(string volume, string? holder) => new(
+        $"volume {volume} is being served by node {holder ?? "(just released)"}: one node writes a volume at a time; connect there, or retry once it is closed or its lease has run out");
+
+    private async Task<IShare?> TryAcquireAsync(string volume, bool forRecovery)
     {
         await _gate.WaitAsync().ConfigureAwait(false);
         try
         {
             if (_held.TryGetValue(volume, out Held? held) && !held.Lock.Lost.IsCancellationRequested)
             {
+                if (forRecovery)
+                    return null; // served or recovered here already
                 held.Users++;
                 return new Share(this, held);
             }
             NodeRegistration holder = registration() ?? throw new ExportUnavailableException($"volume {volume}: this node is not a cluster member now");
-            VolumeLock? taken = await catalog.TryAcquireVolumeLockAsync(volume, holder).ConfigureAwait(false);
+            VolumeLock? taken = forRecovery
+                ? await catalog.TryAcquireVolumeLockForRecoveryAsync(volume, holder).ConfigureAwait(false)
+                : await catalog.TryAcquireVolumeLockAsync(volume, holder).ConfigureAwait(false);
             if (taken is null)
             {
+                if (forRecovery)
+                    return null;
                 string? other = await catalog.GetVolumeLockHolderAsync(volume).ConfigureAwait(false);
-                throw new ExportUnavailableException(
-                    $"volume {volume} is being served by node {other ?? "(just released)"}: one node writes a volume at a time; connect there, or retry once it is closed or its lease has run out");
+                // Released meanwhile, or held by a recovery that lets go soon: the caller tries again.
+                if (other is null || await catalog.IsLockedForRecoveryAsync(volume).ConfigureAwait(false))
+                    return null;
+                throw Refused(volume, other);
             }
-            held = new Held(volume, taken) { Users = 1 };
+            IAsyncDisposable? recovery;
+            try
+            {
+                // Before the first request: objects a predecessor may have left differing are queued first.
+                recovery = await startRecovery(volume, taken.Lost).ConfigureAwait(false);
+            }
+            catch
+            {
+                await taken.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
+            held = new Held(volume, taken) { Users = 1, Recovery = recovery };
             _held[volume] = held;
             return new Share(this, held);
         }
@@ -68,6 +112,8 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
         {
             _gate.Release();
         }
+        if (held.Recovery is { } recovery)
+            await recovery.DisposeAsync().ConfigureAwait(false);
         try
         {
             await held.Lock.DisposeAsync().ConfigureAwait(false);
@@ -85,6 +131,9 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
         public VolumeLock Lock => @lock;
 
         public int Users { get; set; }
+
+        /// <summary>The volume's recovery, run while this node holds the lock.</summary>
+        public IAsyncDisposable? Recovery { get; init; }
     }
 
     private sealed class Share(VolumeLocks owner, Held held) : IShare

@@ -210,6 +210,24 @@ public sealed partial class VolumeManager : IAsyncDisposable
     /// <summary>A volume, or a snapshot by <c>NAME@TAG</c>; throws NotFound when there is none.</summary>
     public VolumeInfo Get(string name) => Describe(Find(name));
 
+    /// <summary>
+    /// Where a volume's data lives: its layers, newest first (the volume's own, then the snapshots
+    /// it reads through), its size and object size. False when there is no such volume.
+    /// </summary>
+    public bool TryGetLayout(string name, out uint[] chain, out long size, out long objectSize)
+    {
+        lock (_lock)
+        {
+            if (_byName.TryGetValue(name, out VolumeState? v))
+            {
+                (chain, size, objectSize) = ([.. v.Chain], v.Record.Size, v.Record.ObjectSize);
+                return true;
+            }
+        }
+        (chain, size, objectSize) = ([], 0, 0);
+        return false;
+    }
+
     private VolumeState Find(string name)
     {
         lock (_lock)

@@ -54,7 +54,12 @@ public sealed class CatalogException : Exception
 /// <summary>The value of the epoch key: the epoch and the node ids it was counted for.</summary>
 internal sealed record EpochRecord(long Epoch, string[] Members);
 
-internal sealed record LockRecord(string Node, DateTimeOffset AcquiredAt);
+internal sealed record LockRecord(string Node, DateTimeOffset AcquiredAt)
+{
+    /// <summary>Null for a gateway serving the volume; "recovery" for a node that took an idle
+    /// volume only to recover its copies (it lets go soon, so an opener waits instead of failing).</summary>
+    public string? Purpose { get; init; }
+}
 
 /// <summary>Why a member is stale: which gateway found it missing a write, in which epoch.</summary>
 internal sealed record StaleRecord(string By, long Epoch, DateTimeOffset At);

@@ -194,7 +194,20 @@ public sealed class EtcdCatalog
     /// </summary>
     public Task<VolumeLock?> TryAcquireVolumeLockAsync(string volume, NodeRegistration holder,
         CancellationToken cancellationToken = default) =>
-        VolumeLock.TryAcquireAsync(this, volume, holder, cancellationToken);
+        VolumeLock.TryAcquireAsync(this, volume, holder, purpose: null, cancellationToken);
+
+    /// <summary>Takes the lock of an idle volume only to recover its copies: an opener that finds
+    /// it held so waits for it (<see cref="IsLockedForRecoveryAsync"/>).</summary>
+    public Task<VolumeLock?> TryAcquireVolumeLockForRecoveryAsync(string volume, NodeRegistration holder,
+        CancellationToken cancellationToken = default) =>
+        VolumeLock.TryAcquireAsync(this, volume, holder, purpose: "recovery", cancellationToken);
+
+    /// <summary>Whether <paramref name="volume"/>'s lock is held by a node recovering it (not serving it).</summary>
+    public async Task<bool> IsLockedForRecoveryAsync(string volume, CancellationToken cancellationToken = default)
+    {
+        var kv = await Client.GetAsync(Keys.Lock(volume), cancellationToken).ConfigureAwait(false);
+        return kv is not null && JsonSerializer.Deserialize(kv.Value, CatalogJson.Default.LockRecord)!.Purpose == "recovery";
+    }
 
     /// <summary>The id of the node holding <paramref name="volume"/>'s lock; null when free.</summary>
     public async Task<string?> GetVolumeLockHolderAsync(string volume, CancellationToken cancellationToken = default)

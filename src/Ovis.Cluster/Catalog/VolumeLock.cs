@@ -31,13 +31,13 @@ public sealed class VolumeLock : IAsyncDisposable
     /// <summary>Cancelled when the holder's lease is lost (and with it this lock).</summary>
     public CancellationToken Lost => Holder.Lost;
 
-    internal static async Task<VolumeLock?> TryAcquireAsync(EtcdCatalog catalog, string volume, NodeRegistration holder,
+    internal static async Task<VolumeLock?> TryAcquireAsync(EtcdCatalog catalog, string volume, NodeRegistration holder, string? purpose,
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(holder);
         EtcdCatalog.ValidateName(volume, "volume name");
         string key = catalog.Keys.Lock(volume);
-        byte[] value = JsonSerializer.SerializeToUtf8Bytes(new LockRecord(holder.Node.Id, DateTimeOffset.UtcNow), CatalogJson.Default.LockRecord);
+        byte[] value = JsonSerializer.SerializeToUtf8Bytes(new LockRecord(holder.Node.Id, DateTimeOffset.UtcNow) { Purpose = purpose }, CatalogJson.Default.LockRecord);
         var result = await catalog.Client.TxnAsync([EtcdCompare.Absent(key)], [new EtcdOp.Put(key, value, holder.LeaseId)],
             cancellationToken: cancellationToken).ConfigureAwait(false);
         // The put is the transaction's only write: the revision after it is the key's create revision.

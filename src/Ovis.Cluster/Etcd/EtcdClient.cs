@@ -112,6 +112,8 @@ public sealed partial class EtcdClient : IDisposable
             {
                 w.WriteStartObject();
                 w.WriteString("key", EncodeKey(c.Key));
+                if (c.Prefix)
+                    w.WriteBase64String("range_end", PrefixEnd(Encoding.UTF8.GetBytes(c.Key)));
                 w.WriteString("target", c.Target);
                 w.WriteString("result", c.Result);
                 w.WriteString(c.Field, c.Operand);

@@ -29,6 +29,9 @@ public sealed record EtcdCompare
 
     public string Key { get; }
 
+    /// <summary>The comparison holds for every key under <see cref="Key"/>.</summary>
+    public bool Prefix { get; private init; }
+
     internal string Target { get; }
 
     internal string Result { get; }
@@ -49,6 +52,10 @@ public sealed record EtcdCompare
 
     /// <summary>The key was last modified before <paramref name="revision"/> (0 when absent, so an absent key passes).</summary>
     public static EtcdCompare ModifiedBefore(string key, long revision) => new(key, "MOD", "LESS", "mod_revision", Int(revision));
+
+    /// <summary>No key under <paramref name="prefix"/> was written (or created) at or after <paramref name="revision"/>.</summary>
+    public static EtcdCompare NoneModifiedSince(string prefix, long revision) =>
+        new(prefix, "MOD", "LESS", "mod_revision", Int(revision)) { Prefix = true };
 
     /// <summary>The key's value equals <paramref name="value"/>.</summary>
     public static EtcdCompare ValueEquals(string key, byte[] value) => new(key, "VALUE", "EQUAL", "value", Convert.ToBase64String(value));

@@ -51,6 +51,16 @@ public sealed class ClusterView
 
     internal bool[] Stale { get; }
 
+    /// <summary>Nodes of the view, indexed like <see cref="Placement"/>'s.</summary>
+    public int NodeCount => Replicas.Length;
+
+    public string NodeIdAt(int node) => Replicas[node].NodeId;
+
+    public bool IsLive(int node) => Live[node];
+
+    /// <summary>The node missed acknowledged writes: never read from until it is resynced.</summary>
+    public bool IsStale(int node) => Stale[node];
+
     /// <summary>This node's index in <see cref="Placement"/>'s nodes, or -1.</summary>
     public int LocalIndex { get; }
 

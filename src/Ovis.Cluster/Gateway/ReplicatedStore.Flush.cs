@@ -11,15 +11,33 @@ public sealed partial class ReplicatedStore
     /// journal sync there, shared with concurrent flushes — and nothing to the others.
     /// </summary>
     public ValueTask<StoreStatus> FlushAsync(uint volume)
+    {
+        if (DirtyLog is null)
+            return FlushLayerAsync(volume);
+        return FlushCoveringLogAsync(volume);
+    }
+
+    private ValueTask<StoreStatus> FlushLayerAsync(uint volume)
         => _dirty.TryGetValue(volume, out DirtyNodes? dirty) ? dirty.FlushAsync(this) : new(StoreStatus.Ok);
+
+    /// <summary>A flush that succeeds makes the layer's earlier writes durable on every copy that took
+    /// them: the dirty-region log may then clear those objects (lazily).</summary>
+    private async ValueTask<StoreStatus> FlushCoveringLogAsync(uint volume)
+    {
+        long generation = DirtyLog!.FlushStarting(volume);
+        StoreStatus status = await FlushLayerAsync(volume).ConfigureAwait(false);
+        if (status == StoreStatus.Ok)
+            DirtyLog.FlushDone(volume, generation);
+        return status;
+    }
 
     /// <summary>Flushes every layer's nodes.</summary>
     public async ValueTask<StoreStatus> FlushAsync()
     {
         StoreStatus result = StoreStatus.Ok;
-        foreach (DirtyNodes dirty in _dirty.Values)
+        foreach (uint layer in _dirty.Keys)
         {
-            StoreStatus s = await dirty.FlushAsync(this).ConfigureAwait(false);
+            StoreStatus s = await FlushAsync(layer).ConfigureAwait(false);
             if (s != StoreStatus.Ok)
                 result = s;
         }
@@ -28,7 +46,7 @@ public sealed partial class ReplicatedStore
 
     /// <summary>Flushes the nodes in <paramref name="mask"/> (slots); how many copies each write
     /// still has durably decides whether losing a node on the way fails the flush.</summary>
-    private async Task<StoreStatus> FlushNodesAsync(ulong mask, int minReached)
+    private async Task<StoreStatus> FlushNodesAsync(uint layer, ulong mask, int minReached)
     {
         for (int attempt = 1; ; attempt++)
         {
@@ -69,6 +87,8 @@ public sealed partial class ReplicatedStore
             foreach (int n in failed)
             {
                 lost++;
+                // What the node had of the layer may be gone: its objects stay logged until resynced.
+                DirtyLog?.MissedAll(layer);
                 if (!await EnsureStaleAsync(view, n).ConfigureAwait(false))
                     return StoreStatus.IoError;
             }
@@ -82,7 +102,7 @@ public sealed partial class ReplicatedStore
     /// for the flush before it, so a flush never answers while an earlier one, which took writes
     /// it must cover, is still on its way.
     /// </summary>
-    private sealed class DirtyNodes
+    private sealed class DirtyNodes(uint layer)
     {
         private readonly Lock _lock = new();
         private ulong _mask;
@@ -139,7 +159,7 @@ public sealed partial class ReplicatedStore
                         _minReached = int.MaxValue;
                     }
                 }
-                StoreStatus result = mask == 0 ? StoreStatus.Ok : await store.FlushNodesAsync(mask, minReached).ConfigureAwait(false);
+                StoreStatus result = mask == 0 ? StoreStatus.Ok : await store.FlushNodesAsync(layer, mask, minReached).ConfigureAwait(false);
                 if (result != StoreStatus.Ok)
                 {
                     lock (_lock)

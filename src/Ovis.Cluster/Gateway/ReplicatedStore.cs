@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using Ovis.Cluster.Peer;
+using Ovis.Cluster.Recovery;
 using Ovis.Store;
 
 namespace Ovis.Cluster.Gateway;
@@ -28,13 +29,20 @@ public sealed partial class ReplicatedStore : IObjectStore
     private ClusterView _view;
 
     /// <param name="local">This node's store: it answers space and object listings.</param>
-    public ReplicatedStore(IObjectStore local, ClusterView view, IGatewayControl control, ILogger logger)
+    /// <param name="dirtyLog">The dirty-region log every change is marked in first; null runs without one.</param>
+    public ReplicatedStore(IObjectStore local, ClusterView view, IGatewayControl control, ILogger logger, DirtyLog? dirtyLog = null)
     {
         _local = local;
         _view = view;
         _control = control;
         _logger = logger;
+        DirtyLog = dirtyLog;
     }
+
+    /// <summary>Client requests and recovery work take turns on each object here.</summary>
+    public ObjectGate Gate { get; } = new();
+
+    public DirtyLog? DirtyLog { get; }
 
     public ClusterView View => Volatile.Read(ref _view);
 
@@ -115,8 +123,48 @@ public sealed partial class ReplicatedStore : IObjectStore
 
     public ValueTask<StoreStatus> DeleteAsync(ObjectId id) => MutateAsync(id, default(DeleteOp));
 
-    /// <summary>Sends a change to every copy of <paramref name="id"/> at once.</summary>
+    /// <summary>Sends a change to every copy of <paramref name="id"/> at once, after the object's
+    /// recovery work (if any) and its mark in the dirty-region log.</summary>
     private async ValueTask<StoreStatus> MutateAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
+    {
+        if (!await Gate.EnterAsync(id).ConfigureAwait(false))
+            return StoreStatus.IoError;
+        try
+        {
+            if (DirtyLog is null)
+                return await SendToCopiesAsync(id, op).ConfigureAwait(false);
+            try
+            {
+                await DirtyLog.BeginWriteAsync(id).ConfigureAwait(false);
+            }
+#pragma warning disable CA1031 // The log could not be saved: the change must not go out unlogged.
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+                return StoreStatus.IoError;
+            }
+            bool missed = true;
+            try
+            {
+                (StoreStatus status, missed) = await SendToCopiesCountingAsync(id, op).ConfigureAwait(false);
+                return status;
+            }
+            finally
+            {
+                DirtyLog.EndWrite(id, missed);
+            }
+        }
+        finally
+        {
+            Gate.Leave(id);
+        }
+    }
+
+    private async ValueTask<StoreStatus> SendToCopiesAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
+        => (await SendToCopiesCountingAsync(id, op).ConfigureAwait(false)).Status;
+
+    /// <summary>The change on every reachable copy; Missed when some copy did not take it (or it failed).</summary>
+    private async ValueTask<(StoreStatus Status, bool Missed)> SendToCopiesCountingAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
     {
         for (int attempt = 1; ; attempt++)
         {
@@ -124,7 +172,7 @@ public sealed partial class ReplicatedStore : IObjectStore
             if (view.Placement is not { } placement)
             {
                 LogCannotPlace(_logger, view.PlacementError ?? "no members");
-                return StoreStatus.IoError;
+                return (StoreStatus.IoError, true);
             }
             int copies = view.Copies;
             int[] picks = new int[copies];
@@ -177,18 +225,18 @@ public sealed partial class ReplicatedStore : IObjectStore
             if (reached < view.MinCopies || reached + BitCount(missed) < copies)
             {
                 LogTooFewCopies(_logger, id.ToString(), reached, view.MinCopies, view.Epoch);
-                return noSpace ? StoreStatus.NoSpace : StoreStatus.IoError;
+                return (noSpace ? StoreStatus.NoSpace : StoreStatus.IoError, true);
             }
             for (int i = 0; i < copies && missed != 0; i++)
             {
                 if ((missed & (1UL << i)) != 0 && !await EnsureStaleAsync(view, picks[i]).ConfigureAwait(false))
-                    return StoreStatus.IoError;
+                    return (StoreStatus.IoError, true);
             }
             // Recorded after the copies took the change and before the reply: a flush that starts
             // after the reply finds these nodes (one that starts earlier need not cover it).
-            DirtyNodes dirty = _dirty.GetOrAdd(id.Volume, static _ => new DirtyNodes());
+            DirtyNodes dirty = _dirty.GetOrAdd(id.Volume, static layer => new DirtyNodes(layer));
             dirty.Add(holding, reached);
-            return StoreStatus.Ok;
+            return (StoreStatus.Ok, missed != 0);
         }
     }
 
@@ -236,6 +284,66 @@ public sealed partial class ReplicatedStore : IObjectStore
     private static bool Readable(ClusterView view, int node) => view.Live[node] && !view.Stale[node];
 
     public ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer)
+        => Inside(id, new ReadOp(offset, buffer), static (store, id, op) => store.ReadInsideAsync(id, op.Offset, op.Buffer));
+
+    public ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
+        => Inside(id, new AllocationOp(offset, states), static (store, id, op) => store.GetAllocationInsideAsync(id, op.Offset, op.States));
+
+    /// <summary>Runs a read-side request inside the object's gate: after its recovery work, if any,
+    /// and never beside it. Synchronous all the way when nothing waits.</summary>
+    private ValueTask<StoreStatus> Inside<TOp>(ObjectId id, TOp op, Func<ReplicatedStore, ObjectId, TOp, ValueTask<StoreStatus>> request)
+    {
+        ValueTask<bool> entered = Gate.EnterAsync(id);
+        if (!entered.IsCompletedSuccessfully)
+            return InsideAsync(entered, id, op, request);
+        if (!entered.Result)
+            return new(StoreStatus.IoError);
+        ValueTask<StoreStatus> pending;
+        try
+        {
+            pending = request(this, id, op);
+        }
+        catch
+        {
+            Gate.Leave(id);
+            throw;
+        }
+        if (pending.IsCompletedSuccessfully)
+        {
+            Gate.Leave(id);
+            return pending;
+        }
+        return LeaveAfterAsync(pending, id);
+    }
+
+    private async ValueTask<StoreStatus> InsideAsync<TOp>(ValueTask<bool> entered, ObjectId id, TOp op,
+        Func<ReplicatedStore, ObjectId, TOp, ValueTask<StoreStatus>> request)
+    {
+        if (!await entered.ConfigureAwait(false))
+            return StoreStatus.IoError;
+        try
+        {
+            return await request(this, id, op).ConfigureAwait(false);
+        }
+        finally
+        {
+            Gate.Leave(id);
+        }
+    }
+
+    private async ValueTask<StoreStatus> LeaveAfterAsync(ValueTask<StoreStatus> pending, ObjectId id)
+    {
+        try
+        {
+            return await pending.ConfigureAwait(false);
+        }
+        finally
+        {
+            Gate.Leave(id);
+        }
+    }
+
+    private ValueTask<StoreStatus> ReadInsideAsync(ObjectId id, long offset, Memory<byte> buffer)
     {
         // The common case, a local copy that is current, costs no more than the local store.
         ClusterView view = View;
@@ -258,7 +366,7 @@ public sealed partial class ReplicatedStore : IObjectStore
     private ValueTask<StoreStatus> ReadFromCopiesAsync(ObjectId id, long offset, Memory<byte> buffer)
         => FromOneCopyAsync(id, new ReadOp(offset, buffer));
 
-    public ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
+    private ValueTask<StoreStatus> GetAllocationInsideAsync(ObjectId id, long offset, Memory<BlockState> states)
     {
         ClusterView view = View;
         return LocalCopy(view, id) && Readable(view, view.LocalIndex)

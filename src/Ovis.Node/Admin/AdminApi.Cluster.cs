@@ -65,10 +65,10 @@ public static partial class AdminApi
     }
 
     /// <summary>
-    /// Compares the copies of every object of one layer, one object at a time. With
-    /// <paramref name="repair"/>, a copy that differs is rewritten from a current one: that needs
-    /// the volume quiet — this node takes its lock and refuses while a client has it open — or a
-    /// write racing the rewrite could be undone on that copy.
+    /// Compares the copies of every object of a volume and the snapshots it reads through, one
+    /// object at a time. With <paramref name="repair"/>, this node takes (or shares) the volume's
+    /// lock and a copy that differs is rewritten from a current one by the volume's recovery, which
+    /// takes the object from client requests meanwhile — so a volume in use can be repaired.
     /// </summary>
     private static async Task<Ok<CheckReport>> CheckVolumeAsync(string name, bool? repair, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
     {
@@ -76,26 +76,30 @@ public static partial class AdminApi
             ?? throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
         var volume = volumes.Get(name);
         await using var held = repair == true ? await LockForChangeAsync(services, volumes, name) : null;
-        if (repair == true && volumes.Get(name).Connections > 0)
+        var maintenance = repair == true ? runtime.Recovery?.Find(name) : null;
+        if (repair == true && maintenance is null)
         {
-            throw new AdminRequestException($"volume {name} is open by an NBD client: close it before repairing its copies", StatusCodes.Status409Conflict);
+            throw new AdminRequestException($"volume {name}: its recovery is not running on this node yet; try again in a moment", StatusCodes.Status503ServiceUnavailable);
         }
 
-        long objects = (volume.Size + volume.ObjectSize - 1) / volume.ObjectSize;
+        if (!volumes.TryGetLayout(name, out uint[] chain, out long size, out long objectSize))
+        {
+            throw new AdminRequestException($"volume '{name}' not found", StatusCodes.Status404NotFound);
+        }
+        var layout = new Ovis.Cluster.Recovery.VolumeLayout(chain, size, objectSize);
         var differences = new List<CheckDifference>();
         var repaired = new List<CheckDifference>();
-        for (long i = 0; i < objects; i++)
+        long objects = 0;
+        foreach (var id in layout.Objects())
         {
-            var id = new Ovis.Store.ObjectId(volume.Id, (uint)i);
-            var found = await runtime.Store.CheckObjectAsync(id, volume.ObjectSize, cancellationToken);
+            objects++;
+            var found = await runtime.Store.CheckObjectAsync(id, objectSize, cancellationToken);
             differences.AddRange(found.Select(d => new CheckDifference(id.ToString(), d.Node, d.Reason)));
             var bad = found.Where(d => !d.Reason.StartsWith("down", StringComparison.Ordinal)).Select(d => d.Node).ToList();
-            if (repair == true && bad.Count > 0)
+            if (maintenance is not null && bad.Count > 0
+                && await maintenance.ScrubAsync(id, cancellationToken) != Ovis.Cluster.Recovery.ReconcileResult.Failed)
             {
-                foreach (var node in await runtime.Store.RepairObjectAsync(id, volume.ObjectSize, bad, cancellationToken))
-                {
-                    repaired.Add(new CheckDifference(id.ToString(), node, "rewritten from a current copy"));
-                }
+                repaired.AddRange(bad.Select(node => new CheckDifference(id.ToString(), node, "rewritten from a current copy")));
             }
         }
 

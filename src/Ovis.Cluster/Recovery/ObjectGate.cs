@@ -1,0 +1,176 @@
+using System.Collections.Concurrent;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Recovery;
+
+/// <summary>
+/// Keeps client IO and recovery off the same object at the same time. Client requests enter and
+/// leave an object (a striped in-flight count: no allocation, no lock); recovery work on an
+/// object first puts it in the <em>pending</em> set — new client requests then wait for the work,
+/// and start it themselves if nobody has (objects clients touch are recovered first) — and waits
+/// for the requests already inside to leave. The common case, nothing pending, costs one
+/// interlocked increment and one decrement per request.
+/// </summary>
+public sealed class ObjectGate
+{
+    private const int Stripes = 1024;
+    private readonly int[] _inside = new int[Stripes];
+    private readonly ConcurrentDictionary<ObjectId, PendingObject> _pending = new();
+    private readonly Lock _holdLock = new();
+    private TaskCompletionSource? _held;
+
+    /// <summary>How many objects wait for recovery work.</summary>
+    public int PendingCount => _pending.Count;
+
+    public bool IsPending(ObjectId id) => _pending.ContainsKey(id);
+
+    /// <summary>Enters <paramref name="id"/> for one client request; when the object has recovery
+    /// work pending the request runs it (or waits for it) first. False when that work failed: the
+    /// request must fail too, as no copy is known to be right. Call <see cref="Leave"/> after a
+    /// true result.</summary>
+    public ValueTask<bool> EnterAsync(ObjectId id)
+    {
+        ref int stripe = ref _inside[StripeOf(id)];
+        Interlocked.Increment(ref stripe);
+        // The increment is a full fence: a worker that adds the object after this read waits for us to leave.
+        if (Volatile.Read(ref _held) is { } held)
+        {
+            Interlocked.Decrement(ref stripe);
+            return EnterAfterHoldAsync(id, held.Task);
+        }
+        if (_pending.IsEmpty || !_pending.TryGetValue(id, out PendingObject? pending))
+            return new(true);
+        Interlocked.Decrement(ref stripe);
+        return EnterAfterWorkAsync(id, pending);
+    }
+
+    private async ValueTask<bool> EnterAfterHoldAsync(ObjectId id, Task held)
+    {
+        await held.ConfigureAwait(false);
+        return await EnterAsync(id).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Stops new requests at the gate until <see cref="Open"/>: while a new placement is installed
+    /// and the objects it moved are queued, no request may read the new placement unqueued.
+    /// Requests already inside go on.
+    /// </summary>
+    public void Shut()
+    {
+        lock (_holdLock)
+            _held ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    public void Open()
+    {
+        TaskCompletionSource? held;
+        lock (_holdLock)
+        {
+            held = _held;
+            _held = null;
+        }
+        held?.SetResult();
+    }
+
+    private async ValueTask<bool> EnterAfterWorkAsync(ObjectId id, PendingObject pending)
+    {
+        while (true)
+        {
+            if (!await pending.RunAsync(this).ConfigureAwait(false))
+                return false;
+            Interlocked.Increment(ref _inside[StripeOf(id)]);
+            if (!_pending.TryGetValue(id, out PendingObject? next))
+                return true;
+            Interlocked.Decrement(ref _inside[StripeOf(id)]);
+            pending = next;
+        }
+    }
+
+    public void Leave(ObjectId id) => Interlocked.Decrement(ref _inside[StripeOf(id)]);
+
+    /// <summary>Queues <paramref name="work"/> for <paramref name="id"/> unless work is queued for it
+    /// already; it runs when a client touches the object or <see cref="RunAsync"/> is called.</summary>
+    public bool Queue(ObjectId id, Func<ObjectId, Task<bool>> work) => _pending.TryAdd(id, new PendingObject(id, work));
+
+    /// <summary>Runs the queued work of <paramref name="id"/> now (once, however many callers);
+    /// true when there was none or it succeeded.</summary>
+    public Task<bool> RunAsync(ObjectId id)
+        => _pending.TryGetValue(id, out PendingObject? pending) ? pending.RunAsync(this) : Task.FromResult(true);
+
+    /// <summary>Runs <paramref name="work"/> on <paramref name="id"/> alone, now: queued like any
+    /// other work, so clients wait for it.</summary>
+    public Task<bool> RunExclusiveAsync(ObjectId id, Func<ObjectId, Task<bool>> work)
+    {
+        var mine = new PendingObject(id, work);
+        while (true)
+        {
+            if (_pending.TryAdd(id, mine))
+                return mine.RunAsync(this);
+            // Other work is queued for the object: let it finish, then take a turn.
+            if (_pending.TryGetValue(id, out PendingObject? other))
+                return ThenAsync(other, id, work);
+        }
+    }
+
+    private async Task<bool> ThenAsync(PendingObject other, ObjectId id, Func<ObjectId, Task<bool>> work)
+    {
+        await other.RunAsync(this).ConfigureAwait(false);
+        return await RunExclusiveAsync(id, work).ConfigureAwait(false);
+    }
+
+    /// <summary>Objects with work queued, for a background pass to take in turn.</summary>
+    public IReadOnlyCollection<ObjectId> Pending() => [.. _pending.Keys];
+
+    private async Task WaitForClientsAsync(ObjectId id)
+    {
+        // Requests inside the stripe entered before the object was pending; they are short.
+        int delay = 0;
+        while (Volatile.Read(ref _inside[StripeOf(id)]) > 0)
+        {
+            if (delay == 0)
+                await Task.Yield();
+            else
+                await Task.Delay(delay).ConfigureAwait(false);
+            delay = Math.Min(delay + 1, 10);
+        }
+    }
+
+    private static int StripeOf(ObjectId id) => (int)(PlacementHash.Mix(id.Packed) & (Stripes - 1));
+
+    private sealed class PendingObject(ObjectId id, Func<ObjectId, Task<bool>> work)
+    {
+        private readonly Lock _lock = new();
+        private Task<bool>? _running;
+
+        public Task<bool> RunAsync(ObjectGate gate)
+        {
+            lock (_lock)
+                return _running ??= RunOnceAsync(gate);
+        }
+
+        private async Task<bool> RunOnceAsync(ObjectGate gate)
+        {
+            bool ok = false;
+            try
+            {
+                await gate.WaitForClientsAsync(id).ConfigureAwait(false);
+                ok = await work(id).ConfigureAwait(false);
+                return ok;
+            }
+#pragma warning disable CA1031 // Whatever stopped the work (recovery cancelled, a node gone): the object stays queued.
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+                return false;
+            }
+            finally
+            {
+                // Failed work stays queued, with a fresh start for whoever tries next.
+                if (ok)
+                    gate._pending.TryRemove(new KeyValuePair<ObjectId, PendingObject>(id, this));
+                else
+                    gate._pending.TryUpdate(id, new PendingObject(id, work), this);
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+using System.Buffers;
+using Microsoft.Extensions.Logging;
+using Ovis.Cluster.Gateway;
+using Ovis.Cluster.Peer;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Recovery;
+
+/// <summary>Why an object's copies are compared: a dirty-region log entry, a membership change
+/// that gave it new holders, or the scrub (which also reads every block to check it).</summary>
+public enum ReconcileReason
+{
+    Resync,
+    Move,
+    Scrub,
+}
+
+/// <summary>How reconciling one object went.</summary>
+public enum ReconcileResult
+{
+    /// <summary>No copy could serve as the source; the object's copies are as they were.</summary>
+    Failed,
+
+    /// <summary>The live copies agree; a holder that is down still has to be brought up to date.</summary>
+    Partial,
+
+    /// <summary>Every holder has the same content, durably.</summary>
+    Complete,
+}
+
+/// <summary>
+/// Makes the copies of one object agree. It reads per-block checksums from every live holder
+/// (a few bytes per 4 KiB block, not the data), picks a source — a current holder that also held
+/// the object before the membership change, when there was one — and copies to each other holder
+/// only the runs of blocks that differ, then syncs them. Must run with the object to itself
+/// (<see cref="ObjectGate"/>): a client write between the read and the copy would be undone.
+/// </summary>
+public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCounters counters, Throttle throttle, ILogger logger)
+{
+    // Data moves in pieces of this size: small enough for the throttle and peer buffers.
+    private const int Chunk = 1 << 20;
+    private const long SourceFailed = -1;
+    private const long TargetFailed = -2;
+
+    /// <param name="before">The placement the object's copies were complete in (before a membership
+    /// change), or null when it is the current one.</param>
+    /// <param name="throttled">Background work waits for the bandwidth limit; work a client waits for does not.</param>
+    public async Task<ReconcileResult> ReconcileAsync(ObjectId id, long objectSize, Placement? before, ReconcileReason reason,
+        bool throttled, CancellationToken cancellationToken)
+    {
+        ClusterView view = store.View;
+        if (view.Placement is not { } placement)
+            return ReconcileResult.Failed;
+        int[] holders = new int[view.Copies];
+        placement.ChooseIndexes(id.Packed, holders);
+        int blocks = (int)(objectSize / store.BlockSize);
+        bool verify = reason == ReconcileReason.Scrub;
+
+        var sums = new Dictionary<int, BlockSum[]?>();
+        foreach (int n in holders.Where(n => view.Live[n]))
+            sums[n] = await SumsAsync(view, n, id, blocks, verify).ConfigureAwait(false);
+
+        int source = -1;
+        foreach (int n in SourceOrder(view, id, holders, before))
+        {
+            if (!sums.TryGetValue(n, out BlockSum[]? s))
+                sums[n] = s = await SumsAsync(view, n, id, blocks, verify).ConfigureAwait(false);
+            if (s is not null)
+            {
+                source = n;
+                break;
+            }
+        }
+        if (source < 0)
+        {
+            LogNoSource(logger, id.ToString(), reason);
+            return ReconcileResult.Failed;
+        }
+
+        BlockSum[] reference = sums[source]!;
+        var written = new List<int>();
+        bool allHolders = true;
+        foreach (int n in holders)
+        {
+            if (n == source || !view.Live[n])
+                continue;
+            BlockSum[]? target = sums[n];
+            if (target is not null && target.AsSpan().SequenceEqual(reference))
+                continue;
+            // An unreadable copy (a checksum failed) is rewritten whole: its stored sums cannot be trusted.
+            long bytes = await CopyAsync(view, source, n, id, reference, target, throttled, cancellationToken).ConfigureAwait(false);
+            if (bytes == SourceFailed)
+                return ReconcileResult.Failed;
+            if (bytes == TargetFailed)
+            {
+                // That holder is as good as down (its lease may not have run out yet): it stays
+                // behind, and the object logged, until a later round reaches it.
+                allHolders = false;
+                continue;
+            }
+            written.Add(n);
+            if (reason == ReconcileReason.Move)
+                counters.Moved(bytes);
+            else
+                counters.Resynced(bytes);
+            if (reason == ReconcileReason.Scrub)
+                counters.Repaired(1);
+            LogCopied(logger, id.ToString(), view.Replicas[n].NodeId, bytes, reason);
+        }
+        if (written.Count > 0)
+        {
+            // Durable on every copy before anyone counts on it (a log clear, a stale mark lifted).
+            foreach (int n in written.Append(source))
+            {
+                if (!(await view.Replicas[n].FlushAsync(view.Epoch).ConfigureAwait(false)).IsOk)
+                    allHolders = false;
+            }
+        }
+        return allHolders && holders.All(n => view.Live[n] && sums.ContainsKey(n) && (sums[n] is not null || written.Contains(n)))
+            ? ReconcileResult.Complete
+            : ReconcileResult.Partial;
+    }
+
+    /// <summary>Holders that may be copied from, best first: current holders that held the object
+    /// before the change, the local one first; then earlier holders that are still members.
+    /// Never a stale node (it may miss acknowledged writes).</summary>
+    private static List<int> SourceOrder(ClusterView view, ObjectId id, int[] holders, Placement? before)
+    {
+        var earlier = new HashSet<string>(StringComparer.Ordinal);
+        if (before is not null)
+        {
+            foreach (ClusterNode node in before.Choose(id.Packed, view.Copies))
+                earlier.Add(node.Id);
+        }
+        bool Held(int n) => before is null || earlier.Contains(view.Replicas[n].NodeId);
+        bool Usable(int n) => view.Live[n] && !view.Stale[n];
+        var order = holders.Where(n => Usable(n) && Held(n)).OrderBy(n => n == view.LocalIndex ? 0 : 1).ToList();
+        if (before is not null)
+        {
+            for (int n = 0; n < view.Replicas.Length; n++)
+            {
+                if (!holders.Contains(n) && Usable(n) && earlier.Contains(view.Replicas[n].NodeId))
+                    order.Add(n);
+            }
+        }
+        return order;
+    }
+
+    private static async Task<BlockSum[]?> SumsAsync(ClusterView view, int node, ObjectId id, int blocks, bool verify)
+    {
+        var sums = new BlockSum[blocks];
+        PeerResult r = await view.Replicas[node].GetBlockSumsAsync(view.Epoch, id, 0, sums, verify).ConfigureAwait(false);
+        return r.IsOk ? sums : null;
+    }
+
+    /// <summary>Copies the runs of blocks where <paramref name="target"/> differs from
+    /// <paramref name="reference"/> (all of them when the target's sums are unknown); returns the
+    /// data bytes written, or which side failed.</summary>
+    private async Task<long> CopyAsync(ClusterView view, int from, int to, ObjectId id, BlockSum[] reference, BlockSum[]? target,
+        bool throttled, CancellationToken cancellationToken)
+    {
+        IReplica source = view.Replicas[from];
+        IReplica destination = view.Replicas[to];
+        int bs = store.BlockSize;
+        long copied = 0;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(Chunk);
+        try
+        {
+            for (int b = 0; b < reference.Length;)
+            {
+                if (target is not null && target[b] == reference[b])
+                {
+                    b++;
+                    continue;
+                }
+                // A run of differing blocks in one source state, at most one chunk long.
+                int e = b + 1;
+                while (e < reference.Length && reference[e].State == reference[b].State
+                       && (target is null || target[e] != reference[e]) && (long)(e - b + 1) * bs <= Chunk)
+                    e++;
+                long offset = (long)b * bs;
+                int length = (e - b) * bs;
+                cancellationToken.ThrowIfCancellationRequested();
+                PeerResult r;
+                switch (reference[b].State)
+                {
+                    case BlockState.Data:
+                        if (throttled)
+                            await throttle.WaitAsync(length, cancellationToken).ConfigureAwait(false);
+                        r = await source.ReadAsync(view.Epoch, id, offset, buffer.AsMemory(0, length)).ConfigureAwait(false);
+                        if (!r.IsOk)
+                        {
+                            LogCopyFailed(logger, id.ToString(), source.NodeId, r.Status);
+                            return SourceFailed;
+                        }
+                        r = await destination.WriteAsync(view.Epoch, id, offset, buffer.AsMemory(0, length), fua: false).ConfigureAwait(false);
+                        copied += length;
+                        break;
+                    case BlockState.Zero:
+                        r = await destination.ZeroAsync(view.Epoch, id, offset, length, keepAllocated: true, fua: false).ConfigureAwait(false);
+                        break;
+                    default:
+                        r = await destination.ZeroAsync(view.Epoch, id, offset, length, keepAllocated: false, fua: false).ConfigureAwait(false);
+                        break;
+                }
+                if (!r.IsOk)
+                {
+                    LogCopyFailed(logger, id.ToString(), destination.NodeId, r.Status);
+                    return TargetFailed;
+                }
+                b = e;
+            }
+            return copied;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    [LoggerMessage(EventId = 61, Level = LogLevel.Warning, Message = "Object {Object}: no current copy to {Reason} from")]
+    private static partial void LogNoSource(ILogger logger, string @object, ReconcileReason reason);
+
+    [LoggerMessage(EventId = 62, Level = LogLevel.Information, Message = "Object {Object}: copy on {Node} brought up to date ({Bytes} bytes, {Reason})")]
+    private static partial void LogCopied(ILogger logger, string @object, string node, long bytes, ReconcileReason reason);
+
+    [LoggerMessage(EventId = 63, Level = LogLevel.Warning, Message = "Object {Object}: copying between copies failed on {Node} ({Status})")]
+    private static partial void LogCopyFailed(ILogger logger, string @object, string node, PeerStatus status);
+}

@@ -1,0 +1,354 @@
+using Microsoft.Extensions.Logging;
+using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Gateway;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Recovery;
+
+/// <summary>
+/// The recovery of one volume, run by the node that holds its lock — the only node writing it, so
+/// recovery and client IO can take turns per object (<see cref="ObjectGate"/>). It:
+/// <list type="bullet">
+/// <item>adopts the dirty-region log a previous gateway left and resyncs those objects before
+/// any client touches them (a crashed gateway's half-done writes);</item>
+/// <item>after a membership change, or when a node new or emptied is up, compares every object's
+/// copies with a full pass and fills the new holders, then records the new baseline;</item>
+/// <item>when a stale node is back, resyncs the logged objects it holds a copy of — no others;</item>
+/// <item>scrubs slowly: one object at a time, every block read and checked on every copy.</item>
+/// </list>
+/// Objects a client touches go first (the gate runs their work on the spot); background work
+/// waits while recovery is paused and keeps under the bandwidth limit.
+/// </summary>
+public sealed partial class VolumeMaintenance : IAsyncDisposable
+{
+    private readonly string _volume;
+    private readonly Func<VolumeLayout?> _layout;
+    private readonly ReplicatedStore _store;
+    private readonly ObjectReconciler _reconciler;
+    private readonly EtcdRecoveryStore _records;
+    private readonly RecoveryCounters _counters;
+    private readonly Throttle _throttle;
+    private readonly IRecoveryPause _pause;
+    private readonly TimeSpan _scrubEvery;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly SemaphoreSlim _wake = new(0, int.MaxValue);
+    private Task _run = Task.CompletedTask;
+    private CancellationTokenRegistration _lostRegistration;
+    private long _scrubNext;
+    private RecoveryBaseline? _baseline;
+    private volatile bool _baselineRead;
+    private volatile TaskCompletionSource _settled = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private Placement? _before;
+
+    public VolumeMaintenance(string volume, Func<VolumeLayout?> layout, ReplicatedStore store, ObjectReconciler reconciler,
+        EtcdRecoveryStore records, RecoveryCounters counters, Throttle throttle, IRecoveryPause pause, TimeSpan scrubEvery, ILogger logger)
+    {
+        _volume = volume;
+        _layout = layout;
+        _store = store;
+        _reconciler = reconciler;
+        _records = records;
+        _counters = counters;
+        _throttle = throttle;
+        _pause = pause;
+        _scrubEvery = scrubEvery;
+        _logger = logger;
+    }
+
+    /// <summary>
+    /// Before the volume serves: adopts the dirty-region log of its layers (every object a
+    /// predecessor may have left differing is resynced before a client reads or writes it), reads
+    /// its baseline and queues the objects whose holders changed since; then runs in the background.
+    /// </summary>
+    /// <param name="lost">Cancelled when the volume's lock is lost: from then on another node may
+    /// write the volume, and this one must not touch its copies.</param>
+    public async Task StartAsync(CancellationToken lost)
+    {
+        CancellationToken cancellationToken = lost;
+        _lostRegistration = lost.Register(static s => ((CancellationTokenSource)s!).Cancel(), _stop);
+        if (_layout() is not { } layout)
+            return;
+        if (_store.DirtyLog is { } log)
+        {
+            IReadOnlyList<ObjectId> inherited = await log.AdoptAsync(layout.Chain, cancellationToken).ConfigureAwait(false);
+            foreach (ObjectId id in inherited)
+                Queue(id, ReconcileReason.Resync);
+            if (inherited.Count > 0)
+                LogInherited(_logger, _volume, inherited.Count);
+        }
+        _baseline = await _records.ReadBaselineAsync(_volume, cancellationToken).ConfigureAwait(false);
+        _baselineRead = true;
+        QueueChanged(_store.View);
+        _run = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
+    }
+
+    /// <summary>
+    /// A new view was installed (the caller holds the gate shut meanwhile, so no request reads
+    /// the new placement before its moved objects are queued): queue what it moved.
+    /// </summary>
+    public void OnViewInstalled(ClusterView view)
+    {
+        if (_baselineRead)
+            QueueChanged(view);
+        _wake.Release();
+    }
+
+    /// <summary>Queues the objects whose copies are not known complete in <paramref name="view"/>:
+    /// all of them when the volume has no baseline yet or a node that is not synced is up (a full
+    /// compare), else those whose holders differ from the baseline's.</summary>
+    private void QueueChanged(ClusterView view)
+    {
+        if (_layout() is not { } layout || view.Placement is not { } placement)
+            return;
+        if (_baseline is not { } baseline)
+        {
+            _before = null;
+            QueueAll(layout, _ => true);
+            return;
+        }
+        bool membersChanged = !SameMembers(baseline, placement);
+        _before = membersChanged ? baseline.Placement() : null;
+        var unsynced = Enumerable.Range(0, view.Replicas.Length)
+            .Where(n => view.Live[n] && !baseline.Synced.Contains(view.Replicas[n].NodeId, StringComparer.Ordinal)).ToHashSet();
+        if (!membersChanged && unsynced.Count == 0)
+            return;
+        Placement? before = _before;
+        int[] now = new int[view.Copies];
+        QueueAll(layout, id =>
+        {
+            placement.ChooseIndexes(id.Packed, now);
+            if (now.Any(unsynced.Contains))
+                return true;
+            if (before is null)
+                return false;
+            var then = before.Choose(id.Packed, view.Copies);
+            return !now.All(n => then.Any(t => t.Id == view.Replicas[n].NodeId));
+        });
+    }
+
+    private void QueueAll(VolumeLayout layout, Func<ObjectId, bool> moved)
+    {
+        int queued = 0;
+        foreach (ObjectId id in layout.Objects())
+        {
+            if (moved(id))
+            {
+                Queue(id, ReconcileReason.Move);
+                queued++;
+            }
+        }
+        if (queued > 0)
+            LogQueued(_logger, _volume, queued);
+    }
+
+    private static bool SameMembers(RecoveryBaseline baseline, Placement placement) =>
+        baseline.Members.Select(m => m.Id).Order(StringComparer.Ordinal)
+            .SequenceEqual(placement.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal), StringComparer.Ordinal);
+
+    private async Task RunAsync(CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            try
+            {
+                await PassAsync(_store.View, cancellationToken).ConfigureAwait(false);
+                if (_scrubEvery > TimeSpan.Zero)
+                    await ScrubNextAsync(cancellationToken).ConfigureAwait(false);
+                TimeSpan tick = _scrubEvery > TimeSpan.Zero && _scrubEvery < TimeSpan.FromSeconds(2) ? _scrubEvery : TimeSpan.FromSeconds(2);
+                await _wake.WaitAsync(tick, cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                return;
+            }
+#pragma warning disable CA1031 // etcd away, a node gone mid-copy: try again on the next round.
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                LogPassFailed(_logger, _volume, ex);
+                try
+                {
+                    await Task.Delay(TimeSpan.FromSeconds(1), cancellationToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// <summary>One round: resync the logged objects a returning stale node holds, work through
+    /// the queue, and record the baseline when the queue emptied after a change.</summary>
+    private async Task PassAsync(ClusterView view, CancellationToken cancellationToken)
+    {
+        if (_layout() is not { } layout || view.Placement is not { } placement)
+            return;
+        // A node that missed writes is back (or never left): the log names every object a copy may lack.
+        foreach (ObjectId id in LoggedWithAllHoldersUp(layout, view))
+            Queue(id, ReconcileReason.Resync);
+        bool allDone = await DrainAsync(layout, cancellationToken).ConfigureAwait(false);
+        bool changed = NeedsFullPass(_baseline, view);
+        if (!ReferenceEquals(view, _store.View) || !allDone)
+            return;
+        if (!changed)
+        {
+            if (LoggedWithAllHoldersUp(layout, view).Count == 0)
+                _settled.TrySetResult();
+            return;
+        }
+        string[] members = [.. placement.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal)];
+        string[] live = [.. Enumerable.Range(0, view.Replicas.Length).Where(n => view.Live[n]).Select(n => view.Replicas[n].NodeId)];
+        string[] synced = [.. (_baseline?.Synced ?? members).Where(members.Contains).Union(live).Order(StringComparer.Ordinal)];
+        var next = new RecoveryBaseline([.. placement.Nodes.Select(n => new BaselineMember(n.Id, n.Zone))], synced);
+        await _records.WriteBaselineAsync(_volume, next, cancellationToken).ConfigureAwait(false);
+        _baseline = next;
+        _before = null;
+        LogBaseline(_logger, _volume, string.Join(",", members), string.Join(",", synced));
+        _wake.Release(); // one more round to see it settled
+    }
+
+    /// <summary>Whether the copies are not known complete in <paramref name="view"/>: no baseline
+    /// yet, other members, or a member up that the baseline does not count as synced.</summary>
+    public static bool NeedsFullPass(RecoveryBaseline? baseline, ClusterView view)
+    {
+        ArgumentNullException.ThrowIfNull(view);
+        if (view.Placement is not { } placement)
+            return false;
+        return baseline is null || !SameMembers(baseline, placement)
+            || Enumerable.Range(0, view.Replicas.Length).Any(n => view.Live[n] && !baseline.Synced.Contains(view.Replicas[n].NodeId, StringComparer.Ordinal));
+    }
+
+    /// <summary>The logged objects of the volume that some copy may lack and whose holders are all
+    /// up — work that can be done now.</summary>
+    private List<ObjectId> LoggedWithAllHoldersUp(VolumeLayout layout, ClusterView view)
+    {
+        var found = new List<ObjectId>();
+        if (_store.DirtyLog is not { } log || view.Placement is not { } placement)
+            return found;
+        int[] holders = new int[view.Copies];
+        foreach (ObjectId id in log.Marked())
+        {
+            if (!layout.Contains(id) || !log.IsMissed(id))
+                continue;
+            placement.ChooseIndexes(id.Packed, holders);
+            if (holders.All(n => view.Live[n]))
+                found.Add(id);
+        }
+        return found;
+    }
+
+    /// <summary>
+    /// Completes when a round found nothing left to do that can be done now (or after
+    /// <paramref name="atMost"/>): the node recovering an idle volume lets go then.
+    /// </summary>
+    public async Task SettledAsync(TimeSpan atMost, CancellationToken cancellationToken)
+    {
+        _settled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _wake.Release();
+        await Task.WhenAny(_settled.Task, Task.Delay(atMost, cancellationToken)).ConfigureAwait(false);
+    }
+
+    /// <summary>Works through this volume's queued objects; true when every one succeeded.</summary>
+    private async Task<bool> DrainAsync(VolumeLayout layout, CancellationToken cancellationToken)
+    {
+        bool allDone = true;
+        foreach (ObjectId id in _store.Gate.Pending().Where(layout.Contains).OrderBy(id => id.Packed))
+        {
+            await _pause.WaitWhilePausedAsync(cancellationToken).ConfigureAwait(false);
+            long before = _counters.BytesMoved + _counters.BytesResynced;
+            if (!await _store.Gate.RunAsync(id).ConfigureAwait(false))
+                allDone = false;
+            // The limit is kept on average: the object's bytes are paid for after it moved.
+            await _throttle.WaitAsync(_counters.BytesMoved + _counters.BytesResynced - before, cancellationToken).ConfigureAwait(false);
+        }
+        return allDone && !_store.Gate.Pending().Any(layout.Contains);
+    }
+
+    private void Queue(ObjectId id, ReconcileReason reason)
+    {
+        if (_store.Gate.Queue(id, o => WorkAsync(o, reason)))
+            _counters.Queued(1);
+    }
+
+    private async Task<bool> WorkAsync(ObjectId id, ReconcileReason reason)
+    {
+        long objectSize = _layout()?.ObjectSize ?? 0;
+        if (objectSize == 0)
+            return true; // the volume is gone
+        ReconcileResult result = await _reconciler.ReconcileAsync(id, objectSize, reason == ReconcileReason.Move ? _before : null,
+            reason, throttled: false, _stop.Token).ConfigureAwait(false);
+        await RecordAsync(id, result).ConfigureAwait(false);
+        if (result != ReconcileResult.Failed)
+            _counters.Done(1);
+        return result != ReconcileResult.Failed;
+    }
+
+    /// <summary>What the log must say after an object was reconciled: nothing differs when every
+    /// holder took part; a holder that is down has to be brought up to date when it is back.</summary>
+    private async Task RecordAsync(ObjectId id, ReconcileResult result)
+    {
+        if (_store.DirtyLog is not { } log)
+            return;
+        if (result == ReconcileResult.Complete)
+        {
+            log.Resynced(id);
+        }
+        else if (result == ReconcileResult.Partial)
+        {
+            await log.BeginWriteAsync(id).ConfigureAwait(false);
+            log.EndWrite(id, missed: true);
+        }
+    }
+
+    /// <summary>Scrubs one object now (every block of every copy read and checked; bad copies rewritten).</summary>
+    public async Task<ReconcileResult> ScrubAsync(ObjectId id, CancellationToken cancellationToken)
+    {
+        long objectSize = _layout()?.ObjectSize ?? 0;
+        if (objectSize == 0)
+            return ReconcileResult.Complete;
+        ReconcileResult result = ReconcileResult.Failed;
+        await _store.Gate.RunExclusiveAsync(id, async o =>
+        {
+            result = await _reconciler.ReconcileAsync(o, objectSize, null, ReconcileReason.Scrub, throttled: true, cancellationToken).ConfigureAwait(false);
+            return true;
+        }).ConfigureAwait(false);
+        _counters.Scrubbed(1);
+        return result;
+    }
+
+    private async Task ScrubNextAsync(CancellationToken cancellationToken)
+    {
+        if (_layout() is not { } layout)
+            return;
+        long total = (long)layout.Chain.Length * layout.ObjectsPerLayer;
+        if (total == 0)
+            return;
+        await _pause.WaitWhilePausedAsync(cancellationToken).ConfigureAwait(false);
+        long n = _scrubNext++ % total;
+        var id = new ObjectId(layout.Chain[n / layout.ObjectsPerLayer], (uint)(n % layout.ObjectsPerLayer));
+        await ScrubAsync(id, cancellationToken).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _lostRegistration.DisposeAsync().ConfigureAwait(false);
+        await _stop.CancelAsync().ConfigureAwait(false);
+        await _run.ConfigureAwait(false);
+        _stop.Dispose();
+        _wake.Dispose();
+    }
+
+    [LoggerMessage(EventId = 64, Level = LogLevel.Warning, Message = "Volume {Volume}: {Count} objects left in the dirty-region log by an earlier gateway; each is resynced before use")]
+    private static partial void LogInherited(ILogger logger, string volume, int count);
+
+    [LoggerMessage(EventId = 65, Level = LogLevel.Information, Message = "Volume {Volume}: {Count} objects queued for recovery (their copies are not known complete)")]
+    private static partial void LogQueued(ILogger logger, string volume, int count);
+
+    [LoggerMessage(EventId = 66, Level = LogLevel.Information, Message = "Volume {Volume}: copies complete over members [{Members}], synced [{Synced}]")]
+    private static partial void LogBaseline(ILogger logger, string volume, string members, string synced);
+
+    [LoggerMessage(EventId = 67, Level = LogLevel.Warning, Message = "Volume {Volume}: recovery round failed; retrying")]
+    private static partial void LogPassFailed(ILogger logger, string volume, Exception exception);
+}

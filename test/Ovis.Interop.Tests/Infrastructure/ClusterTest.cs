@@ -1,0 +1,102 @@
+using System.Globalization;
+using System.Text.Json;
+using Ovis.Cluster.Tests.Infrastructure;
+using Xunit.Abstractions;
+
+namespace Ovis.Interop.Tests.Infrastructure;
+
+/// <summary>
+/// Base of the tests that run a cluster: a real etcd (the class fixture) and real daemons on
+/// loopback, one per zone, with a short lease so deaths are noticed within seconds.
+/// </summary>
+public abstract class ClusterTest(EtcdCluster etcd, ITestOutputHelper output) : InteropTest(null, output)
+{
+    protected const int LeaseTtl = 3;
+    protected static readonly TimeSpan LeaseMargin = TimeSpan.FromSeconds(LeaseTtl + 10);
+    protected static readonly string[] Zones = ["a", "b", "c", "d"];
+
+    protected string ClusterUri(string name) => $"etcd://{etcd.ClientUrl["http://".Length..]}/{name}";
+
+    protected async Task<string> Format(int copies)
+    {
+        var name = EtcdCluster.NewPrefix("d");
+        var r = await Run(OvisDaemon.DotnetHost, [OvisDaemon.OvisDll, "cluster", "format", "--copies",
+            copies.ToString(CultureInfo.InvariantCulture), "--etcd", ClusterUri(name)], OvisDaemon.CliTimeout);
+        Assert.True(r.Succeeded, r.Describe());
+        return name;
+    }
+
+    protected string[] NodeArguments(string cluster, string zone, params string[] extra) =>
+        ["--cluster", ClusterUri(cluster), "--zone", zone, "--node-id", $"n-{zone}", "--lease-ttl", $"{LeaseTtl}", .. extra];
+
+    /// <summary>A formatted cluster with one node per zone, all up before it returns.</summary>
+    protected async Task<ClusterNodes> StartCluster(int copies, int nodes = 3, params string[] extra)
+    {
+        var name = await Format(copies);
+        var started = new ClusterNodes(name);
+        try
+        {
+            foreach (var zone in Zones.Take(nodes))
+            {
+                started.Add(await OvisDaemon.StartNewAsync(extraArguments: NodeArguments(name, zone, extra)));
+            }
+            await Eventually(async () => (await Json(started[0], "node", "list")).GetArrayLength() == nodes,
+                LeaseMargin, "every node is up");
+            return started;
+        }
+        catch
+        {
+            await started.DisposeAsync();
+            throw;
+        }
+    }
+
+    protected static async Task<JsonElement> Json(OvisDaemon d, params string[] args)
+    {
+        var r = await d.Cli([.. args, "--json"]);
+        Assert.True(r.Succeeded, $"{r.Describe()}\n{d.Log}");
+        using var doc = JsonDocument.Parse(r.Stdout);
+        return doc.RootElement.Clone();
+    }
+
+    protected static async Task Create(OvisDaemon d, string name, string size)
+    {
+        var r = await d.Cli("vdi", "create", name, size);
+        Assert.True(r.Succeeded, $"{r.Describe()}\n{d.Log}");
+    }
+
+    /// <summary>
+    /// Flips one byte of an object's file on <paramref name="node"/>, behind its store's back, once
+    /// the journal has applied a full 4 MiB object there: the copy then fails its checksum.
+    /// </summary>
+    protected static async Task CorruptObjectFile(OvisDaemon node, uint layer, uint index, long offset)
+    {
+        var file = Path.Combine(node.DataDirectory, "store", "objects", layer.ToString("x8", CultureInfo.InvariantCulture),
+            index.ToString("x8", CultureInfo.InvariantCulture));
+        await Eventually(() => Task.FromResult(File.Exists(file) && new FileInfo(file).Length == 4 * TestData.MiB), LeaseMargin, $"{node} applied object {index}");
+        await Task.Delay(500);
+        using var f = File.Open(file, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        f.Position = offset;
+        var b = f.ReadByte();
+        f.Position = offset;
+        f.WriteByte((byte)(b ^ 0xff));
+    }
+
+    /// <summary>Whether <paramref name="node"/> is listed stale by <paramref name="asked"/>.</summary>
+    protected static async Task<bool> IsStale(OvisDaemon asked, string node)
+        => (await Json(asked, "node", "list")).EnumerateArray().Single(n => n.GetProperty("id").GetString() == node).GetProperty("stale").GetBoolean();
+}
+
+/// <summary>The daemons of one cluster, stopped together.</summary>
+public sealed class ClusterNodes(string cluster) : List<OvisDaemon>, IAsyncDisposable
+{
+    public string Cluster { get; } = cluster;
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var d in this)
+        {
+            await d.DisposeAsync();
+        }
+    }
+}
