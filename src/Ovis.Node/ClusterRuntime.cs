@@ -62,17 +62,20 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     /// Before the join: a node that holds none of the cluster's data — new to the cluster, or back
     /// with an empty store — is marked stale, since placement may name it for objects written
     /// before it came; no read is served from it until recovery has filled it. A cluster without
-    /// volumes has nothing it could miss.
+    /// volumes has nothing it could miss. Returns true when the node is not marked because it was
+    /// a member with its store intact: it must join as that member (a node taken out meanwhile is
+    /// new again, and missed the writes placed elsewhere while it was out).
     /// </summary>
-    public async Task MarkStaleIfEmptyAsync(Ovis.Volumes.IVolumeRegistry registry, CancellationToken cancellationToken)
+    public async Task<bool> MarkStaleIfEmptyAsync(Ovis.Volumes.IVolumeRegistry registry, CancellationToken cancellationToken)
     {
         if (_wasMember && _local.ListObjects().Count > 0)
-            return;
+            return true;
         var loaded = await registry.LoadAsync(cancellationToken).ConfigureAwait(false);
         if (loaded.State.Volumes.Count == 0)
-            return;
+            return false;
         await _catalog.MarkStaleAsync(_nodeId, _nodeId, Store.View.Epoch, cancellationToken).ConfigureAwait(false);
-        LogJoinsStale(_logger, _nodeId, _wasMember ? "its store is empty" : "it is new to the cluster");
+        LogJoinsStale(_logger, _nodeId, _wasMember ? "its store is empty" : "it is new to the cluster, or back after it was taken out");
+        return false;
     }
 
     /// <summary>After the join: follows membership changes until disposed.</summary>

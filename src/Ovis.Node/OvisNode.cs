@@ -113,12 +113,8 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var address = (status.NbdListeners.Count > 0 ? status.NbdListeners[0] : null)
                     ?? throw new NodeStartException("a clustered node needs an NBD address (--nbd)");
                 var registry = new EtcdVolumeRegistry(membership.Catalog!.Client, membership.Catalog.Cluster);
-                await ClusterMembership.Describe(clusterOptions, async () =>
-                {
-                    await cluster.MarkStaleIfEmptyAsync(registry, cancellationToken);
-                    return true;
-                });
-                await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, node._logger, cancellationToken);
+                var trustsItsCopies = await ClusterMembership.Describe(clusterOptions, () => cluster.MarkStaleIfEmptyAsync(registry, cancellationToken));
+                await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, trustsItsCopies, node._logger, cancellationToken);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
                     await cluster.StartAsync(cancellationToken);
