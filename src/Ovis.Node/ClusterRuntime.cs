@@ -24,6 +24,7 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     private readonly CancellationTokenSource _stop = new();
     private readonly SemaphoreSlim _refreshing = new(1, 1);
     private Task _watch = Task.CompletedTask;
+    private DownOutMonitor? _downOut;
 
     private readonly LocalStore _local;
     private readonly bool _wasMember;
@@ -50,6 +51,9 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     public PeerServer PeerServer { get; }
 
     public string NodeId => _nodeId;
+
+    /// <summary>Takes members out that stay down too long; null until <see cref="StartAsync"/>.</summary>
+    public DownOutMonitor? DownOut => _downOut;
 
     /// <summary>Reads the membership and builds the first view; the node is not live in it until it joins.</summary>
     public static async Task<ClusterRuntime> CreateAsync(ClusterMembership membership, string nodeId, LocalStore local, ILogger logger, CancellationToken cancellationToken)
@@ -78,9 +82,11 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         return false;
     }
 
-    /// <summary>After the join: follows membership changes until disposed.</summary>
-    public async Task StartAsync(CancellationToken cancellationToken)
+    /// <summary>After the join: follows membership changes, and takes out members down longer than
+    /// <paramref name="downOutInterval"/>, until disposed.</summary>
+    public async Task StartAsync(TimeSpan downOutInterval, CancellationToken cancellationToken)
     {
+        _downOut = new DownOutMonitor(_catalog, _format, _nodeId, downOutInterval, _logger);
         await RefreshAsync(0).ConfigureAwait(false);
         _watch = Task.Run(() => WatchAsync(_stop.Token), CancellationToken.None);
         if (Store.View.PlacementError is { } error)
@@ -121,6 +127,7 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     {
         ClusterView before = Store.View;
         Store.Update(ClusterView.Build(membership, _format, _nodeId, _replicas));
+        _downOut?.Observe(membership);
         if (Store.View.Epoch != before.Epoch)
             LogEpoch(_logger, Store.View.Epoch, membership.Nodes.Count, membership.Members.Count, string.Join(",", membership.Stale));
     }
@@ -177,6 +184,8 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
 
     public async ValueTask DisposeAsync()
     {
+        if (_downOut is not null)
+            await _downOut.DisposeAsync().ConfigureAwait(false);
         await _stop.CancelAsync().ConfigureAwait(false);
         await _watch.ConfigureAwait(false);
         await _replicas.DisposeAsync().ConfigureAwait(false);

@@ -117,7 +117,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                 await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, trustsItsCopies, node._logger, cancellationToken);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
-                    await cluster.StartAsync(cancellationToken);
+                    await cluster.StartAsync(clusterOptions.DownOutInterval, cancellationToken);
                     volumes.Set(await VolumeManager.OpenAsync(cluster.Store, registry, clusterLogger, cancellationToken));
                     return true;
                 });
