@@ -184,7 +184,8 @@ internal sealed class ConsoleOutput(TextWriter writer)
         foreach (var n in nodes)
         {
             // A stale node is up but not read from until its copies are brought up to date.
-            var state = n.Stale ? $"{n.State}, stale" : n.State;
+            var state = n.OutIn is { } outIn ? $"{n.State} (out in {outIn.ToString(CultureInfo.InvariantCulture)}s)" : n.State;
+            state = n.Stale ? $"{state}, stale" : state;
             table.AddRow(Markup.Escape(n.Id), Markup.Escape(n.Address), Markup.Escape(n.Zone), Markup.Escape(state),
                 n.UsedBytes is { } used ? Sizes.Format(used) : "-",
                 n.Objects?.ToString(CultureInfo.InvariantCulture) ?? "-");

@@ -70,6 +70,12 @@ internal static class ServeCommand
             HelpName = "SECONDS",
             DefaultValueFactory = _ => 10,
         };
+        var downOutInterval = new Option<int>("--down-out-interval")
+        {
+            Description = "Seconds a node may stay down before it is taken out of the cluster and its objects placed on the others (0: never)",
+            HelpName = "SECONDS",
+            DefaultValueFactory = _ => 600,
+        };
 
         var peer = new Option<string>("--peer")
         {
@@ -99,7 +105,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API")
         {
-            data, nbd, nbdSocket, admin, journalSize, cluster, zone, nodeId, leaseTtl, peer, dirtyLog, recoveryBandwidth, scrubInterval,
+            data, nbd, nbdSocket, admin, journalSize, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, dirtyLog, recoveryBandwidth, scrubInterval,
         };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
@@ -110,7 +116,7 @@ internal static class ServeCommand
             JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
             Cluster = WithRecovery(
                 ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl),
-                    ParseAddress("--peer", parseResult.GetRequiredValue(peer))),
+                    parseResult.GetValue(downOutInterval), ParseAddress("--peer", parseResult.GetRequiredValue(peer))),
                 ParseRecovery(parseResult.GetRequiredValue(dirtyLog), parseResult.GetRequiredValue(recoveryBandwidth), parseResult.GetValue(scrubInterval))),
         }));
         return command;
@@ -174,7 +180,7 @@ internal static class ServeCommand
         return ExitCodes.Success;
     }
 
-    private static ClusterMembershipOptions? ParseCluster(string? uri, string? zone, string? nodeId, int leaseTtl, ListenAddress peer)
+    private static ClusterMembershipOptions? ParseCluster(string? uri, string? zone, string? nodeId, int leaseTtl, int downOutInterval, ListenAddress peer)
     {
         if (uri is null)
         {
@@ -198,7 +204,20 @@ internal static class ServeCommand
             throw CliException.Usage($"--lease-ttl: {leaseTtl} is out of range: use 2 to 3600 seconds");
         }
 
-        return new ClusterMembershipOptions { Uri = parsed!, Zone = zone, NodeId = nodeId, LeaseTtlSeconds = leaseTtl, PeerAddress = peer };
+        if (downOutInterval < 0)
+        {
+            throw CliException.Usage($"--down-out-interval: {downOutInterval} is out of range: use 0 (never) or more seconds");
+        }
+
+        return new ClusterMembershipOptions
+        {
+            Uri = parsed!,
+            Zone = zone,
+            NodeId = nodeId,
+            LeaseTtlSeconds = leaseTtl,
+            DownOutInterval = TimeSpan.FromSeconds(downOutInterval),
+            PeerAddress = peer,
+        };
     }
 
     private static ClusterMembershipOptions? WithRecovery(ClusterMembershipOptions? cluster, RecoveryOptions recovery)

@@ -53,11 +53,12 @@ public sealed partial class ClusterMembership : IAsyncDisposable
         }
     }
 
-    /// <summary>Joins as <paramref name="id"/> with the node's bound NBD and peer addresses.</summary>
-    internal async Task JoinAsync(ClusterMembershipOptions options, string id, string address, string peer, ILogger logger, CancellationToken cancellationToken)
+    /// <summary>Joins as <paramref name="id"/> with the node's bound NBD and peer addresses; with
+    /// <paramref name="asMember"/> only if it is still the member it was (see <see cref="EtcdCatalog.JoinAsync"/>).</summary>
+    internal async Task JoinAsync(ClusterMembershipOptions options, string id, string address, string peer, bool asMember, ILogger logger, CancellationToken cancellationToken)
     {
         var catalog = Catalog ?? throw new InvalidOperationException("not clustered");
-        Registration = await Describe(options, () => catalog.JoinAsync(new NodeInfo(id, address, options.Zone) { Peer = peer }, options.LeaseTtlSeconds, cancellationToken));
+        Registration = await Describe(options, () => catalog.JoinAsync(new NodeInfo(id, address, options.Zone) { Peer = peer }, options.LeaseTtlSeconds, asMember, cancellationToken));
         Registration.Lost.Register(() => LogLeaseLost(logger, id, catalog.Cluster));
         LogJoined(logger, id, catalog.Cluster, options.Zone, Registration.JoinedEpoch);
     }

@@ -29,6 +29,7 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     private VolumeRecovery? _recovery;
     private IdleVolumeRecovery? _idle;
     private Func<IReadOnlyCollection<string>>? _volumeNames;
+    private DownOutMonitor? _downOut;
 
     private readonly LocalStore _local;
     private readonly bool _wasMember;
@@ -64,6 +65,9 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
 
     public string NodeId => _nodeId;
 
+    /// <summary>Takes members out that stay down too long; null until <see cref="StartAsync"/>.</summary>
+    public DownOutMonitor? DownOut => _downOut;
+
     /// <summary>Reads the membership and builds the first view; the node is not live in it until it joins.</summary>
     public static async Task<ClusterRuntime> CreateAsync(ClusterMembership membership, string nodeId, LocalStore local, RecoveryOptions recovery,
         ILogger logger, CancellationToken cancellationToken)
@@ -96,28 +100,33 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     /// Before the join: a node that holds none of the cluster's data — new to the cluster, or back
     /// with a wiped store — is marked stale, since placement may name it for objects written
     /// before it came; no read is served from it until recovery has filled it. A cluster without
-    /// volumes has nothing it could miss.
+    /// volumes has nothing it could miss. Returns true when the node is not marked because it was
+    /// a member with its store intact: it must join as that member (a node taken out meanwhile is
+    /// new again, and missed the writes placed elsewhere while it was out).
     /// </summary>
     /// <param name="joinedBefore">This store joined the cluster before (its data directory says
     /// so). Then an empty store is not a wiped one: placement may simply have given it no object
     /// yet, and marking it would take a current member out of reads at every restart (until a
     /// recovery that has nothing to copy clears the mark).</param>
-    public async Task MarkStaleIfEmptyAsync(Ovis.Volumes.IVolumeRegistry registry, bool joinedBefore, CancellationToken cancellationToken)
+    public async Task<bool> MarkStaleIfEmptyAsync(Ovis.Volumes.IVolumeRegistry registry, bool joinedBefore, CancellationToken cancellationToken)
     {
         if (_wasMember && (joinedBefore || _local.ListObjects().Count > 0))
-            return;
+            return true;
         var loaded = await registry.LoadAsync(cancellationToken).ConfigureAwait(false);
         if (loaded.State.Volumes.Count == 0)
-            return;
+            return false;
         await _catalog.MarkStaleAsync(_nodeId, _nodeId, Store.View.Epoch, cancellationToken).ConfigureAwait(false);
         // Every volume must fill this node again, not only resync what the log names.
         await Records.UnsyncAsync(_nodeId, cancellationToken).ConfigureAwait(false);
-        LogJoinsStale(_logger, _nodeId, _wasMember ? "its store is empty" : "it is new to the cluster");
+        LogJoinsStale(_logger, _nodeId, _wasMember ? "its store is empty" : "it is new to the cluster, or back after it was taken out");
+        return false;
     }
 
-    /// <summary>After the join: follows membership changes until disposed.</summary>
-    public async Task StartAsync(CancellationToken cancellationToken)
+    /// <summary>After the join: follows membership changes, and takes out members down longer than
+    /// <paramref name="downOutInterval"/>, until disposed.</summary>
+    public async Task StartAsync(TimeSpan downOutInterval, CancellationToken cancellationToken)
     {
+        _downOut = new DownOutMonitor(_catalog, _format, _nodeId, downOutInterval, _logger);
         await RefreshAsync(0).ConfigureAwait(false);
         _watch = Task.Run(() => WatchAsync(_stop.Token), CancellationToken.None);
         if (Store.View.PlacementError is { } error)
@@ -176,6 +185,7 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         {
             Store.Update(next);
         }
+        _downOut?.Observe(membership);
         if (Store.View.Epoch != before.Epoch)
             LogEpoch(_logger, Store.View.Epoch, membership.Nodes.Count, membership.Members.Count, string.Join(",", membership.Stale));
     }
@@ -280,6 +290,8 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
 
     public async ValueTask DisposeAsync()
     {
+        if (_downOut is not null)
+            await _downOut.DisposeAsync().ConfigureAwait(false);
         await _stop.CancelAsync().ConfigureAwait(false);
         await _watch.ConfigureAwait(false);
         await _staleCheck.ConfigureAwait(false);

@@ -43,6 +43,10 @@ public sealed class ClusterMembershipOptions
     /// <summary>TTL of the membership lease: how long a dead node stays listed, and its volume locks held.</summary>
     public long LeaseTtlSeconds { get; init; } = 10;
 
+    /// <summary>How long a member may stay down before it is taken out of the cluster (its objects
+    /// placed on the others); <see cref="TimeSpan.Zero"/> never takes one out.</summary>
+    public TimeSpan DownOutInterval { get; init; } = TimeSpan.FromSeconds(600);
+
     /// <summary>Where this node serves the peer protocol (object copies from other nodes' gateways).</summary>
     public ListenAddress PeerAddress { get; init; } = ListenAddress.Loopback(NodeOptions.DefaultPeerPort);
 

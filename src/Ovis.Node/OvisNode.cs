@@ -117,16 +117,13 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var address = (status.NbdListeners.Count > 0 ? status.NbdListeners[0] : null)
                     ?? throw new NodeStartException("a clustered node needs an NBD address (--nbd)");
                 var registry = new EtcdVolumeRegistry(membership.Catalog!.Client, membership.Catalog.Cluster);
-                await ClusterMembership.Describe(clusterOptions, async () =>
-                {
-                    await cluster.MarkStaleIfEmptyAsync(registry, ClusterMembership.JoinedBefore(dataDirectory, membership.Format!), cancellationToken);
-                    return true;
-                });
-                await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, node._logger, cancellationToken);
+                var trustsItsCopies = await ClusterMembership.Describe(clusterOptions,
+                    () => cluster.MarkStaleIfEmptyAsync(registry, ClusterMembership.JoinedBefore(dataDirectory, membership.Format!), cancellationToken));
+                await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, trustsItsCopies, node._logger, cancellationToken);
                 ClusterMembership.RecordJoined(dataDirectory, membership.Format!);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
-                    await cluster.StartAsync(cancellationToken);
+                    await cluster.StartAsync(clusterOptions.DownOutInterval, cancellationToken);
                     await recovery!.StartAsync(membership.Registration!.LeaseId, cancellationToken);
                     volumes.Set(await VolumeManager.OpenAsync(cluster.Store, registry, clusterLogger, cancellationToken));
                     cluster.Attach(new VolumeRecovery(cluster.Store, cluster.Records, recovery.Counters, recovery,

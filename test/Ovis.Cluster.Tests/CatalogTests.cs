@@ -156,6 +156,92 @@ public sealed class CatalogTests(EtcdCluster etcd)
         Assert.Null(await etcd.Client.GetAsync($"/ovis/{_catalog.Cluster}/nodes/a").WaitAsync(T));
     }
 
+    [Fact]
+    public async Task A_live_node_is_neither_marked_down_nor_taken_out()
+    {
+        await _catalog.FormatAsync(1).WaitAsync(T);
+        await using var a = await _catalog.JoinAsync(Node("a")).WaitAsync(T);
+        await using var b = await _catalog.JoinAsync(Node("b", "z2")).WaitAsync(T);
+
+        Assert.Null(await _catalog.MarkDownAsync("b").WaitAsync(T));
+        Assert.False(await _catalog.TakeOutAsync("b", DateTimeOffset.UtcNow).WaitAsync(T));
+        var view = await _catalog.ReadMembershipAsync().WaitAsync(T);
+        Assert.Equal(2, view.Epoch);
+        Assert.Equal(["a", "b"], MemberIds(view));
+        Assert.Empty(await _catalog.ReadDownSinceAsync().WaitAsync(T));
+    }
+
+    [Fact]
+    public async Task Taking_out_is_refused_when_the_others_would_span_fewer_zones_than_copies()
+    {
+        await _catalog.FormatAsync(2).WaitAsync(T);
+        await using var a = await _catalog.JoinAsync(Node("a", "z1")).WaitAsync(T);
+        var b = await _catalog.JoinAsync(Node("b", "z2")).WaitAsync(T);
+        await b.DisposeAsync().AsTask().WaitAsync(T); // leaves: no longer live, still a member
+
+        Assert.NotNull(await _catalog.MarkDownAsync("b").WaitAsync(T));
+        Assert.False(await _catalog.TakeOutAsync("b", DateTimeOffset.UtcNow).WaitAsync(T));
+        var view = await _catalog.ReadMembershipAsync().WaitAsync(T);
+        Assert.Equal(3, view.Epoch);
+        Assert.Equal(["a", "b"], MemberIds(view));
+        Assert.Contains("fewer than the 2 copies", EtcdCatalog.WhyNotTakeOut((await _catalog.ReadFormatAsync().WaitAsync(T))!, view.Members, "b"),
+            StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_down_member_is_taken_out_once_when_callers_race_and_not_before_its_time()
+    {
+        await _catalog.FormatAsync(2).WaitAsync(T);
+        await using var a = await _catalog.JoinAsync(Node("a", "z1")).WaitAsync(T);
+        await using var b = await _catalog.JoinAsync(Node("b", "z2")).WaitAsync(T);
+        var c = await _catalog.JoinAsync(Node("c", "z3")).WaitAsync(T);
+        await c.DisposeAsync().AsTask().WaitAsync(T);
+        await _catalog.MarkStaleAsync("c", "a", 4).WaitAsync(T);
+
+        var since = await _catalog.MarkDownAsync("c").WaitAsync(T);
+        Assert.NotNull(since);
+        // The first record stands: a second caller gets the same time.
+        Assert.Equal(since, await _catalog.MarkDownAsync("c").WaitAsync(T));
+        Assert.Equal(since, (await _catalog.ReadDownSinceAsync().WaitAsync(T))["c"]);
+        Assert.False(await _catalog.TakeOutAsync("c", since!.Value.AddSeconds(-1)).WaitAsync(T));
+        var before = await _catalog.ReadMembershipAsync().WaitAsync(T);
+        Assert.Equal(4, before.Epoch);
+        Assert.Equal(["a", "b", "c"], MemberIds(before));
+
+        var raced = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => _catalog.TakeOutAsync("c", since.Value))).WaitAsync(T);
+        Assert.Single(raced, taken => taken);
+        var after = await _catalog.ReadMembershipAsync().WaitAsync(T);
+        Assert.Equal(5, after.Epoch); // bumped once, for the same live nodes
+        Assert.Equal(["a", "b"], MemberIds(after));
+        Assert.Equal(["a", "b"], Ids(after));
+        Assert.Empty(after.Stale);
+        Assert.Empty(await _catalog.ReadDownSinceAsync().WaitAsync(T));
+        Assert.False(await _catalog.TakeOutAsync("c", DateTimeOffset.UtcNow).WaitAsync(T));
+        Assert.Null(await _catalog.MarkDownAsync("c").WaitAsync(T));
+    }
+
+    [Fact]
+    public async Task Joining_again_deletes_the_down_record_and_a_node_taken_out_joins_as_a_new_member()
+    {
+        await _catalog.FormatAsync(1).WaitAsync(T);
+        await using var a = await _catalog.JoinAsync(Node("a")).WaitAsync(T);
+        var b = await _catalog.JoinAsync(Node("b")).WaitAsync(T);
+        await b.DisposeAsync().AsTask().WaitAsync(T);
+        Assert.NotNull(await _catalog.MarkDownAsync("b").WaitAsync(T));
+
+        b = await _catalog.JoinAsync(Node("b"), asMember: true).WaitAsync(T);
+        Assert.Empty(await _catalog.ReadDownSinceAsync().WaitAsync(T));
+
+        await b.DisposeAsync().AsTask().WaitAsync(T);
+        var since = await _catalog.MarkDownAsync("b").WaitAsync(T);
+        Assert.True(await _catalog.TakeOutAsync("b", since!.Value).WaitAsync(T));
+        // A node that trusted its copies as a member must not join as a new one with them.
+        var e = await Assert.ThrowsAsync<CatalogException>(() => _catalog.JoinAsync(Node("b"), asMember: true).WaitAsync(T));
+        Assert.Contains("was taken out of cluster", e.Message, StringComparison.Ordinal);
+        await using var again = await _catalog.JoinAsync(Node("b")).WaitAsync(T);
+        Assert.Equal(["a", "b"], MemberIds(await _catalog.ReadMembershipAsync().WaitAsync(T)));
+    }
+
     private static void AssertView(MembershipView view, long epoch, params string[] ids)
     {
         Assert.Equal(epoch, view.Epoch);
@@ -163,4 +249,6 @@ public sealed class CatalogTests(EtcdCluster etcd)
     }
 
     private static string[] Ids(MembershipView view) => [.. view.Nodes.Select(n => n.Id)];
+
+    private static string[] MemberIds(MembershipView view) => [.. view.Members.Select(n => n.Id)];
 }

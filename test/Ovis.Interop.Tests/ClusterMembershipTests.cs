@@ -7,13 +7,16 @@ namespace Ovis.Interop.Tests;
 
 /// <summary>
 /// Cluster membership with a real etcd and real daemons: format, join in three zones, a killed
-/// node leaves when its lease runs out (the epoch goes up), a restarted one rejoins; bad input.
+/// node leaves when its lease runs out (the epoch goes up), a restarted one rejoins; a node down
+/// longer than the down-out interval is taken out, unless too few zones would remain; bad input.
 /// </summary>
 public sealed class ClusterMembershipTests(EtcdCluster etcd, ITestOutputHelper output)
     : InteropTest(null, output), IClassFixture<EtcdCluster>
 {
     private const int LeaseTtl = 3;
+    private const int DownOut = 2;
     private static readonly TimeSpan LeaseMargin = TimeSpan.FromSeconds(LeaseTtl + 10);
+    private static readonly TimeSpan DownOutMargin = TimeSpan.FromSeconds(LeaseTtl + DownOut + 15);
 
     private string EtcdHostPort => etcd.ClientUrl["http://".Length..];
 
@@ -84,6 +87,126 @@ public sealed class ClusterMembershipTests(EtcdCluster etcd, ITestOutputHelper o
                 await d.DisposeAsync();
             }
         }
+    }
+
+    /// <summary>Three daemons in zones a, b, c with a short lease and <c>--down-out-interval 2</c>.</summary>
+    private static async Task<List<OvisDaemon>> StartDownOutCluster(string uri)
+    {
+        var daemons = new List<OvisDaemon>();
+        try
+        {
+            foreach (var zone in new[] { "a", "b", "c" })
+            {
+                daemons.Add(await OvisDaemon.StartNewAsync(extraArguments:
+                    ["--cluster", uri, "--zone", zone, "--node-id", $"n-{zone}", "--lease-ttl", $"{LeaseTtl}", "--down-out-interval", $"{DownOut}"]));
+            }
+            return daemons;
+        }
+        catch
+        {
+            await DisposeAll(daemons);
+            throw;
+        }
+    }
+
+    private static async Task DisposeAll(List<OvisDaemon> daemons)
+    {
+        foreach (var d in daemons)
+        {
+            await d.DisposeAsync();
+        }
+    }
+
+    /// <summary>GET /api/v1/nodes straight from the admin API: polled often while a member is down, a CLI per poll would be too slow.</summary>
+    private static async Task<JsonElement[]> Members(HttpClient http, OvisDaemon d)
+    {
+        using var doc = JsonDocument.Parse(await http.GetStringAsync(new Uri($"{d.AdminUrl}/api/v1/nodes")));
+        return [.. doc.RootElement.Clone().EnumerateArray()];
+    }
+
+    private static JsonElement? Member(JsonElement[] members, string id) =>
+        members.Where(m => m.GetProperty("id").GetString() == id).Select(m => (JsonElement?)m).FirstOrDefault();
+
+    [Fact]
+    public async Task A_node_down_longer_than_the_down_out_interval_is_taken_out_and_joins_again_as_a_new_member()
+    {
+        var name = await Format(2);
+        var daemons = await StartDownOutCluster(ClusterUri(name));
+        try
+        {
+            // A volume, so that the node back after it was taken out joins stale.
+            var created = await daemons[0].Cli("vdi", "create", "v", "16M");
+            Assert.True(created.Succeeded, created.Describe());
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(15) };
+
+            await daemons[2].KillAsync();
+            JsonElement down = default;
+            await Eventually(async () =>
+            {
+                down = Member(await Members(http, daemons[0]), "n-c") ?? default;
+                return down.ValueKind == JsonValueKind.Object && down.GetProperty("state").GetString() == "down"
+                    && down.GetProperty("downSince").ValueKind == JsonValueKind.String;
+            }, DownOutMargin, "the killed node is listed down, with the time it went down");
+            Assert.InRange(down.GetProperty("outIn").GetInt64(), 0, DownOut);
+            var downEpoch = (await Json(daemons[0], "cluster", "info")).GetProperty("epoch").GetInt64();
+
+            await Eventually(async () => Member(await Members(http, daemons[1]), "n-c") is null, DownOutMargin, "the down node is taken out");
+            var info = await Json(daemons[0], "cluster", "info");
+            Assert.Equal(["n-a", "n-b"], info.GetProperty("nodes").EnumerateArray().Select(n => n.GetProperty("id").GetString()));
+            Assert.True(info.GetProperty("epoch").GetInt64() > downEpoch, info.ToString());
+            Assert.Contains(daemons.Take(2), d => d.Log.Contains("Node n-c down since", StringComparison.Ordinal)
+                && d.Log.Contains("taken out after", StringComparison.Ordinal));
+
+            await daemons[2].StartAsync();
+            await Eventually(async () => (await Members(http, daemons[0])) is { Length: 3 } all
+                && all.All(n => n.GetProperty("state").GetString() == "up"), LeaseMargin, "node c joins again");
+            var back = Member(await Members(http, daemons[0]), "n-c")!.Value;
+            Assert.True(back.GetProperty("stale").GetBoolean(), "a node back after it was taken out is new: stale while volumes exist");
+            Assert.Equal(JsonValueKind.Null, back.GetProperty("downSince").ValueKind);
+        }
+        finally
+        {
+            await DisposeAll(daemons);
+        }
+    }
+
+    [Fact]
+    public async Task A_down_node_is_not_taken_out_when_the_others_would_span_fewer_zones_than_copies()
+    {
+        var name = await Format(3);
+        var daemons = await StartDownOutCluster(ClusterUri(name));
+        try
+        {
+            await daemons[2].KillAsync();
+            await Eventually(() => Task.FromResult(daemons.Take(2).Any(d => d.Log.Contains("Node n-c stays down", StringComparison.Ordinal))),
+                DownOutMargin, "a survivor refuses to take the down node out");
+
+            var nodes = await Json(daemons[0], "node", "list");
+            var c = nodes.EnumerateArray().Single(n => n.GetProperty("id").GetString() == "n-c");
+            Assert.Equal("down", c.GetProperty("state").GetString());
+            Assert.Equal(JsonValueKind.String, c.GetProperty("downSince").ValueKind);
+            Assert.Equal(JsonValueKind.Null, c.GetProperty("outIn").ValueKind);
+            var text = await daemons[1].Cli("node", "list");
+            Assert.True(text.Succeeded, text.Describe());
+            Assert.Matches(@"n-c\s.*\sdown\s", text.Stdout);
+            Assert.DoesNotContain("out in", text.Stdout, StringComparison.Ordinal);
+        }
+        finally
+        {
+            await DisposeAll(daemons);
+        }
+    }
+
+    [Theory]
+    [InlineData("-1", "--down-out-interval: -1 is out of range")]
+    [InlineData("soon", "--down-out-interval")]
+    public async Task A_bad_down_out_interval_is_a_usage_error(string interval, string error)
+    {
+        var r = await Ovis("serve", "--data", ScratchDirectory(), "--nbd", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+            "--cluster", ClusterUri("x"), "--zone", "a", "--down-out-interval", interval);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(error, r.Stderr, StringComparison.Ordinal);
+        Assert.Single(r.Stderr.Trim().Split('\n'));
     }
 
     [Fact]

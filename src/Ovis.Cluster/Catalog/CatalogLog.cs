@@ -15,4 +15,7 @@ internal static partial class CatalogLog
 
     [LoggerMessage(EventId = 4, Level = LogLevel.Information, Message = "Cluster {Cluster}: epoch {Epoch} for members [{Members}]")]
     public static partial void EpochBumped(ILogger logger, string cluster, long epoch, string members);
+
+    [LoggerMessage(EventId = 5, Level = LogLevel.Warning, Message = "Node {Node} stays down in cluster {Cluster}, not taken out: {Reason}")]
+    public static partial void TakeOutRefused(ILogger logger, string node, string cluster, string reason);
 }

@@ -64,6 +64,9 @@ internal sealed record LockRecord(string Node, DateTimeOffset AcquiredAt)
 /// <summary>Why a member is stale: which gateway found it missing a write, in which epoch.</summary>
 internal sealed record StaleRecord(string By, long Epoch, DateTimeOffset At);
 
+/// <summary>When a member was first seen down (not live); see <see cref="EtcdCatalog.TakeOutAsync"/>.</summary>
+internal sealed record DownRecord(DateTimeOffset Since);
+
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
 [JsonSerializable(typeof(ClusterFormat))]
 [JsonSerializable(typeof(NodeInfo))]
@@ -72,6 +75,7 @@ internal sealed record StaleRecord(string By, long Epoch, DateTimeOffset At);
 [JsonSerializable(typeof(StaleRecord))]
 [JsonSerializable(typeof(RecoveryPause))]
 [JsonSerializable(typeof(Recovery.RecoveryProgress))]
+[JsonSerializable(typeof(DownRecord))]
 internal sealed partial class CatalogJson : JsonSerializerContext;
 
 /// <summary>
@@ -82,6 +86,7 @@ internal sealed partial class CatalogJson : JsonSerializerContext;
 /// nodes/&lt;id&gt;        NodeInfo, node's lease    gone when the node's lease runs out
 /// members/&lt;id&gt;      NodeInfo                  written at every join, kept while the node is down
 /// stale/&lt;id&gt;        StaleRecord               the member missed a write; never read from until resynced
+/// down/&lt;id&gt;         DownRecord                the member is not live since; gone when it joins or is taken out
 /// locks/&lt;volume&gt;    LockRecord, holder lease  gone with the holder's lease
 /// volumes           CatalogState              the volume registry, replaced by txn on its mod_revision
 /// recovery/paused   RecoveryPause             present while an operator has paused recovery
@@ -107,6 +112,10 @@ internal sealed class CatalogKeys(string cluster)
     public string Stale => Root + "stale/";
 
     public string StaleMark(string id) => Stale + id;
+
+    public string Down => Root + "down/";
+
+    public string DownMark(string id) => Down + id;
 
     public string Locks => Root + "locks/";
 

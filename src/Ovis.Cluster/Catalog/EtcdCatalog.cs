@@ -11,7 +11,7 @@ namespace Ovis.Cluster.Catalog;
 /// (nodes with leases), the epoch, and per-volume locks. Every change that must be atomic is one
 /// etcd transaction.
 /// </summary>
-public sealed class EtcdCatalog
+public sealed partial class EtcdCatalog
 {
     private const int MaxCasAttempts = 32;
     private readonly ILogger _logger;
@@ -75,10 +75,13 @@ public sealed class EtcdCatalog
     /// <summary>
     /// Joins the cluster: puts the node's key with a lease of <paramref name="ttlSeconds"/>, bumps
     /// the epoch in the same transaction, and keeps the lease alive until the registration is
-    /// disposed (a graceful leave) or the process dies (the key goes when the lease runs out).
+    /// disposed (a graceful leave) or the process dies (the key goes when the lease runs out). The
+    /// node's down record goes in the same transaction. With <paramref name="asMember"/> it joins
+    /// only as the member it was — a node that trusts its copies because it was one — and fails
+    /// with a <see cref="CatalogException"/> if it has been taken out meanwhile.
     /// </summary>
-    public Task<NodeRegistration> JoinAsync(NodeInfo node, long ttlSeconds = 10, CancellationToken cancellationToken = default) =>
-        NodeRegistration.JoinAsync(this, node, ttlSeconds, cancellationToken);
+    public Task<NodeRegistration> JoinAsync(NodeInfo node, long ttlSeconds = 10, bool asMember = false, CancellationToken cancellationToken = default) =>
+        NodeRegistration.JoinAsync(this, node, ttlSeconds, asMember, cancellationToken);
 
     /// <summary>The membership and epoch, read together at one revision.</summary>
     public async Task<MembershipView> ReadMembershipAsync(CancellationToken cancellationToken = default) =>

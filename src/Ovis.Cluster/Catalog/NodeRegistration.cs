@@ -42,7 +42,7 @@ public sealed class NodeRegistration : IAsyncDisposable
     /// <summary>Cancelled when the lease is lost: the node's key and its locks are gone.</summary>
     public CancellationToken Lost => _lost.Token;
 
-    internal static async Task<NodeRegistration> JoinAsync(EtcdCatalog catalog, NodeInfo node, long ttlSeconds,
+    internal static async Task<NodeRegistration> JoinAsync(EtcdCatalog catalog, NodeInfo node, long ttlSeconds, bool asMember,
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(node);
@@ -64,13 +64,17 @@ public sealed class NodeRegistration : IAsyncDisposable
                 var snapshot = await catalog.SnapshotAsync(cancellationToken).ConfigureAwait(false);
                 if (snapshot.View.Nodes.Any(n => n.Id == node.Id))
                     throw new CatalogException($"node '{node.Id}' is already a member of cluster '{catalog.Cluster}' (a live process holds its lease)");
+                // The epoch compare below keeps this true up to the join: taking a member out bumps it.
+                if (asMember && !snapshot.View.Members.Any(m => m.Id == node.Id))
+                    throw new CatalogException($"node '{node.Id}' was taken out of cluster '{catalog.Cluster}' while it started (down longer than the down-out interval): start it again to join as a new member");
                 // Members the epoch counts plus this one: a node whose lease ran out unnoticed is
                 // dropped by the next reconcile, which bumps the epoch again.
                 string[] members = [.. snapshot.View.Nodes.Select(n => n.Id).Append(node.Id).Order(StringComparer.Ordinal)];
                 var epoch = new EpochRecord(snapshot.Epoch.Epoch + 1, members);
                 var result = await client.TxnAsync(
                     [EtcdCompare.Absent(key), catalog.EpochUnchanged(snapshot)],
-                    [new EtcdOp.Put(key, value, lease.Id), new EtcdOp.Put(catalog.Keys.Member(node.Id), value), catalog.EpochPut(epoch)],
+                    [new EtcdOp.Put(key, value, lease.Id), new EtcdOp.Put(catalog.Keys.Member(node.Id), value),
+                     new EtcdOp.Delete(catalog.Keys.DownMark(node.Id)), catalog.EpochPut(epoch)],
                     cancellationToken: cancellationToken).ConfigureAwait(false);
                 if (result.Succeeded)
                 {

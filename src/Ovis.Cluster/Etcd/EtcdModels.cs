@@ -44,6 +44,9 @@ public sealed record EtcdCompare
     /// <summary>The key does not exist (its create revision is 0).</summary>
     public static EtcdCompare Absent(string key) => new(key, "CREATE", "EQUAL", "create_revision", "0");
 
+    /// <summary>The key exists (its create revision is not 0).</summary>
+    public static EtcdCompare Present(string key) => new(key, "CREATE", "GREATER", "create_revision", "0");
+
     /// <summary>The key was created at <paramref name="revision"/> (it is still the same incarnation).</summary>
     public static EtcdCompare CreatedAt(string key, long revision) => new(key, "CREATE", "EQUAL", "create_revision", Int(revision));
 

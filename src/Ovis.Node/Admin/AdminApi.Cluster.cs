@@ -50,7 +50,7 @@ public static partial class AdminApi
         var view = await membership.ReadMembershipAsync(cancellationToken);
         var runtime = services.GetService(typeof(ClusterRuntime)) as ClusterRuntime;
         return TypedResults.Ok(new ClusterInfo(format.Name, format.Copies, format.EffectiveMinCopies, view.Epoch, format.FormattedAt,
-            await MembersAsync(view, runtime), runtime?.Store.View.PlacementError));
+            await MembersAsync(membership, view, runtime, cancellationToken), runtime?.Store.View.PlacementError));
     }
 
     private static async Task<Ok<IReadOnlyList<MemberInfo>>> ListNodesAsync(ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
@@ -61,7 +61,7 @@ public static partial class AdminApi
         }
 
         var view = await membership.ReadMembershipAsync(cancellationToken);
-        return TypedResults.Ok(await MembersAsync(view, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime));
+        return TypedResults.Ok(await MembersAsync(membership, view, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime, cancellationToken));
     }
 
     /// <summary>
@@ -106,14 +106,27 @@ public static partial class AdminApi
         return TypedResults.Ok(new CheckReport(volume.Name, objects, differences, repaired));
     }
 
-    /// <summary>Every node that ever joined, up or down, with the space and objects each reports (asked in parallel).</summary>
-    private static async Task<IReadOnlyList<MemberInfo>> MembersAsync(MembershipView view, ClusterRuntime? runtime)
+    /// <summary>Every node that ever joined, up or down, with the space and objects each reports (asked in parallel),
+    /// and for a down one since when, and how long until it is taken out.</summary>
+    private static async Task<IReadOnlyList<MemberInfo>> MembersAsync(ClusterMembership membership, MembershipView view, ClusterRuntime? runtime,
+        CancellationToken cancellationToken)
     {
         var live = view.Nodes.Select(n => n.Id).ToHashSet(StringComparer.Ordinal);
         var members = view.Members.Count > 0 ? view.Members : view.Nodes;
         var stats = await Task.WhenAll(members.Select(async m =>
             live.Contains(m.Id) && runtime is not null ? await runtime.StatsAsync(m.Id) : null));
-        return [.. members.Select((m, i) => new MemberInfo(m.Id, m.Address, m.Zone, live.Contains(m.Id) ? "up" : "down",
-            view.Stale.Contains(m.Id, StringComparer.Ordinal), stats[i]?.UsedBytes, stats[i]?.ObjectCount))];
+        var downSince = members.Count > live.Count
+            ? await membership.Catalog!.ReadDownSinceAsync(cancellationToken)
+            : new Dictionary<string, DateTimeOffset>();
+        return [.. members.Select((m, i) =>
+        {
+            DateTimeOffset? since = !live.Contains(m.Id) && downSince.TryGetValue(m.Id, out var at) ? at : null;
+            return new MemberInfo(m.Id, m.Address, m.Zone, live.Contains(m.Id) ? "up" : "down",
+                view.Stale.Contains(m.Id, StringComparer.Ordinal), stats[i]?.UsedBytes, stats[i]?.ObjectCount)
+            {
+                DownSince = since,
+                OutIn = since is { } s ? runtime?.DownOut?.SecondsUntilOut(view, m.Id, s) : null,
+            };
+        })];
     }
 }

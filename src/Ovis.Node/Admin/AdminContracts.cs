@@ -82,7 +82,15 @@ public sealed record NodeListeners(IReadOnlyList<string> Nbd, IReadOnlyList<stri
 /// its lease lives, <c>down</c> after; <paramref name="Stale"/> when its copies missed writes (no reads
 /// come from it); <paramref name="UsedBytes"/> and <paramref name="Objects"/> as the node itself
 /// reports them, null when it did not answer.</summary>
-public sealed record MemberInfo(string Id, string Address, string Zone, string State, bool Stale, long? UsedBytes, long? Objects);
+public sealed record MemberInfo(string Id, string Address, string Zone, string State, bool Stale, long? UsedBytes, long? Objects)
+{
+    /// <summary>When a down member was first seen down; null while it is up (or not yet recorded).</summary>
+    public DateTimeOffset? DownSince { get; init; }
+
+    /// <summary>Seconds until a down member is taken out of the cluster (0 when due); null when it
+    /// never will be: the node runs with <c>--down-out-interval 0</c>, or too few zones would remain.</summary>
+    public long? OutIn { get; init; }
+}
 
 /// <summary>Answer of <c>GET /api/v1/cluster</c>. <paramref name="PlacementError"/> says why objects cannot
 /// be placed (fewer zones than copies); null when they can.</summary>
