@@ -15,6 +15,9 @@ namespace Ovis.Node;
 internal sealed partial class IdleVolumeRecovery : IAsyncDisposable
 {
     private static readonly TimeSpan Slice = TimeSpan.FromSeconds(5);
+    // After a slice, a volume is left alone this long: a client waiting to open it gets in first.
+    private static readonly TimeSpan Pause = TimeSpan.FromSeconds(2);
+    private readonly Dictionary<string, DateTime> _notBefore = new(StringComparer.Ordinal);
     private readonly ClusterRuntime _runtime;
     private readonly VolumeLocks _locks;
     private readonly NodeVolumes _volumes;
@@ -65,13 +68,18 @@ internal sealed partial class IdleVolumeRecovery : IAsyncDisposable
             return;
         foreach (var volume in manager.List().Where(v => !v.IsSnapshot))
         {
+            if (_notBefore.TryGetValue(volume.Name, out DateTime notBefore) && DateTime.UtcNow < notBefore)
+                continue;
             if (recovery.Layout(volume.Name) is not { } layout || !await NeedsWorkAsync(volume.Name, layout, view, cancellationToken).ConfigureAwait(false))
                 continue;
-            await using VolumeLocks.IShare? share = await _locks.TryAcquireForRecoveryAsync(volume.Name).ConfigureAwait(false);
-            if (share is null || recovery.Find(volume.Name) is not { } maintenance)
-                continue;
-            LogRecovering(_logger, volume.Name);
-            await maintenance.SettledAsync(Slice, cancellationToken).ConfigureAwait(false);
+            await using (VolumeLocks.IShare? share = await _locks.TryAcquireForRecoveryAsync(volume.Name).ConfigureAwait(false))
+            {
+                if (share is null || recovery.Find(volume.Name) is not { } maintenance)
+                    continue;
+                LogRecovering(_logger, volume.Name);
+                await maintenance.SettledAsync(Slice, cancellationToken).ConfigureAwait(false);
+            }
+            _notBefore[volume.Name] = DateTime.UtcNow + Pause;
         }
     }
 

@@ -38,7 +38,7 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
             // Only a recovering holder gets here (a serving one throws): wait for it to let go.
             if (DateTime.UtcNow > deadline)
                 throw Refused(volume, await catalog.GetVolumeLockHolderAsync(volume).ConfigureAwait(false));
-            await Task.Delay(TimeSpan.FromMilliseconds(250)).ConfigureAwait(false);
+            await Task.Delay(TimeSpan.FromMilliseconds(50)).ConfigureAwait(false);
         }
     }
 
@@ -72,8 +72,9 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
                 if (forRecovery)
                     return null;
                 string? other = await catalog.GetVolumeLockHolderAsync(volume).ConfigureAwait(false);
-                // Released meanwhile, or held by a recovery that lets go soon: the caller tries again.
-                if (other is null || await catalog.IsLockedForRecoveryAsync(volume).ConfigureAwait(false))
+                // Released meanwhile, being released by this very node (its last connection just
+                // closed), or held by a recovery that lets go soon: the caller tries again.
+                if (other is null || other == holder.Node.Id || await catalog.IsLockedForRecoveryAsync(volume).ConfigureAwait(false))
                     return null;
                 throw Refused(volume, other);
             }

@@ -81,7 +81,8 @@ public sealed class ClusterRecoveryTests(EtcdCluster etcd, ITestOutputHelper out
     [Fact]
     public async Task A_node_killed_during_fio_verify_is_replaced_after_the_grace_period_and_every_object_has_its_copies_again()
     {
-        await using var nodes = await StartCluster(copies: 2, nodes: 3, extra: ["--down-out-interval", "2"]);
+        // Two copies, and a write needs one while a node is down: every write goes on when node c dies.
+        await using var nodes = await StartCluster(copies: 2, nodes: 3, minCopies: 1, extra: ["--down-out-interval", "2"]);
         await Create(nodes[0], "f", "64M");
         var fio = Run("fio", ["--ioengine=nbd", $"--uri={nodes[0].NbdUri("f")}", "--name=kill", "--rw=randwrite", "--bs=4k",
             "--size=64M", "--iodepth=16", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json"],

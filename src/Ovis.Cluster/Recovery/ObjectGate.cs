@@ -114,8 +114,20 @@ public sealed class ObjectGate
 
     private async Task<bool> ThenAsync(PendingObject other, ObjectId id, Func<ObjectId, Task<bool>> work)
     {
-        await other.RunAsync(this).ConfigureAwait(false);
-        return await RunExclusiveAsync(id, work).ConfigureAwait(false);
+        // Work that failed stays queued; this run gives up rather than spin on it.
+        return await other.RunAsync(this).ConfigureAwait(false) && await RunExclusiveAsync(id, work).ConfigureAwait(false);
+    }
+
+    /// <summary>Drops the queued work of the objects <paramref name="match"/> picks (work already
+    /// running finishes): their volume's recovery stopped, and whoever recovers it next queues
+    /// what it needs again.</summary>
+    public void Forget(Func<ObjectId, bool> match)
+    {
+        foreach (var (id, pending) in _pending)
+        {
+            if (match(id) && !pending.Started)
+                _pending.TryRemove(new KeyValuePair<ObjectId, PendingObject>(id, pending));
+        }
     }
 
     /// <summary>Objects with work queued, for a background pass to take in turn.</summary>
@@ -142,6 +154,15 @@ public sealed class ObjectGate
         private readonly Lock _lock = new();
         private Task<bool>? _running;
 
+        public bool Started
+        {
+            get
+            {
+                lock (_lock)
+                    return _running is not null;
+            }
+        }
+
         public Task<bool> RunAsync(ObjectGate gate)
         {
             lock (_lock)
@@ -151,13 +172,21 @@ public sealed class ObjectGate
         private async Task<bool> RunOnceAsync(ObjectGate gate)
         {
             bool ok = false;
+            bool cancelled = false;
             try
             {
                 await gate.WaitForClientsAsync(id).ConfigureAwait(false);
                 ok = await work(id).ConfigureAwait(false);
                 return ok;
             }
-#pragma warning disable CA1031 // Whatever stopped the work (recovery cancelled, a node gone): the object stays queued.
+            catch (OperationCanceledException)
+            {
+                // The recovery that queued it stopped (its volume closed, its lock lost): whoever
+                // recovers the volume next queues what it needs again.
+                cancelled = true;
+                return false;
+            }
+#pragma warning disable CA1031 // Whatever else stopped the work (a node gone): the object stays queued.
             catch (Exception)
 #pragma warning restore CA1031
             {
@@ -166,7 +195,7 @@ public sealed class ObjectGate
             finally
             {
                 // Failed work stays queued, with a fresh start for whoever tries next.
-                if (ok)
+                if (ok || cancelled)
                     gate._pending.TryRemove(new KeyValuePair<ObjectId, PendingObject>(id, this));
                 else
                     gate._pending.TryUpdate(id, new PendingObject(id, work), this);

@@ -58,7 +58,9 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
 
         var sums = new Dictionary<int, BlockSum[]?>();
         foreach (int n in holders.Where(n => view.Live[n]))
+        {
             sums[n] = await SumsAsync(view, n, id, blocks, verify).ConfigureAwait(false);
+        }
 
         int source = -1;
         foreach (int n in SourceOrder(view, id, holders, before))

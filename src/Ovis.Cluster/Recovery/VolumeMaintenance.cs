@@ -35,6 +35,8 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     private readonly SemaphoreSlim _wake = new(0, int.MaxValue);
     private Task _run = Task.CompletedTask;
     private CancellationTokenRegistration _lostRegistration;
+    // The stop token, read once: work queued by this recovery may still run after it is disposed.
+    private readonly CancellationToken _stopping;
     private long _scrubNext;
     private RecoveryBaseline? _baseline;
     private volatile bool _baselineRead;
@@ -54,6 +56,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         _pause = pause;
         _scrubEvery = scrubEvery;
         _logger = logger;
+        _stopping = _stop.Token;
     }
 
     /// <summary>
@@ -91,7 +94,20 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     {
         if (_baselineRead)
             QueueChanged(view);
-        _wake.Release();
+        Wake();
+    }
+
+    /// <summary>Something changed: look again now rather than at the next tick.</summary>
+    public void Wake()
+    {
+        try
+        {
+            _wake.Release();
+        }
+        catch (ObjectDisposedException)
+        {
+            // Stopped meanwhile: nothing to wake.
+        }
     }
 
     /// <summary>Queues the objects whose copies are not known complete in <paramref name="view"/>:
@@ -206,7 +222,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         _baseline = next;
         _before = null;
         LogBaseline(_logger, _volume, string.Join(",", members), string.Join(",", synced));
-        _wake.Release(); // one more round to see it settled
+        Wake(); // one more round to see it settled
     }
 
     /// <summary>Whether the copies are not known complete in <paramref name="view"/>: no baseline
@@ -246,7 +262,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     public async Task SettledAsync(TimeSpan atMost, CancellationToken cancellationToken)
     {
         _settled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _wake.Release();
+        Wake();
         await Task.WhenAny(_settled.Task, Task.Delay(atMost, cancellationToken)).ConfigureAwait(false);
     }
 
@@ -277,12 +293,22 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         long objectSize = _layout()?.ObjectSize ?? 0;
         if (objectSize == 0)
             return true; // the volume is gone
-        ReconcileResult result = await _reconciler.ReconcileAsync(id, objectSize, reason == ReconcileReason.Move ? _before : null,
-            reason, throttled: false, _stop.Token).ConfigureAwait(false);
-        await RecordAsync(id, result).ConfigureAwait(false);
-        if (result != ReconcileResult.Failed)
-            _counters.Done(1);
-        return result != ReconcileResult.Failed;
+        try
+        {
+            ReconcileResult result = await _reconciler.ReconcileAsync(id, objectSize, reason == ReconcileReason.Move ? _before : null,
+                reason, throttled: false, _stopping).ConfigureAwait(false);
+            await RecordAsync(id, result).ConfigureAwait(false);
+            if (result != ReconcileResult.Failed)
+                _counters.Done(1);
+            return result != ReconcileResult.Failed;
+        }
+#pragma warning disable CA1031 // A node gone mid-copy, etcd away: the object stays queued and is tried again.
+        catch (Exception ex) when (ex is not OperationCanceledException)
+#pragma warning restore CA1031
+        {
+            LogWorkFailed(_logger, id.ToString(), ex);
+            return false;
+        }
     }
 
     /// <summary>What the log must say after an object was reconciled: nothing differs when every
@@ -336,6 +362,8 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         await _lostRegistration.DisposeAsync().ConfigureAwait(false);
         await _stop.CancelAsync().ConfigureAwait(false);
         await _run.ConfigureAwait(false);
+        if (_layout() is { } layout)
+            _store.Gate.Forget(layout.Contains);
         _stop.Dispose();
         _wake.Dispose();
     }
@@ -348,6 +376,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
 
     [LoggerMessage(EventId = 66, Level = LogLevel.Information, Message = "Volume {Volume}: copies complete over members [{Members}], synced [{Synced}]")]
     private static partial void LogBaseline(ILogger logger, string volume, string members, string synced);
+
+    [LoggerMessage(EventId = 68, Level = LogLevel.Warning, Message = "Object {Object}: recovery failed; it stays queued")]
+    private static partial void LogWorkFailed(ILogger logger, string @object, Exception exception);
 
     [LoggerMessage(EventId = 67, Level = LogLevel.Warning, Message = "Volume {Volume}: recovery round failed; retrying")]
     private static partial void LogPassFailed(ILogger logger, string volume, Exception exception);

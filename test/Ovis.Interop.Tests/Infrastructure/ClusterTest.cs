@@ -17,11 +17,12 @@ public abstract class ClusterTest(EtcdCluster etcd, ITestOutputHelper output) : 
 
     protected string ClusterUri(string name) => $"etcd://{etcd.ClientUrl["http://".Length..]}/{name}";
 
-    protected async Task<string> Format(int copies)
+    protected async Task<string> Format(int copies, int minCopies = 0)
     {
         var name = EtcdCluster.NewPrefix("d");
+        string[] min = minCopies > 0 ? ["--min-copies", minCopies.ToString(CultureInfo.InvariantCulture)] : [];
         var r = await Run(OvisDaemon.DotnetHost, [OvisDaemon.OvisDll, "cluster", "format", "--copies",
-            copies.ToString(CultureInfo.InvariantCulture), "--etcd", ClusterUri(name)], OvisDaemon.CliTimeout);
+            copies.ToString(CultureInfo.InvariantCulture), .. min, "--etcd", ClusterUri(name)], OvisDaemon.CliTimeout);
         Assert.True(r.Succeeded, r.Describe());
         return name;
     }
@@ -30,9 +31,9 @@ public abstract class ClusterTest(EtcdCluster etcd, ITestOutputHelper output) : 
         ["--cluster", ClusterUri(cluster), "--zone", zone, "--node-id", $"n-{zone}", "--lease-ttl", $"{LeaseTtl}", .. extra];
 
     /// <summary>A formatted cluster with one node per zone, all up before it returns.</summary>
-    protected async Task<ClusterNodes> StartCluster(int copies, int nodes = 3, params string[] extra)
+    protected async Task<ClusterNodes> StartCluster(int copies, int nodes = 3, int minCopies = 0, params string[] extra)
     {
-        var name = await Format(copies);
+        var name = await Format(copies, minCopies);
         var started = new ClusterNodes(name);
         try
         {
