@@ -19,11 +19,11 @@ public sealed class ObjectGateTests
             Interlocked.Increment(ref runs);
             await Task.Delay(50);
             return true;
-        }));
-        Assert.False(gate.Queue(id, _ => Task.FromResult(true)));
+        }, urgentForReads: true));
+        Assert.False(gate.Queue(id, _ => Task.FromResult(true), urgentForReads: true));
 
         // Nobody called RunAsync: the clients start the work themselves, and share it.
-        var clients = Enumerable.Range(0, 8).Select(_ => gate.EnterAsync(id).AsTask()).ToArray();
+        var clients = Enumerable.Range(0, 8).Select(_ => gate.EnterAsync(id, forWrite: false).AsTask()).ToArray();
         Assert.All(await Task.WhenAll(clients).WaitAsync(T), Assert.True);
         Assert.Equal(1, runs);
         Assert.False(gate.IsPending(id));
@@ -32,7 +32,7 @@ public sealed class ObjectGateTests
 
         // Another object is not held up at all: entered synchronously.
 #pragma warning disable CA2012 // Consumed once, here: only whether it completed at once is looked at.
-        Assert.True(gate.EnterAsync(new ObjectId(1, 2)).IsCompletedSuccessfully);
+        Assert.True(gate.EnterAsync(new ObjectId(1, 2), forWrite: false).IsCompletedSuccessfully);
 #pragma warning restore CA2012
         gate.Leave(new ObjectId(1, 2));
     }
@@ -42,14 +42,14 @@ public sealed class ObjectGateTests
     {
         var gate = new ObjectGate();
         var id = new ObjectId(2, 0);
-        Assert.True(await gate.EnterAsync(id));
+        Assert.True(await gate.EnterAsync(id, forWrite: false));
         bool clientInside = true;
         bool sawClient = false;
         gate.Queue(id, _ =>
         {
             sawClient = Volatile.Read(ref clientInside);
             return Task.FromResult(false);
-        });
+        }, urgentForReads: true);
         var work = gate.RunAsync(id);
         await Task.Delay(100);
         Assert.False(work.IsCompleted); // the request inside holds it off
@@ -59,7 +59,43 @@ public sealed class ObjectGateTests
         Assert.False(sawClient);
 
         Assert.True(gate.IsPending(id));
-        Assert.False(await gate.EnterAsync(id).AsTask().WaitAsync(T));
+        Assert.False(await gate.EnterAsync(id, forWrite: false).AsTask().WaitAsync(T));
+    }
+
+    [Fact]
+    public async Task Queued_work_not_urgent_for_reads_lets_requests_in_and_waits_for_them()
+    {
+        var gate = new ObjectGate();
+        var id = new ObjectId(4, 0);
+        int runs = 0;
+        gate.Queue(id, _ =>
+        {
+            Interlocked.Increment(ref runs);
+            return Task.FromResult(true);
+        }, urgentForReads: false);
+
+        // A read and a write go in without running it (a read uses only current copies; a write
+        // reaches every copy, so the later copy loses nothing)...
+        Assert.True(await gate.EnterAsync(id, forWrite: false));
+        Assert.True(await gate.EnterAsync(id, forWrite: true));
+        Assert.Equal(0, runs);
+        // ...and the work, once started, waits for both to leave.
+        var work = gate.RunAsync(id);
+        await Task.Delay(100);
+        Assert.False(work.IsCompleted);
+        gate.Leave(id);
+        gate.Leave(id);
+        Assert.True(await work.WaitAsync(T));
+        Assert.Equal(1, runs);
+
+        // A write never starts queued work, even urgent work; a read does.
+        gate.Queue(id, _ => Task.FromResult(true), urgentForReads: true);
+        Assert.True(await gate.EnterAsync(id, forWrite: true));
+        Assert.True(gate.IsPending(id));
+        gate.Leave(id);
+        Assert.True(await gate.EnterAsync(id, forWrite: false).AsTask().WaitAsync(T));
+        Assert.False(gate.IsPending(id));
+        gate.Leave(id);
     }
 
     [Fact]
@@ -68,7 +104,7 @@ public sealed class ObjectGateTests
         var gate = new ObjectGate();
         var id = new ObjectId(3, 0);
         gate.Shut();
-        var entering = gate.EnterAsync(id).AsTask();
+        var entering = gate.EnterAsync(id, forWrite: false).AsTask();
         await Task.Delay(50);
         Assert.False(entering.IsCompleted);
         gate.Open();

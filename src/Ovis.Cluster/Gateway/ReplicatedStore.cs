@@ -127,7 +127,7 @@ public sealed partial class ReplicatedStore : IObjectStore
     /// recovery work (if any) and its mark in the dirty-region log.</summary>
     private async ValueTask<StoreStatus> MutateAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
     {
-        if (!await Gate.EnterAsync(id).ConfigureAwait(false))
+        if (!await Gate.EnterAsync(id, forWrite: true).ConfigureAwait(false))
             return StoreStatus.IoError;
         try
         {
@@ -293,7 +293,7 @@ public sealed partial class ReplicatedStore : IObjectStore
     /// and never beside it. Synchronous all the way when nothing waits.</summary>
     private ValueTask<StoreStatus> Inside<TOp>(ObjectId id, TOp op, Func<ReplicatedStore, ObjectId, TOp, ValueTask<StoreStatus>> request)
     {
-        ValueTask<bool> entered = Gate.EnterAsync(id);
+        ValueTask<bool> entered = Gate.EnterAsync(id, forWrite: false);
         if (!entered.IsCompletedSuccessfully)
             return InsideAsync(entered, id, op, request);
         if (!entered.Result)

@@ -24,11 +24,16 @@ public sealed class ObjectGate
 
     public bool IsPending(ObjectId id) => _pending.ContainsKey(id);
 
-    /// <summary>Enters <paramref name="id"/> for one client request; when the object has recovery
-    /// work pending the request runs it (or waits for it) first. False when that work failed: the
+    /// <summary>
+    /// Enters <paramref name="id"/> for one client request. Work running on the object is waited
+    /// for. Work only queued is run first (or waited for) by a read when the work is urgent for
+    /// reads — some copy a read may use may not be right yet; otherwise the request goes on, and
+    /// the work waits for it: a write reaches every copy, the source included, so copying later
+    /// loses nothing, and a read uses only current copies. False when the work failed: the
     /// request must fail too, as no copy is known to be right. Call <see cref="Leave"/> after a
-    /// true result.</summary>
-    public ValueTask<bool> EnterAsync(ObjectId id)
+    /// true result.
+    /// </summary>
+    public ValueTask<bool> EnterAsync(ObjectId id, bool forWrite)
     {
         ref int stripe = ref _inside[StripeOf(id)];
         Interlocked.Increment(ref stripe);
@@ -36,18 +41,19 @@ public sealed class ObjectGate
         if (Volatile.Read(ref _held) is { } held)
         {
             Interlocked.Decrement(ref stripe);
-            return EnterAfterHoldAsync(id, held.Task);
+            return EnterAfterHoldAsync(id, held.Task, forWrite);
         }
-        if (_pending.IsEmpty || !_pending.TryGetValue(id, out PendingObject? pending))
+        if (_pending.IsEmpty || !_pending.TryGetValue(id, out PendingObject? pending)
+            || (!pending.Started && (forWrite || !pending.UrgentForReads)))
             return new(true);
         Interlocked.Decrement(ref stripe);
-        return EnterAfterWorkAsync(id, pending);
+        return EnterAfterWorkAsync(id, pending, forWrite);
     }
 
-    private async ValueTask<bool> EnterAfterHoldAsync(ObjectId id, Task held)
+    private async ValueTask<bool> EnterAfterHoldAsync(ObjectId id, Task held, bool forWrite)
     {
         await held.ConfigureAwait(false);
-        return await EnterAsync(id).ConfigureAwait(false);
+        return await EnterAsync(id, forWrite).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -72,14 +78,15 @@ public sealed class ObjectGate
         held?.SetResult();
     }
 
-    private async ValueTask<bool> EnterAfterWorkAsync(ObjectId id, PendingObject pending)
+    private async ValueTask<bool> EnterAfterWorkAsync(ObjectId id, PendingObject pending, bool forWrite)
     {
         while (true)
         {
+            // Running work is waited for; queued work is run now (the caller needs it done).
             if (!await pending.RunAsync(this).ConfigureAwait(false))
                 return false;
             Interlocked.Increment(ref _inside[StripeOf(id)]);
-            if (!_pending.TryGetValue(id, out PendingObject? next))
+            if (!_pending.TryGetValue(id, out PendingObject? next) || (!next.Started && (forWrite || !next.UrgentForReads)))
                 return true;
             Interlocked.Decrement(ref _inside[StripeOf(id)]);
             pending = next;
@@ -90,7 +97,16 @@ public sealed class ObjectGate
 
     /// <summary>Queues <paramref name="work"/> for <paramref name="id"/> unless work is queued for it
     /// already; it runs when a client touches the object or <see cref="RunAsync"/> is called.</summary>
-    public bool Queue(ObjectId id, Func<ObjectId, Task<bool>> work) => _pending.TryAdd(id, new PendingObject(id, work));
+    /// <param name="urgentForReads">A read of the object must wait for the work (a copy reads may use is not right yet).</param>
+    public bool Queue(ObjectId id, Func<ObjectId, Task<bool>> work, bool urgentForReads)
+    {
+        if (_pending.TryAdd(id, new PendingObject(id, work, urgentForReads)))
+            return true;
+        // Already queued: urgency only ever grows.
+        if (urgentForReads && _pending.TryGetValue(id, out PendingObject? queued))
+            queued.UrgentForReads = true;
+        return false;
+    }
 
     /// <summary>Runs the queued work of <paramref name="id"/> now (once, however many callers);
     /// true when there was none or it succeeded.</summary>
@@ -101,7 +117,7 @@ public sealed class ObjectGate
     /// other work, so clients wait for it.</summary>
     public Task<bool> RunExclusiveAsync(ObjectId id, Func<ObjectId, Task<bool>> work)
     {
-        var mine = new PendingObject(id, work);
+        var mine = new PendingObject(id, work, urgentForReads: true);
         while (true)
         {
             if (_pending.TryAdd(id, mine))
@@ -149,8 +165,16 @@ public sealed class ObjectGate
 
     private static int StripeOf(ObjectId id) => (int)(PlacementHash.Mix(id.Packed) & (Stripes - 1));
 
-    private sealed class PendingObject(ObjectId id, Func<ObjectId, Task<bool>> work)
+    private sealed class PendingObject(ObjectId id, Func<ObjectId, Task<bool>> work, bool urgentForReads)
     {
+        private volatile bool _urgentForReads = urgentForReads;
+
+        public bool UrgentForReads
+        {
+            get => _urgentForReads;
+            set => _urgentForReads = value;
+        }
+
         private readonly Lock _lock = new();
         private Task<bool>? _running;
 
@@ -198,7 +222,7 @@ public sealed class ObjectGate
                 if (ok || cancelled)
                     gate._pending.TryRemove(new KeyValuePair<ObjectId, PendingObject>(id, this));
                 else
-                    gate._pending.TryUpdate(id, new PendingObject(id, work), this);
+                    gate._pending.TryUpdate(id, new PendingObject(id, work, UrgentForReads), this);
             }
         }
     }

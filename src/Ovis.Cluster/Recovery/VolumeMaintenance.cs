@@ -75,8 +75,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         if (_store.DirtyLog is { } log)
         {
             IReadOnlyList<ObjectId> inherited = await log.AdoptAsync(layout.Chain, cancellationToken).ConfigureAwait(false);
+            // A predecessor's half-done writes: copies a read may use may differ.
             foreach (ObjectId id in inherited)
-                Queue(id, ReconcileReason.Resync);
+                Queue(id, ReconcileReason.Resync, urgentForReads: true);
             if (inherited.Count > 0)
                 LogInherited(_logger, _volume, inherited.Count);
         }
@@ -120,7 +121,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         if (_baseline is not { } baseline)
         {
             _before = null;
-            QueueAll(layout, _ => true);
+            QueueAll(layout, _ => Need.Urgent);
             return;
         }
         bool membersChanged = !SameMembers(baseline, placement);
@@ -134,23 +135,36 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         QueueAll(layout, id =>
         {
             placement.ChooseIndexes(id.Packed, now);
+            if (before is not null)
+            {
+                var then = before.Choose(id.Packed, view.Copies);
+                // A holder new to the object may be read from (it is not stale): reads wait for it.
+                if (!now.All(n => then.Any(t => t.Id == view.Replicas[n].NodeId)))
+                    return Need.Urgent;
+            }
             if (now.Any(unsynced.Contains))
-                return true;
-            if (before is null)
-                return false;
-            var then = before.Choose(id.Packed, view.Copies);
-            return !now.All(n => then.Any(t => t.Id == view.Replicas[n].NodeId));
+                return now.Any(n => unsynced.Contains(n) && !view.Stale[n]) ? Need.Urgent : Need.Background;
+            return Need.None;
         });
     }
 
-    private void QueueAll(VolumeLayout layout, Func<ObjectId, bool> moved)
+    /// <summary>Whether an object needs work, and whether reads must wait for it.</summary>
+    private enum Need
+    {
+        None,
+        Background,
+        Urgent,
+    }
+
+    private void QueueAll(VolumeLayout layout, Func<ObjectId, Need> need)
     {
         int queued = 0;
         foreach (ObjectId id in layout.Objects())
         {
-            if (moved(id))
+            Need n = need(id);
+            if (n != Need.None)
             {
-                Queue(id, ReconcileReason.Move);
+                Queue(id, ReconcileReason.Move, urgentForReads: n == Need.Urgent);
                 queued++;
             }
         }
@@ -203,7 +217,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
             return;
         // A node that missed writes is back (or never left): the log names every object a copy may lack.
         foreach (ObjectId id in LoggedWithAllHoldersUp(layout, view))
-            Queue(id, ReconcileReason.Resync);
+            Queue(id, ReconcileReason.Resync, urgentForReads: false);
         bool allDone = await DrainAsync(layout, cancellationToken).ConfigureAwait(false);
         bool changed = NeedsFullPass(_baseline, view);
         if (!ReferenceEquals(view, _store.View) || !allDone)
@@ -282,9 +296,10 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         return allDone && !_store.Gate.Pending().Any(layout.Contains);
     }
 
-    private void Queue(ObjectId id, ReconcileReason reason)
+    /// <param name="urgentForReads">Some copy a read may use may not be right before the work is done.</param>
+    private void Queue(ObjectId id, ReconcileReason reason, bool urgentForReads)
     {
-        if (_store.Gate.Queue(id, o => WorkAsync(o, reason)))
+        if (_store.Gate.Queue(id, o => WorkAsync(o, reason), urgentForReads))
             _counters.Queued(1);
     }
 
@@ -295,8 +310,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
             return true; // the volume is gone
         try
         {
-            ReconcileResult result = await _reconciler.ReconcileAsync(id, objectSize, reason == ReconcileReason.Move ? _before : null,
-                reason, throttled: false, _stopping).ConfigureAwait(false);
+            // Whatever queued it, after a membership change only a holder from before the change
+            // has the object for sure: a new holder may have nothing yet.
+            ReconcileResult result = await _reconciler.ReconcileAsync(id, objectSize, _before, reason, throttled: false, _stopping).ConfigureAwait(false);
             await RecordAsync(id, result).ConfigureAwait(false);
             if (result != ReconcileResult.Failed)
                 _counters.Done(1);
@@ -337,7 +353,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         ReconcileResult result = ReconcileResult.Failed;
         await _store.Gate.RunExclusiveAsync(id, async o =>
         {
-            result = await _reconciler.ReconcileAsync(o, objectSize, null, ReconcileReason.Scrub, throttled: true, cancellationToken).ConfigureAwait(false);
+            result = await _reconciler.ReconcileAsync(o, objectSize, _before, ReconcileReason.Scrub, throttled: true, cancellationToken).ConfigureAwait(false);
             return true;
         }).ConfigureAwait(false);
         _counters.Scrubbed(1);
