@@ -102,7 +102,7 @@ public sealed class ClusterRecoveryTests(EtcdCluster etcd, ITestOutputHelper out
         await Eventually(() => CheckClean(nodes[1], "f"), RecoveryTimeout, "every object has both copies, equal");
         var counts = (await Json(nodes[0], "node", "list")).EnumerateArray().Select(n => n.GetProperty("objects").GetInt64()).ToArray();
         Assert.True(counts.All(c => c == 16), $"objects per node (2 copies of 16 on 2 nodes): {string.Join(", ", counts)}");
-        Assert.True(await Counter(nodes[0], "bytesMoved") > 0);
+        await Eventually(async () => await Counter(nodes[0], "bytesMoved") > 0, LeaseMargin, "the moved bytes are counted");
 
         r = await Run("fio", ["--ioengine=nbd", $"--uri={nodes[1].NbdUri("f")}", "--name=kill", "--rw=randwrite", "--bs=4k",
             "--size=64M", "--iodepth=16", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--verify_only=1"], TimeSpan.FromMinutes(5));

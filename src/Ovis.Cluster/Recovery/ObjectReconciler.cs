@@ -101,7 +101,9 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
                 continue;
             }
             written.Add(n);
-            if (reason == ReconcileReason.Move)
+            // Bytes to a holder new to the object since the membership change moved; bytes to one
+            // that held it before (and missed writes, or differs) resynced.
+            if (before is not null && !before.Choose(id.Packed, view.Copies).Any(c => c.Id == view.Replicas[n].NodeId))
                 counters.Moved(bytes);
             else
                 counters.Resynced(bytes);
