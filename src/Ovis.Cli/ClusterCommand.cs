@@ -167,34 +167,51 @@ internal static class ClusterCommand
     private static Command CheckCommand()
     {
         var client = new ClientOptions();
-        var volume = new Argument<string>("VOLUME") { Description = "The volume (or NAME@TAG snapshot) whose copies to compare" };
-        var repair = new Option<bool>("--repair") { Description = "Rewrite each copy that differs from a current one (the volume must not be open)" };
-        var check = new Command("check", "Compare every copy of every object of a volume; exit 1 when any differs or cannot be read (and was not repaired)") { volume, repair };
+        var volume = new Argument<string?>("VOLUME")
+        {
+            Description = "The volume (or NAME@TAG snapshot) whose copies to compare [default: every volume]",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        var repair = new Option<bool>("--repair") { Description = "Bring each copy that differs back from a good one, through the node serving the volume (or this one)" };
+        var check = new Command("check", "Compare every copy of every object of a volume, or of every volume; exit 1 when any differs or cannot be read (and was not repaired)") { volume, repair };
         client.AddTo(check);
         check.SetAction(async (parseResult, cancellationToken) =>
         {
             using var admin = client.CreateClient(parseResult);
-            var report = await admin.CheckVolumeAsync(parseResult.GetRequiredValue(volume), parseResult.GetValue(repair), cancellationToken);
+            var names = parseResult.GetValue(volume) is { } one
+                ? [one]
+                : (await admin.ListVolumesAsync(cancellationToken)).Where(v => !v.IsSnapshot).Select(v => v.Name).ToList();
+            var reports = new List<CheckReport>();
+            foreach (var name in names)
+            {
+                reports.Add(await admin.CheckVolumeAsync(name, parseResult.GetValue(repair), cancellationToken));
+            }
+
             if (client.WantsJson(parseResult))
             {
-                ConsoleOutput.Stdout.Json(report);
+                if (parseResult.GetValue(volume) is null)
+                {
+                    ConsoleOutput.Stdout.Json(reports);
+                }
+                else
+                {
+                    ConsoleOutput.Stdout.Json(reports[0]);
+                }
             }
             else
             {
-                foreach (var d in report.Differences)
+                foreach (var report in reports)
                 {
-                    ConsoleOutput.Stdout.Line($"object {d.ObjectId}: copy on {d.Node}: {d.Reason}");
-                }
+                    foreach (var d in report.Differences.Concat(report.Repaired))
+                    {
+                        ConsoleOutput.Stdout.Line($"object {d.ObjectId}: copy on {d.Node}: {d.Reason}");
+                    }
 
-                foreach (var d in report.Repaired)
-                {
-                    ConsoleOutput.Stdout.Line($"object {d.ObjectId}: copy on {d.Node}: {d.Reason}");
+                    ConsoleOutput.Stdout.Line($"{report.Volume}: {report.Objects} objects checked, {report.Differences.Count} cop{(report.Differences.Count == 1 ? "y differs" : "ies differ")}");
                 }
-
-                ConsoleOutput.Stdout.Line($"{report.Volume}: {report.Objects} objects checked, {report.Differences.Count} cop{(report.Differences.Count == 1 ? "y differs" : "ies differ")}");
             }
 
-            return report.Differences.Count == report.Repaired.Count ? ExitCodes.Success : ExitCodes.Refused;
+            return reports.All(r => r.Differences.Count == r.Repaired.Count) ? ExitCodes.Success : ExitCodes.Refused;
         });
         return check;
     }

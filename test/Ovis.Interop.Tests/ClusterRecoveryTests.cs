@@ -76,6 +76,11 @@ public sealed class ClusterRecoveryTests(EtcdCluster etcd, ITestOutputHelper out
         {
             await QemuIoReadOnly(d.NbdUri("g"), "read -P 0x44 0 16M");
         }
+
+        // Without a volume named, the check covers every volume.
+        var all = await nodes[2].Cli("cluster", "check");
+        Assert.True(all.Succeeded, all.Describe());
+        Assert.Contains("g: 16 objects checked, 0 copies differ", all.Stdout, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -137,13 +137,16 @@ public sealed class ObjectGate
     /// <summary>Drops the queued work of the objects <paramref name="match"/> picks (work already
     /// running finishes): their volume's recovery stopped, and whoever recovers it next queues
     /// what it needs again.</summary>
-    public void Forget(Func<ObjectId, bool> match)
+    /// <returns>How many were dropped.</returns>
+    public int Forget(Func<ObjectId, bool> match)
     {
+        int dropped = 0;
         foreach (var (id, pending) in _pending)
         {
-            if (match(id) && !pending.Started)
-                _pending.TryRemove(new KeyValuePair<ObjectId, PendingObject>(id, pending));
+            if (match(id) && !pending.Started && _pending.TryRemove(new KeyValuePair<ObjectId, PendingObject>(id, pending)))
+                dropped++;
         }
+        return dropped;
     }
 
     /// <summary>Objects with work queued, for a background pass to take in turn.</summary>

@@ -378,8 +378,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         await _lostRegistration.DisposeAsync().ConfigureAwait(false);
         await _stop.CancelAsync().ConfigureAwait(false);
         await _run.ConfigureAwait(false);
+        // What it queued and did not do is no longer this node's to do (the next holder queues it again).
         if (_layout() is { } layout)
-            _store.Gate.Forget(layout.Contains);
+            _counters.Queued(-_store.Gate.Forget(layout.Contains));
         _stop.Dispose();
         _wake.Dispose();
     }

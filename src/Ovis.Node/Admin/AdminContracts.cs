@@ -151,6 +151,7 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(List<MemberInfo>))]
 [JsonSerializable(typeof(HealthStatus))]
 [JsonSerializable(typeof(CheckReport))]
+[JsonSerializable(typeof(List<CheckReport>))]
 [JsonSerializable(typeof(RecoveryStatus))]
 public sealed partial class AdminJsonContext : JsonSerializerContext
 {
