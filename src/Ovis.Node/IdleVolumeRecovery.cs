@@ -62,6 +62,8 @@ internal sealed partial class IdleVolumeRecovery : IAsyncDisposable
         if (view.LocalIndex < 0 || !view.IsLive(view.LocalIndex) || view.Placement is null || _runtime.Recovery is not { } recovery
             || _volumes.TryGet() is not { } manager)
             return;
+        // Paused: no lock is taken for recovery either, so clients never wait for one.
+        await recovery.Pause.WaitWhilePausedAsync(cancellationToken).ConfigureAwait(false);
         string? first = Enumerable.Range(0, view.NodeCount).Where(n => view.IsLive(n))
             .Select(n => view.NodeIdAt(n)).Order(StringComparer.Ordinal).FirstOrDefault();
         if (first != _runtime.NodeId)

@@ -37,6 +37,9 @@ internal sealed class VolumeRecovery
 
     public RecoveryCounters Counters { get; }
 
+    /// <summary>The operators' pause switch.</summary>
+    public IRecoveryPause Pause => _pause;
+
     /// <summary>Starts the recovery of <paramref name="volume"/>, whose lock this node just took;
     /// dispose the result before the lock is released.</summary>
     public async Task<IAsyncDisposable> StartAsync(string volume, CancellationToken cancellationToken)

@@ -186,7 +186,7 @@ public sealed class ClusterDataTests(EtcdCluster etcd, ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task A_node_added_to_a_cluster_with_data_is_never_read_from_until_recovered()
+    public async Task A_node_added_to_a_cluster_with_data_is_never_read_from_until_recovered_and_then_holds_its_share()
     {
         // Two copies on nodes a and b; then node c joins and placement names it for about a third
         // of the objects, which it does not have.
@@ -202,6 +202,21 @@ public sealed class ClusterDataTests(EtcdCluster etcd, ITestOutputHelper output)
 
         // Through the new node as gateway: every object reads back from a current copy.
         await Eventually(async () => (await Json(nodes[2], "vdi", "list")).GetArrayLength() == 1, LeaseMargin, "node c knows the volume");
+        await RunOk("qemu-img", ["compare", "-f", "raw", "-F", "raw", image, nodes[2].NbdUri("n")]);
+
+        // Recovery moves node c's share of the objects to it, and the nodes that gave them up
+        // drop their copies: two copies of each of the 16 objects in all, c holding some.
+        await Eventually(async () => !await IsStale(nodes[0], "n-c"), TimeSpan.FromSeconds(90), "node c is filled and current");
+        long[] counts = [];
+        await Eventually(async () =>
+        {
+            counts = [.. (await Json(nodes[0], "node", "list")).EnumerateArray().Select(n => n.GetProperty("objects").GetInt64())];
+            return counts.Sum() == 32;
+        }, LeaseMargin, "every object has exactly two copies");
+        Assert.True(counts.All(c => c is > 0 and < 16), $"objects per node: {string.Join(", ", counts)}");
+        var check = await nodes[1].Cli("cluster", "check", "n");
+        Assert.True(check.Succeeded, check.Describe());
+        await QemuIoReadOnly(nodes[2].NbdUri("n"), "read 0 64M");
         await RunOk("qemu-img", ["compare", "-f", "raw", "-F", "raw", image, nodes[2].NbdUri("n")]);
     }
 

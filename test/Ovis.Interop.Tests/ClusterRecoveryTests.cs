@@ -40,7 +40,20 @@ public sealed class ClusterRecoveryTests(EtcdCluster etcd, ITestOutputHelper out
         await QemuIo(nodes[0].NbdUri("s"), "write -P 0x22 8M 4M", "write -P 0x33 64M 4M", "flush");
         Assert.True(await IsStale(nodes[0], "n-c"));
 
+        // While recovery is paused, node c comes back but stays stale, and nothing is copied.
+        var pause = await nodes[1].Cli("cluster", "recover", "pause");
+        Assert.True(pause.Succeeded, pause.Describe());
+        await Eventually(async () => (await Json(nodes[0], "cluster", "recovery")).GetProperty("nodes").EnumerateArray()
+            .All(n => n.GetProperty("paused").GetBoolean()), LeaseMargin, "every node sees the pause");
         await nodes[2].StartAsync();
+        await Eventually(async () => (await Json(nodes[0], "node", "list")).EnumerateArray()
+            .Single(n => n.GetProperty("id").GetString() == "n-c").GetProperty("state").GetString() == "up", LeaseMargin, "node c is back");
+        await Task.Delay(TimeSpan.FromSeconds(4));
+        Assert.True(await IsStale(nodes[0], "n-c"));
+        Assert.Equal(before, await Counter(nodes[0], "bytesResynced"));
+
+        var resume = await nodes[1].Cli("cluster", "recover", "resume");
+        Assert.True(resume.Succeeded, resume.Describe());
         await Eventually(async () => !await IsStale(nodes[0], "n-c"), RecoveryTimeout, "node c is resynced and current again");
         long resynced = 0;
         await Eventually(async () => (resynced = await Counter(nodes[0], "bytesResynced") - before) >= 8L * MiB, LeaseMargin,

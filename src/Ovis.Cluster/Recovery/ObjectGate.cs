@@ -16,6 +16,7 @@ public sealed class ObjectGate
     private const int Stripes = 1024;
     private readonly int[] _inside = new int[Stripes];
     private readonly ConcurrentDictionary<ObjectId, PendingObject> _pending = new();
+    private readonly ConcurrentQueue<ObjectId> _touched = new();
     private readonly Lock _holdLock = new();
     private TaskCompletionSource? _held;
 
@@ -43,9 +44,18 @@ public sealed class ObjectGate
             Interlocked.Decrement(ref stripe);
             return EnterAfterHoldAsync(id, held.Task, forWrite);
         }
-        if (_pending.IsEmpty || !_pending.TryGetValue(id, out PendingObject? pending)
-            || (!pending.Started && (forWrite || !pending.UrgentForReads)))
+        if (_pending.IsEmpty || !_pending.TryGetValue(id, out PendingObject? pending))
             return new(true);
+        if (!pending.Started && (forWrite || !pending.UrgentForReads))
+        {
+            // In without waiting; the object goes to the front of the background work.
+            if (!pending.Touched)
+            {
+                pending.Touched = true;
+                _touched.Enqueue(id);
+            }
+            return new(true);
+        }
         Interlocked.Decrement(ref stripe);
         return EnterAfterWorkAsync(id, pending, forWrite);
     }
@@ -149,6 +159,18 @@ public sealed class ObjectGate
         return dropped;
     }
 
+    /// <summary>An object with work queued that a client touched without waiting for it: background
+    /// work takes these first.</summary>
+    public bool TryTakeTouched(out ObjectId id)
+    {
+        while (_touched.TryDequeue(out id))
+        {
+            if (_pending.ContainsKey(id))
+                return true;
+        }
+        return false;
+    }
+
     /// <summary>Objects with work queued, for a background pass to take in turn.</summary>
     public IReadOnlyCollection<ObjectId> Pending() => [.. _pending.Keys];
 
@@ -171,6 +193,8 @@ public sealed class ObjectGate
     private sealed class PendingObject(ObjectId id, Func<ObjectId, Task<bool>> work, bool urgentForReads)
     {
         private volatile bool _urgentForReads = urgentForReads;
+
+        public volatile bool Touched;
 
         public bool UrgentForReads
         {

@@ -120,9 +120,25 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
                     allHolders = false;
             }
         }
-        return allHolders && holders.All(n => view.Live[n] && sums.ContainsKey(n) && (sums[n] is not null || written.Contains(n)))
-            ? ReconcileResult.Complete
-            : ReconcileResult.Partial;
+        if (!allHolders || !holders.All(n => view.Live[n] && sums.ContainsKey(n) && (sums[n] is not null || written.Contains(n))))
+            return ReconcileResult.Partial;
+        if (before is not null)
+            await DropFormerCopiesAsync(view, id, holders, before).ConfigureAwait(false);
+        return ReconcileResult.Complete;
+    }
+
+    /// <summary>Every current holder has the object: the copies left on members that no longer
+    /// hold it give their space back. One that is down keeps its copy (no read ever uses it).</summary>
+    private async Task DropFormerCopiesAsync(ClusterView view, ObjectId id, int[] holders, Placement before)
+    {
+        foreach (ClusterNode former in before.Choose(id.Packed, view.Copies))
+        {
+            for (int n = 0; n < view.Replicas.Length; n++)
+            {
+                if (view.Replicas[n].NodeId == former.Id && !holders.Contains(n) && view.Live[n])
+                    await view.Replicas[n].DeleteAsync(view.Epoch, id).ConfigureAwait(false);
+            }
+        }
     }
 
     /// <summary>Holders that may be copied from, best first: current holders that held the object

@@ -284,8 +284,10 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     private async Task<bool> DrainAsync(VolumeLayout layout, CancellationToken cancellationToken)
     {
         bool allDone = true;
-        foreach (ObjectId id in _store.Gate.Pending().Where(layout.Contains).OrderBy(id => id.Packed))
+        foreach (ObjectId next in _store.Gate.Pending().Where(layout.Contains).OrderBy(id => id.Packed))
         {
+            // Objects clients touched meanwhile go first.
+            ObjectId id = _store.Gate.TryTakeTouched(out ObjectId touched) && layout.Contains(touched) ? touched : next;
             await _pause.WaitWhilePausedAsync(cancellationToken).ConfigureAwait(false);
             long before = _counters.BytesMoved + _counters.BytesResynced;
             if (!await _store.Gate.RunAsync(id).ConfigureAwait(false))
