@@ -16,11 +16,8 @@ namespace Ovis.Interop.Tests;
 /// a cluster. Also the node's publisher on its own.
 /// </summary>
 public sealed class ClusterRecoveryStatusTests(EtcdCluster etcd, ITestOutputHelper output)
-    : InteropTest(null, output), IClassFixture<EtcdCluster>
+    : ClusterTest(etcd, output), IClassFixture<EtcdCluster>
 {
-    private const int LeaseTtl = 3;
-    private static readonly TimeSpan LeaseMargin = TimeSpan.FromSeconds(LeaseTtl + 10);
-
     // Nodes read the switch and publish their figures every second.
     private static readonly TimeSpan Propagation = TimeSpan.FromSeconds(5);
 
@@ -29,61 +26,41 @@ public sealed class ClusterRecoveryStatusTests(EtcdCluster etcd, ITestOutputHelp
     [Fact]
     public async Task A_pause_on_one_node_reaches_every_node_and_a_resume_undoes_it()
     {
-        var name = EtcdCluster.NewPrefix("rs");
-        var uri = $"etcd://{etcd.ClientUrl["http://".Length..]}/{name}";
-        var format = await Run(OvisDaemon.DotnetHost, [OvisDaemon.OvisDll, "cluster", "format", "--copies", "3", "--etcd", uri], OvisDaemon.CliTimeout);
-        Assert.True(format.Succeeded, format.Describe());
-        var nodes = new List<OvisDaemon>();
-        try
+        await using var nodes = await StartCluster(copies: 3);
+        // Every live node publishes its figures once it has joined; nothing to recover here.
+        await Eventually(async () => NodeIds(await Status(nodes[1])).SequenceEqual(Ids), Propagation, "every node has figures");
+        var first = await Status(nodes[1]);
+        Assert.False(first.GetProperty("paused").GetBoolean());
+        Assert.Equal(0, first.GetProperty("objectsQueued").GetInt64());
+        Assert.All(first.GetProperty("nodes").EnumerateArray(), n => Assert.False(n.GetProperty("paused").GetBoolean()));
+
+        var pause = await nodes[0].Cli("cluster", "recover", "pause");
+        Assert.True(pause.Succeeded, pause.Describe());
+        Assert.Contains("recovery paused on every node", pause.Stdout, StringComparison.Ordinal);
+        var clock = Stopwatch.StartNew();
+        await Eventually(async () => AllNodes(await Status(nodes[1]), paused: true), Propagation, "node b reports every node paused");
+        Output.WriteLine($"every node paused {clock.Elapsed.TotalSeconds:F1} s after the request");
+        Assert.Equal("n-a", (await Status(nodes[2])).GetProperty("pausedBy").GetString());
+        var text = await nodes[2].Cli("cluster", "recovery");
+        Assert.True(text.Succeeded, text.Describe());
+        Assert.Contains("paused by n-a", text.Stdout, StringComparison.Ordinal);
+
+        var resume = await nodes[2].Cli("cluster", "recover", "resume", "--json");
+        Assert.True(resume.Succeeded, resume.Describe());
+        using (var doc = JsonDocument.Parse(resume.Stdout))
         {
-            foreach (var zone in new[] { "a", "b", "c" })
-            {
-                nodes.Add(await OvisDaemon.StartNewAsync(extraArguments:
-                    ["--cluster", uri, "--zone", zone, "--node-id", $"n-{zone}", "--lease-ttl", $"{LeaseTtl}"]));
-            }
-
-            // Every live node publishes its figures once it has joined; nothing to recover here.
-            await Eventually(async () => NodeIds(await Status(nodes[1])).SequenceEqual(Ids), Propagation, "every node has figures");
-            var first = await Status(nodes[1]);
-            Assert.False(first.GetProperty("paused").GetBoolean());
-            Assert.Equal(0, first.GetProperty("objectsQueued").GetInt64());
-            Assert.All(first.GetProperty("nodes").EnumerateArray(), n => Assert.False(n.GetProperty("paused").GetBoolean()));
-
-            var pause = await nodes[0].Cli("cluster", "recover", "pause");
-            Assert.True(pause.Succeeded, pause.Describe());
-            Assert.Contains("recovery paused on every node", pause.Stdout, StringComparison.Ordinal);
-            var clock = Stopwatch.StartNew();
-            await Eventually(async () => AllNodes(await Status(nodes[1]), paused: true), Propagation, "node b reports every node paused");
-            Output.WriteLine($"every node paused {clock.Elapsed.TotalSeconds:F1} s after the request");
-            Assert.Equal("n-a", (await Status(nodes[2])).GetProperty("pausedBy").GetString());
-            var text = await nodes[2].Cli("cluster", "recovery");
-            Assert.True(text.Succeeded, text.Describe());
-            Assert.Contains("paused by n-a", text.Stdout, StringComparison.Ordinal);
-
-            var resume = await nodes[2].Cli("cluster", "recover", "resume", "--json");
-            Assert.True(resume.Succeeded, resume.Describe());
-            using (var doc = JsonDocument.Parse(resume.Stdout))
-            {
-                Assert.False(doc.RootElement.GetProperty("paused").GetBoolean());
-            }
-            await Eventually(async () => AllNodes(await Status(nodes[0]), paused: false), Propagation, "node a reports every node running");
-
-            // Nothing queued: --wait is done at once.
-            var waited = await nodes[0].Cli("cluster", "recovery", "--wait");
-            Assert.True(waited.Succeeded, waited.Describe());
-            Assert.Contains("0 of 0 done", waited.Stdout, StringComparison.Ordinal);
-
-            // A node that dies takes its figures with its lease.
-            await nodes[2].KillAsync();
-            await Eventually(async () => NodeIds(await Status(nodes[0])).SequenceEqual(Ids.Take(2)), LeaseMargin, "node c's figures are gone");
+            Assert.False(doc.RootElement.GetProperty("paused").GetBoolean());
         }
-        finally
-        {
-            foreach (var d in nodes)
-            {
-                await d.DisposeAsync();
-            }
-        }
+        await Eventually(async () => AllNodes(await Status(nodes[0]), paused: false), Propagation, "node a reports every node running");
+
+        // Nothing queued: --wait is done at once.
+        var waited = await nodes[0].Cli("cluster", "recovery", "--wait");
+        Assert.True(waited.Succeeded, waited.Describe());
+        Assert.Contains("0 of 0 done", waited.Stdout, StringComparison.Ordinal);
+
+        // A node that dies takes its figures with its lease.
+        await nodes[2].KillAsync();
+        await Eventually(async () => NodeIds(await Status(nodes[0])).SequenceEqual(Ids.Take(2)), LeaseMargin, "node c's figures are gone");
     }
 
     [Fact]
@@ -107,7 +84,7 @@ public sealed class ClusterRecoveryStatusTests(EtcdCluster etcd, ITestOutputHelp
     public async Task The_control_follows_the_switch_and_publishes_only_changes()
     {
         var cluster = EtcdCluster.NewPrefix("rc");
-        var catalog = new EtcdCatalog(etcd.Client, cluster);
+        var catalog = new EtcdCatalog(Etcd.Client, cluster);
         await catalog.FormatAsync(1);
         var registration = await catalog.JoinAsync(new NodeInfo("n1", "127.0.0.1:1", "z"), ttlSeconds: 3);
         var recovery = new RecoveryCatalog(catalog);
@@ -128,9 +105,9 @@ public sealed class ClusterRecoveryStatusTests(EtcdCluster etcd, ITestOutputHelp
 
             // Unchanged figures are not written again.
             var key = $"/ovis/{cluster}/recovery/progress/n1";
-            var written = (await etcd.Client.GetAsync(key))!.ModRevision;
+            var written = (await Etcd.Client.GetAsync(key))!.ModRevision;
             await Task.Delay(RecoveryControl.Interval * 2.5);
-            Assert.Equal(written, (await etcd.Client.GetAsync(key))!.ModRevision);
+            Assert.Equal(written, (await Etcd.Client.GetAsync(key))!.ModRevision);
 
             await recovery.SetPausedAsync(false, "op");
             await waiting.WaitAsync(Propagation);

@@ -14,11 +14,8 @@ namespace Ovis.Interop.Tests;
 /// new gateway can write.
 /// </summary>
 public sealed class ClusterRestartTests(EtcdCluster etcd, ITestOutputHelper output)
-    : InteropTest(null, output), IClassFixture<EtcdCluster>
+    : ClusterTest(etcd, output), IClassFixture<EtcdCluster>
 {
-    private const int LeaseTtl = 3;
-    private static readonly TimeSpan LeaseMargin = TimeSpan.FromSeconds(LeaseTtl + 10);
-    private static readonly string[] Zones = ["a", "b", "c"];
     private static readonly string[] Patterns = ["write -P 0x5a 0 1M", "write -P 0xa5 33M 4k", "write -P 0x11 63M 1M"];
     private static readonly string[] Reads = ["read -P 0x5a 0 1M", "read -P 0xa5 33M 4k", "read -P 0x11 63M 1M", "read -P 0 1M 32M"];
 
@@ -36,15 +33,10 @@ public sealed class ClusterRestartTests(EtcdCluster etcd, ITestOutputHelper outp
 
     private async Task StopAllAndStartAll(int copies, bool kill)
     {
-        var name = EtcdCluster.NewPrefix("r");
-        var uri = $"etcd://{etcd.ClientUrl["http://".Length..]}/{name}";
-        var format = await Run(OvisDaemon.DotnetHost, [OvisDaemon.OvisDll, "cluster", "format", "--copies",
-            copies.ToString(CultureInfo.InvariantCulture), "--etcd", uri], OvisDaemon.CliTimeout);
-        Assert.True(format.Succeeded, format.Describe());
-
-        var nodes = Zones.Select(zone => new OvisDaemon
+        var name = await Format(copies);
+        var nodes = Zones.Take(3).Select(zone => new OvisDaemon
         {
-            ExtraArguments = ["--cluster", uri, "--zone", zone, "--node-id", $"n-{zone}", "--lease-ttl", $"{LeaseTtl}"],
+            ExtraArguments = NodeArguments(name, zone),
             KeepPorts = true,
         }).ToList();
         try

@@ -129,7 +129,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
 
     /// <summary>Every current holder has the object: the copies left on members that no longer
     /// hold it give their space back. One that is down keeps its copy (no read ever uses it).</summary>
-    private async Task DropFormerCopiesAsync(ClusterView view, ObjectId id, int[] holders, Placement before)
+    private static async Task DropFormerCopiesAsync(ClusterView view, ObjectId id, int[] holders, Placement before)
     {
         foreach (ClusterNode former in before.Choose(id.Packed, view.Copies))
         {

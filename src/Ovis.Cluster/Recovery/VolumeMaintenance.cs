@@ -9,15 +9,17 @@ namespace Ovis.Cluster.Recovery;
 /// The recovery of one volume, run by the node that holds its lock — the only node writing it, so
 /// recovery and client IO can take turns per object (<see cref="ObjectGate"/>). It:
 /// <list type="bullet">
-/// <item>adopts the dirty-region log a previous gateway left and resyncs those objects before
-/// any client touches them (a crashed gateway's half-done writes);</item>
-/// <item>after a membership change, or when a node new or emptied is up, compares every object's
-/// copies with a full pass and fills the new holders, then records the new baseline;</item>
-/// <item>when a stale node is back, resyncs the logged objects it holds a copy of — no others;</item>
+/// <item>adopts the dirty-region log a previous gateway left and makes those objects' copies
+/// equal before any client reads them (a crashed gateway's half-done writes);</item>
+/// <item>after a membership change fills the objects' new holders from a holder from before the
+/// change; when a node that is new or was emptied is up, fills it; then records the new
+/// baseline (docs/recovery.md);</item>
+/// <item>when a node that missed writes is back, resyncs the logged objects it holds a copy of — no others;</item>
 /// <item>scrubs slowly: one object at a time, every block read and checked on every copy.</item>
 /// </list>
-/// Objects a client touches go first (the gate runs their work on the spot); background work
-/// waits while recovery is paused and keeps under the bandwidth limit.
+/// Reads wait only for work on objects whose readable copies may be wrong; other objects a
+/// client touches go to the front of the background work, which waits while recovery is paused
+/// and keeps under the bandwidth limit.
 /// </summary>
 public sealed partial class VolumeMaintenance : IAsyncDisposable
 {
@@ -42,6 +44,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     private volatile bool _baselineRead;
     private volatile TaskCompletionSource _settled = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Placement? _before;
+    // The view the last queueing looked at: a view installed before this recovery was listening
+    // is caught up with on the next round.
+    private volatile ClusterView? _queuedFor;
 
     public VolumeMaintenance(string volume, Func<VolumeLayout?> layout, ReplicatedStore store, ObjectReconciler reconciler,
         EtcdRecoveryStore records, RecoveryCounters counters, Throttle throttle, IRecoveryPause pause, TimeSpan scrubEvery, ILogger logger)
@@ -83,7 +88,8 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         }
         _baseline = await _records.ReadBaselineAsync(_volume, cancellationToken).ConfigureAwait(false);
         _baselineRead = true;
-        QueueChanged(_store.View);
+        _queuedFor = _store.View;
+        QueueChanged(_queuedFor);
         _run = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
     }
 
@@ -94,7 +100,10 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     public void OnViewInstalled(ClusterView view)
     {
         if (_baselineRead)
+        {
+            _queuedFor = view;
             QueueChanged(view);
+        }
         Wake();
     }
 
@@ -215,6 +224,11 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     {
         if (_layout() is not { } layout || view.Placement is not { } placement)
             return;
+        if (_queuedFor is { } queued && queued.Revision < view.Revision)
+        {
+            _queuedFor = view;
+            QueueChanged(view);
+        }
         // A node that missed writes is back (or never left): the log names every object a copy may lack.
         foreach (ObjectId id in LoggedWithAllHoldersUp(layout, view))
             Queue(id, ReconcileReason.Resync, urgentForReads: false);

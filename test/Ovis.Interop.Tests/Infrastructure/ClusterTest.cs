@@ -15,7 +15,9 @@ public abstract class ClusterTest(EtcdCluster etcd, ITestOutputHelper output) : 
     protected static readonly TimeSpan LeaseMargin = TimeSpan.FromSeconds(LeaseTtl + 10);
     protected static readonly string[] Zones = ["a", "b", "c", "d"];
 
-    protected string ClusterUri(string name) => $"etcd://{etcd.ClientUrl["http://".Length..]}/{name}";
+    protected EtcdCluster Etcd { get; } = etcd;
+
+    protected string ClusterUri(string name) => $"etcd://{Etcd.ClientUrl["http://".Length..]}/{name}";
 
     protected async Task<string> Format(int copies, int minCopies = 0)
     {
