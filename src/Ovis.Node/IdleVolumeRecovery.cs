@@ -18,6 +18,10 @@ internal sealed partial class IdleVolumeRecovery : IAsyncDisposable
     // After a slice, a volume is left alone this long: a client waiting to open it gets in first.
     private static readonly TimeSpan Pause = TimeSpan.FromSeconds(2);
     private readonly Dictionary<string, DateTime> _notBefore = new(StringComparer.Ordinal);
+    // Idle volumes are scrubbed too, a short slice at a time, one volume after another.
+    private static readonly TimeSpan ScrubSlice = TimeSpan.FromSeconds(2);
+    private DateTime _nextScrub = DateTime.UtcNow;
+    private int _scrubTurn;
     private readonly ClusterRuntime _runtime;
     private readonly VolumeLocks _locks;
     private readonly NodeVolumes _volumes;
@@ -83,6 +87,29 @@ internal sealed partial class IdleVolumeRecovery : IAsyncDisposable
             }
             _notBefore[volume.Name] = DateTime.UtcNow + Pause;
         }
+        await ScrubSliceAsync(recovery, manager, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Now and then (every twenty scrub intervals, at least 2 s apart) the next idle volume in
+    /// turn is held for a short slice, in which its recovery scrubs an object per interval where
+    /// it left off: idle volumes are scrubbed as slowly as served ones, with the lock held only briefly.
+    /// </summary>
+    private async Task ScrubSliceAsync(VolumeRecovery recovery, Ovis.Volumes.VolumeManager manager, CancellationToken cancellationToken)
+    {
+        TimeSpan interval = recovery.Options.ScrubInterval;
+        if (interval <= TimeSpan.Zero || DateTime.UtcNow < _nextScrub)
+            return;
+        var volumes = manager.List().Where(v => !v.IsSnapshot).ToList();
+        if (volumes.Count > 0)
+        {
+            string name = volumes[_scrubTurn++ % volumes.Count].Name;
+            await using VolumeLocks.IShare? share = await _locks.TryAcquireForRecoveryAsync(name).ConfigureAwait(false);
+            if (share is not null)
+                await Task.Delay(ScrubSlice, cancellationToken).ConfigureAwait(false);
+        }
+        // Counted from the end of the slice: a client waiting to open the volume gets in between.
+        _nextScrub = DateTime.UtcNow + TimeSpan.FromTicks(Math.Max(TimeSpan.FromSeconds(2).Ticks, interval.Ticks * 20));
     }
 
     /// <summary>Whether the volume's copies are not known complete in <paramref name="view"/>, or its

@@ -14,6 +14,8 @@ internal sealed class VolumeRecovery
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<string, VolumeMaintenance> _running = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, System.Runtime.CompilerServices.StrongBox<long>> _scrubCursors =
+        new(StringComparer.Ordinal);
     private readonly ReplicatedStore _store;
     private readonly EtcdRecoveryStore _records;
     private readonly IRecoveryPause _pause;
@@ -37,6 +39,8 @@ internal sealed class VolumeRecovery
 
     public RecoveryCounters Counters { get; }
 
+    public RecoveryOptions Options => _options;
+
     /// <summary>The operators' pause switch.</summary>
     public IRecoveryPause Pause => _pause;
 
@@ -45,7 +49,8 @@ internal sealed class VolumeRecovery
     public async Task<IAsyncDisposable> StartAsync(string volume, CancellationToken cancellationToken)
     {
         var maintenance = new VolumeMaintenance(volume, () => Layout(volume), _store, new ObjectReconciler(_store, Counters, _throttle, _logger),
-            _records, Counters, _throttle, _pause, _options.ScrubInterval, _logger);
+            _records, Counters, _throttle, _pause, _options.ScrubInterval,
+            _scrubCursors.GetOrAdd(volume, static _ => new System.Runtime.CompilerServices.StrongBox<long>(-1)), _logger);
         await maintenance.StartAsync(cancellationToken).ConfigureAwait(false);
         lock (_lock)
             _running[volume] = maintenance;

@@ -41,10 +41,7 @@ public sealed class ClusterRecoveryTests(EtcdCluster etcd, ITestOutputHelper out
         Assert.True(await IsStale(nodes[0], "n-c"));
 
         // While recovery is paused, node c comes back but stays stale, and nothing is copied.
-        var pause = await nodes[1].Cli("cluster", "recover", "pause");
-        Assert.True(pause.Succeeded, pause.Describe());
-        await Eventually(async () => (await Json(nodes[0], "cluster", "recovery")).GetProperty("nodes").EnumerateArray()
-            .All(n => n.GetProperty("paused").GetBoolean()), LeaseMargin, "every node sees the pause");
+        await SetPaused(nodes, true);
         await nodes[2].StartAsync();
         await Eventually(async () => (await Json(nodes[0], "node", "list")).EnumerateArray()
             .Single(n => n.GetProperty("id").GetString() == "n-c").GetProperty("state").GetString() == "up", LeaseMargin, "node c is back");
@@ -52,8 +49,7 @@ public sealed class ClusterRecoveryTests(EtcdCluster etcd, ITestOutputHelper out
         Assert.True(await IsStale(nodes[0], "n-c"));
         Assert.Equal(before, await Counter(nodes[0], "bytesResynced"));
 
-        var resume = await nodes[1].Cli("cluster", "recover", "resume");
-        Assert.True(resume.Succeeded, resume.Describe());
+        await SetPaused(nodes, false);
         await Eventually(async () => !await IsStale(nodes[0], "n-c"), RecoveryTimeout, "node c is resynced and current again");
         long resynced = 0;
         await Eventually(async () => (resynced = await Counter(nodes[0], "bytesResynced") - before) >= 8L * MiB, LeaseMargin,
@@ -128,21 +124,41 @@ public sealed class ClusterRecoveryTests(EtcdCluster etcd, ITestOutputHelper out
     }
 
     [Fact]
-    public async Task The_background_scrub_finds_and_repairs_a_copy_corrupted_by_hand()
+    public async Task The_background_scrub_finds_and_repairs_a_copy_corrupted_by_hand_in_a_served_and_an_idle_volume()
     {
         await using var nodes = await StartCluster(copies: 3, extra: ["--scrub-interval", "0.05"]);
         await Create(nodes[0], "k", "16M");
         await QemuIo(nodes[0].NbdUri("k"), "write -P 0x6b 0 8M", "flush");
         var id = (await Json(nodes[0], "vdi", "info", "k")).GetProperty("id").GetUInt32();
-        await CorruptObjectFile(nodes[2], id, 1, (2 * 4096) + 7);
-        Assert.False(await CheckClean(nodes[1], "k"));
 
-        // The node serving the volume scrubs it in the background, one object at a time.
+        // The node serving the volume scrubs it in the background, one object at a time. Recovery
+        // is paused while the damage is done, so the check sees it before the scrub mends it.
         await using (var open = await RawNbdClient.ConnectAsync(nodes[0].NbdPort, "k"))
         {
+            await SetPaused(nodes, true);
+            await CorruptObjectFile(nodes[2], id, 1, (2 * 4096) + 7);
+            Assert.False(await CheckClean(nodes[1], "k"));
+            await SetPaused(nodes, false);
             await Eventually(() => CheckClean(nodes[1], "k"), RecoveryTimeout, "the scrub repaired node c's copy");
         }
         await Eventually(async () => await Counter(nodes[0], "copiesRepaired") >= 1, LeaseMargin, "the repair is counted");
         await QemuIoReadOnly(nodes[2].NbdUri("k"), "read -P 0x6b 0 8M");
+
+        // A volume nobody serves is scrubbed too, a slice at a time: node b's copy of object 0 this time.
+        await SetPaused(nodes, true);
+        await CorruptObjectFile(nodes[1], id, 0, (5 * 4096) + 3);
+        Assert.False(await CheckClean(nodes[0], "k"));
+        await SetPaused(nodes, false);
+        await Eventually(() => CheckClean(nodes[0], "k"), RecoveryTimeout, "the scrub repaired node b's copy of the idle volume");
+        await QemuIoReadOnly(nodes[1].NbdUri("k"), "read -P 0x6b 0 8M");
+    }
+
+    /// <summary>Pauses or resumes recovery and waits until every node says so.</summary>
+    private static async Task SetPaused(ClusterNodes nodes, bool paused)
+    {
+        var r = await nodes[0].Cli("cluster", "recover", paused ? "pause" : "resume");
+        Assert.True(r.Succeeded, r.Describe());
+        await Eventually(async () => (await Json(nodes[0], "cluster", "recovery")).GetProperty("nodes").EnumerateArray()
+            .All(n => n.GetProperty("paused").GetBoolean() == paused), LeaseMargin, paused ? "every node is paused" : "every node runs");
     }
 }

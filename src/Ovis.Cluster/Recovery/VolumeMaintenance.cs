@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
 using Ovis.Cluster.Catalog;
 using Ovis.Cluster.Gateway;
@@ -39,7 +40,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     private CancellationTokenRegistration _lostRegistration;
     // The stop token, read once: work queued by this recovery may still run after it is disposed.
     private readonly CancellationToken _stopping;
-    private long _scrubNext;
+    // Where the scrub goes on: kept across this node's tenures of the lock, so slices of an idle
+    // volume's scrub cover it all in turn.
+    private readonly StrongBox<long> _scrubNext;
     private RecoveryBaseline? _baseline;
     private volatile bool _baselineRead;
     private volatile TaskCompletionSource _settled = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -49,8 +52,10 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     private volatile ClusterView? _queuedFor;
 
     public VolumeMaintenance(string volume, Func<VolumeLayout?> layout, ReplicatedStore store, ObjectReconciler reconciler,
-        EtcdRecoveryStore records, RecoveryCounters counters, Throttle throttle, IRecoveryPause pause, TimeSpan scrubEvery, ILogger logger)
+        EtcdRecoveryStore records, RecoveryCounters counters, Throttle throttle, IRecoveryPause pause, TimeSpan scrubEvery,
+        StrongBox<long> scrubNext, ILogger logger)
     {
+        _scrubNext = scrubNext;
         _volume = volume;
         _layout = layout;
         _store = store;
@@ -384,7 +389,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         if (total == 0)
             return;
         await _pause.WaitWhilePausedAsync(cancellationToken).ConfigureAwait(false);
-        long n = _scrubNext++ % total;
+        long n = Interlocked.Increment(ref _scrubNext.Value) % total;
         var id = new ObjectId(layout.Chain[n / layout.ObjectsPerLayer], (uint)(n % layout.ObjectsPerLayer));
         await ScrubAsync(id, cancellationToken).ConfigureAwait(false);
     }
