@@ -39,11 +39,6 @@ public sealed partial class DirtyLog : IAsyncDisposable
     /// <summary>Objects marked now (durably or on their way).</summary>
     public int Count => _entries.Count;
 
-    /// <summary>Saves to the catalog so far (each shared by the marks and clears that rode on it).</summary>
-    public long Saves => Interlocked.Read(ref _saves);
-
-    private long _saves;
-
     /// <summary>
     /// Loads what the log holds for <paramref name="layers"/> — left by an earlier gateway — and
     /// adopts it: those objects count as marked here too (never cleared before they are resynced).
@@ -226,7 +221,6 @@ public sealed partial class DirtyLog : IAsyncDisposable
             try
             {
                 await _store.SaveAsync(records, CancellationToken.None).ConfigureAwait(false);
-                Interlocked.Increment(ref _saves);
                 batch.SetResult();
             }
 #pragma warning disable CA1031 // The writers waiting on the batch get the failure; their marks are retried by the next save.

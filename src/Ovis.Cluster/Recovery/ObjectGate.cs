@@ -20,9 +20,6 @@ public sealed class ObjectGate
     private readonly Lock _holdLock = new();
     private TaskCompletionSource? _held;
 
-    /// <summary>How many objects wait for recovery work.</summary>
-    public int PendingCount => _pending.Count;
-
     public bool IsPending(ObjectId id) => _pending.ContainsKey(id);
 
     /// <summary>
