@@ -327,15 +327,19 @@ public sealed partial class DirtyLog : IAsyncDisposable
     {
         ClearIdle(layers, ignoreIdle: true);
         bool save;
+        Task queued;
         lock (_batchLock)
         {
+            // A save already queued has not taken its batch yet (it does so under this lock): the
+            // clears above ride on it, and this waits for exactly that batch.
             save = !_saveQueued;
             _saveQueued = true;
+            queued = _next.Task;
         }
         if (save)
             await SaveLoopAsync().ConfigureAwait(false);
         else
-            await _next.Task.ConfigureAwait(false);
+            await queued.ConfigureAwait(false);
         foreach (var (id, _) in _entries)
         {
             if (layers.Contains(id.Volume))
