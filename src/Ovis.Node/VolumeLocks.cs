@@ -35,7 +35,8 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
             IShare? share = await TryAcquireAsync(volume, forRecovery: false).ConfigureAwait(false);
             if (share is not null)
                 return share;
-            // Only a recovering holder gets here (a serving one throws): wait for it to let go.
+            // Only a holder about to let go gets here (a recovering one, or this node releasing it; a
+            // serving one throws): wait for it.
             if (DateTime.UtcNow > deadline)
                 throw Refused(volume, await catalog.GetVolumeLockHolderAsync(volume).ConfigureAwait(false));
             await Task.Delay(TimeSpan.FromMilliseconds(50)).ConfigureAwait(false);
