@@ -211,17 +211,11 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
             while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
             {
                 ClusterView view = Store.View;
-                if (view.LocalIndex < 0 || !view.IsStale(view.LocalIndex) || !view.IsLive(view.LocalIndex) || view.Placement is not { } placement)
+                if (view.LocalIndex < 0 || !view.IsStale(view.LocalIndex) || !view.IsLive(view.LocalIndex) || view.Placement is null)
                     continue;
                 try
                 {
-                    int[] holders = new int[view.Copies];
-                    bool Holds(ObjectId id)
-                    {
-                        placement.ChooseIndexes(id.Packed, holders);
-                        return holders.Contains(view.LocalIndex);
-                    }
-                    if (await Records.TryClearStaleAsync(_nodeId, _volumeNames!(), Holds, cancellationToken).ConfigureAwait(false))
+                    if (await Records.TryClearStaleAsync(_nodeId, _volumeNames!(), id => view.Holds(view.LocalIndex, id), cancellationToken).ConfigureAwait(false))
                     {
                         LogStaleCleared(_logger, _nodeId);
                         await RefreshAsync(0).ConfigureAwait(false);

@@ -120,17 +120,7 @@ internal sealed partial class IdleVolumeRecovery : IAsyncDisposable
         if (VolumeMaintenance.NeedsFullPass(baseline, view))
             return true;
         var logged = await _runtime.Records.LoadAsync(layout.Chain, cancellationToken).ConfigureAwait(false);
-        int[] holders = new int[view.Copies];
-        foreach (var (layer, indexes) in logged)
-        {
-            foreach (uint index in indexes)
-            {
-                view.Placement!.ChooseIndexes(new Ovis.Store.ObjectId(layer, index).Packed, holders);
-                if (holders.All(n => view.IsLive(n)))
-                    return true;
-            }
-        }
-        return false;
+        return logged.Any(layer => layer.Value.Any(index => view.AllHoldersLive(new Ovis.Store.ObjectId(layer.Key, index))));
     }
 
     public async ValueTask DisposeAsync()

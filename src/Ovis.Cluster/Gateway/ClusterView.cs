@@ -1,4 +1,5 @@
 using Ovis.Cluster.Catalog;
+using Ovis.Store;
 
 namespace Ovis.Cluster.Gateway;
 
@@ -60,6 +61,31 @@ public sealed class ClusterView
 
     /// <summary>The node missed acknowledged writes: never read from until it is resynced.</summary>
     public bool IsStale(int node) => Stale[node];
+
+    /// <summary>Whether <paramref name="node"/> holds a copy of <paramref name="id"/> (false when nothing can be placed).</summary>
+    public bool Holds(int node, ObjectId id)
+    {
+        if (Placement is not { } placement || node < 0)
+            return false;
+        Span<int> holders = stackalloc int[Copies];
+        placement.ChooseIndexes(id.Packed, holders);
+        return holders.Contains(node);
+    }
+
+    /// <summary>Whether every holder of <paramref name="id"/> is up, so its copies can be made equal now.</summary>
+    public bool AllHoldersLive(ObjectId id)
+    {
+        if (Placement is not { } placement)
+            return false;
+        Span<int> holders = stackalloc int[Copies];
+        placement.ChooseIndexes(id.Packed, holders);
+        foreach (int n in holders)
+        {
+            if (!Live[n])
+                return false;
+        }
+        return true;
+    }
 
     /// <summary>This node's index in <see cref="Placement"/>'s nodes, or -1.</summary>
     public int LocalIndex { get; }

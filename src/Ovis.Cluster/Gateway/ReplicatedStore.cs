@@ -347,7 +347,7 @@ public sealed partial class ReplicatedStore : IObjectStore
     {
         // The common case, a local copy that is current, costs no more than the local store.
         ClusterView view = View;
-        if (LocalCopy(view, id) && Readable(view, view.LocalIndex))
+        if (view.Holds(view.LocalIndex, id) && Readable(view, view.LocalIndex))
         {
             ValueTask<StoreStatus> local = _local.ReadAsync(id, offset, buffer);
             if (!local.IsCompletedSuccessfully)
@@ -369,7 +369,7 @@ public sealed partial class ReplicatedStore : IObjectStore
     private ValueTask<StoreStatus> GetAllocationInsideAsync(ObjectId id, long offset, Memory<BlockState> states)
     {
         ClusterView view = View;
-        return LocalCopy(view, id) && Readable(view, view.LocalIndex)
+        return view.Holds(view.LocalIndex, id) && Readable(view, view.LocalIndex)
             ? _local.GetAllocationAsync(id, offset, states)
             : FromOneCopyAsync(id, new AllocationOp(offset, states));
     }
@@ -399,15 +399,6 @@ public sealed partial class ReplicatedStore : IObjectStore
             }
             return StoreStatus.IoError;
         }
-    }
-
-    private static bool LocalCopy(ClusterView view, ObjectId id)
-    {
-        if (view.Placement is not { } placement || view.LocalIndex < 0)
-            return false;
-        Span<int> picks = stackalloc int[view.Copies];
-        placement.ChooseIndexes(id.Packed, picks);
-        return picks.Contains(view.LocalIndex);
     }
 
     /// <summary>The copies a read may use, best first: the local one, then placement order; never a stale or down one.</summary>

@@ -6,9 +6,10 @@ namespace Ovis.Cluster.Recovery;
 /// <summary>
 /// Keeps client IO and recovery off the same object at the same time. Client requests enter and
 /// leave an object (a striped in-flight count: no allocation, no lock); recovery work on an
-/// object first puts it in the <em>pending</em> set — new client requests then wait for the work,
-/// and start it themselves if nobody has (objects clients touch are recovered first) — and waits
-/// for the requests already inside to leave. The common case, nothing pending, costs one
+/// object is first queued in the <em>pending</em> set, and when it starts it waits for the
+/// requests already inside to leave, and holds off new ones until it is done. Queued work that
+/// has not started is run by a read that needs it (urgent for reads), and otherwise lets requests
+/// in and moves to the front of the background work. The common case, nothing pending, costs one
 /// interlocked increment and one decrement per request.
 /// </summary>
 public sealed class ObjectGate
@@ -43,7 +44,7 @@ public sealed class ObjectGate
         }
         if (_pending.IsEmpty || !_pending.TryGetValue(id, out PendingObject? pending))
             return new(true);
-        if (!pending.Started && (forWrite || !pending.UrgentForReads))
+        if (pending.LetsIn(forWrite))
         {
             // In without waiting; the object goes to the front of the background work.
             if (!pending.Touched)
@@ -93,7 +94,7 @@ public sealed class ObjectGate
             if (!await pending.RunAsync(this).ConfigureAwait(false))
                 return false;
             Interlocked.Increment(ref _inside[StripeOf(id)]);
-            if (!_pending.TryGetValue(id, out PendingObject? next) || (!next.Started && (forWrite || !next.UrgentForReads)))
+            if (!_pending.TryGetValue(id, out PendingObject? next) || next.LetsIn(forWrite))
                 return true;
             Interlocked.Decrement(ref _inside[StripeOf(id)]);
             pending = next;
@@ -192,6 +193,10 @@ public sealed class ObjectGate
         private volatile bool _urgentForReads = urgentForReads;
 
         public volatile bool Touched;
+
+        /// <summary>Whether a request may go in without waiting for this work: it has not started,
+        /// and the request is a write or the work is not urgent for reads.</summary>
+        public bool LetsIn(bool forWrite) => !Started && (forWrite || !UrgentForReads);
 
         public bool UrgentForReads
         {

@@ -45,25 +45,26 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
     /// <param name="before">The placement the object's copies were complete in (before a membership
     /// change), or null when it is the current one.</param>
     /// <param name="throttled">Background work waits for the bandwidth limit; work a client waits for does not.</param>
-    public async Task<ReconcileResult> ReconcileAsync(ObjectId id, long objectSize, Placement? before, ReconcileReason reason,
+    /// <returns>How it went, and the data bytes written to copies.</returns>
+    public async Task<(ReconcileResult Result, long Bytes)> ReconcileAsync(ObjectId id, long objectSize, Placement? before, ReconcileReason reason,
         bool throttled, CancellationToken cancellationToken)
     {
         ClusterView view = store.View;
         if (view.Placement is not { } placement)
-            return ReconcileResult.Failed;
+            return (ReconcileResult.Failed, 0);
         int[] holders = new int[view.Copies];
         placement.ChooseIndexes(id.Packed, holders);
+        // The nodes that held the object before the membership change, when there was one.
+        HashSet<string>? former = before?.Choose(id.Packed, view.Copies).Select(c => c.Id).ToHashSet(StringComparer.Ordinal);
         int blocks = (int)(objectSize / store.BlockSize);
         bool verify = reason == ReconcileReason.Scrub;
 
         var sums = new Dictionary<int, BlockSum[]?>();
         foreach (int n in holders.Where(n => view.Live[n]))
-        {
             sums[n] = await SumsAsync(view, n, id, blocks, verify).ConfigureAwait(false);
-        }
 
         int source = -1;
-        foreach (int n in SourceOrder(view, id, holders, before))
+        foreach (int n in SourceOrder(view, holders, former))
         {
             if (!sums.TryGetValue(n, out BlockSum[]? s))
                 sums[n] = s = await SumsAsync(view, n, id, blocks, verify).ConfigureAwait(false);
@@ -76,11 +77,12 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
         if (source < 0)
         {
             LogNoSource(logger, id.ToString(), reason);
-            return ReconcileResult.Failed;
+            return (ReconcileResult.Failed, 0);
         }
 
         BlockSum[] reference = sums[source]!;
         var written = new List<int>();
+        long total = 0;
         bool allHolders = true;
         foreach (int n in holders)
         {
@@ -92,7 +94,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
             // An unreadable copy (a checksum failed) is rewritten whole: its stored sums cannot be trusted.
             long bytes = await CopyAsync(view, source, n, id, reference, target, throttled, cancellationToken).ConfigureAwait(false);
             if (bytes == SourceFailed)
-                return ReconcileResult.Failed;
+                return (ReconcileResult.Failed, total);
             if (bytes == TargetFailed)
             {
                 // That holder is as good as down (its lease may not have run out yet): it stays
@@ -101,9 +103,10 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
                 continue;
             }
             written.Add(n);
+            total += bytes;
             // Bytes to a holder new to the object since the membership change moved; bytes to one
             // that held it before (and missed writes, or differs) resynced.
-            if (before is not null && !before.Choose(id.Packed, view.Copies).Any(c => c.Id == view.Replicas[n].NodeId))
+            if (former is not null && !former.Contains(view.Replicas[n].NodeId))
                 counters.Moved(bytes);
             else
                 counters.Resynced(bytes);
@@ -121,45 +124,36 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
             }
         }
         if (!allHolders || !holders.All(n => view.Live[n] && sums.ContainsKey(n) && (sums[n] is not null || written.Contains(n))))
-            return ReconcileResult.Partial;
-        if (before is not null)
-            await DropFormerCopiesAsync(view, id, holders, before).ConfigureAwait(false);
-        return ReconcileResult.Complete;
+            return (ReconcileResult.Partial, total);
+        if (former is not null)
+            await DropFormerCopiesAsync(view, id, holders, former).ConfigureAwait(false);
+        return (ReconcileResult.Complete, total);
     }
 
     /// <summary>Every current holder has the object: the copies left on members that no longer
     /// hold it give their space back. One that is down keeps its copy (no read ever uses it).</summary>
-    private static async Task DropFormerCopiesAsync(ClusterView view, ObjectId id, int[] holders, Placement before)
+    private static async Task DropFormerCopiesAsync(ClusterView view, ObjectId id, int[] holders, HashSet<string> former)
     {
-        foreach (ClusterNode former in before.Choose(id.Packed, view.Copies))
+        for (int n = 0; n < view.Replicas.Length; n++)
         {
-            for (int n = 0; n < view.Replicas.Length; n++)
-            {
-                if (view.Replicas[n].NodeId == former.Id && !holders.Contains(n) && view.Live[n])
-                    await view.Replicas[n].DeleteAsync(view.Epoch, id).ConfigureAwait(false);
-            }
+            if (former.Contains(view.Replicas[n].NodeId) && !holders.Contains(n) && view.Live[n])
+                await view.Replicas[n].DeleteAsync(view.Epoch, id).ConfigureAwait(false);
         }
     }
 
     /// <summary>Holders that may be copied from, best first: current holders that held the object
     /// before the change, the local one first; then earlier holders that are still members.
     /// Never a stale node (it may miss acknowledged writes).</summary>
-    private static List<int> SourceOrder(ClusterView view, ObjectId id, int[] holders, Placement? before)
+    private static List<int> SourceOrder(ClusterView view, int[] holders, HashSet<string>? former)
     {
-        var earlier = new HashSet<string>(StringComparer.Ordinal);
-        if (before is not null)
-        {
-            foreach (ClusterNode node in before.Choose(id.Packed, view.Copies))
-                earlier.Add(node.Id);
-        }
-        bool Held(int n) => before is null || earlier.Contains(view.Replicas[n].NodeId);
+        bool Held(int n) => former is null || former.Contains(view.Replicas[n].NodeId);
         bool Usable(int n) => view.Live[n] && !view.Stale[n];
         var order = holders.Where(n => Usable(n) && Held(n)).OrderBy(n => n == view.LocalIndex ? 0 : 1).ToList();
-        if (before is not null)
+        if (former is not null)
         {
             for (int n = 0; n < view.Replicas.Length; n++)
             {
-                if (!holders.Contains(n) && Usable(n) && earlier.Contains(view.Replicas[n].NodeId))
+                if (!holders.Contains(n) && Usable(n) && former.Contains(view.Replicas[n].NodeId))
                     order.Add(n);
             }
         }

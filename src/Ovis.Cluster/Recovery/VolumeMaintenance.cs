@@ -47,6 +47,8 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     private volatile bool _baselineRead;
     private volatile TaskCompletionSource _settled = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Placement? _before;
+    // Data bytes this volume's recovery work wrote to copies, for the bandwidth limit.
+    private long _bytesCopied;
     // The view the last queueing looked at: a view installed before this recovery was listening
     // is caught up with on the next round.
     private volatile ClusterView? _queuedFor;
@@ -140,8 +142,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         }
         bool membersChanged = !SameMembers(baseline, placement);
         _before = membersChanged ? baseline.Placement() : null;
-        var unsynced = Enumerable.Range(0, view.Replicas.Length)
-            .Where(n => view.Live[n] && !baseline.Synced.Contains(view.Replicas[n].NodeId, StringComparer.Ordinal)).ToHashSet();
+        var unsynced = UnsyncedLive(baseline, view).ToHashSet();
         if (!membersChanged && unsynced.Count == 0)
             return;
         Placement? before = _before;
@@ -265,27 +266,20 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(view);
         if (view.Placement is not { } placement)
             return false;
-        return baseline is null || !SameMembers(baseline, placement)
-            || Enumerable.Range(0, view.Replicas.Length).Any(n => view.Live[n] && !baseline.Synced.Contains(view.Replicas[n].NodeId, StringComparer.Ordinal));
+        return baseline is null || !SameMembers(baseline, placement) || UnsyncedLive(baseline, view).Any();
     }
+
+    /// <summary>The nodes up in <paramref name="view"/> that the baseline does not count as holding their copies.</summary>
+    private static IEnumerable<int> UnsyncedLive(RecoveryBaseline baseline, ClusterView view)
+        => Enumerable.Range(0, view.NodeCount).Where(n => view.IsLive(n) && !baseline.Synced.Contains(view.NodeIdAt(n), StringComparer.Ordinal));
 
     /// <summary>The logged objects of the volume that some copy may lack and whose holders are all
     /// up — work that can be done now.</summary>
     private List<ObjectId> LoggedWithAllHoldersUp(VolumeLayout layout, ClusterView view)
     {
-        var found = new List<ObjectId>();
-        if (_store.DirtyLog is not { } log || view.Placement is not { } placement)
-            return found;
-        int[] holders = new int[view.Copies];
-        foreach (ObjectId id in log.Marked())
-        {
-            if (!layout.Contains(id) || !log.IsMissed(id))
-                continue;
-            placement.ChooseIndexes(id.Packed, holders);
-            if (holders.All(n => view.Live[n]))
-                found.Add(id);
-        }
-        return found;
+        return _store.DirtyLog is { } log
+            ? [.. log.Marked().Where(id => layout.Contains(id) && log.IsMissed(id) && view.AllHoldersLive(id))]
+            : [];
     }
 
     /// <summary>
@@ -308,11 +302,12 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
             // Objects clients touched meanwhile go first.
             ObjectId id = _store.Gate.TryTakeTouched(out ObjectId touched) && layout.Contains(touched) ? touched : next;
             await _pause.WaitWhilePausedAsync(cancellationToken).ConfigureAwait(false);
-            long before = _counters.BytesMoved + _counters.BytesResynced;
+            long before = Interlocked.Read(ref _bytesCopied);
             if (!await _store.Gate.RunAsync(id).ConfigureAwait(false))
                 allDone = false;
-            // The limit is kept on average: the object's bytes are paid for after it moved.
-            await _throttle.WaitAsync(_counters.BytesMoved + _counters.BytesResynced - before, cancellationToken).ConfigureAwait(false);
+            // The limit is kept on average: the object's bytes are paid for after it moved (this
+            // volume's bytes only: other volumes' recoveries pay for their own).
+            await _throttle.WaitAsync(Interlocked.Read(ref _bytesCopied) - before, cancellationToken).ConfigureAwait(false);
         }
         return allDone && !_store.Gate.Pending().Any(layout.Contains);
     }
@@ -333,7 +328,8 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         {
             // Whatever queued it, after a membership change only a holder from before the change
             // has the object for sure: a new holder may have nothing yet.
-            ReconcileResult result = await _reconciler.ReconcileAsync(id, objectSize, _before, reason, throttled: false, _stopping).ConfigureAwait(false);
+            (ReconcileResult result, long bytes) = await _reconciler.ReconcileAsync(id, objectSize, _before, reason, throttled: false, _stopping).ConfigureAwait(false);
+            Interlocked.Add(ref _bytesCopied, bytes);
             await RecordAsync(id, result).ConfigureAwait(false);
             if (result != ReconcileResult.Failed)
                 _counters.Done(1);
@@ -374,7 +370,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         ReconcileResult result = ReconcileResult.Failed;
         await _store.Gate.RunExclusiveAsync(id, async o =>
         {
-            result = await _reconciler.ReconcileAsync(o, objectSize, _before, ReconcileReason.Scrub, throttled: true, cancellationToken).ConfigureAwait(false);
+            (result, _) = await _reconciler.ReconcileAsync(o, objectSize, _before, ReconcileReason.Scrub, throttled: true, cancellationToken).ConfigureAwait(false);
             return true;
         }).ConfigureAwait(false);
         _counters.Scrubbed(1);
