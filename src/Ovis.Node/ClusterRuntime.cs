@@ -1,6 +1,7 @@
 using System.Net;
 using Microsoft.Extensions.Logging;
 using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Fencing;
 using Ovis.Cluster.Gateway;
 using Ovis.Cluster.Peer;
 using Ovis.Cluster.Recovery;
@@ -34,8 +35,11 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     private readonly LocalStore _local;
     private readonly bool _wasMember;
 
-    private ClusterRuntime(ClusterMembership membership, string nodeId, LocalStore local, ILogger logger, MembershipView first, RecoveryOptions recovery)
+    private VolumeLocks? _locks;
+
+    private ClusterRuntime(ClusterMembership membership, string nodeId, LocalStore local, FenceTable fences, ILogger logger, MembershipView first, RecoveryOptions recovery)
     {
+        Fences = fences;
         _local = local;
         _wasMember = first.Members.Any(m => m.Id == nodeId);
         _membership = membership;
@@ -43,12 +47,17 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         _format = membership.Format!;
         _nodeId = nodeId;
         _logger = logger;
-        _replicas = new ReplicaSet(new LocalReplica(nodeId, local),
+        _replicas = new ReplicaSet(new LocalReplica(nodeId, local, fences),
             node => new RemoteReplica(node.Id, new PeerClient(ParsePeer(node), new PeerClientOptions(), logger)));
-        Records = new EtcdRecoveryStore(_catalog);
+        // Recovery's records are written under the volume's lock, like its copies (docs/fencing.md).
+        Records = new EtcdRecoveryStore(_catalog)
+        {
+            LayerHolder = layer => _locks?.HolderOf(layer),
+            VolumeHolder = volume => _locks?.GenerationOfVolume(volume),
+        };
         DirtyLog? log = recovery.DirtyLog ? new DirtyLog(Records, logger, recovery.DirtyClearAfter) : null;
         Store = new ReplicatedStore(local, ClusterView.Build(first, _format, nodeId, _replicas), this, logger, log);
-        PeerServer = new PeerServer(local, this, new PeerServerOptions(), logger);
+        PeerServer = new PeerServer(local, this, fences, new PeerServerOptions(), logger);
     }
 
     /// <summary>The store volumes use: every object on its placement's nodes.</summary>
@@ -60,6 +69,9 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     /// <summary>Recovery's records in the catalog: dirty-region logs and volume baselines.</summary>
     public EtcdRecoveryStore Records { get; }
 
+    /// <summary>This node's fences: the newest lock generation seen per layer (docs/fencing.md).</summary>
+    public FenceTable Fences { get; }
+
     /// <summary>Serves this node's store to other nodes' gateways.</summary>
     public PeerServer PeerServer { get; }
 
@@ -69,11 +81,11 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     public DownOutMonitor? DownOut => _downOut;
 
     /// <summary>Reads the membership and builds the first view; the node is not live in it until it joins.</summary>
-    public static async Task<ClusterRuntime> CreateAsync(ClusterMembership membership, string nodeId, LocalStore local, RecoveryOptions recovery,
+    public static async Task<ClusterRuntime> CreateAsync(ClusterMembership membership, string nodeId, LocalStore local, FenceTable fences, RecoveryOptions recovery,
         ILogger logger, CancellationToken cancellationToken)
     {
         MembershipView first = await membership.ReadMembershipAsync(cancellationToken).ConfigureAwait(false);
-        return new ClusterRuntime(membership, nodeId, local, logger, first, recovery);
+        return new ClusterRuntime(membership, nodeId, local, fences, logger, first, recovery);
     }
 
     /// <summary>
@@ -85,6 +97,7 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     {
         _recovery = recovery;
         _volumeNames = volumeNames;
+        _locks = locks;
         _staleCheck = Task.Run(() => ClearOwnStaleMarkAsync(_stop.Token), CancellationToken.None);
         _idle = new IdleVolumeRecovery(this, locks, volumes, _logger);
     }
@@ -256,6 +269,16 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         await _catalog.MarkStaleAsync(nodeId, _nodeId, epoch).ConfigureAwait(false);
         await RefreshAsync(0).ConfigureAwait(false);
     }
+
+    // Null until the volumes are open (Attach): no change goes out before.
+    long? IGatewayControl.GenerationOf(uint layer) => _locks?.GenerationOf(layer);
+
+    void IGatewayControl.OnFenced(uint layer, long generation) => _locks?.OnFenced(layer, generation);
+
+    /// <summary>Fences every layer of <paramref name="volume"/> at <paramref name="generation"/> on
+    /// every live member (<see cref="ReplicatedStore.FenceAsync"/>), before this node's first change under the lock.</summary>
+    public Task FenceAsync(string volume, IReadOnlyList<uint> layers, long generation, CancellationToken cancellationToken)
+        => Store.FenceAsync(volume, layers, generation, cancellationToken);
 
     /// <summary>What a node's store holds, as it reports it; null when it does not answer in time.</summary>
     public async Task<PeerStats?> StatsAsync(string nodeId)

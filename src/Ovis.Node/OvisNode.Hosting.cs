@@ -43,7 +43,10 @@ public sealed partial class OvisNode
         builder.Services.AddSingleton(status);
         builder.Services.AddSingleton(membership);
         builder.Services.AddSingleton<JobRegistry>();
-        var locks = membership.Catalog is { } catalog ? new VolumeLocks(catalog, () => membership.Registration, (volume, lost) => cluster?.StartRecoveryAsync(volume, lost) ?? Task.FromResult<IAsyncDisposable?>(null)) : null;
+        var locks = membership.Catalog is { } catalog && cluster is not null
+            ? new VolumeLocks(catalog, () => membership.Registration, cluster.FenceAsync, cluster.StartRecoveryAsync,
+                volume => volumes.TryGet()?.LayersOf(volume) ?? [], layer => volumes.TryGet()?.VolumeOfLayer(layer), StoreLoggerFactory.CreateLogger("Ovis.Cluster"))
+            : null;
         builder.Services.AddSingleton<IExportProvider>(new VolumeExports(volumes, locks));
         if (locks is not null)
         {

@@ -4,6 +4,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Ovis.Node.Admin;
 using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Fencing;
 using Ovis.Volumes;
 
 namespace Ovis.Node;
@@ -14,6 +15,9 @@ namespace Ovis.Node;
 /// </summary>
 public sealed partial class OvisNode : IAsyncDisposable
 {
+    /// <summary>In the data directory of a clustered node: the newest lock generation seen per layer (docs/fencing.md).</summary>
+    public const string FencesFile = "fences";
+
     private readonly WebApplication _app;
     private readonly NodeVolumes _volumes;
     private readonly ILogger _logger;
@@ -89,7 +93,8 @@ public sealed partial class OvisNode : IAsyncDisposable
                 volumes.LocalStore = data.Store;
                 membership = await ClusterMembership.ConnectAsync(joining, clusterLogger, cancellationToken);
                 var nodeId = joining.NodeId ?? ClusterMembership.ReadOrCreateNodeId(dataDirectory);
-                cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, joining.Recovery, clusterLogger, cancellationToken));
+                var fences = await OpenDataAsync(dataDirectory, () => Task.FromResult(FenceTable.Open(Path.Combine(dataDirectory, FencesFile))));
+                cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, fences, joining.Recovery, clusterLogger, cancellationToken));
                 recovery = new RecoveryControl(new RecoveryCatalog(membership.Catalog!), nodeId, clusterLogger);
             }
             else

@@ -37,8 +37,10 @@ internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : I
 
 /// <summary>
 /// Adapts an open <see cref="Volume"/> to what the NBD front needs. With a lock share, every
-/// change first checks that the lock still stands: once the node's lease is lost another node
-/// may be writing the volume, and a change from here could undo its writes on some copies.
+/// request first checks that the lock still stands: once the node's lease may be gone, or a
+/// replica has fenced this node, another node may be writing the volume — a change from here
+/// could undo its writes and a read could return what it overwrote — so requests fail with EIO
+/// (the replicas' fences refuse whatever change slips past this check; docs/fencing.md).
 /// </summary>
 internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockShare) : IBlockDevice
 {
@@ -70,9 +72,9 @@ internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockS
         static async ValueTask<NbdError> Await(ValueTask<StoreStatus> op) => ToNbd(await op.ConfigureAwait(false));
     }
 
-    public ValueTask<NbdError> ReadAsync(long offset, Memory<byte> buffer) => Map(volume.ReadAsync(offset, buffer));
+    public ValueTask<NbdError> ReadAsync(long offset, Memory<byte> buffer) => LockLost ? new(NbdError.EIO) : Map(volume.ReadAsync(offset, buffer));
 
-    private bool LockLost => lockShare is { Lost.IsCancellationRequested: true };
+    private bool LockLost => lockShare is { IsValid: false };
 
     public ValueTask<NbdError> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
         => LockLost ? new(NbdError.EIO) : Map(volume.WriteAsync(offset, data, fua));

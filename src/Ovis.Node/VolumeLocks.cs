@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
 using Ovis.Cluster.Catalog;
 using Ovis.Nbd;
 
@@ -11,17 +13,86 @@ namespace Ovis.Node;
 /// </summary>
 // The semaphore never allocates a wait handle (only WaitAsync is used), so it needs no disposal.
 #pragma warning disable CA1001
-internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> registration, Func<string, CancellationToken, Task<IAsyncDisposable?>> startRecovery)
+/// <remarks>
+/// Fencing (docs/fencing.md): a lock's generation is the etcd revision that created its key, so
+/// it grows with every acquisition. Before the first request on a newly taken lock, every live
+/// member is made to know the generation for each layer of the volume (<c>fence</c>); every change
+/// this node sends carries it (<see cref="GenerationOf"/>). A replica that refuses one as fenced
+/// tells us another node holds the volume: the lock is dropped and its users' requests fail.
+/// </remarks>
+internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> registration,
+    Func<string, IReadOnlyList<uint>, long, CancellationToken, Task> fence,
+    Func<string, CancellationToken, Task<IAsyncDisposable?>> startRecovery,
+    Func<string, IReadOnlyList<uint>> layersOf, Func<uint, string?> volumeOfLayer, ILogger logger)
 #pragma warning restore CA1001
 {
     private readonly SemaphoreSlim _gate = new(1, 1);
-    private readonly Dictionary<string, Held> _held = new(StringComparer.Ordinal);
+    // Changed under _gate; read without it by GenerationOf, on every change sent.
+    private readonly ConcurrentDictionary<string, Held> _held = new(StringComparer.Ordinal);
+    // Which held lock a layer's changes go out under, learned on first use.
+    private readonly ConcurrentDictionary<uint, Held> _byLayer = new();
 
     /// <summary>A share of one volume's lock; dispose when the connection ends.</summary>
     public interface IShare : IAsyncDisposable
     {
-        /// <summary>Cancelled when the lock is gone with the node's lease: writes must stop.</summary>
+        /// <summary>Cancelled when the lock is gone with the node's lease or fenced by a newer holder: requests must stop.</summary>
         CancellationToken Lost { get; }
+
+        /// <summary>False once the lock may be gone: lost, fenced, or the lease not renewed within its TTL by this process's clock.</summary>
+        bool IsValid { get; }
+    }
+
+    /// <summary>
+    /// The generation changes of <paramref name="layer"/> go out with: that of this node's lock on
+    /// the volume the layer belongs to, while the lock is valid; null otherwise (the change must
+    /// not be sent). Synchronous and allocation-free once the layer has been seen.
+    /// </summary>
+    public long? GenerationOf(uint layer)
+    {
+        if (!_byLayer.TryGetValue(layer, out Held? held) || held.Ended)
+        {
+            if (volumeOfLayer(layer) is not { } volume || !_held.TryGetValue(volume, out held) || held.Ended)
+                return null;
+            _byLayer[layer] = held;
+        }
+        return held.IsValid ? held.Generation : null;
+    }
+
+    /// <summary>The volume <paramref name="layer"/> belongs to and the generation of this node's
+    /// valid lock on it (as <see cref="GenerationOf"/>), for the catalog records written under it.</summary>
+    public (string Volume, long Generation)? HolderOf(uint layer)
+        => GenerationOf(layer) is { } generation && _byLayer.TryGetValue(layer, out Held? held) && held.Generation == generation
+            ? (held.Volume, generation)
+            : null;
+
+    /// <summary>The generation of this node's valid lock on <paramref name="volume"/>, or null.</summary>
+    public long? GenerationOfVolume(string volume)
+        => _held.TryGetValue(volume, out Held? held) && held.IsValid ? held.Generation : null;
+
+    /// <summary>A replica refused a change of <paramref name="layer"/> as fenced: the volume has a newer holder.</summary>
+    public void OnFenced(uint layer, long generation)
+    {
+        if (!_byLayer.TryGetValue(layer, out Held? held) || held.Generation != generation || held.Ended)
+            return;
+        LogFenced(logger, held.Volume, generation);
+        held.End();
+        // Out of the table now, so a later open takes the lock afresh; the connections that share
+        // this one fail their requests and let go of it as they close.
+        _ = ForgetAsync(held);
+    }
+
+    private async Task ForgetAsync(Held held)
+    {
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (_held.TryGetValue(held.Volume, out Held? current) && ReferenceEquals(current, held))
+                _held.TryRemove(held.Volume, out _);
+        }
+        finally
+        {
+            _gate.Release();
+        }
     }
 
     /// <summary>Takes (or shares) the lock of <paramref name="volume"/>; throws
@@ -57,7 +128,7 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
         await _gate.WaitAsync().ConfigureAwait(false);
         try
         {
-            if (_held.TryGetValue(volume, out Held? held) && !held.Lock.Lost.IsCancellationRequested)
+            if (_held.TryGetValue(volume, out Held? held) && !held.Ended && held.IsValid)
             {
                 if (forRecovery)
                     return null; // served or recovered here already
@@ -79,19 +150,37 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
                     return null;
                 throw Refused(volume, other);
             }
-            IAsyncDisposable? recovery;
+            held = new Held(volume, taken);
             try
             {
+                // Before any change goes out under this lock — the recovery's included — every
+                // live copy refuses the changes of every older holder.
+                // Known now, so that the objects of a layer deleted from the registry under this
+                // lock can still be deleted (the registry no longer says whose the layer was).
+                IReadOnlyList<uint> layers = layersOf(volume);
+                foreach (uint layer in layers)
+                    _byLayer[layer] = held;
+                try
+                {
+                    await fence(volume, layers, held.Generation, held.Lost).ConfigureAwait(false);
+                }
+                catch (Ovis.Cluster.Gateway.FencedException ex)
+                {
+                    // Our lock is no longer the newest: the lease must have lapsed meanwhile.
+                    throw new ExportUnavailableException($"{ex.Message}; try again");
+                }
                 // Before the first request: objects a predecessor may have left differing are queued first.
-                recovery = await startRecovery(volume, taken.Lost).ConfigureAwait(false);
+                _held[volume] = held;
+                held.Recovery = await startRecovery(volume, held.Lost).ConfigureAwait(false);
             }
             catch
             {
+                _held.TryRemove(volume, out _);
+                held.End();
                 await taken.DisposeAsync().ConfigureAwait(false);
                 throw;
             }
-            held = new Held(volume, taken) { Users = 1, Recovery = recovery };
-            _held[volume] = held;
+            held.Users = 1;
             return new Share(this, held);
         }
         finally
@@ -108,7 +197,7 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
             if (--held.Users > 0)
                 return;
             if (_held.TryGetValue(held.Volume, out Held? current) && ReferenceEquals(current, held))
-                _held.Remove(held.Volume);
+                _held.TryRemove(held.Volume, out _);
         }
         finally
         {
@@ -116,6 +205,7 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
         }
         if (held.Recovery is { } recovery)
             await recovery.DisposeAsync().ConfigureAwait(false);
+        held.End();
         try
         {
             await held.Lock.DisposeAsync().ConfigureAwait(false);
@@ -126,25 +216,54 @@ internal sealed class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistration?> r
         }
     }
 
-    private sealed class Held(string volume, VolumeLock @lock)
+    private sealed class Held
     {
-        public string Volume => volume;
+        private readonly CancellationTokenSource _ended;
 
-        public VolumeLock Lock => @lock;
+        public Held(string volume, VolumeLock @lock)
+        {
+            Volume = volume;
+            Lock = @lock;
+            _ended = CancellationTokenSource.CreateLinkedTokenSource(@lock.Lost);
+            Lost = _ended.Token;
+        }
+
+        public string Volume { get; }
+
+        public VolumeLock Lock { get; }
+
+        /// <summary>The lock's generation: the revision that created its key.</summary>
+        public long Generation => Lock.CreateRevision;
 
         public int Users { get; set; }
 
         /// <summary>The volume's recovery, run while this node holds the lock.</summary>
-        public IAsyncDisposable? Recovery { get; init; }
+        public IAsyncDisposable? Recovery { get; set; }
+
+        /// <summary>Cancelled when the lease is lost, the lock fenced or released.</summary>
+        public CancellationToken Lost { get; }
+
+        public bool Ended => Lost.IsCancellationRequested;
+
+        public bool IsValid => !Ended && Lock.Holder.IsCurrent;
+
+        // The source is never disposed: its token may be read by connections until they close,
+        // and a linked source without a timer holds nothing that needs disposal beyond the link.
+        public void End() => _ended.Cancel();
     }
 
     private sealed class Share(VolumeLocks owner, Held held) : IShare
     {
         private int _disposed;
 
-        public CancellationToken Lost => held.Lock.Lost;
+        public CancellationToken Lost => held.Lost;
+
+        public bool IsValid => held.IsValid;
 
         public ValueTask DisposeAsync()
             => Interlocked.Exchange(ref _disposed, 1) == 0 ? owner.ReleaseAsync(held) : ValueTask.CompletedTask;
     }
+
+    [LoggerMessage(EventId = 35, Level = LogLevel.Error, Message = "Volume {Volume}: a replica refused this node's changes as fenced (lock generation {Generation}): another node holds the volume now; its requests here fail until it is opened again")]
+    private static partial void LogFenced(ILogger logger, string volume, long generation);
 }

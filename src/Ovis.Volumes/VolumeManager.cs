@@ -228,6 +228,25 @@ public sealed partial class VolumeManager : IAsyncDisposable
         return false;
     }
 
+    /// <summary>The volume a layer belongs to (a snapshot's layer to the volume it was taken of);
+    /// null when no layer has that id (any more).</summary>
+    public string? VolumeOfLayer(uint layer)
+    {
+        lock (_lock)
+        {
+            return _byId.TryGetValue(layer, out VolumeState? v) ? v.Record.Name : null;
+        }
+    }
+
+    /// <summary>The layers that belong to <paramref name="volume"/>: its own and its snapshots'.</summary>
+    public IReadOnlyList<uint> LayersOf(string volume)
+    {
+        lock (_lock)
+        {
+            return [.. _byId.Values.Where(v => v.Record.Name == volume).Select(v => v.Record.Id)];
+        }
+    }
+
     private VolumeState Find(string name)
     {
         lock (_lock)

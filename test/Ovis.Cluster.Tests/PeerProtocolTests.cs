@@ -68,7 +68,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     // --- Wire format ---------------------------------------------------------------------------
 
     [Fact]
-    public void A_request_header_is_44_big_endian_bytes_in_the_documented_order()
+    public void A_request_header_is_52_big_endian_bytes_in_the_documented_order()
     {
         var header = new PeerRequestHeader(
             PeerOpcode.Write,
@@ -77,12 +77,13 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
             Handle: 0x1112131415161718,
             ObjectId: new ObjectId(0x21222324, 0x25262728).Packed,
             Offset: 0x3132333435363738,
-            Length: 0x41424344);
+            Length: 0x41424344,
+            Generation: 0x5152535455565758);
         var bytes = new byte[PeerProtocol.RequestHeaderSize];
         header.Write(bytes);
 
         Assert.Equal(
-            "4F565051" + "0002" + "0001" + "0102030405060708" + "1112131415161718" + "2122232425262728" + "3132333435363738" + "41424344",
+            "4F564651" + "0002" + "0001" + "0102030405060708" + "1112131415161718" + "2122232425262728" + "3132333435363738" + "41424344" + "5152535455565758",
             Convert.ToHexString(bytes));
         Assert.Equal(PeerProtocol.RequestMagic, PeerRequestHeader.ReadMagic(bytes));
         Assert.Equal(header, PeerRequestHeader.Read(bytes));
@@ -108,6 +109,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         Assert.Equal((ushort)StoreStatus.Closed, (ushort)PeerStatus.Closed);
         Assert.Equal(4, (ushort)PeerStatus.StaleEpoch);
         Assert.Equal(5, (ushort)PeerStatus.Invalid);
+        Assert.Equal(7, (ushort)PeerStatus.Fenced);
     }
 
     [Fact]
@@ -118,7 +120,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         listener.Listen(1);
         await using var client = new PeerClient(listener.LocalEndPoint!, new PeerClientOptions(), NullLogger.Instance);
 
-        Task<PeerResult> write = client.WriteAsync(3, new ObjectId(1, 2), 4096, "hello"u8.ToArray(), fua: true).AsTask();
+        Task<PeerResult> write = client.WriteAsync(3, 0x99, new ObjectId(1, 2), 4096, "hello"u8.ToArray(), fua: true).AsTask();
         using Socket server = await listener.AcceptAsync().WaitAsync(Timeout);
         var received = new byte[PeerProtocol.RequestHeaderSize + 5];
         for (int n = 0; n < received.Length;)
@@ -128,7 +130,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
 
         // The first request on a connection has handle 1.
         Assert.Equal(
-            "4F565051" + "0002" + "0001" + "0000000000000003" + "0000000000000001" + "0000000100000002" + "0000000000001000" + "00000005" + Convert.ToHexString("hello"u8),
+            "4F564651" + "0002" + "0001" + "0000000000000003" + "0000000000000001" + "0000000100000002" + "0000000000001000" + "00000005" + "0000000000000099" + Convert.ToHexString("hello"u8),
             Convert.ToHexString(received));
 
         var reply = new byte[PeerProtocol.ReplyHeaderSize];
@@ -172,7 +174,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
 
         // BLOCKSUMS (10) with VERIFY (8); the length counts blocks.
         Assert.Equal(
-            "4F565051" + "000A" + "0008" + "0000000000000003" + "0000000000000001" + "0000000100000002" + "0000000000002000" + "00000003",
+            "4F564651" + "000A" + "0008" + "0000000000000003" + "0000000000000001" + "0000000100000002" + "0000000000002000" + "00000003" + "0000000000000000",
             Convert.ToHexString(received));
 
         byte[] payload = Convert.FromHexString("01" + "DEADBEEF" + "02" + "00000000" + "00" + "00000000");
@@ -188,8 +190,8 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     {
         await using var f = new PeerFixture(epoch: 2);
         byte[] data = RandomBytes(4096, 16);
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 4096, data, fua: false));
-        await Ok(f.Client.ZeroAsync(f.Epoch, A, 2 * 4096, 4096, keepAllocated: true, fua: false));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 4096, data, fua: false));
+        await Ok(f.Client.ZeroAsync(f.Epoch, 0, A, 2 * 4096, 4096, keepAllocated: true, fua: false));
         await using RawPeer raw = await RawPeer.ConnectAsync(f.EndPoint);
 
         await raw.SendAsync(RawPeer.Request(PeerOpcode.BlockSums, PeerRequestFlags.None, 2, 5, A.Packed, 0, 4));
@@ -247,12 +249,12 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     {
         await using var f = new PeerFixture();
         byte[] data = RandomBytes(3 * 4096, 1);
-        PeerResult written = await Ok(f.Client.WriteAsync(f.Epoch, A, 8192, data, fua: false));
+        PeerResult written = await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 8192, data, fua: false));
         Assert.Equal(f.Epoch, written.Epoch);
         Assert.Equal(data, await ReadAsync(f, A, 8192, data.Length));
 
         byte[] odd = RandomBytes(1000, 2);
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 8192 + 100, odd, fua: true));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 8192 + 100, odd, fua: true));
         byte[] expected = (byte[])data.Clone();
         odd.CopyTo(expected, 100);
         Assert.Equal(expected, await ReadAsync(f, A, 8192, data.Length));
@@ -270,7 +272,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     {
         await using var f = new PeerFixture();
         byte[] data = RandomBytes(16 << 20, 3);
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 0, data, fua: false));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 0, data, fua: false));
         Assert.Equal(data, await ReadAsync(f, A, 0, data.Length));
     }
 
@@ -286,7 +288,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         {
             blocks[i] = RandomBytes(4096, 100 + i);
             // Spread over a few objects; all started before any is awaited.
-            calls[i] = f.Client.WriteAsync(f.Epoch, new ObjectId(8, (uint)(i % 5)), (long)(i / 5) * 4096, blocks[i], fua: false).AsTask();
+            calls[i] = f.Client.WriteAsync(f.Epoch, 0, new ObjectId(8, (uint)(i % 5)), (long)(i / 5) * 4096, blocks[i], fua: false).AsTask();
         }
 
         PeerResult[] results = await Task.WhenAll(calls).WaitAsync(Timeout);
@@ -312,12 +314,12 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     {
         await using var f = new PeerFixture();
         byte[] data = RandomBytes(8 * 4096, 4);
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 0, data, fua: false));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 0, data, fua: false));
         Assert.All(await AllocationAsync(f, A, 0, 8), s => Assert.Equal(BlockState.Data, s));
 
         // Blocks 1-2 zeroed but kept allocated, blocks 4-5 trimmed to holes.
-        await Ok(f.Client.ZeroAsync(f.Epoch, A, 4096, 2 * 4096, keepAllocated: true, fua: false));
-        await Ok(f.Client.ZeroAsync(f.Epoch, A, 4 * 4096, 2 * 4096, keepAllocated: false, fua: true));
+        await Ok(f.Client.ZeroAsync(f.Epoch, 0, A, 4096, 2 * 4096, keepAllocated: true, fua: false));
+        await Ok(f.Client.ZeroAsync(f.Epoch, 0, A, 4 * 4096, 2 * 4096, keepAllocated: false, fua: true));
         Assert.Equal(
             [BlockState.Data, BlockState.Zero, BlockState.Zero, BlockState.Data, BlockState.Hole, BlockState.Hole, BlockState.Data, BlockState.Data, BlockState.Hole],
             await AllocationAsync(f, A, 0, 9));
@@ -325,7 +327,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
 
         // Fill holes writes only where there is a hole: blocks 4, 5 and 8 of 0-8.
         byte[] fill = RandomBytes(9 * 4096, 5);
-        await Ok(f.Client.FillHolesAsync(f.Epoch, A, 0, fill, zeroes: false));
+        await Ok(f.Client.FillHolesAsync(f.Epoch, 0, A, 0, fill, zeroes: false));
         byte[] now = await ReadAsync(f, A, 0, 9 * 4096);
         Assert.Equal(data.AsSpan(0, 4096).ToArray(), now.AsSpan(0, 4096).ToArray());
         Assert.Equal(new byte[2 * 4096], now.AsSpan(4096, 2 * 4096).ToArray());
@@ -333,7 +335,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         Assert.Equal(fill.AsSpan(8 * 4096, 4096).ToArray(), now.AsSpan(8 * 4096, 4096).ToArray());
 
         // Fill holes with zeroes sends no payload and allocates the holes as zeroes.
-        await Ok(f.Client.FillHolesAsync(f.Epoch, A, 0, new byte[12 * 4096], zeroes: true));
+        await Ok(f.Client.FillHolesAsync(f.Epoch, 0, A, 0, new byte[12 * 4096], zeroes: true));
         Assert.Equal(
             [BlockState.Data, BlockState.Zero, BlockState.Zero, BlockState.Data, BlockState.Data, BlockState.Data, BlockState.Data, BlockState.Data, BlockState.Data, BlockState.Zero, BlockState.Zero, BlockState.Zero],
             await AllocationAsync(f, A, 0, 12));
@@ -342,7 +344,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         Assert.Equal([BlockState.Data, BlockState.Zero], await AllocationAsync(f, A, 8 * 4096, 2));
         Assert.All(await AllocationAsync(f, B, 0, 4), s => Assert.Equal(BlockState.Hole, s));
 
-        await Ok(f.Client.DeleteAsync(f.Epoch, A));
+        await Ok(f.Client.DeleteAsync(f.Epoch, 0, A));
         Assert.All(await AllocationAsync(f, A, 0, 12), s => Assert.Equal(BlockState.Hole, s));
         Assert.Equal(new byte[12 * 4096], await ReadAsync(f, A, 0, 12 * 4096));
         Assert.DoesNotContain(A, f.Store.ListObjects());
@@ -353,10 +355,10 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     {
         await using var f = new PeerFixture();
         byte[] data = RandomBytes(4096 * 4096, 17);
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 0, data, fua: true));
-        await Ok(f.Client.ZeroAsync(f.Epoch, A, 10 * 4096, 5 * 4096, keepAllocated: true, fua: false));
-        await Ok(f.Client.ZeroAsync(f.Epoch, A, 20 * 4096, 5 * 4096, keepAllocated: false, fua: false));
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 30 * 4096 + 17, RandomBytes(3 * 4096, 18), fua: false));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 0, data, fua: true));
+        await Ok(f.Client.ZeroAsync(f.Epoch, 0, A, 10 * 4096, 5 * 4096, keepAllocated: true, fua: false));
+        await Ok(f.Client.ZeroAsync(f.Epoch, 0, A, 20 * 4096, 5 * 4096, keepAllocated: false, fua: false));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 30 * 4096 + 17, RandomBytes(3 * 4096, 18), fua: false));
 
         // The whole object: a 20 KiB reply that spans many pipe segments both ways.
         BlockSum[] expected = await StoreSumsAsync(f, A, 0, 4096);
@@ -377,7 +379,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     {
         await using var f = new PeerFixture();
         byte[] data = RandomBytes(4 * 4096, 19);
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 0, data, fua: true));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 0, data, fua: true));
         BlockSum[] good = await SumsAsync(f, A, 0, 4, verify: true);
 
         // Once the applier has written the object file, damage block 1 there.
@@ -409,7 +411,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         var writes = new Task<PeerResult>[100];
         for (int i = 0; i < writes.Length; i++)
         {
-            writes[i] = f.Client.WriteAsync(f.Epoch, new ObjectId(3, (uint)i), 0, block, fua: false).AsTask();
+            writes[i] = f.Client.WriteAsync(f.Epoch, 0, new ObjectId(3, (uint)i), 0, block, fua: false).AsTask();
         }
 
         Assert.All(await Task.WhenAll(writes).WaitAsync(Timeout), r => Assert.Equal(PeerStatus.Ok, r.Status));
@@ -418,7 +420,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         Assert.Equal(before + 1, f.Store.JournalSyncCount);
 
         // Concurrent flushes share the store's group commit.
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 0, block, fua: false));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 0, block, fua: false));
         before = f.Store.JournalSyncCount;
         var flushes = new Task<PeerResult>[16];
         for (int i = 0; i < flushes.Length; i++)
@@ -434,8 +436,8 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     public async Task Stats_report_the_stores_figures()
     {
         await using var f = new PeerFixture(epoch: 4);
-        await Ok(f.Client.WriteAsync(f.Epoch, A, 0, RandomBytes(3 * 4096, 7), fua: false));
-        await Ok(f.Client.WriteAsync(f.Epoch, B, 0, RandomBytes(4096, 8), fua: true));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 0, RandomBytes(3 * 4096, 7), fua: false));
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, B, 0, RandomBytes(4096, 8), fua: true));
 
         PeerStatsResult stats = await f.Client.StatsAsync().AsTask().WaitAsync(Timeout);
         Assert.Equal(PeerStatus.Ok, stats.Status);
@@ -451,13 +453,13 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     {
         await using var f = new PeerFixture(epoch: 5);
         byte[] original = RandomBytes(8192, 9);
-        await Ok(f.Client.WriteAsync(5, A, 0, original, fua: false));
+        await Ok(f.Client.WriteAsync(5, 0, A, 0, original, fua: false));
 
         byte[] other = RandomBytes(8192, 10);
-        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.WriteAsync(4, A, 0, other, fua: true)));
-        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.ZeroAsync(4, A, 0, 8192, keepAllocated: false, fua: false)));
-        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.FillHolesAsync(4, A, 8192, other, zeroes: false)));
-        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.DeleteAsync(0, A)));
+        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.WriteAsync(4, 0, A, 0, other, fua: true)));
+        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.ZeroAsync(4, 0, A, 0, 8192, keepAllocated: false, fua: false)));
+        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.FillHolesAsync(4, 0, A, 8192, other, zeroes: false)));
+        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.DeleteAsync(0, 0, A)));
         Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.FlushAsync(4)));
         var buffer = new byte[8192];
         Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 5), await Result(f.Client.ReadAsync(4, A, 0, buffer)));
@@ -483,12 +485,12 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         };
 
         byte[] data = RandomBytes(4096, 11);
-        Assert.Equal(new PeerResult(PeerStatus.Ok, 6), await Result(f.Client.WriteAsync(6, A, 0, data, fua: false)));
+        Assert.Equal(new PeerResult(PeerStatus.Ok, 6), await Result(f.Client.WriteAsync(6, 0, A, 0, data, fua: false)));
         Assert.Equal([6L], f.Epochs.CatchUps);
         Assert.Equal(data, await ReadAsync(f, A, 0, 4096));
 
         // Caught up, but the sender is further ahead still: refused, not applied, epoch 6 told.
-        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 6), await Result(f.Client.WriteAsync(8, A, 0, RandomBytes(4096, 12), fua: false)));
+        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 6), await Result(f.Client.WriteAsync(8, 0, A, 0, RandomBytes(4096, 12), fua: false)));
         Assert.Equal([6L, 8L], f.Epochs.CatchUps);
         Assert.Equal(data, await ReadAsync(f, A, 0, 4096));
     }
@@ -498,7 +500,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     {
         await using var f = new PeerFixture(epoch: 2);
         f.Epochs.OnCatchUp = (_, _) => ValueTask.FromException<long>(new InvalidOperationException("catalog unreachable"));
-        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 2), await Result(f.Client.WriteAsync(3, A, 0, RandomBytes(4096, 13), fua: false)));
+        Assert.Equal(new PeerResult(PeerStatus.StaleEpoch, 2), await Result(f.Client.WriteAsync(3, 0, A, 0, RandomBytes(4096, 13), fua: false)));
         Assert.Equal(new byte[4096], await ReadAsync(f, A, 0, 4096));
     }
 
@@ -649,7 +651,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     public async Task A_killed_server_gives_unreachable_promptly_and_the_client_reconnects_when_it_is_back()
     {
         await using var f = new PeerFixture(epoch: 1);
-        await Ok(f.Client.WriteAsync(1, A, 0, RandomBytes(4096, 16), fua: false));
+        await Ok(f.Client.WriteAsync(1, 0, A, 0, RandomBytes(4096, 16), fua: false));
 
         // Requests held mid-flight in the server: a newer epoch waits in catch-up.
         var holding = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -659,7 +661,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
             await Task.Delay(System.Threading.Timeout.Infinite, cancellationToken);
             return seen;
         };
-        Task<PeerResult>[] held = [.. Enumerable.Range(0, 10).Select(i => f.Client.WriteAsync(2, B, i * 4096L, RandomBytes(4096, i), fua: false).AsTask())];
+        Task<PeerResult>[] held = [.. Enumerable.Range(0, 10).Select(i => f.Client.WriteAsync(2, 0, B, i * 4096L, RandomBytes(4096, i), fua: false).AsTask())];
         await holding.Task.WaitAsync(Timeout);
 
         var clock = Stopwatch.StartNew();
@@ -709,7 +711,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         }
 
         await using var client = new PeerClient(new IPEndPoint(IPAddress.Loopback, port), new PeerClientOptions(), NullLogger.Instance);
-        Assert.Equal(PeerResult.Unreachable, await Result(client.WriteAsync(1, A, 0, new byte[4096], fua: false)));
+        Assert.Equal(PeerResult.Unreachable, await Result(client.WriteAsync(1, 0, A, 0, new byte[4096], fua: false)));
         Assert.Equal(PeerResult.Unreachable, await Result(client.PingAsync()));
     }
 
@@ -721,7 +723,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         f.Epochs.OnCatchUp = (_, _) => new ValueTask<long>(release.Task);
 
         using var cts = new CancellationTokenSource();
-        Task<PeerResult> held = f.Client.WriteAsync(2, A, 0, RandomBytes(4096, 17), fua: false, cts.Token).AsTask();
+        Task<PeerResult> held = f.Client.WriteAsync(2, 0, A, 0, RandomBytes(4096, 17), fua: false, cts.Token).AsTask();
         await Eventually.TrueAsync(() => Task.FromResult(!f.Epochs.CatchUps.IsEmpty), Timeout, "the write reached the server");
         await cts.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => held.WaitAsync(Timeout));
@@ -753,7 +755,7 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
                 long n = 0;
                 while (clock.Elapsed < duration)
                 {
-                    PeerResult r = await f.Client.WriteAsync(f.Epoch, id, n % 4096 * 4096, block, fua: false);
+                    PeerResult r = await f.Client.WriteAsync(f.Epoch, 0, id, n % 4096 * 4096, block, fua: false);
                     Assert.Equal(PeerStatus.Ok, r.Status);
                     n++;
                 }

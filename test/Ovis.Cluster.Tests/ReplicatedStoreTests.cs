@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging.Abstractions;
 using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Fencing;
 using Ovis.Cluster.Gateway;
 using Ovis.Cluster.Peer;
 using Ovis.Store;
@@ -15,7 +16,7 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
 {
     private static readonly TimeSpan T = TimeSpan.FromSeconds(30);
     private static readonly string[] Zones = ["a", "b", "c"];
-    private readonly List<(string Dir, LocalStore Store)> _stores = [];
+    private readonly List<(string Dir, LocalStore Store, FenceTable Fences)> _stores = [];
     private readonly Dictionary<string, FaultyReplica> _remote = new(StringComparer.Ordinal);
     private readonly Control _control = new();
 
@@ -24,16 +25,17 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
         foreach (var zone in Zones)
         {
             var dir = Path.Combine(Path.GetTempPath(), "ovis-gw-" + Guid.NewGuid().ToString("N"));
-            _stores.Add((dir, LocalStore.Open(dir, new LocalStoreOptions { JournalSize = 32L << 20, BatchSize = 1 << 20, BatchCount = 8 }, NullLogger.Instance)));
+            var store = LocalStore.Open(dir, new LocalStoreOptions { JournalSize = 32L << 20, BatchSize = 1 << 20, BatchCount = 8 }, NullLogger.Instance);
+            _stores.Add((dir, store, FenceTable.Open(Path.Combine(dir, "fences"))));
         }
-        _remote["n-b"] = new FaultyReplica(new LocalReplica("n-b", _stores[1].Store));
-        _remote["n-c"] = new FaultyReplica(new LocalReplica("n-c", _stores[2].Store));
+        _remote["n-b"] = new FaultyReplica(new LocalReplica("n-b", _stores[1].Store, _stores[1].Fences));
+        _remote["n-c"] = new FaultyReplica(new LocalReplica("n-c", _stores[2].Store, _stores[2].Fences));
         return Task.CompletedTask;
     }
 
     public async Task DisposeAsync()
     {
-        foreach (var (dir, store) in _stores)
+        foreach (var (dir, store, _) in _stores)
         {
             await store.DisposeAsync();
             Directory.Delete(dir, recursive: true);
@@ -54,7 +56,7 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
 
     private ReplicatedStore Gateway(int copies, out ReplicaSet replicas)
     {
-        replicas = new ReplicaSet(new LocalReplica("n-a", A), node => _remote[node.Id]);
+        replicas = new ReplicaSet(new LocalReplica("n-a", A, _stores[0].Fences), node => _remote[node.Id]);
         var format = new ClusterFormat("t", copies, DateTimeOffset.UtcNow);
         var set = replicas;
         var store = new ReplicatedStore(A, ClusterView.Build(View(5, 100), format, "n-a", replicas), _control, NullLogger.Instance);
@@ -100,6 +102,56 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
         Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(7).AsTask().WaitAsync(T));
         Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(8).AsTask().WaitAsync(T));
         Assert.Equal([before[0] + 1, before[1] + 1, before[2] + 1], [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount]);
+    }
+
+    [Fact]
+    public async Task After_a_newer_holder_fences_the_layer_an_older_gateway_changes_no_copy_and_marks_none_stale()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(11, 0);
+        byte[] mine = Data(3);
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, mine, fua: false).AsTask().WaitAsync(T));
+
+        // The next holder (generation 2) fences the layer on every node and writes; this gateway
+        // still believes it holds generation 1, as a paused one does.
+        await gw.FenceAsync("v", [11], 2, CancellationToken.None).WaitAsync(T);
+        byte[] theirs = Data(4);
+        _control.Generation = 2;
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, theirs, fua: false).AsTask().WaitAsync(T));
+        _control.Generation = 1;
+
+        Assert.Equal(StoreStatus.IoError, await gw.WriteAsync(id, 0, Data(5), fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.IoError, await gw.ZeroAsync(id, 0, 4096, keepAllocated: false, fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.IoError, await gw.DeleteAsync(id).AsTask().WaitAsync(T));
+        foreach (var store in new[] { A, B, C })
+            Assert.Equal(theirs, await Read(store, id, 4096));
+        Assert.Empty(_control.Marked);
+        Assert.Contains((11u, 1L), _control.Fenced);
+    }
+
+    [Fact]
+    public async Task A_change_from_a_holder_newer_than_a_copy_has_heard_of_raises_that_copys_fence_durably()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(12, 1);
+        _control.Generation = 7;
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, Data(6), fua: false).AsTask().WaitAsync(T));
+        foreach (var (dir, _, fences) in _stores)
+        {
+            Assert.Equal(7, fences.GenerationOf(12));
+            // As after a restart: the fence is read back from disk.
+            Assert.Equal(7, FenceTable.Open(Path.Combine(dir, "fences")).GenerationOf(12));
+        }
+    }
+
+    [Fact]
+    public async Task A_gateway_that_holds_no_lock_sends_no_change()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(13, 0);
+        _control.Generation = null;
+        Assert.Equal(StoreStatus.IoError, await gw.WriteAsync(id, 0, Data(7), fua: false).AsTask().WaitAsync(T));
+        Assert.DoesNotContain(new[] { A, B, C }, store => store.ListObjects().Contains(id));
     }
 
     [Fact]
@@ -242,6 +294,19 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
 
         public int Acknowledged;
 
+        /// <summary>The gateway's lock generation; null as if it held no lock.</summary>
+        public long? Generation { get; set; } = 1;
+
+        public List<(uint Layer, long Generation)> Fenced { get; } = [];
+
+        public long? GenerationOf(uint layer) => Generation;
+
+        public void OnFenced(uint layer, long generation)
+        {
+            lock (Fenced)
+                Fenced.Add((layer, generation));
+        }
+
         public ValueTask RefreshAsync(long seen)
         {
             lock (Refreshes)
@@ -297,8 +362,8 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
             return false;
         }
 
-        public ValueTask<PeerResult> WriteAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
-            => Refuse(out var r) ? new(r) : inner.WriteAsync(epoch, id, offset, data, fua);
+        public ValueTask<PeerResult> WriteAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+            => Refuse(out var r) ? new(r) : inner.WriteAsync(epoch, generation, id, offset, data, fua);
 
         public ValueTask<PeerResult> ReadAsync(long epoch, ObjectId id, long offset, Memory<byte> buffer)
         {
@@ -306,14 +371,17 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
             return Refuse(out var r) ? new(r) : inner.ReadAsync(epoch, id, offset, buffer);
         }
 
-        public ValueTask<PeerResult> ZeroAsync(long epoch, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
-            => Refuse(out var r) ? new(r) : inner.ZeroAsync(epoch, id, offset, length, keepAllocated, fua);
+        public ValueTask<PeerResult> ZeroAsync(long epoch, long generation, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
+            => Refuse(out var r) ? new(r) : inner.ZeroAsync(epoch, generation, id, offset, length, keepAllocated, fua);
 
-        public ValueTask<PeerResult> FillHolesAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
-            => Refuse(out var r) ? new(r) : inner.FillHolesAsync(epoch, id, offset, data, zeroes);
+        public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
+            => Refuse(out var r) ? new(r) : inner.FillHolesAsync(epoch, generation, id, offset, data, zeroes);
 
-        public ValueTask<PeerResult> DeleteAsync(long epoch, ObjectId id)
-            => Refuse(out var r) ? new(r) : inner.DeleteAsync(epoch, id);
+        public ValueTask<PeerResult> DeleteAsync(long epoch, long generation, ObjectId id)
+            => Refuse(out var r) ? new(r) : inner.DeleteAsync(epoch, generation, id);
+
+        public ValueTask<PeerResult> FenceAsync(long epoch, uint layer, long generation)
+            => Refuse(out var r) ? new(r) : inner.FenceAsync(epoch, layer, generation);
 
         public ValueTask<PeerResult> FlushAsync(long epoch)
             => Refuse(out var r) ? new(r) : inner.FlushAsync(epoch);

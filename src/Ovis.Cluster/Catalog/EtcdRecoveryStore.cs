@@ -14,8 +14,23 @@ namespace Ovis.Cluster.Catalog;
 /// </code>
 /// and the one decision that needs them all at once: lifting a node's stale mark.
 /// </summary>
+/// <remarks>
+/// Writes to these records are fenced like writes to the copies (docs/fencing.md): each is a
+/// transaction on the condition that the writer's lock on the volume is still the one in etcd
+/// (the lock key's create revision is its generation). A gateway that lost the lock — paused
+/// while its lease ran out — can then neither clear the dirty-region log its successor relies on
+/// nor rewrite a baseline; the save fails and the change that needed it is refused.
+/// </remarks>
 public sealed class EtcdRecoveryStore(EtcdCatalog catalog) : IDirtyLogStore
 {
+    /// <summary>The volume a layer belongs to and the generation of this node's lock on it, or null
+    /// when this node holds no valid lock on it (then nothing of it is saved). Unset, saves are
+    /// unconditional (tests of the records alone).</summary>
+    public Func<uint, (string Volume, long Generation)?>? LayerHolder { get; set; }
+
+    /// <summary>The generation of this node's lock on a volume, or null (see <see cref="LayerHolder"/>).</summary>
+    public Func<string, long?>? VolumeHolder { get; set; }
+
     private string Dirty => catalog.Keys.Root + "dirty/";
 
     private string Baselines => catalog.Keys.Root + "baseline/";
@@ -40,12 +55,34 @@ public sealed class EtcdRecoveryStore(EtcdCatalog catalog) : IDirtyLogStore
 
     public async Task SaveAsync(IReadOnlyDictionary<uint, uint[]> layers, CancellationToken cancellationToken)
     {
-        if (layers.Count == 0)
+        var guards = new List<EtcdCompare>();
+        var saved = new List<KeyValuePair<uint, uint[]>>();
+        foreach (var layer in layers)
+        {
+            if (LayerHolder is { } holderOf)
+            {
+                // Without the lock this node sends no change of the layer (the gateway refuses it
+                // first), so a mark it does not save covers nothing; a clear it does not save
+                // leaves the object logged, which costs the next holder a compare, never a write.
+                if (holderOf(layer.Key) is not { } holder)
+                    continue;
+                guards.Add(EtcdCompare.CreatedAt(catalog.Keys.Lock(holder.Volume), holder.Generation));
+            }
+            saved.Add(layer);
+        }
+        if (saved.Count == 0)
             return;
-        EtcdOp[] ops = [.. layers.Select(l => l.Value.Length == 0
+        EtcdOp[] ops = [.. saved.Select(l => l.Value.Length == 0
             ? (EtcdOp)new EtcdOp.Delete(DirtyKey(l.Key))
             : new EtcdOp.Put(DirtyKey(l.Key), JsonSerializer.SerializeToUtf8Bytes(l.Value, RecoveryJson.Default.UInt32Array)))];
-        await catalog.Client.TxnAsync([], ops, cancellationToken: cancellationToken).ConfigureAwait(false);
+        await SaveGuardedAsync(guards, ops, "dirty-region log", cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task SaveGuardedAsync(List<EtcdCompare> guards, EtcdOp[] ops, string what, CancellationToken cancellationToken)
+    {
+        var result = await catalog.Client.TxnAsync(guards, ops, cancellationToken: cancellationToken).ConfigureAwait(false);
+        if (!result.Succeeded)
+            throw new CatalogException($"the {what} was not saved: another node holds the volume's lock now (this node was fenced)");
     }
 
     /// <summary>Every layer's log, for a node deciding whether any logged object involves it.</summary>
@@ -59,9 +96,19 @@ public sealed class EtcdRecoveryStore(EtcdCatalog catalog) : IDirtyLogStore
         return kv is null ? null : JsonSerializer.Deserialize(kv.Value, RecoveryJson.Default.RecoveryBaseline);
     }
 
-    public Task WriteBaselineAsync(string volume, RecoveryBaseline baseline, CancellationToken cancellationToken) =>
-        catalog.Client.PutAsync(BaselineKey(volume), JsonSerializer.SerializeToUtf8Bytes(baseline, RecoveryJson.Default.RecoveryBaseline),
-            cancellationToken: cancellationToken);
+    public Task WriteBaselineAsync(string volume, RecoveryBaseline baseline, CancellationToken cancellationToken)
+    {
+        var guards = new List<EtcdCompare>();
+        if (VolumeHolder is { } holderOf)
+        {
+            long generation = holderOf(volume)
+                ?? throw new CatalogException($"volume {volume}: this node holds no lock on it; its recovery baseline is not saved");
+            guards.Add(EtcdCompare.CreatedAt(catalog.Keys.Lock(volume), generation));
+        }
+        return SaveGuardedAsync(guards,
+            [new EtcdOp.Put(BaselineKey(volume), JsonSerializer.SerializeToUtf8Bytes(baseline, RecoveryJson.Default.RecoveryBaseline))],
+            "recovery baseline", cancellationToken);
+    }
 
     /// <summary>
     /// A node's store came back empty: no baseline may count it as holding its copies any more,

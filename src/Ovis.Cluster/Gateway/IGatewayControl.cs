@@ -11,4 +11,13 @@ public interface IGatewayControl
     /// no gateway reads from it until it is resynced, and installs a view that shows the mark.
     /// Throws when that cannot be recorded.</summary>
     ValueTask MarkStaleAsync(string nodeId, long epoch);
+
+    /// <summary>The generation of this node's lock on the volume <paramref name="layer"/> belongs
+    /// to, for the changes it sends (docs/fencing.md); null when the node does not hold that lock
+    /// now, or its lease may have run out: then no change may go out.</summary>
+    long? GenerationOf(uint layer);
+
+    /// <summary>A replica refused a change of <paramref name="layer"/> from <paramref name="generation"/>
+    /// as fenced: another node holds the volume now. This node lets go of it; its clients get errors.</summary>
+    void OnFenced(uint layer, long generation);
 }

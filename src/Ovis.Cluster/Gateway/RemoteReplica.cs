@@ -10,19 +10,21 @@ public sealed class RemoteReplica(string nodeId, PeerClient client) : IReplica
 
     public PeerClient Client => client;
 
-    public ValueTask<PeerResult> WriteAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
-        => client.WriteAsync(epoch, id, offset, data, fua);
+    public ValueTask<PeerResult> WriteAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+        => client.WriteAsync(epoch, generation, id, offset, data, fua);
 
     public ValueTask<PeerResult> ReadAsync(long epoch, ObjectId id, long offset, Memory<byte> buffer)
         => client.ReadAsync(epoch, id, offset, buffer);
 
-    public ValueTask<PeerResult> ZeroAsync(long epoch, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
-        => client.ZeroAsync(epoch, id, offset, length, keepAllocated, fua);
+    public ValueTask<PeerResult> ZeroAsync(long epoch, long generation, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
+        => client.ZeroAsync(epoch, generation, id, offset, length, keepAllocated, fua);
 
-    public ValueTask<PeerResult> FillHolesAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
-        => client.FillHolesAsync(epoch, id, offset, data, zeroes);
+    public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
+        => client.FillHolesAsync(epoch, generation, id, offset, data, zeroes);
 
-    public ValueTask<PeerResult> DeleteAsync(long epoch, ObjectId id) => client.DeleteAsync(epoch, id);
+    public ValueTask<PeerResult> DeleteAsync(long epoch, long generation, ObjectId id) => client.DeleteAsync(epoch, generation, id);
+
+    public ValueTask<PeerResult> FenceAsync(long epoch, uint layer, long generation) => client.FenceAsync(epoch, layer, generation);
 
     public ValueTask<PeerResult> FlushAsync(long epoch) => client.FlushAsync(epoch);
 

@@ -7,35 +7,36 @@ namespace Ovis.Cluster.Gateway;
 /// no closure is allocated.</summary>
 internal interface IReplicaOp
 {
-    ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id);
+    /// <summary>Changes carry <paramref name="generation"/>, the gateway's lock generation for the object's layer; reads ignore it.</summary>
+    ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id);
 }
 
 internal readonly record struct WriteOp(long Offset, ReadOnlyMemory<byte> Data, bool Fua) : IReplicaOp
 {
-    public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.WriteAsync(epoch, id, Offset, Data, Fua);
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id) => replica.WriteAsync(epoch, generation, id, Offset, Data, Fua);
 }
 
 internal readonly record struct ZeroOp(long Offset, long Length, bool KeepAllocated, bool Fua) : IReplicaOp
 {
-    public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.ZeroAsync(epoch, id, Offset, Length, KeepAllocated, Fua);
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id) => replica.ZeroAsync(epoch, generation, id, Offset, Length, KeepAllocated, Fua);
 }
 
 internal readonly record struct FillOp(long Offset, ReadOnlyMemory<byte> Data, bool Zeroes) : IReplicaOp
 {
-    public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.FillHolesAsync(epoch, id, Offset, Data, Zeroes);
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id) => replica.FillHolesAsync(epoch, generation, id, Offset, Data, Zeroes);
 }
 
 internal readonly record struct DeleteOp : IReplicaOp
 {
-    public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.DeleteAsync(epoch, id);
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id) => replica.DeleteAsync(epoch, generation, id);
 }
 
 internal readonly record struct ReadOp(long Offset, Memory<byte> Buffer) : IReplicaOp
 {
-    public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.ReadAsync(epoch, id, Offset, Buffer);
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id) => replica.ReadAsync(epoch, id, Offset, Buffer);
 }
 
 internal readonly record struct AllocationOp(long Offset, Memory<BlockState> States) : IReplicaOp
 {
-    public ValueTask<PeerResult> Send(IReplica replica, long epoch, ObjectId id) => replica.GetAllocationAsync(epoch, id, Offset, States);
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id) => replica.GetAllocationAsync(epoch, id, Offset, States);
 }

@@ -123,6 +123,10 @@ public sealed partial class ReplicatedStore : IObjectStore
 
     public ValueTask<StoreStatus> DeleteAsync(ObjectId id) => MutateAsync(id, default(DeleteOp));
 
+    /// <summary>The lock generation changes of <paramref name="layer"/> go out with; null when this
+    /// node may not change it (it does not hold the volume's lock, or its lease may be gone).</summary>
+    internal long? GenerationOf(uint layer) => _control.GenerationOf(layer);
+
     /// <summary>Sends a change to every copy of <paramref name="id"/> at once, after the object's
     /// recovery work (if any) and its mark in the dirty-region log.</summary>
     private async ValueTask<StoreStatus> MutateAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
@@ -174,6 +178,13 @@ public sealed partial class ReplicatedStore : IObjectStore
                 LogCannotPlace(_logger, view.PlacementError ?? "no members");
                 return (StoreStatus.IoError, true);
             }
+            // Asked at every attempt, right before sending: after a pause or a lapsed lease the
+            // change must not go out at all (the replicas' fences catch what slips through).
+            if (_control.GenerationOf(id.Volume) is not { } generation)
+            {
+                LogNotHolder(_logger, id.ToString());
+                return (StoreStatus.IoError, true);
+            }
             int copies = view.Copies;
             int[] picks = new int[copies];
             placement.ChooseIndexes(id.Packed, picks);
@@ -184,7 +195,7 @@ public sealed partial class ReplicatedStore : IObjectStore
                 int n = picks[i];
 #pragma warning disable CA2012
                 pending[i] = view.Live[n]
-                    ? op.Send(view.Replicas[n], view.Epoch, id)
+                    ? op.Send(view.Replicas[n], view.Epoch, generation, id)
                     : new(new PeerResult(PeerStatus.Unreachable, view.Epoch));
 #pragma warning restore CA2012
             }
@@ -193,6 +204,7 @@ public sealed partial class ReplicatedStore : IObjectStore
             ulong holding = 0; // slots of the nodes that took the change
             long newest = view.Epoch;
             bool noSpace = false;
+            bool fenced = false;
             ulong missed = 0; // bits over i
             for (int i = 0; i < copies; i++)
             {
@@ -206,6 +218,9 @@ public sealed partial class ReplicatedStore : IObjectStore
                     case PeerStatus.StaleEpoch:
                         newest = Math.Max(newest, reply.Epoch);
                         break;
+                    case PeerStatus.Fenced:
+                        fenced = true;
+                        break;
                     case PeerStatus.NoSpace:
                         // A full node misses the change like a dead one: the others may still take it.
                         noSpace = true;
@@ -215,6 +230,14 @@ public sealed partial class ReplicatedStore : IObjectStore
                         missed |= 1UL << i;
                         break;
                 }
+            }
+            if (fenced)
+            {
+                // Another node holds the volume now: its copies are its business, none is marked
+                // stale from here, and this change failed whatever other copies took.
+                LogFenced(_logger, id.ToString(), generation);
+                _control.OnFenced(id.Volume, generation);
+                return (StoreStatus.IoError, true);
             }
             if (newest > view.Epoch && attempt < MaxAttempts)
             {
@@ -385,7 +408,7 @@ public sealed partial class ReplicatedStore : IObjectStore
             long newest = view.Epoch;
             foreach (int n in ReadOrder(view, id))
             {
-                PeerResult reply = await op.Send(view.Replicas[n], view.Epoch, id).ConfigureAwait(false);
+                PeerResult reply = await op.Send(view.Replicas[n], view.Epoch, 0, id).ConfigureAwait(false);
                 if (reply.IsOk)
                     return StoreStatus.Ok;
                 if (reply.Status == PeerStatus.StaleEpoch)
@@ -430,4 +453,10 @@ public sealed partial class ReplicatedStore : IObjectStore
 
     [LoggerMessage(EventId = 43, Level = LogLevel.Error, Message = "Could not mark node {Node} stale in the catalog: the write is not acknowledged")]
     private static partial void LogStaleMarkFailed(ILogger logger, string node, Exception exception);
+
+    [LoggerMessage(EventId = 44, Level = LogLevel.Error, Message = "Object {Object}: a replica refused the change from lock generation {Generation} as fenced: another node holds the volume now")]
+    private static partial void LogFenced(ILogger logger, string @object, long generation);
+
+    [LoggerMessage(EventId = 45, Level = LogLevel.Error, Message = "Object {Object}: not sent, this node does not hold the volume's lock (or its lease may have run out)")]
+    private static partial void LogNotHolder(ILogger logger, string @object);
 }

@@ -69,23 +69,23 @@ public sealed class PeerClient : IAsyncDisposable
     }
 
     /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/>; with <paramref name="fua"/> it is durable before the reply.</summary>
-    public ValueTask<PeerResult> WriteAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken = default)
+    public ValueTask<PeerResult> WriteAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken = default)
     {
         CheckRange(epoch, offset, data.Length);
         return SendAsync(
-            new PeerRequest(PeerOpcode.Write, fua ? PeerRequestFlags.Fua : PeerRequestFlags.None, epoch, id.Packed, offset, (uint)data.Length) { Payload = data },
+            new PeerRequest(PeerOpcode.Write, fua ? PeerRequestFlags.Fua : PeerRequestFlags.None, epoch, id.Packed, offset, (uint)data.Length, generation) { Payload = data },
             cancellationToken);
     }
 
     /// <summary>Zeroes a range; <paramref name="keepAllocated"/> leaves its blocks allocated (<see cref="BlockState.Zero"/>) rather than holes.</summary>
-    public ValueTask<PeerResult> ZeroAsync(long epoch, ObjectId id, long offset, long length, bool keepAllocated, bool fua, CancellationToken cancellationToken = default)
+    public ValueTask<PeerResult> ZeroAsync(long epoch, long generation, ObjectId id, long offset, long length, bool keepAllocated, bool fua, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(epoch);
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(length, uint.MaxValue);
         PeerRequestFlags flags = (keepAllocated ? PeerRequestFlags.KeepAllocated : PeerRequestFlags.None) | (fua ? PeerRequestFlags.Fua : PeerRequestFlags.None);
-        return SendAsync(new PeerRequest(PeerOpcode.Zero, flags, epoch, id.Packed, offset, (uint)length), cancellationToken);
+        return SendAsync(new PeerRequest(PeerOpcode.Zero, flags, epoch, id.Packed, offset, (uint)length, generation), cancellationToken);
     }
 
     /// <summary>
@@ -93,20 +93,29 @@ public sealed class PeerClient : IAsyncDisposable
     /// With <paramref name="zeroes"/> the holes become allocated zeroes, the content of
     /// <paramref name="data"/> is not sent and only its length counts.
     /// </summary>
-    public ValueTask<PeerResult> FillHolesAsync(long epoch, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, CancellationToken cancellationToken = default)
+    public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, CancellationToken cancellationToken = default)
     {
         CheckRange(epoch, offset, data.Length);
         PeerRequest request = zeroes
-            ? new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.Zeroes, epoch, id.Packed, offset, (uint)data.Length)
-            : new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.None, epoch, id.Packed, offset, (uint)data.Length) { Payload = data };
+            ? new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.Zeroes, epoch, id.Packed, offset, (uint)data.Length, generation)
+            : new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.None, epoch, id.Packed, offset, (uint)data.Length, generation) { Payload = data };
         return SendAsync(request, cancellationToken);
     }
 
     /// <summary>Removes an object (durable at the peer's next flush).</summary>
-    public ValueTask<PeerResult> DeleteAsync(long epoch, ObjectId id, CancellationToken cancellationToken = default)
+    public ValueTask<PeerResult> DeleteAsync(long epoch, long generation, ObjectId id, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(epoch);
-        return SendAsync(new PeerRequest(PeerOpcode.Delete, PeerRequestFlags.None, epoch, id.Packed, 0, 0), cancellationToken);
+        return SendAsync(new PeerRequest(PeerOpcode.Delete, PeerRequestFlags.None, epoch, id.Packed, 0, 0, generation), cancellationToken);
+    }
+
+    /// <summary>Raises the peer's fence of <paramref name="layer"/> to <paramref name="generation"/>
+    /// (PeerProtocol.cs, fencing): OK once it is on the peer's disk, FENCED when it has seen a newer one.</summary>
+    public ValueTask<PeerResult> FenceAsync(long epoch, uint layer, long generation, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(epoch);
+        ArgumentOutOfRangeException.ThrowIfNegative(generation);
+        return SendAsync(new PeerRequest(PeerOpcode.Fence, PeerRequestFlags.None, epoch, new ObjectId(layer, 0).Packed, 0, 0, generation), cancellationToken);
     }
 
     /// <summary>One journal sync on the peer: every write answered before the flush arrived is then durable.</summary>

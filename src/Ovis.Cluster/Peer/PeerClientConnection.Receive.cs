@@ -196,5 +196,5 @@ internal sealed partial class PeerClientConnection
     // A status this client does not know (a newer server) did not succeed: an I/O error is the
     // safe reading. Unreachable is never valid on the wire.
     private static PeerStatus ToStatus(PeerStatus status)
-        => status <= PeerStatus.Invalid ? status : PeerStatus.IoError;
+        => status is <= PeerStatus.Invalid or PeerStatus.Fenced ? status : PeerStatus.IoError;
 }

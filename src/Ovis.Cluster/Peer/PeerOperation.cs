@@ -31,6 +31,9 @@ internal sealed class PeerOperation
 
     public PeerStatus Status { get; set; }
 
+    /// <summary>A change admitted by the fence table: it must leave the table when it completes.</summary>
+    public bool FenceHeld { get; set; }
+
     /// <summary>READ data or WRITE / FILL_HOLES payload, rented from the server's pool.</summary>
     public byte[]? Buffer { get; set; }
 
@@ -62,6 +65,7 @@ internal sealed class PeerOperation
         Request = default;
         ChargedBytes = 0;
         Status = PeerStatus.Ok;
+        FenceHeld = false;
         Buffer = null;
         States = null;
         Sums = null;

@@ -10,12 +10,12 @@ namespace Ovis.Cluster.Peer;
    they were sent), with the same handle. Every field is big-endian. There is no handshake: a
    later, incompatible version changes the magic numbers.
 
-   Request header, 44 bytes, then `length` payload bytes for WRITE and for FILL_HOLES without ZEROES:
+   Request header, 52 bytes, then `length` payload bytes for WRITE and for FILL_HOLES without ZEROES:
 
         0                   1                   2                   3
         0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
        +---------------------------------------------------------------+
-     0 |                  magic (0x4F565051, "OVPQ")                   |
+     0 |                  magic (0x4F564651, "OVFQ")                   |
        +-------------------------------+-------------------------------+
      4 |            opcode             |             flags             |
        +-------------------------------+-------------------------------+
@@ -36,8 +36,12 @@ namespace Ovis.Cluster.Peer;
     36 |                                                               |
        +---------------------------------------------------------------+
     40 |                          length (32)                          |
+       +---------------------------------------------------------------+
+    44 |      generation (64) of the sender's volume lock (fencing)    |
+       +                                                               +
+    48 |                                                               |
        +===============================================================+
-    44 |  payload: length bytes (WRITE; FILL_HOLES without ZEROES)  ...
+    52 |  payload: length bytes (WRITE; FILL_HOLES without ZEROES)  ...
        +---------------------------------------------------------------+
 
    Reply header, 28 bytes, then `length` payload bytes:
@@ -80,6 +84,8 @@ namespace Ovis.Cluster.Peer;
      BLOCKSUMS    10    VERIFY              block-aligned offset;        -           `length` × 5 bytes, per
                                             length counts blocks                     block its BlockState
                                                                                      (u8) and CRC32C (u32)
+     FENCE        11    -                   0, 0; object id: the layer   -           -
+                                            in the high 32 bits, index 0
 
    Flags: FUA (0x1) = durable before the reply; KEEP_ALLOCATED (0x2) = zeroed blocks stay
    allocated (BlockState.Zero) instead of becoming holes; ZEROES (0x4) = FILL_HOLES fills with
@@ -94,7 +100,17 @@ namespace Ovis.Cluster.Peer;
    server whose store keeps no checksums answers BLOCKSUMS INVALID.
 
    Statuses: 0 OK, 1 IO_ERROR, 2 NO_SPACE, 3 CLOSED (the values of StoreStatus), 4 STALE_EPOCH,
-   5 INVALID. A reply other than OK has no payload.
+   5 INVALID, 7 FENCED. A reply other than OK has no payload.
+
+   Fencing (docs/fencing.md). The changes — WRITE, ZERO, FILL_HOLES, DELETE — carry the
+   generation of the sender's lock on the volume the object's layer belongs to; every other
+   opcode but FENCE must send 0. The server keeps, per layer and durably, the newest generation
+   it has seen: a change with an older one is answered FENCED and never applied; a newer one
+   raises the layer's fence (on disk, after the changes admitted under older generations have
+   finished) before it is applied. FENCE raises the fence of one layer to the request's
+   generation without changing data: OK once the fence is on disk, FENCED when the server has
+   seen a newer generation already. A new lock holder fences every layer of its volume on every
+   live member before it serves a request.
 
    Epochs. Every request names the sender's epoch; every object operation (all but STATS and
    PING) is served only when that equals the server's epoch. An older epoch is refused with
@@ -119,13 +135,13 @@ namespace Ovis.Cluster.Peer;
 /// <summary>Constants of the peer protocol; the wire format is described at the top of PeerProtocol.cs.</summary>
 public static class PeerProtocol
 {
-    /// <summary>"OVPQ": the first four bytes of every request.</summary>
-    public const uint RequestMagic = 0x4F565051;
+    /// <summary>"OVFQ": the first four bytes of every request (requests without a generation were "OVPQ").</summary>
+    public const uint RequestMagic = 0x4F564651;
 
     /// <summary>"OVPR": the first four bytes of every reply.</summary>
     public const uint ReplyMagic = 0x4F565052;
 
-    public const int RequestHeaderSize = 44;
+    public const int RequestHeaderSize = 52;
 
     public const int ReplyHeaderSize = 28;
 
@@ -168,6 +184,7 @@ public enum PeerOpcode : ushort
     Stats = 8,
     Ping = 9,
     BlockSums = 10,
+    Fence = 11,
 }
 
 /// <summary>Request flags; which ones an opcode allows is listed in PeerProtocol.cs.</summary>
@@ -215,6 +232,10 @@ public enum PeerStatus : ushort
     /// <summary>No reply: the peer could not be reached, the connection failed or the request timed out.
     /// The request may or may not have been applied.</summary>
     Unreachable = 6,
+
+    /// <summary>The change's lock generation is older than the newest the server has seen for the
+    /// layer: another node holds the volume now. Refused, not applied.</summary>
+    Fenced = 7,
 }
 
 /// <summary>A request header as it travels; see the layout at the top of this file.</summary>
@@ -225,9 +246,13 @@ internal readonly record struct PeerRequestHeader(
     ulong Handle,
     ulong ObjectId,
     ulong Offset,
-    uint Length)
+    uint Length,
+    ulong Generation = 0)
 {
     public const int Size = PeerProtocol.RequestHeaderSize;
+
+    /// <summary>Whether the opcode changes an object, and so carries a lock generation and is fenced.</summary>
+    public bool IsChange => Opcode is PeerOpcode.Write or PeerOpcode.Zero or PeerOpcode.FillHoles or PeerOpcode.Delete;
 
     /// <summary>Whether <see cref="Length"/> payload bytes follow the header. Decides the framing, so it
     /// depends only on the opcode and flags, never on whether the request is valid.</summary>
@@ -245,7 +270,8 @@ internal readonly record struct PeerRequestHeader(
             BinaryPrimitives.ReadUInt64BigEndian(source[16..]),
             BinaryPrimitives.ReadUInt64BigEndian(source[24..]),
             BinaryPrimitives.ReadUInt64BigEndian(source[32..]),
-            BinaryPrimitives.ReadUInt32BigEndian(source[40..]));
+            BinaryPrimitives.ReadUInt32BigEndian(source[40..]),
+            BinaryPrimitives.ReadUInt64BigEndian(source[44..]));
     }
 
     /// <summary>The header at the front of <paramref name="buffer"/> (at least <see cref="Size"/> bytes).</summary>
@@ -263,6 +289,7 @@ internal readonly record struct PeerRequestHeader(
         BinaryPrimitives.WriteUInt64BigEndian(destination[24..], ObjectId);
         BinaryPrimitives.WriteUInt64BigEndian(destination[32..], Offset);
         BinaryPrimitives.WriteUInt32BigEndian(destination[40..], Length);
+        BinaryPrimitives.WriteUInt64BigEndian(destination[44..], Generation);
     }
 }
 

@@ -28,8 +28,9 @@ internal sealed class PeerRequest : IValueTaskSource<PeerResult>
     private CancellationToken _canceledBy;
     private bool _canceled;
 
-    public PeerRequest(PeerOpcode opcode, PeerRequestFlags flags, long epoch, ulong objectId, long offset, uint length)
+    public PeerRequest(PeerOpcode opcode, PeerRequestFlags flags, long epoch, ulong objectId, long offset, uint length, long generation = 0)
     {
+        Generation = generation;
         Opcode = opcode;
         Flags = flags;
         Epoch = epoch;
@@ -43,6 +44,9 @@ internal sealed class PeerRequest : IValueTaskSource<PeerResult>
     public PeerRequestFlags Flags { get; }
 
     public long Epoch { get; }
+
+    /// <summary>Changes and FENCE: the sender's volume-lock generation (PeerProtocol.cs, fencing).</summary>
+    public long Generation { get; }
 
     public ulong ObjectId { get; }
 
@@ -75,7 +79,7 @@ internal sealed class PeerRequest : IValueTaskSource<PeerResult>
     /// <summary>STATS: filled in by the receive loop before the result is delivered.</summary>
     public PeerStats Stats { get; set; }
 
-    public PeerRequestHeader Header => new(Opcode, Flags, (ulong)Epoch, Handle, ObjectId, (ulong)Offset, Length);
+    public PeerRequestHeader Header => new(Opcode, Flags, (ulong)Epoch, Handle, ObjectId, (ulong)Offset, Length, (ulong)Generation);
 
     public bool HasPayload => Header.HasPayload;
 

@@ -1,5 +1,6 @@
 using System.IO.Pipelines;
 using Microsoft.Extensions.Logging;
+using Ovis.Cluster.Fencing;
 using Ovis.Store;
 
 namespace Ovis.Cluster.Peer;
@@ -19,18 +20,21 @@ public sealed class PeerServer
 
     /// <param name="store">The store requests are applied to; not disposed by the server.</param>
     /// <param name="epochs">The node's epoch, checked against every object operation.</param>
+    /// <param name="fences">The node's fences, checked against every change (shared with its own gateway's local copy).</param>
     /// <param name="options">In-flight limits per connection.</param>
     /// <param name="logger">Receives connection open/close, protocol errors and store faults.</param>
-    public PeerServer(IObjectStore store, IEpochSource epochs, PeerServerOptions options, ILogger logger)
+    public PeerServer(IObjectStore store, IEpochSource epochs, FenceTable fences, PeerServerOptions options, ILogger logger)
     {
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(epochs);
+        ArgumentNullException.ThrowIfNull(fences);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(logger);
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightRequests, 1, nameof(options));
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightBytes, 1, nameof(options));
         Store = store;
         Epochs = epochs;
+        Fences = fences;
         Options = options;
         Logger = logger;
     }
@@ -38,6 +42,8 @@ public sealed class PeerServer
     internal IObjectStore Store { get; }
 
     internal IEpochSource Epochs { get; }
+
+    internal FenceTable Fences { get; }
 
     internal PeerServerOptions Options { get; }
 

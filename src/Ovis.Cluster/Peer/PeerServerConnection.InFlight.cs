@@ -76,6 +76,13 @@ internal sealed partial class PeerServerConnection
     /// <summary>Hands a finished operation to the output loop.</summary>
     private void Complete(PeerOperation operation, bool onReadLoop)
     {
+        // The change is applied (or failed): a raise of its layer's fence need not wait for it any more.
+        if (operation.FenceHeld)
+        {
+            operation.FenceHeld = false;
+            _fences.Exit(ObjectId.FromPacked(operation.Request.ObjectId).Volume, (long)operation.Request.Generation);
+        }
+
         lock (_sync)
         {
             _completed.Enqueue(operation);

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
+using Ovis.Cluster.Fencing;
 using Ovis.Store;
 
 namespace Ovis.Cluster.Peer;
@@ -30,7 +31,75 @@ internal sealed partial class PeerServerConnection
             }
         }
 
-        Issue(operation, onReadLoop: true);
+        Admit(operation, onReadLoop: true);
+    }
+
+    /// <summary>Passes a request whose epoch is current through the node's fences (changes and
+    /// FENCE only; the rest go straight to the store).</summary>
+    private void Admit(PeerOperation operation, bool onReadLoop)
+    {
+        PeerRequestHeader request = operation.Request;
+        if (request.Opcode == PeerOpcode.Fence)
+        {
+            _ = RaiseFenceAsync(operation, thenIssue: false);
+            return;
+        }
+
+        if (!request.IsChange)
+        {
+            Issue(operation, onReadLoop);
+            return;
+        }
+
+        switch (_fences.TryEnter(ObjectId.FromPacked(request.ObjectId).Volume, (long)request.Generation))
+        {
+            case FenceVerdict.Admitted:
+                operation.FenceHeld = true;
+                Issue(operation, onReadLoop);
+                break;
+            case FenceVerdict.Fenced:
+                operation.Status = PeerStatus.Fenced;
+                Complete(operation, onReadLoop);
+                break;
+            default:
+                // From a holder newer than any this node has seen (it missed the FENCE): raise
+                // first, off the read loop, then serve it.
+                _ = RaiseFenceAsync(operation, thenIssue: true);
+                break;
+        }
+    }
+
+    /// <summary>Raises the layer's fence to the request's generation (a FENCE, or a change from a
+    /// newer holder, which is then admitted and served). Never throws.</summary>
+    private async Task RaiseFenceAsync(PeerOperation operation, bool thenIssue)
+    {
+        PeerRequestHeader request = operation.Request;
+        uint layer = ObjectId.FromPacked(request.ObjectId).Volume;
+        var generation = (long)request.Generation;
+        try
+        {
+            if (!await _fences.RaiseAsync(layer, generation, _stopping))
+            {
+                operation.Status = PeerStatus.Fenced;
+            }
+            else if (thenIssue)
+            {
+                // Another raise may have come in between: check again.
+                Admit(operation, onReadLoop: false);
+                return;
+            }
+        }
+        catch (Exception ex)
+        {
+            if (ex is not OperationCanceledException)
+            {
+                PeerLog.StoreFault(_logger, _connectionId, ex);
+            }
+
+            operation.Status = PeerStatus.IoError;
+        }
+
+        Complete(operation, onReadLoop: false);
     }
 
     /// <summary>
@@ -62,7 +131,7 @@ internal sealed partial class PeerServerConnection
             return;
         }
 
-        Issue(operation, onReadLoop: false);
+        Admit(operation, onReadLoop: false);
     }
 
     /// <summary>

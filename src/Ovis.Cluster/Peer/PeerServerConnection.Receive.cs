@@ -195,7 +195,8 @@ internal sealed partial class PeerServerConnection
             return PeerStatus.Invalid;
         }
 
-        if (request.Epoch > long.MaxValue)
+        if (request.Epoch > long.MaxValue || request.Generation > long.MaxValue
+            || (request.Generation != 0 && !request.IsChange && request.Opcode != PeerOpcode.Fence))
         {
             return PeerStatus.Invalid;
         }
@@ -245,6 +246,11 @@ internal sealed partial class PeerServerConnection
 
             case PeerOpcode.Delete:
                 return request.Flags == PeerRequestFlags.None && request.Offset == 0 && request.Length == 0
+                    ? PeerStatus.Ok
+                    : PeerStatus.Invalid;
+
+            case PeerOpcode.Fence:
+                return request.Flags == PeerRequestFlags.None && (uint)request.ObjectId == 0 && request.Offset == 0 && request.Length == 0
                     ? PeerStatus.Ok
                     : PeerStatus.Invalid;
 

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using Microsoft.Extensions.Logging;
+using Ovis.Cluster.Fencing;
 using Ovis.Store;
 
 namespace Ovis.Cluster.Peer;
@@ -20,6 +21,7 @@ internal sealed partial class PeerServerConnection
     private readonly PeerServer _server;
     private readonly IObjectStore _store;
     private readonly IEpochSource _epochs;
+    private readonly FenceTable _fences;
     private readonly IDuplexPipe _transport;
     private readonly ILogger _logger;
     private readonly long _connectionId;
@@ -41,6 +43,7 @@ internal sealed partial class PeerServerConnection
         _store = server.Store;
         _sums = server.Store as LocalStore;
         _epochs = server.Epochs;
+        _fences = server.Fences;
         _transport = transport;
         _logger = server.Logger;
         _connectionId = connectionId;

@@ -52,6 +52,10 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
         ClusterView view = store.View;
         if (view.Placement is not { } placement)
             return (ReconcileResult.Failed, 0);
+        // Recovery's copies are changes like a client's: they carry the lock's generation, and a
+        // node that lost the lock copies nothing.
+        if (store.GenerationOf(id.Volume) is not { } generation)
+            return (ReconcileResult.Failed, 0);
         int[] holders = new int[view.Copies];
         placement.ChooseIndexes(id.Packed, holders);
         // The nodes that held the object before the membership change, when there was one.
@@ -92,7 +96,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
             if (target is not null && target.AsSpan().SequenceEqual(reference))
                 continue;
             // An unreadable copy (a checksum failed) is rewritten whole: its stored sums cannot be trusted.
-            long bytes = await CopyAsync(view, source, n, id, reference, target, throttled, cancellationToken).ConfigureAwait(false);
+            long bytes = await CopyAsync(view, generation, source, n, id, reference, target, throttled, cancellationToken).ConfigureAwait(false);
             if (bytes == SourceFailed)
                 return (ReconcileResult.Failed, total);
             if (bytes == TargetFailed)
@@ -126,18 +130,18 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
         if (!allHolders || !holders.All(n => view.Live[n] && sums.ContainsKey(n) && (sums[n] is not null || written.Contains(n))))
             return (ReconcileResult.Partial, total);
         if (former is not null)
-            await DropFormerCopiesAsync(view, id, holders, former).ConfigureAwait(false);
+            await DropFormerCopiesAsync(view, generation, id, holders, former).ConfigureAwait(false);
         return (ReconcileResult.Complete, total);
     }
 
     /// <summary>Every current holder has the object: the copies left on members that no longer
     /// hold it give their space back. One that is down keeps its copy (no read ever uses it).</summary>
-    private static async Task DropFormerCopiesAsync(ClusterView view, ObjectId id, int[] holders, HashSet<string> former)
+    private static async Task DropFormerCopiesAsync(ClusterView view, long generation, ObjectId id, int[] holders, HashSet<string> former)
     {
         for (int n = 0; n < view.Replicas.Length; n++)
         {
             if (former.Contains(view.Replicas[n].NodeId) && !holders.Contains(n) && view.Live[n])
-                await view.Replicas[n].DeleteAsync(view.Epoch, id).ConfigureAwait(false);
+                await view.Replicas[n].DeleteAsync(view.Epoch, generation, id).ConfigureAwait(false);
         }
     }
 
@@ -170,7 +174,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
     /// <summary>Copies the runs of blocks where <paramref name="target"/> differs from
     /// <paramref name="reference"/> (all of them when the target's sums are unknown); returns the
     /// data bytes written, or which side failed.</summary>
-    private async Task<long> CopyAsync(ClusterView view, int from, int to, ObjectId id, BlockSum[] reference, BlockSum[]? target,
+    private async Task<long> CopyAsync(ClusterView view, long generation, int from, int to, ObjectId id, BlockSum[] reference, BlockSum[]? target,
         bool throttled, CancellationToken cancellationToken)
     {
         IReplica source = view.Replicas[from];
@@ -207,14 +211,14 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
                             LogCopyFailed(logger, id.ToString(), source.NodeId, r.Status);
                             return SourceFailed;
                         }
-                        r = await destination.WriteAsync(view.Epoch, id, offset, buffer.AsMemory(0, length), fua: false).ConfigureAwait(false);
+                        r = await destination.WriteAsync(view.Epoch, generation, id, offset, buffer.AsMemory(0, length), fua: false).ConfigureAwait(false);
                         copied += length;
                         break;
                     case BlockState.Zero:
-                        r = await destination.ZeroAsync(view.Epoch, id, offset, length, keepAllocated: true, fua: false).ConfigureAwait(false);
+                        r = await destination.ZeroAsync(view.Epoch, generation, id, offset, length, keepAllocated: true, fua: false).ConfigureAwait(false);
                         break;
                     default:
-                        r = await destination.ZeroAsync(view.Epoch, id, offset, length, keepAllocated: false, fua: false).ConfigureAwait(false);
+                        r = await destination.ZeroAsync(view.Epoch, generation, id, offset, length, keepAllocated: false, fua: false).ConfigureAwait(false);
                         break;
                 }
                 if (!r.IsOk)

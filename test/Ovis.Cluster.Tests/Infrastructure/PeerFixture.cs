@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
+using Ovis.Cluster.Fencing;
 using Ovis.Cluster.Peer;
 using Ovis.Store;
 
@@ -34,7 +35,8 @@ internal sealed class PeerFixture : IAsyncDisposable
         _directory = Path.Combine(Path.GetTempPath(), "ovis-peer-" + Guid.NewGuid().ToString("N"));
         Store = LocalStore.Open(_directory, StoreOptions, NullLogger.Instance);
         Epochs = new TestEpochs(epoch);
-        Server = new PeerServer(Store, Epochs, serverOptions ?? new PeerServerOptions(), NullLogger.Instance);
+        Fences = FenceTable.Open(Path.Combine(_directory, "fences"));
+        Server = new PeerServer(Store, Epochs, Fences, serverOptions ?? new PeerServerOptions(), NullLogger.Instance);
         Listener = PeerListener.Start(Server, new IPEndPoint(IPAddress.Loopback, 0), NullLogger.Instance);
         EndPoint = Listener.LocalEndPoint;
         Client = new PeerClient(EndPoint, clientOptions ?? new PeerClientOptions(), NullLogger.Instance);
@@ -46,6 +48,9 @@ internal sealed class PeerFixture : IAsyncDisposable
     public string StoreDirectory => _directory;
 
     public TestEpochs Epochs { get; }
+
+    /// <summary>The server's fences, kept in the store's directory as a node keeps them in its data directory.</summary>
+    public FenceTable Fences { get; }
 
     public PeerServer Server { get; }
 
@@ -119,10 +124,10 @@ internal sealed class RawPeer : IAsyncDisposable
         return new RawPeer(socket);
     }
 
-    public static byte[] Request(PeerOpcode opcode, PeerRequestFlags flags, ulong epoch, ulong handle, ulong objectId, ulong offset, uint length)
+    public static byte[] Request(PeerOpcode opcode, PeerRequestFlags flags, ulong epoch, ulong handle, ulong objectId, ulong offset, uint length, ulong generation = 0)
     {
         var bytes = new byte[PeerProtocol.RequestHeaderSize];
-        new PeerRequestHeader(opcode, flags, epoch, handle, objectId, offset, length).Write(bytes);
+        new PeerRequestHeader(opcode, flags, epoch, handle, objectId, offset, length, generation).Write(bytes);
         return bytes;
     }
 

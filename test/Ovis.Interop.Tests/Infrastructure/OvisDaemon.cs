@@ -210,6 +210,23 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
         await WaitExit(p, TimeSpan.FromSeconds(30), "after SIGKILL");
     }
 
+    /// <summary>SIGSTOP: the process freezes as in a long GC pause or a stalled host; its sockets
+    /// stay open and the kernel keeps queueing what clients send it.</summary>
+    public void Pause() => Signal(19, "STOP");
+
+    /// <summary>SIGCONT after <see cref="Pause"/>.</summary>
+    public void Resume() => Signal(18, "CONT");
+
+    private void Signal(int signal, string name)
+    {
+        var p = _process ?? throw new InvalidOperationException("not started");
+        _log.Add($"[{_generation}] kill -{name} {p.Id}");
+        if (!p.HasExited && SysKill(p.Id, signal) != 0)
+        {
+            throw new InvalidOperationException($"kill(SIG{name}) failed: errno {Marshal.GetLastPInvokeError()}");
+        }
+    }
+
     /// <summary>SIGTERM and wait for a clean exit; returns the exit code.</summary>
     public async Task<int> StopAsync(TimeSpan? timeout = null)
     {
