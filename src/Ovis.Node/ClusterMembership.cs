@@ -43,8 +43,22 @@ public sealed partial class ClusterMembership : IAsyncDisposable
         try
         {
             var catalog = new EtcdCatalog(client, options.Uri.Name, logger);
-            var format = await Describe(options, () => catalog.RequireFormatAsync(cancellationToken));
-            return new ClusterMembership(client, catalog, format);
+            // A node started while etcd is down (a whole-site power-up, etcd restarting) waits for
+            // it, as a node whose lease lapsed waits to rejoin; a catalog that answers "not
+            // formatted" or "another cluster" is an operator's mistake and fails at once.
+            for (int attempt = 0; ; attempt++)
+            {
+                try
+                {
+                    return new ClusterMembership(client, catalog, await Describe(options, () => catalog.RequireFormatAsync(cancellationToken)));
+                }
+                catch (NodeStartException ex) when (ex.InnerException is EtcdException or HttpRequestException)
+                {
+                    if (attempt % 30 == 0)
+                        LogWaitingForCatalog(logger, options.Uri.ToString(), ex.InnerException.Message);
+                    await Task.Delay(CatalogRetry, cancellationToken);
+                }
+            }
         }
         catch
         {
@@ -53,13 +67,15 @@ public sealed partial class ClusterMembership : IAsyncDisposable
         }
     }
 
+    /// <summary>How often a node that cannot reach etcd asks again, at start and to rejoin.</summary>
+    internal static readonly TimeSpan CatalogRetry = TimeSpan.FromSeconds(1);
+
     /// <summary>Joins as <paramref name="id"/> with the node's bound NBD and peer addresses; with
     /// <paramref name="asMember"/> only if it is still the member it was (see <see cref="EtcdCatalog.JoinAsync"/>).</summary>
     internal async Task JoinAsync(ClusterMembershipOptions options, string id, string address, string peer, bool asMember, ILogger logger, CancellationToken cancellationToken)
     {
         var catalog = Catalog ?? throw new InvalidOperationException("not clustered");
         Registration = await Describe(options, () => catalog.JoinAsync(new NodeInfo(id, address, options.Zone) { Peer = peer }, options.LeaseTtlSeconds, asMember, cancellationToken));
-        Registration.Lost.Register(() => LogLeaseLost(logger, id, catalog.Cluster));
         LogJoined(logger, id, catalog.Cluster, options.Zone, Registration.JoinedEpoch);
     }
 
@@ -74,6 +90,7 @@ public sealed partial class ClusterMembership : IAsyncDisposable
     /// <summary>Leaves the cluster (the node's key goes, the epoch is bumped) and closes the client.</summary>
     public async ValueTask DisposeAsync()
     {
+        await StopRejoiningAsync();
         if (Registration is { } registration)
         {
             Registration = null;
@@ -163,6 +180,6 @@ public sealed partial class ClusterMembership : IAsyncDisposable
     [LoggerMessage(EventId = 20, Level = LogLevel.Information, Message = "Joined cluster {Cluster} as {Node} in zone {Zone}, epoch {Epoch}")]
     private static partial void LogJoined(ILogger logger, string node, string cluster, string zone, long epoch);
 
-    [LoggerMessage(EventId = 21, Level = LogLevel.Warning, Message = "Node {Node} lost its membership lease in cluster {Cluster}: it is no longer a member")]
-    private static partial void LogLeaseLost(ILogger logger, string node, string cluster);
+    [LoggerMessage(EventId = 22, Level = LogLevel.Warning, Message = "Waiting for the cluster catalog at {Uri}: {Error}; trying again every second")]
+    private static partial void LogWaitingForCatalog(ILogger logger, string uri, string error);
 }

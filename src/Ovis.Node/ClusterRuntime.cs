@@ -135,6 +135,23 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         return false;
     }
 
+    /// <summary>
+    /// Before a rejoin (the lease ran out while the node kept running): true when the node is
+    /// still a member, and joins as it — the gateways that wrote while it was out marked it stale
+    /// and logged what it missed, as for a restart. False when it was taken out meanwhile: then
+    /// placement gave its objects to others and it is marked stale and unsynced like a new node.
+    /// </summary>
+    public async Task<bool> PrepareRejoinAsync(CancellationToken cancellationToken)
+    {
+        MembershipView now = await _membership.ReadMembershipAsync(cancellationToken).ConfigureAwait(false);
+        if (now.Members.Any(m => m.Id == _nodeId))
+            return true;
+        await _catalog.MarkStaleAsync(_nodeId, _nodeId, now.Epoch, cancellationToken).ConfigureAwait(false);
+        await Records.UnsyncAsync(_nodeId, cancellationToken).ConfigureAwait(false);
+        LogJoinsStale(_logger, _nodeId, "it was taken out of the cluster while its lease was gone");
+        return false;
+    }
+
     /// <summary>After the join: follows membership changes, and takes out members down longer than
     /// <paramref name="downOutInterval"/>, until disposed.</summary>
     public async Task StartAsync(TimeSpan downOutInterval, CancellationToken cancellationToken)
@@ -273,6 +290,8 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     // Null until the volumes are open (Attach): no change goes out before.
     long? IGatewayControl.GenerationOf(uint layer) => _locks?.GenerationOf(layer);
 
+    ValueTask<long?> IGatewayControl.WaitGenerationAsync(uint layer) => _locks?.WaitGenerationAsync(layer) ?? new((long?)null);
+
     void IGatewayControl.OnFenced(uint layer, long generation) => _locks?.OnFenced(layer, generation);
 
     /// <summary>Fences every layer of <paramref name="volume"/> at <paramref name="generation"/> on
@@ -288,8 +307,16 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         if (_replicas.Find(nodeId) is not RemoteReplica remote)
             return null;
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
-        PeerStatsResult result = await remote.Client.StatsAsync(timeout.Token).ConfigureAwait(false);
-        return result.IsOk ? result.Stats : null;
+        try
+        {
+            PeerStatsResult result = await remote.Client.StatsAsync(timeout.Token).ConfigureAwait(false);
+            return result.IsOk ? result.Stats : null;
+        }
+        catch (OperationCanceledException) when (timeout.IsCancellationRequested)
+        {
+            // A node that takes its connection but does not answer (paused, overloaded): unknown.
+            return null;
+        }
     }
 
     long IEpochSource.Current => Store.View.Epoch;

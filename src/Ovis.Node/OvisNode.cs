@@ -136,6 +136,11 @@ public sealed partial class OvisNode : IAsyncDisposable
                         app.Services.GetRequiredService<VolumeLocks>(), volumes);
                     return true;
                 });
+                membership.KeepJoined(clusterOptions, cluster.NodeId, address, status.PeerListener!, cluster.PrepareRejoinAsync, async rejoined =>
+                {
+                    recovery!.UseLease(rejoined.LeaseId);
+                    await cluster.RefreshAsync(0);
+                }, node._logger);
             }
 
             LogStarted(node._logger, NodeStatus.Version, dataDirectory);

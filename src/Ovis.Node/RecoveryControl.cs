@@ -67,6 +67,13 @@ public sealed partial class RecoveryControl : Ovis.Cluster.Recovery.IRecoveryPau
         _loop = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
     }
 
+    /// <summary>After a rejoin: the figures hang on the new lease (the old one took them with it).</summary>
+    public void UseLease(long leaseId)
+    {
+        _leaseId = leaseId;
+        _published = null;
+    }
+
     private async Task RunAsync(CancellationToken cancellationToken)
     {
         using var timer = new PeriodicTimer(Interval);

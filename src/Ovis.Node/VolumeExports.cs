@@ -37,10 +37,10 @@ internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : I
 
 /// <summary>
 /// Adapts an open <see cref="Volume"/> to what the NBD front needs. With a lock share, every
-/// request first checks that the lock still stands: once the node's lease may be gone, or a
-/// replica has fenced this node, another node may be writing the volume — a change from here
-/// could undo its writes and a read could return what it overwrote — so requests fail with EIO
-/// (the replicas' fences refuse whatever change slips past this check; docs/fencing.md).
+/// request first checks that the lock still stands: once the node's lease is gone, or a replica
+/// has fenced this node, another node may be writing the volume — a change from here could undo
+/// its writes and a read could return what it overwrote — so requests fail with EIO (the
+/// replicas' fences refuse whatever change slips past this check; docs/fencing.md).
 /// </summary>
 internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockShare) : IBlockDevice
 {
@@ -72,21 +72,41 @@ internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockS
         static async ValueTask<NbdError> Await(ValueTask<StoreStatus> op) => ToNbd(await op.ConfigureAwait(false));
     }
 
-    public ValueTask<NbdError> ReadAsync(long offset, Memory<byte> buffer) => LockLost ? new(NbdError.EIO) : Map(volume.ReadAsync(offset, buffer));
+    // While the lease's renewal is late (etcd restarting or out of reach) requests wait for it
+    // (VolumeLocks.LeaseWait) instead of failing: nobody can take the lock meanwhile. Once the lock
+    // is gone they fail at once. The waits live in their own methods so the usual path allocates nothing.
+    private bool Current => lockShare is null or { IsValid: true };
 
-    private bool LockLost => lockShare is { IsValid: false };
+    private ValueTask<bool> WaitCurrentAsync() => lockShare!.WaitValidAsync();
+
+    public ValueTask<NbdError> ReadAsync(long offset, Memory<byte> buffer)
+        => Current ? Map(volume.ReadAsync(offset, buffer)) : ReadLaterAsync(offset, buffer);
+
+    private async ValueTask<NbdError> ReadLaterAsync(long offset, Memory<byte> buffer)
+        => await WaitCurrentAsync().ConfigureAwait(false) ? ToNbd(await volume.ReadAsync(offset, buffer).ConfigureAwait(false)) : NbdError.EIO;
 
     public ValueTask<NbdError> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
-        => LockLost ? new(NbdError.EIO) : Map(volume.WriteAsync(offset, data, fua));
+        => Current ? Map(volume.WriteAsync(offset, data, fua)) : WriteLaterAsync(offset, data, fua);
 
-    public ValueTask<NbdError> FlushAsync() => LockLost ? new(NbdError.EIO) : Map(volume.FlushAsync());
+    private async ValueTask<NbdError> WriteLaterAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
+        => await WaitCurrentAsync().ConfigureAwait(false) ? ToNbd(await volume.WriteAsync(offset, data, fua).ConfigureAwait(false)) : NbdError.EIO;
 
-    public ValueTask<NbdError> TrimAsync(long offset, long length, bool fua)
-        => LockLost ? new(NbdError.EIO) : Map(volume.ZeroAsync(offset, length, keepAllocated: false, fua));
+    public ValueTask<NbdError> FlushAsync() => Current ? Map(volume.FlushAsync()) : FlushLaterAsync();
+
+    private async ValueTask<NbdError> FlushLaterAsync()
+        => await WaitCurrentAsync().ConfigureAwait(false) ? ToNbd(await volume.FlushAsync().ConfigureAwait(false)) : NbdError.EIO;
+
+    public ValueTask<NbdError> TrimAsync(long offset, long length, bool fua) => ZeroAsync(offset, length, keepAllocated: false, fua);
 
     // Zeroing is a metadata operation here whatever the flags, so FAST_ZERO never fails.
     public ValueTask<NbdError> WriteZeroesAsync(long offset, long length, bool noHole, bool fastZero, bool fua)
-        => LockLost ? new(NbdError.EIO) : Map(volume.ZeroAsync(offset, length, keepAllocated: noHole, fua));
+        => ZeroAsync(offset, length, keepAllocated: noHole, fua);
+
+    private ValueTask<NbdError> ZeroAsync(long offset, long length, bool keepAllocated, bool fua)
+        => Current ? Map(volume.ZeroAsync(offset, length, keepAllocated, fua)) : ZeroLaterAsync(offset, length, keepAllocated, fua);
+
+    private async ValueTask<NbdError> ZeroLaterAsync(long offset, long length, bool keepAllocated, bool fua)
+        => await WaitCurrentAsync().ConfigureAwait(false) ? ToNbd(await volume.ZeroAsync(offset, length, keepAllocated, fua).ConfigureAwait(false)) : NbdError.EIO;
 
     // Object data is served from the page cache or the journal's memory already.
     public ValueTask<NbdError> CacheAsync(long offset, long length) => new(NbdError.None);

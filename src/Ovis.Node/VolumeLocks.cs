@@ -40,7 +40,18 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
 
         /// <summary>False once the lock may be gone: lost, fenced, or the lease not renewed within its TTL by this process's clock.</summary>
         bool IsValid { get; }
+
+        /// <summary>While the lock is not valid only because the lease is not renewed yet (etcd
+        /// slow, restarting, out of reach): waits for the renewal, at most <see cref="LeaseWait"/>.
+        /// True when the lock is valid, false when it is gone or the wait ran out.</summary>
+        ValueTask<bool> WaitValidAsync();
     }
+
+    /// <summary>How long a request waits for a lease that is not renewed yet before it fails with
+    /// EIO. Nobody can take the lock while etcd does not answer, so an etcd restart only stalls
+    /// the volume's I/O, as a Ceph monitor election stalls RBD's; a partition longer than this
+    /// fails it.</summary>
+    public TimeSpan LeaseWait { get; init; } = TimeSpan.FromSeconds(60);
 
     /// <summary>
     /// The generation changes of <paramref name="layer"/> go out with: that of this node's lock on
@@ -56,6 +67,17 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
             _byLayer[layer] = held;
         }
         return held.IsValid ? held.Generation : null;
+    }
+
+    /// <summary>As <see cref="GenerationOf"/>, but while this node's lock on the layer's volume is
+    /// only waiting for its lease's renewal, waits for it (<see cref="LeaseWait"/>).</summary>
+    public async ValueTask<long?> WaitGenerationAsync(uint layer)
+    {
+        if (GenerationOf(layer) is { } generation)
+            return generation;
+        return _byLayer.TryGetValue(layer, out Held? held) && await held.WaitValidAsync(LeaseWait).ConfigureAwait(false)
+            ? held.Generation
+            : null;
     }
 
     /// <summary>The volume <paramref name="layer"/> belongs to and the generation of this node's
@@ -135,7 +157,8 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
                 held.Users++;
                 return new Share(this, held);
             }
-            NodeRegistration holder = registration() ?? throw new ExportUnavailableException($"volume {volume}: this node is not a cluster member now");
+            if (registration() is not { IsLost: false } holder)
+                throw new ExportUnavailableException($"volume {volume}: this node is not a cluster member now (its lease ran out); it rejoins by itself as soon as the cluster catalog answers, then retry");
             VolumeLock? taken = forRecovery
                 ? await catalog.TryAcquireVolumeLockForRecoveryAsync(volume, holder).ConfigureAwait(false)
                 : await catalog.TryAcquireVolumeLockAsync(volume, holder).ConfigureAwait(false);
@@ -247,6 +270,9 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
 
         public bool IsValid => !Ended && Lock.Holder.IsCurrent;
 
+        public async ValueTask<bool> WaitValidAsync(TimeSpan limit)
+            => IsValid || (!Ended && await Lock.Holder.WaitCurrentAsync(limit).ConfigureAwait(false) && !Ended);
+
         // The source is never disposed: its token may be read by connections until they close,
         // and a linked source without a timer holds nothing that needs disposal beyond the link.
         public void End() => _ended.Cancel();
@@ -259,6 +285,8 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
         public CancellationToken Lost => held.Lost;
 
         public bool IsValid => held.IsValid;
+
+        public ValueTask<bool> WaitValidAsync() => held.WaitValidAsync(owner.LeaseWait);
 
         public ValueTask DisposeAsync()
             => Interlocked.Exchange(ref _disposed, 1) == 0 ? owner.ReleaseAsync(held) : ValueTask.CompletedTask;

@@ -155,6 +155,34 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_change_waits_for_a_late_lease_renewal_and_goes_out_under_it()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(13, 1);
+        var renewal = new TaskCompletionSource<long?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _control.Generation = null;
+        _control.Renewal = renewal.Task;
+        var write = gw.WriteAsync(id, 0, Data(7), fua: false).AsTask();
+        await Task.Delay(200);
+        Assert.False(write.IsCompleted, "the write must wait for the renewal");
+        Assert.DoesNotContain(new[] { A, B, C }, store => store.ListObjects().Contains(id));
+        renewal.SetResult(1);
+        Assert.Equal(StoreStatus.Ok, await write.WaitAsync(T));
+        Assert.All(new[] { A, B, C }, store => Assert.Contains(id, store.ListObjects()));
+    }
+
+    [Fact]
+    public async Task A_change_whose_lease_is_lost_while_it_waits_fails_and_goes_nowhere()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(13, 2);
+        _control.Generation = null;
+        _control.Renewal = Task.FromResult<long?>(null);
+        Assert.Equal(StoreStatus.IoError, await gw.WriteAsync(id, 0, Data(7), fua: false).AsTask().WaitAsync(T));
+        Assert.DoesNotContain(new[] { A, B, C }, store => store.ListObjects().Contains(id));
+    }
+
+    [Fact]
     public async Task With_two_copies_a_flush_syncs_only_the_two_nodes_that_hold_the_write()
     {
         var gw = Gateway(copies: 2, out _);
@@ -300,6 +328,11 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
         public List<(uint Layer, long Generation)> Fenced { get; } = [];
 
         public long? GenerationOf(uint layer) => Generation;
+
+        /// <summary>Set to a renewal that is late: <see cref="WaitGenerationAsync"/> waits for it.</summary>
+        public Task<long?>? Renewal { get; set; }
+
+        public async ValueTask<long?> WaitGenerationAsync(uint layer) => Renewal is { } renewal ? await renewal : Generation;
 
         public void OnFenced(uint layer, long generation)
         {

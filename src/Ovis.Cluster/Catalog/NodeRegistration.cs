@@ -6,8 +6,9 @@ namespace Ovis.Cluster.Catalog;
 /// <summary>
 /// A node's membership: its key under <c>nodes/</c> on a lease that a background loop renews
 /// every third of the TTL. Dispose to leave (the key goes and the epoch is bumped in one
-/// transaction, then the lease and every lock on it are revoked). If renewal fails for a whole
-/// TTL or etcd says the lease is gone, <see cref="Lost"/> fires: the node is no longer a member.
+/// transaction, then the lease and every lock on it are revoked). While renewals fail the node
+/// is not <see cref="IsCurrent"/>; when etcd says the lease is gone, <see cref="Lost"/> fires: the
+/// node is no longer a member (and joins again with a new registration).
 /// </summary>
 public sealed class NodeRegistration : IAsyncDisposable
 {
@@ -43,6 +44,9 @@ public sealed class NodeRegistration : IAsyncDisposable
 
     /// <summary>Cancelled when the lease is lost: the node's key and its locks are gone.</summary>
     public CancellationToken Lost => _lost.Token;
+
+    /// <summary>Whether etcd said the lease is gone: this registration is over.</summary>
+    public bool IsLost => _lost.IsCancellationRequested;
 
     /// <summary>
     /// Whether the lease is certainly still valid by this process's monotonic clock: the last
@@ -102,32 +106,69 @@ public sealed class NodeRegistration : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Completes when the lease is current again (true) or known to be lost (false), or after
+    /// <paramref name="limit"/> (false). While etcd does not answer nobody can take this node's
+    /// locks either, so requests wait here instead of failing: after an etcd restart the lease
+    /// is still there (etcd extends every lease when a leader takes over) and the first renewal
+    /// makes it current again.
+    /// </summary>
+    public async ValueTask<bool> WaitCurrentAsync(TimeSpan limit)
+    {
+        long deadline = Environment.TickCount64 + (long)limit.TotalMilliseconds;
+        while (!IsCurrent)
+        {
+            if (_lost.IsCancellationRequested || Environment.TickCount64 >= deadline)
+                return false;
+            await Task.Delay(TimeSpan.FromMilliseconds(20)).ConfigureAwait(false);
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// Renews the lease every third of the TTL. A renewal that fails (etcd down, slow or cut off)
+    /// is tried again at the next tick; only etcd's own answer that the lease is gone makes it
+    /// <see cref="Lost"/>. Giving up on the lease after a TTL without answers, as this loop once
+    /// did, turned an etcd restart into a node that left for good (its lease outlived the restart).
+    /// </summary>
     private async Task KeepAliveLoopAsync()
     {
         var interval = TimeSpan.FromSeconds(Math.Max(0.5, TtlSeconds / 3.0));
-        var lastRenewal = DateTime.UtcNow;
+        bool failing = false;
         using var timer = new PeriodicTimer(interval);
         try
         {
             while (await timer.WaitForNextTickAsync(_stop.Token).ConfigureAwait(false))
             {
+                long ttl;
+                // The lease runs from when etcd takes the renewal, later than this: counting from the send is safe.
+                long sent = Environment.TickCount64;
                 try
                 {
-                    // The lease runs from when etcd takes the renewal, later than this: counting from the send is safe.
-                    long sent = Environment.TickCount64;
-                    long ttl = await _catalog.Client.KeepAliveOnceAsync(LeaseId, _stop.Token).ConfigureAwait(false);
-                    if (ttl > 0)
-                    {
-                        lastRenewal = DateTime.UtcNow;
-                        Volatile.Write(ref _validUntil, sent + (ttl * 1000));
-                        continue;
-                    }
+                    // One renewal may not hold up the next for longer than the lease lasts.
+                    using var attempt = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+                    attempt.CancelAfter(TimeSpan.FromSeconds(TtlSeconds));
+                    ttl = await _catalog.Client.KeepAliveOnceAsync(LeaseId, attempt.Token).ConfigureAwait(false);
                 }
-                catch (EtcdException e)
+                catch (EtcdException e) when (e.GrpcCode == 5)
                 {
-                    CatalogLog.KeepAliveFailed(_catalog.Logger, Node.Id, e);
-                    if (DateTime.UtcNow - lastRenewal < TimeSpan.FromSeconds(TtlSeconds))
-                        continue;
+                    ttl = 0; // NOT_FOUND: the lease ran out in etcd
+                }
+                catch (Exception e) when (e is EtcdException or HttpRequestException
+                    || (e is OperationCanceledException && !_stop.IsCancellationRequested))
+                {
+                    if (!failing)
+                        CatalogLog.KeepAliveFailed(_catalog.Logger, Node.Id, e);
+                    failing = true;
+                    continue;
+                }
+                if (ttl > 0)
+                {
+                    if (failing)
+                        CatalogLog.KeepAliveBack(_catalog.Logger, Node.Id);
+                    failing = false;
+                    Volatile.Write(ref _validUntil, sent + (ttl * 1000));
+                    continue;
                 }
                 CatalogLog.LeaseLost(_catalog.Logger, Node.Id, _catalog.Cluster);
                 await _lost.CancelAsync().ConfigureAwait(false);

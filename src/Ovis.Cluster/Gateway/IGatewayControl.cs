@@ -17,6 +17,10 @@ public interface IGatewayControl
     /// now, or its lease may have run out: then no change may go out.</summary>
     long? GenerationOf(uint layer);
 
+    /// <summary>As <see cref="GenerationOf"/>, but when the lock stands and only the lease's renewal
+    /// is late (etcd restarting or out of reach), waits for it, for a bounded time.</summary>
+    ValueTask<long?> WaitGenerationAsync(uint layer);
+
     /// <summary>A replica refused a change of <paramref name="layer"/> from <paramref name="generation"/>
     /// as fenced: another node holds the volume now. This node lets go of it; its clients get errors.</summary>
     void OnFenced(uint layer, long generation);

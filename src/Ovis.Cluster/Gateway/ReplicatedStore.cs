@@ -179,8 +179,9 @@ public sealed partial class ReplicatedStore : IObjectStore
                 return (StoreStatus.IoError, true);
             }
             // Asked at every attempt, right before sending: after a pause or a lapsed lease the
-            // change must not go out at all (the replicas' fences catch what slips through).
-            if (_control.GenerationOf(id.Volume) is not { } generation)
+            // change must not go out at all (the replicas' fences catch what slips through). A
+            // renewal that is only late is waited for: nobody can take the lock meanwhile.
+            if ((_control.GenerationOf(id.Volume) ?? await _control.WaitGenerationAsync(id.Volume).ConfigureAwait(false)) is not { } generation)
             {
                 LogNotHolder(_logger, id.ToString());
                 return (StoreStatus.IoError, true);

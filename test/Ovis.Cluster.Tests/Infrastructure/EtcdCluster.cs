@@ -18,6 +18,7 @@ public sealed class EtcdCluster : IAsyncLifetime
     private readonly StringBuilder _output = new();
     private Process? _process;
     private string? _dataDir;
+    private int _clientPort, _peerPort;
 
     /// <summary>The client URL, <c>http://127.0.0.1:PORT</c>.</summary>
     public string ClientUrl { get; private set; } = "";
@@ -33,9 +34,30 @@ public sealed class EtcdCluster : IAsyncLifetime
         string etcd = FindEtcd() ?? throw new InvalidOperationException(
             "the `etcd` command is missing: install the Debian package etcd-server (./run-tests does)");
         _dataDir = Directory.CreateTempSubdirectory("ovis-etcd-").FullName;
-        int clientPort = FreePort(), peerPort = FreePort();
-        ClientUrl = $"http://127.0.0.1:{clientPort}";
-        string peerUrl = $"http://127.0.0.1:{peerPort}";
+        _clientPort = FreePort();
+        _peerPort = FreePort();
+        ClientUrl = $"http://127.0.0.1:{_clientPort}";
+        await StartAsync(etcd);
+        Client = new EtcdClient([ClientUrl]);
+    }
+
+    /// <summary>Kills etcd (SIGKILL, as a crash or a power cut would); <see cref="RestartAsync"/> brings it back.</summary>
+    public async Task KillAsync()
+    {
+        if (_process is null)
+            return;
+        _process.Kill(entireProcessTree: true);
+        await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+        _process.Dispose();
+        _process = null;
+    }
+
+    /// <summary>Starts the killed etcd again on its data directory and ports, and waits until it is healthy.</summary>
+    public Task RestartAsync() => StartAsync(FindEtcd()!);
+
+    private async Task StartAsync(string etcd)
+    {
+        string peerUrl = $"http://127.0.0.1:{_peerPort}";
         var start = new ProcessStartInfo(etcd)
         {
             RedirectStandardOutput = true,
@@ -43,7 +65,7 @@ public sealed class EtcdCluster : IAsyncLifetime
             UseShellExecute = false,
         };
         foreach (string arg in (string[])[
-            "--name", "t", "--data-dir", _dataDir,
+            "--name", "t", "--data-dir", _dataDir!,
             "--listen-client-urls", ClientUrl, "--advertise-client-urls", ClientUrl,
             "--listen-peer-urls", peerUrl, "--initial-advertise-peer-urls", peerUrl,
             "--initial-cluster", $"t={peerUrl}",
@@ -76,7 +98,6 @@ public sealed class EtcdCluster : IAsyncLifetime
                 throw new TimeoutException($"etcd did not become healthy within {StartTimeout}:\n{Output}");
             await Task.Delay(50);
         }
-        Client = new EtcdClient([ClientUrl]);
     }
 
     public string Output

@@ -211,8 +211,39 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     }
 
     /// <summary>SIGSTOP: the process freezes as in a long GC pause or a stalled host; its sockets
-    /// stay open and the kernel keeps queueing what clients send it.</summary>
-    public void Pause() => Signal(19, "STOP");
+    /// stay open and the kernel keeps queueing what clients send it.
+    /// Returns once every thread is stopped: kill() only queues the signal, and a thread that is
+    /// running meanwhile could still serve what a test sends right after.</summary>
+    public void Pause()
+    {
+        Signal(19, "STOP");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!AllThreadsStopped(ProcessId))
+        {
+            if (DateTime.UtcNow > deadline)
+                throw new InvalidOperationException($"process {ProcessId} did not stop within 10 s of SIGSTOP");
+            Thread.Sleep(1);
+        }
+    }
+
+    // /proc/PID/task/TID/stat: "TID (comm) STATE ..."; T is stopped by a signal.
+    private static bool AllThreadsStopped(int pid)
+    {
+        foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+        {
+            try
+            {
+                var stat = File.ReadAllText(Path.Combine(task, "stat"));
+                if (stat[(stat.LastIndexOf(')') + 2)..].FirstOrDefault() != 'T')
+                    return false;
+            }
+            catch (IOException)
+            {
+                // the thread ended
+            }
+        }
+        return true;
+    }
 
     /// <summary>SIGCONT after <see cref="Pause"/>.</summary>
     public void Resume() => Signal(18, "CONT");
