@@ -27,6 +27,11 @@ internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : I
         {
             return new VolumeBlockDevice(volume, await locks.AcquireAsync(name).ConfigureAwait(false));
         }
+        catch (Exception ex) when (ex is Ovis.Cluster.Etcd.EtcdException or HttpRequestException)
+        {
+            volume.Dispose();
+            throw new ExportUnavailableException($"volume {name}: the cluster catalog does not answer, so this node cannot take the volume's lock now ({ex.Message}); retry when etcd is back", ex);
+        }
         catch
         {
             volume.Dispose();

@@ -24,6 +24,7 @@ public sealed class CatalogOutageTests(EtcdCluster etcd, ITestOutputHelper outpu
     {
         await using var nodes = await StartCluster(copies: 3);
         await Create(nodes[0], "o", "64M");
+        await Create(nodes[0], "idle", "4M");
         // Paced so that the outage falls in the middle of the writes: 16384 writes at 800 a second.
         var fio = Run("fio", ["--ioengine=nbd", $"--uri={nodes[0].NbdUri("o")}", "--name=outage", "--rw=randwrite", "--bs=4k",
             "--size=64M", "--iodepth=16", "--rate_iops=800", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0",
@@ -32,7 +33,13 @@ public sealed class CatalogOutageTests(EtcdCluster etcd, ITestOutputHelper outpu
             TimeSpan.FromSeconds(60), "fio is writing");
 
         await Etcd.KillAsync();
-        await Task.Delay(Outage);
+        var outage = Stopwatch.StartNew();
+        // Meanwhile a volume no node holds cannot be opened (its lock is in etcd), and the client is told why.
+        var refused = await Run("qemu-io", QemuIoArgs(nodes[1].NbdUri("idle"), ["read 0 4k"]));
+        Assert.False(refused.Succeeded, refused.Describe());
+        Assert.Contains("the cluster catalog does not answer", refused.Stderr, StringComparison.Ordinal);
+        if (Outage > outage.Elapsed)
+            await Task.Delay(Outage - outage.Elapsed);
         Assert.False(fio.IsCompleted, "fio finished before etcd came back: the outage did not fall under it");
         await Etcd.RestartAsync();
         var back = Stopwatch.StartNew();

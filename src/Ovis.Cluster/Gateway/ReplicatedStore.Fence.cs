@@ -5,6 +5,32 @@ namespace Ovis.Cluster.Gateway;
 
 public sealed partial class ReplicatedStore
 {
+    // The newest generation each node is known to have raised its fence to, per layer, by this
+    // gateway's FENCE requests (a change raises it too, but a comparison does not).
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(string Node, uint Layer), long> _fencedAt = new();
+
+    /// <summary>
+    /// Before recovery compares <paramref name="node"/>'s copy of an object of <paramref name="layer"/>
+    /// without changing it: makes sure that node refuses older holders first. A node that missed
+    /// the fence at acquisition (unreachable then) may still take an old holder's late change;
+    /// compared before its fence, the copy could look equal and then change behind recovery's back.
+    /// Fenced after, whatever an old holder landed there is on an object its dirty log names, and
+    /// is compared after. False when the node did not take the fence.
+    /// </summary>
+    internal async ValueTask<bool> EnsureFencedAsync(ClusterView view, int node, uint layer, long generation)
+    {
+        string id = view.Replicas[node].NodeId;
+        if (_fencedAt.TryGetValue((id, layer), out long seen) && seen >= generation)
+            return true;
+        PeerResult r = await view.Replicas[node].FenceAsync(view.Epoch, layer, generation).ConfigureAwait(false);
+        if (r.Status == PeerStatus.Fenced)
+            _control.OnFenced(layer, generation);
+        if (!r.IsOk)
+            return false;
+        _fencedAt.AddOrUpdate((id, layer), generation, (_, old) => Math.Max(old, generation));
+        return true;
+    }
+
     /// <summary>
     /// Makes every live member know <paramref name="generation"/> for each of
     /// <paramref name="layers"/> (docs/fencing.md): once this returns, no replica that answered
@@ -20,18 +46,18 @@ public sealed partial class ReplicatedStore
         for (int attempt = 1; ; attempt++)
         {
             ClusterView view = View;
-            var pending = new List<(int Node, Task<PeerResult> Reply)>();
+            var pending = new List<(int Node, uint Layer, Task<PeerResult> Reply)>();
             for (int n = 0; n < view.Replicas.Length; n++)
             {
                 if (!view.Live[n])
                     continue;
                 foreach (uint layer in layers)
-                    pending.Add((n, view.Replicas[n].FenceAsync(view.Epoch, layer, generation).AsTask()));
+                    pending.Add((n, layer, view.Replicas[n].FenceAsync(view.Epoch, layer, generation).AsTask()));
             }
             await Task.WhenAll(pending.Select(p => p.Reply)).WaitAsync(cancellationToken).ConfigureAwait(false);
             long newest = view.Epoch;
             var unfenced = new HashSet<int>();
-            foreach ((int n, Task<PeerResult> reply) in pending)
+            foreach ((int n, uint layer, Task<PeerResult> reply) in pending)
             {
                 PeerResult r = reply.Result;
                 if (r.Status == PeerStatus.Fenced)
@@ -40,6 +66,8 @@ public sealed partial class ReplicatedStore
                     newest = Math.Max(newest, r.Epoch);
                 else if (!r.IsOk)
                     unfenced.Add(n);
+                else
+                    _fencedAt.AddOrUpdate((view.Replicas[n].NodeId, layer), generation, (_, old) => Math.Max(old, generation));
             }
             if (newest > view.Epoch && attempt < MaxAttempts)
             {

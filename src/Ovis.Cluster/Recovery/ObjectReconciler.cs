@@ -65,13 +65,13 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
 
         var sums = new Dictionary<int, BlockSum[]?>();
         foreach (int n in holders.Where(n => view.Live[n]))
-            sums[n] = await SumsAsync(view, n, id, blocks, verify).ConfigureAwait(false);
+            sums[n] = await SumsAsync(view, generation, n, id, blocks, verify).ConfigureAwait(false);
 
         int source = -1;
         foreach (int n in SourceOrder(view, holders, former))
         {
             if (!sums.TryGetValue(n, out BlockSum[]? s))
-                sums[n] = s = await SumsAsync(view, n, id, blocks, verify).ConfigureAwait(false);
+                sums[n] = s = await SumsAsync(view, generation, n, id, blocks, verify).ConfigureAwait(false);
             if (s is not null)
             {
                 source = n;
@@ -164,8 +164,11 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
         return order;
     }
 
-    private static async Task<BlockSum[]?> SumsAsync(ClusterView view, int node, ObjectId id, int blocks, bool verify)
+    // A copy is compared only once its node refuses older holders' changes (ReplicatedStore.EnsureFencedAsync).
+    private async Task<BlockSum[]?> SumsAsync(ClusterView view, long generation, int node, ObjectId id, int blocks, bool verify)
     {
+        if (!await store.EnsureFencedAsync(view, node, id.Volume, generation).ConfigureAwait(false))
+            return null;
         var sums = new BlockSum[blocks];
         PeerResult r = await view.Replicas[node].GetBlockSumsAsync(view.Epoch, id, 0, sums, verify).ConfigureAwait(false);
         return r.IsOk ? sums : null;
