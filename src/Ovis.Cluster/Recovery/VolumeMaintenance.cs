@@ -96,7 +96,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         _baseline = await _records.ReadBaselineAsync(_volume, cancellationToken).ConfigureAwait(false);
         _baselineRead = true;
         _queuedFor = _store.View;
-        QueueChanged(_queuedFor);
+        QueueChanged(_queuedFor, previous: null);
         _run = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
     }
 
@@ -108,8 +108,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     {
         if (_baselineRead)
         {
+            ClusterView? previous = _queuedFor;
             _queuedFor = view;
-            QueueChanged(view);
+            QueueChanged(view, previous);
         }
         Wake();
     }
@@ -130,13 +131,20 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
     /// <summary>Queues the objects whose copies are not known complete in <paramref name="view"/>:
     /// all of them when the volume has no baseline yet or a node that is not synced is up (a full
     /// compare), else those whose holders differ from the baseline's.</summary>
-    private void QueueChanged(ClusterView view)
+    /// <param name="previous">The view queued for before this one, if this recovery saw it: the
+    /// placement its writes went to.</param>
+    private void QueueChanged(ClusterView view, ClusterView? previous)
     {
         if (_layout() is not { } layout || view.Placement is not { } placement)
             return;
         if (_baseline is not { } baseline)
         {
-            _before = null;
+            // No baseline yet (a new volume whose first pass has not finished): when the members
+            // changed under this gateway, the placement it wrote to is where the copies are. A
+            // holder new to an object must never be taken for its source: its empty copy would
+            // be copied over the data (seen: fio --verify read zeros after a node was taken out).
+            if (previous?.Placement is { } last && !SameMembers(last, placement))
+                _before = last;
             QueueAll(layout, _ => Need.Urgent);
             return;
         }
@@ -187,6 +195,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
             LogQueued(_logger, _volume, queued);
     }
 
+    private static bool SameMembers(Placement a, Placement b) =>
+        a.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal).SequenceEqual(b.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal), StringComparer.Ordinal);
+
     private static bool SameMembers(RecoveryBaseline baseline, Placement placement) =>
         baseline.Members.Select(m => m.Id).Order(StringComparer.Ordinal)
             .SequenceEqual(placement.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal), StringComparer.Ordinal);
@@ -233,7 +244,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         if (_queuedFor is { } queued && queued.Revision < view.Revision)
         {
             _queuedFor = view;
-            QueueChanged(view);
+            QueueChanged(view, queued);
         }
         // A node that missed writes is back (or never left): the log names every object a copy may lack.
         foreach (ObjectId id in LoggedWithAllHoldersUp(layout, view))
