@@ -15,18 +15,46 @@ internal sealed partial class Journal
     /// </summary>
     public static Journal Open(string path, long capacity, int batchSize, int batchCount, TimeSpan commitInterval, ILogger logger)
     {
-        bool fresh = !File.Exists(path);
+        if (!File.Exists(path) || new FileInfo(path).Length < JournalFormat.DataStart)
+        {
+            Create(path, capacity, batchSize, commitInterval, logger);
+        }
         SafeFileHandle file = NativeIo.OpenDirect(path);
         var journal = new Journal(file, capacity, batchSize, batchCount, commitInterval, logger);
-        if (fresh || RandomAccess.GetLength(file) < JournalFormat.DataStart)
-        {
-            journal.Format();
-        }
-        else
+        try
         {
             journal.ReadSuperblock();
         }
+        catch
+        {
+            journal.Dispose();
+            throw;
+        }
         return journal;
+    }
+
+    /// <summary>
+    /// Writes a formatted journal under a temporary name and renames it into place, so that a file
+    /// system too full for the whole journal leaves no half-made one behind (which would read as a
+    /// journal without a superblock at the next start): the store then fails to open, saying why.
+    /// </summary>
+    private static void Create(string path, long capacity, int batchSize, TimeSpan commitInterval, ILogger logger)
+    {
+        string temp = path + ".new";
+        try
+        {
+            using (var journal = new Journal(NativeIo.OpenDirect(temp), capacity, batchSize, batchCount: 1, commitInterval, logger))
+            {
+                journal.Format();
+            }
+            File.Move(temp, path, overwrite: true);
+            NativeDirectory.Sync(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            File.Delete(temp);
+            throw new IOException($"cannot create the journal ({JournalFormat.DataStart + capacity} bytes) in {Path.GetDirectoryName(path)}: {e.Message}", e);
+        }
     }
 
     private void Format()

@@ -9,6 +9,9 @@ namespace Ovis.Store;
 internal interface IJournalSink
 {
     void Apply(BatchBuffer batch);
+
+    /// <summary>After <see cref="Apply"/> (whether it succeeded or not), before the buffer is reused.</summary>
+    void Applied(BatchBuffer batch);
 }
 
 /// <summary>Outcome of asking the journal for room for a record.</summary>
@@ -106,6 +109,18 @@ internal sealed partial class Journal : IDisposable
     }
 
     public bool IsFailed => Volatile.Read(ref _failure) is not null;
+
+    /// <summary>Whether some record has been reserved that is not yet applied to the object files.</summary>
+    public bool HasUnapplied
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _current is { RecordCount: > 0 } || _appliedSeq < (_current?.Seq ?? _nextSeq);
+            }
+        }
+    }
 
     /// <summary>fdatasync calls made on the journal since it was opened.</summary>
     public long SyncCount => Interlocked.Read(ref _syncCount);
@@ -247,6 +262,7 @@ internal sealed partial class Journal : IDisposable
         next.Length = JournalFormat.BatchHeaderSize;
         next.RecordCount = 0;
         next.Outstanding = 0;
+        next.SpaceCharged = 0;
         _current = next;
         return true;
     }
@@ -369,15 +385,30 @@ internal sealed partial class Journal : IDisposable
             {
                 return;
             }
-            try
+            while (true)
             {
-                _sink!.Apply(b);
+                try
+                {
+                    _sink!.Apply(b);
+                }
+                catch (Exception e) when (NativeIo.IsNoSpace(e) && !Volatile.Read(ref _aborted) && !Volatile.Read(ref _stopping))
+                {
+                    // The space accounting keeps this from happening to Ovis's own writes; something
+                    // else filled the file system. Applying is idempotent: try again once there is
+                    // room, rather than refusing every write until a restart. Reads are served from
+                    // the batch meanwhile.
+                    LogApplyNoSpace(_logger, b.Seq);
+                    await Task.Delay(ApplyRetryDelay).ConfigureAwait(false);
+                    continue;
+                }
+                catch (Exception e)
+                {
+                    // The batch is durable in the journal; replay will apply it after a restart.
+                    Fail(e);
+                }
+                break;
             }
-            catch (Exception e)
-            {
-                // The batch is durable in the journal; replay will apply it after a restart.
-                Fail(e);
-            }
+            _sink!.Applied(b);
             TaskCompletionSource space;
             lock (_lock)
             {
@@ -452,6 +483,11 @@ internal sealed partial class Journal : IDisposable
         _file.Dispose();
         _wake.Dispose();
     }
+
+    private static readonly TimeSpan ApplyRetryDelay = TimeSpan.FromSeconds(1);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "No space to apply journal batch {Seq} to the object files (the file system was filled from outside the store); retrying")]
+    private static partial void LogApplyNoSpace(ILogger logger, long seq);
 
     [LoggerMessage(Level = LogLevel.Critical, Message = "Journal failed; the store refuses writes until restarted")]
     private static partial void LogJournalFailed(ILogger logger, Exception e);
