@@ -180,13 +180,25 @@ internal sealed partial class Journal : IDisposable
     /// <summary>The buffer of the batch with sequence number <paramref name="seq"/> (valid while any record of it is pending).</summary>
     public BatchBuffer BufferOf(long seq) => _buffers[seq % _buffers.Length];
 
-    /// <summary>Completes when a batch buffer or journal space has been freed, or the journal failed.</summary>
+    /// <summary>Completes when a batch buffer or journal space has been freed, or the journal failed;
+    /// at once when a batch could be opened now (the space may have been freed between the
+    /// caller's <see cref="TryReserve"/> and this call: that wake-up went to the previous waiters).</summary>
     public Task WaitForSpaceAsync()
     {
         lock (_lock)
         {
+            if (_failure is not null || _stopping || _current is not null || CanOpenBatch())
+            {
+                return Task.CompletedTask;
+            }
             return _space.Task;
         }
+    }
+
+    private bool CanOpenBatch()
+    {
+        BatchBuffer next = _buffers[_nextSeq % _buffers.Length];
+        return next.Seq == 0 && _headLsn + 2L * next.Capacity <= _tailLsn + _capacity;
     }
 
     /// <summary>
@@ -254,7 +266,7 @@ internal sealed partial class Journal : IDisposable
     {
         BatchBuffer next = _buffers[_nextSeq % _buffers.Length];
         // Room for this batch even if it has to skip to the next lap.
-        if (next.Seq != 0 || _headLsn + 2L * next.Capacity > _tailLsn + _capacity)
+        if (!CanOpenBatch())
         {
             return false;
         }
