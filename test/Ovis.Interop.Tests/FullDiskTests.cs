@@ -1,0 +1,78 @@
+using System.Globalization;
+using System.Text.Json;
+using Ovis.Interop.Tests.Infrastructure;
+using Xunit.Abstractions;
+using static Ovis.Interop.Tests.Infrastructure.TestData;
+
+namespace Ovis.Interop.Tests;
+
+/// <summary>
+/// A node whose data directory is a 64 MiB tmpfs, filled through NBD: the writes that find no
+/// space get ENOSPC (qemu-io says "No space left on device"), the daemon stays healthy, reads,
+/// overwrites and flushes keep working, it restarts after a kill -9 on a file system filled to its
+/// last block, and deleting a volume makes room for writes at once.
+/// </summary>
+public sealed class FullDiskTests(ITestOutputHelper output) : InteropTest(null, output)
+{
+    private const string NoSpace = "No space left on device";
+
+    /// <summary>qemu-io commands writing 4 MiB chunks 0..count-1 of a volume, chunk i with pattern 0x10 + i.</summary>
+    private static string[] Chunks(int count) =>
+        [.. Enumerable.Range(0, count).Select(i => string.Create(CultureInfo.InvariantCulture, $"write -P 0x{0x10 + i:x2} {i * 4}M 4M"))];
+
+    private async Task<JsonElement> Space() => (await CliJson("node", "info")).GetProperty("space");
+
+    [Fact]
+    public async Task A_full_disk_gives_ENOSPC_keeps_the_daemon_healthy_restarts_and_frees_space_on_delete()
+    {
+        await using var d = new OvisDaemon { ExtraArguments = ["--journal-size", "16M", "--nearfull-ratio", "0.5"] };
+        await d.MountDataTmpfsAsync(64 * MiB);
+        await d.StartAsync();
+        Daemon = d;
+
+        // 16 MiB of journal on 64 MiB: a quarter used, below near-full.
+        Assert.Equal("ok", (await Space()).GetProperty("state").GetString());
+        var big = await CreateVolume("big", "256M");
+        var small = await CreateVolume("small", "16M");
+        await QemuIo(d.NbdUri(small), "write -P 0x33 0 1M", "flush");
+
+        // 80 MiB into what cannot hold 48: the writes past the full ratio fail with ENOSPC, not EIO.
+        var r = await Run("qemu-io", QemuIoArgs(d.NbdUri(big), [.. Chunks(20), "flush"]), TimeSpan.FromSeconds(120));
+        Assert.Contains(NoSpace, r.Stdout + r.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("Input/output error", r.Stdout + r.Stderr, StringComparison.Ordinal);
+        int written = Enumerable.Range(0, 20).Count(i => r.Stdout.Contains(string.Create(CultureInfo.InvariantCulture, $"wrote 4194304/4194304 bytes at offset {i * 4L * MiB}\n"), StringComparison.Ordinal));
+        Assert.InRange(written, 6, 11);
+        d.AssertAlive("after the writes that found the disk full");
+        Assert.DoesNotContain("Journal failed", d.Log, StringComparison.Ordinal);
+
+        var space = await Space();
+        Assert.Equal("full", space.GetProperty("state").GetString());
+        Assert.Equal(0.5, space.GetProperty("nearFullRatio").GetDouble());
+        Assert.Equal(0.95, space.GetProperty("fullRatio").GetDouble());
+        var info = await Cli("node", "info");
+        Assert.Contains("full:", info.Stdout, StringComparison.Ordinal);
+
+        // Full, and still: reads, overwrites of written blocks, flushes; a new block is refused.
+        await QemuIo(d.NbdUri(big), [.. Enumerable.Range(0, written).Select(i => string.Create(CultureInfo.InvariantCulture, $"read -P 0x{0x10 + i:x2} {i * 4}M 4M"))]);
+        await QemuIo(d.NbdUri(big), "write -P 0x7f 0 4M", "flush", "read -P 0x7f 0 4M");
+        var refused = await Run("qemu-io", QemuIoArgs(d.NbdUri(small), ["write -P 0x44 8M 1M"]));
+        Assert.Contains(NoSpace, refused.Stdout + refused.Stderr, StringComparison.Ordinal);
+
+        // kill -9, another program takes the last free block, and the daemon still starts: replay
+        // and checkpoint need no new space. Flushed data reads back.
+        await d.KillAsync();
+        var ballast = d.FillDataFileSystem();
+        await d.StartAsync();
+        await QemuIoReadOnly(d.NbdUri(big), [.. Enumerable.Range(1, written - 1).Select(i => string.Create(CultureInfo.InvariantCulture, $"read -P 0x{0x10 + i:x2} {i * 4}M 4M")), "read -P 0x7f 0 4M"]);
+        await QemuIoReadOnly(d.NbdUri(small), "read -P 0x33 0 1M");
+        Assert.Equal("full", (await Space()).GetProperty("state").GetString());
+        File.Delete(ballast);
+
+        // Deleting the big volume makes room at once: the next write succeeds.
+        var deleted = await Cli("vdi", "delete", big);
+        Assert.True(deleted.Succeeded, $"{deleted.Describe()}\n{d.Log}");
+        await QemuIo(d.NbdUri(small), "write -P 0x44 8M 1M", "flush", "read -P 0x44 8M 1M", "read -P 0x33 0 1M");
+        Assert.Equal("ok", (await Space()).GetProperty("state").GetString());
+        Assert.DoesNotContain("Journal failed", d.Log, StringComparison.Ordinal);
+    }
+}
