@@ -76,3 +76,63 @@ public sealed class FullDiskTests(ITestOutputHelper output) : InteropTest(null, 
         Assert.DoesNotContain("Journal failed", d.Log, StringComparison.Ordinal);
     }
 }
+
+/// <summary>
+/// Three copies, at least two: a node whose disk (its own tmpfs) is full misses writes like a
+/// down node — they succeed on the others and it is marked stale — until a second node is full;
+/// then the client gets ENOSPC. Every node's disk state shows in `ovis node list`.
+/// </summary>
+public sealed class ClusterFullDiskTests(Ovis.Cluster.Tests.Infrastructure.EtcdCluster etcd, ITestOutputHelper output)
+    : ClusterTest(etcd, output), IClassFixture<Ovis.Cluster.Tests.Infrastructure.EtcdCluster>
+{
+    private static string[] Chunks(int from, int to) =>
+        [.. Enumerable.Range(from, to - from).Select(i => string.Create(CultureInfo.InvariantCulture, $"write -P 0x{0x10 + i:x2} {i * 4}M 4M"))];
+
+    private static async Task<string?> DiskState(OvisDaemon asked, string node)
+        => (await Json(asked, "node", "list")).EnumerateArray().Single(n => n.GetProperty("id").GetString() == node)
+            .TryGetProperty("space", out var space) && space.ValueKind == JsonValueKind.Object ? space.GetProperty("state").GetString() : null;
+
+    [Fact]
+    public async Task A_full_replica_is_missed_like_a_down_one_until_too_few_copies_have_room()
+    {
+        var name = await Format(copies: 3, minCopies: 2);
+        // Node a's disk is the machine's; b has 96 MiB, c 48 MiB (each less a 16 MiB journal).
+        await using var nodes = new ClusterNodes(name);
+        foreach ((string zone, long tmpfs) in new[] { ("a", 0L), ("b", 96 * MiB), ("c", 48 * MiB) })
+        {
+            var d = new OvisDaemon { ExtraArguments = NodeArguments(name, zone, "--journal-size", "16M") };
+            nodes.Add(d);
+            if (tmpfs > 0)
+            {
+                await d.MountDataTmpfsAsync(tmpfs);
+            }
+            await d.StartAsync();
+        }
+        await Eventually(async () => (await Json(nodes[0], "node", "list")).GetArrayLength() == 3, LeaseMargin, "every node is up");
+        Assert.Equal("ok", await DiskState(nodes[0], "n-c"));
+        await Create(nodes[0], "v", "256M");
+
+        // 40 MiB: more than c can hold, all of it acknowledged (a and b have it), c stale.
+        var r = await QemuIo(nodes[0].NbdUri("v"), [.. Chunks(0, 10), "flush"]);
+        Assert.True(await IsStale(nodes[0], "n-c"), "the full node is marked stale");
+        Assert.False(await IsStale(nodes[0], "n-b"), "the node with room is not stale");
+        Assert.Equal("full", await DiskState(nodes[0], "n-c"));
+        Assert.Equal("full", await DiskState(nodes[1], "n-c"));
+        var list = await nodes[1].Cli("node", "list");
+        Assert.Contains("stale, full", list.Stdout, StringComparison.Ordinal);
+
+        // Then b fills too: a write only a could take is refused with ENOSPC.
+        var more = await Run("qemu-io", QemuIoArgs(nodes[0].NbdUri("v"), [.. Chunks(10, 30), "flush"]), TimeSpan.FromSeconds(120));
+        Assert.Contains("No space left on device", more.Stdout + more.Stderr, StringComparison.Ordinal);
+        Assert.Equal("full", await DiskState(nodes[0], "n-b"));
+
+        // Everything acknowledged reads back, through another node too; nobody's journal failed.
+        string[] reads = [.. Enumerable.Range(0, 10).Select(i => string.Create(CultureInfo.InvariantCulture, $"read -P 0x{0x10 + i:x2} {i * 4}M 4M"))];
+        await QemuIo(nodes[0].NbdUri("v"), reads);
+        foreach (var d in nodes)
+        {
+            d.AssertAlive("after the disks filled");
+            Assert.DoesNotContain("Journal failed", d.Log, StringComparison.Ordinal);
+        }
+    }
+}
