@@ -16,9 +16,9 @@ public sealed class FullDiskTests(ITestOutputHelper output) : InteropTest(null, 
 {
     private const string NoSpace = "No space left on device";
 
-    /// <summary>qemu-io commands writing 4 MiB chunks 0..count-1 of a volume, chunk i with pattern 0x10 + i.</summary>
-    private static string[] Chunks(int count) =>
-        [.. Enumerable.Range(0, count).Select(i => string.Create(CultureInfo.InvariantCulture, $"write -P 0x{0x10 + i:x2} {i * 4}M 4M"))];
+    /// <summary>qemu-io commands writing 4 MiB chunks from..to-1 of a volume, chunk i with pattern 0x10 + i.</summary>
+    private static string[] Chunks(int from, int to) =>
+        [.. Enumerable.Range(from, to - from).Select(i => string.Create(CultureInfo.InvariantCulture, $"write -P 0x{0x10 + i:x2} {i * 4}M 4M"))];
 
     private async Task<JsonElement> Space() => (await CliJson("node", "info")).GetProperty("space");
 
@@ -36,11 +36,15 @@ public sealed class FullDiskTests(ITestOutputHelper output) : InteropTest(null, 
         var small = await CreateVolume("small", "16M");
         await QemuIo(d.NbdUri(small), "write -P 0x33 0 1M", "flush");
 
-        // 80 MiB into what cannot hold 48: the writes past the full ratio fail with ENOSPC, not EIO.
-        var r = await Run("qemu-io", QemuIoArgs(d.NbdUri(big), [.. Chunks(20), "flush"]), TimeSpan.FromSeconds(120));
+        // 16 MiB more: past the near-full ratio (0.5 here), a warning only.
+        await QemuIo(d.NbdUri(big), [.. Chunks(0, 4), "flush"]);
+        Assert.Equal("nearfull", (await Space()).GetProperty("state").GetString());
+
+        // 64 MiB more into what cannot hold 32: the writes past the full ratio fail with ENOSPC, not EIO.
+        var r = await Run("qemu-io", QemuIoArgs(d.NbdUri(big), [.. Chunks(4, 20), "flush"]), TimeSpan.FromSeconds(120));
         Assert.Contains(NoSpace, r.Stdout + r.Stderr, StringComparison.Ordinal);
         Assert.DoesNotContain("Input/output error", r.Stdout + r.Stderr, StringComparison.Ordinal);
-        int written = Enumerable.Range(0, 20).Count(i => r.Stdout.Contains(string.Create(CultureInfo.InvariantCulture, $"wrote 4194304/4194304 bytes at offset {i * 4L * MiB}\n"), StringComparison.Ordinal));
+        int written = 4 + Enumerable.Range(4, 16).Count(i => r.Stdout.Contains(string.Create(CultureInfo.InvariantCulture, $"wrote 4194304/4194304 bytes at offset {i * 4L * MiB}\n"), StringComparison.Ordinal));
         Assert.InRange(written, 6, 11);
         d.AssertAlive("after the writes that found the disk full");
         Assert.DoesNotContain("Journal failed", d.Log, StringComparison.Ordinal);
