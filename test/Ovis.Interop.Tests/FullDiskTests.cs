@@ -35,6 +35,8 @@ public sealed class FullDiskTests(ITestOutputHelper output) : InteropTest(null, 
         var big = await CreateVolume("big", "256M");
         var small = await CreateVolume("small", "16M");
         await QemuIo(d.NbdUri(small), "write -P 0x33 0 1M", "flush");
+        var snapshot = await Cli("vdi", "snapshot", small, "s1");
+        Assert.True(snapshot.Succeeded, snapshot.Describe());
 
         // 16 MiB more: past the near-full ratio (0.5 here), a warning only.
         await QemuIo(d.NbdUri(big), [.. Chunks(0, 4), "flush"]);
@@ -61,6 +63,12 @@ public sealed class FullDiskTests(ITestOutputHelper output) : InteropTest(null, 
         await QemuIo(d.NbdUri(big), "write -P 0x7f 0 4M", "flush", "read -P 0x7f 0 4M");
         var refused = await Run("qemu-io", QemuIoArgs(d.NbdUri(small), ["write -P 0x44 8M 1M"]));
         Assert.Contains(NoSpace, refused.Stdout + refused.Stderr, StringComparison.Ordinal);
+        // Deleting a snapshot merges it into the layer over it, which copies the blocks that layer
+        // still inherits: on a full disk that is refused, saying so, and changes nothing.
+        var merge = await Cli("vdi", "delete", $"{small}@s1");
+        Assert.False(merge.Succeeded, merge.Describe());
+        Assert.Contains("no space to copy", merge.Stderr, StringComparison.Ordinal);
+        await QemuIo(d.NbdUri(small), "read -P 0x33 0 1M");
 
         // kill -9, another program takes the last free block, and the daemon still starts: replay
         // and checkpoint need no new space. Flushed data reads back.
@@ -76,6 +84,9 @@ public sealed class FullDiskTests(ITestOutputHelper output) : InteropTest(null, 
         var deleted = await Cli("vdi", "delete", big);
         Assert.True(deleted.Succeeded, $"{deleted.Describe()}\n{d.Log}");
         await QemuIo(d.NbdUri(small), "write -P 0x44 8M 1M", "flush", "read -P 0x44 8M 1M", "read -P 0x33 0 1M");
+        var merged = await Cli("vdi", "delete", $"{small}@s1");
+        Assert.True(merged.Succeeded, $"{merged.Describe()}\n{d.Log}");
+        await QemuIo(d.NbdUri(small), "read -P 0x33 0 1M", "read -P 0x44 8M 1M");
         Assert.Equal("ok", (await Space()).GetProperty("state").GetString());
         Assert.DoesNotContain("Journal failed", d.Log, StringComparison.Ordinal);
     }
