@@ -172,6 +172,18 @@ internal sealed partial class Journal
     /// </summary>
     public int Replay(ReplayHandler handler)
     {
+        (long lsn, long seq, int batches) = Read(handler);
+        _headLsn = _appliedLsn = lsn;
+        _nextSeq = _appliedSeq = seq;
+        return batches;
+    }
+
+    /// <summary>Hands every record <see cref="Replay"/> would replay to <paramref name="handler"/>, in
+    /// the same order and up to the same end, and changes nothing.</summary>
+    public void Scan(ReplayHandler handler) => Read(handler);
+
+    private (long Lsn, long Seq, int Batches) Read(ReplayHandler handler)
+    {
         BatchBuffer buf = _buffers[0];
         long lsn = _tailLsn, seq = _tailSeq;
         int batches = 0;
@@ -196,9 +208,7 @@ internal sealed partial class Journal
                 break;
             }
         }
-        _headLsn = _appliedLsn = lsn;
-        _nextSeq = _appliedSeq = seq;
-        return batches;
+        return (lsn, seq, batches);
     }
 
     private bool TryReadBatch(BatchBuffer buf, long lsn, long seq, out int length, out int count)

@@ -198,7 +198,31 @@ public sealed partial class LocalStore
                 objects++;
             }
         }
-        int batches = _journal.Replay((in JournalRecord r) => ApplyRecord(in r, 0));
+        // Replay needs no space the store did not have before the crash, except for data that a
+        // later record of the journal deleted (a deleted volume, whose space the writes after it
+        // took): replaying those writes would allocate their blocks once more before the delete
+        // frees them. So a first pass finds each object's last delete, and the second skips
+        // every change to the object before it.
+        var lastDelete = new Dictionary<ulong, long>();
+        long ordinal = 0;
+        _journal.Scan((in JournalRecord r) =>
+        {
+            if (r.Type == RecordType.Delete)
+            {
+                lastDelete[r.Id.Packed] = ordinal;
+            }
+            ordinal++;
+        });
+        ordinal = 0;
+        int batches = _journal.Replay((in JournalRecord r) =>
+        {
+            long at = ordinal++;
+            if (r.Type != RecordType.Delete && lastDelete.TryGetValue(r.Id.Packed, out long deleted) && deleted > at)
+            {
+                return;
+            }
+            ApplyRecord(in r, 0);
+        });
         Checkpoint();
         _space.Refresh();
         LogRecovered(_logger, objects, batches);

@@ -89,6 +89,28 @@ public sealed class FullDiskTests
     }
 
     [Fact]
+    public async Task Replay_on_a_full_file_system_skips_the_writes_a_later_delete_undid()
+    {
+        // No checkpoint between the writes and the crash: the journal still holds them all.
+        using var fs = new Tmpfs(24L << 20);
+        var options = new LocalStoreOptions { JournalSize = 16L << 20, BatchSize = 1 << 20, BatchCount = 4, CheckpointInterval = TimeSpan.FromHours(1) };
+        await using var f = new StoreFixture(options, fs.Path);
+        var deleted = new ObjectId(5, 0);
+        var kept = new ObjectId(6, 0);
+        Assert.Equal(StoreStatus.Ok, await Run(f.Store.WriteAsync(deleted, 0, Bytes.Random(1 << 20, 1), fua: false)));
+        Assert.Equal(StoreStatus.Ok, await Run(f.Store.DeleteAsync(deleted)));
+        Assert.Equal(StoreStatus.Ok, await Run(f.Store.WriteAsync(kept, 0, Bytes.Random(1 << 20, 2), fua: true)));
+        await f.Store.WhenAppliedAsync().WaitAsync(StoreFixture.Timeout);
+
+        // The space the deleted object had is someone else's now: replaying its write would need it.
+        fs.FillUp();
+        await f.CrashAndReopenAsync();
+        Assert.Equal(Bytes.Random(1 << 20, 2), await Bytes.ReadAsync(f.Store, kept, 0, 1 << 20));
+        Assert.Equal(new byte[4096], await Bytes.ReadAsync(f.Store, deleted, 0, 4096));
+        Assert.DoesNotContain(deleted, f.Store.ListObjects());
+    }
+
+    [Fact]
     public async Task Past_the_full_ratio_only_writes_that_need_new_blocks_are_refused()
     {
         long total = 1L << 30;
