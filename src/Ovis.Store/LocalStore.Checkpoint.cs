@@ -199,17 +199,26 @@ public sealed partial class LocalStore
             }
         }
         // Replay needs no space the store did not have before the crash, except for data that a
-        // later record of the journal deleted (a deleted volume, whose space the writes after it
-        // took): replaying those writes would allocate their blocks once more before the delete
-        // frees them. So a first pass finds each object's last delete, and the second skips
-        // every change to the object before it.
+        // later record of the journal deleted or zeroed (a deleted volume, a trim, whose space the
+        // writes after it took): replaying those writes would allocate their blocks once more
+        // before the later record frees them. So a first pass finds each object's last delete and
+        // its zeroed ranges, and the second skips what they undo.
         var lastDelete = new Dictionary<ulong, long>();
+        var zeroed = new Dictionary<ulong, List<(long Ordinal, int First, int Count)>>();
         long ordinal = 0;
         _journal.Scan((in JournalRecord r) =>
         {
             if (r.Type == RecordType.Delete)
             {
                 lastDelete[r.Id.Packed] = ordinal;
+            }
+            else if (r.Type is RecordType.ZeroHole or RecordType.ZeroAllocated)
+            {
+                if (!zeroed.TryGetValue(r.Id.Packed, out var ranges))
+                {
+                    zeroed[r.Id.Packed] = ranges = [];
+                }
+                ranges.Add((ordinal, r.FirstBlock, r.BlockCount));
             }
             ordinal++;
         });
@@ -221,11 +230,52 @@ public sealed partial class LocalStore
             {
                 return;
             }
+            if (r.Type == RecordType.Write && zeroed.TryGetValue(r.Id.Packed, out var ranges))
+            {
+                ReplayWriteNotZeroedLater(in r, at, ranges);
+                return;
+            }
             ApplyRecord(in r, 0);
         });
         Checkpoint();
         _space.Refresh();
         LogRecovered(_logger, objects, batches);
+    }
+
+    /// <summary>Replays the blocks of a write record that no later zeroing record of the journal covers.</summary>
+    private void ReplayWriteNotZeroedLater(in JournalRecord r, long ordinal, List<(long Ordinal, int First, int Count)> ranges)
+    {
+        Span<bool> undone = r.BlockCount <= 256 ? stackalloc bool[r.BlockCount] : new bool[r.BlockCount];
+        foreach ((long at, int first, int count) in ranges)
+        {
+            if (at <= ordinal)
+            {
+                continue;
+            }
+            int from = Math.Max(first, r.FirstBlock) - r.FirstBlock;
+            int to = Math.Min(first + count, r.FirstBlock + r.BlockCount) - r.FirstBlock;
+            if (from < to)
+            {
+                undone[from..to].Fill(true);
+            }
+        }
+        for (int i = 0; i < r.BlockCount;)
+        {
+            if (undone[i])
+            {
+                i++;
+                continue;
+            }
+            int end = i + 1;
+            while (end < r.BlockCount && !undone[end])
+            {
+                end++;
+            }
+            var part = new JournalRecord(RecordType.Write, r.Id, r.FirstBlock + i, end - i,
+                r.Crcs.Slice(i * 4, (end - i) * 4), r.Data.Slice(i * StoreBlockSize, (end - i) * StoreBlockSize), r.Offset);
+            ApplyRecord(in part, 0);
+            i = end;
+        }
     }
 
     /// <summary>Loads an object's block metadata; its file is opened when first needed (a large

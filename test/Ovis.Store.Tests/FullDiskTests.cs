@@ -89,16 +89,20 @@ public sealed class FullDiskTests
     }
 
     [Fact]
-    public async Task Replay_on_a_full_file_system_skips_the_writes_a_later_delete_undid()
+    public async Task Replay_on_a_full_file_system_skips_the_writes_a_later_delete_or_trim_undid()
     {
         // No checkpoint between the writes and the crash: the journal still holds them all.
         using var fs = new Tmpfs(24L << 20);
         var options = new LocalStoreOptions { JournalSize = 16L << 20, BatchSize = 1 << 20, BatchCount = 4, CheckpointInterval = TimeSpan.FromHours(1) };
         await using var f = new StoreFixture(options, fs.Path);
         var deleted = new ObjectId(5, 0);
+        var trimmed = new ObjectId(7, 0);
         var kept = new ObjectId(6, 0);
         Assert.Equal(StoreStatus.Ok, await Run(f.Store.WriteAsync(deleted, 0, Bytes.Random(1 << 20, 1), fua: false)));
         Assert.Equal(StoreStatus.Ok, await Run(f.Store.DeleteAsync(deleted)));
+        // Written, then trimmed but for its first and last 64 KiB, which stay.
+        Assert.Equal(StoreStatus.Ok, await Run(f.Store.WriteAsync(trimmed, 0, Bytes.Random(1 << 20, 3), fua: false)));
+        Assert.Equal(StoreStatus.Ok, await Run(f.Store.ZeroAsync(trimmed, 64 << 10, (1 << 20) - (128 << 10), keepAllocated: false, fua: false)));
         Assert.Equal(StoreStatus.Ok, await Run(f.Store.WriteAsync(kept, 0, Bytes.Random(1 << 20, 2), fua: true)));
         await f.Store.WhenAppliedAsync().WaitAsync(StoreFixture.Timeout);
 
@@ -108,6 +112,11 @@ public sealed class FullDiskTests
         Assert.Equal(Bytes.Random(1 << 20, 2), await Bytes.ReadAsync(f.Store, kept, 0, 1 << 20));
         Assert.Equal(new byte[4096], await Bytes.ReadAsync(f.Store, deleted, 0, 4096));
         Assert.DoesNotContain(deleted, f.Store.ListObjects());
+        byte[] expected = Bytes.Random(1 << 20, 3);
+        expected.AsSpan(64 << 10, (1 << 20) - (128 << 10)).Clear();
+        Assert.Equal(expected, await Bytes.ReadAsync(f.Store, trimmed, 0, 1 << 20));
+        await f.ReopenAsync();
+        Assert.Equal(expected, await Bytes.ReadAsync(f.Store, trimmed, 0, 1 << 20));
     }
 
     [Fact]

@@ -24,6 +24,8 @@ internal sealed class StoreFixture : IAsyncDisposable
     public async Task CrashAndReopenAsync()
     {
         await Store.CrashAsync().WaitAsync(Timeout);
+        // A reopen that throws leaves no store to dispose, so the test reports its exception.
+        Store = null!;
         Store = LocalStore.Open(Directory, Options, NullLogger.Instance);
     }
 
@@ -36,7 +38,10 @@ internal sealed class StoreFixture : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Store.DisposeAsync().AsTask().WaitAsync(Timeout);
+        if (Store is not null)
+        {
+            await Store.DisposeAsync().AsTask().WaitAsync(Timeout);
+        }
         System.IO.Directory.Delete(Directory, recursive: true);
     }
 }
