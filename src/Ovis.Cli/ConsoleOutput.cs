@@ -153,10 +153,16 @@ internal sealed class ConsoleOutput(TextWriter writer)
         ("Volumes", node.VolumeCount.ToString(CultureInfo.InvariantCulture)),
         ("Snapshots", node.SnapshotCount.ToString(CultureInfo.InvariantCulture)),
         ("Used", SizeWithBytes(node.UsedBytes)),
+        ("Disk", node.Space is { } space ? Disk(space) : "-"),
         ("Copy-on-write", SizeWithBytes(node.CopyOnWriteBytes)),
         ("Started", Time(node.Started)),
         ("Uptime", Uptime(TimeSpan.FromSeconds(node.UptimeSeconds))),
     ]);
+
+    /// <summary>"nearfull: 88 % of 1.0 GiB used (nearfull 85 %, full 95 %)".</summary>
+    private static string Disk(NodeSpace s)
+        => string.Create(CultureInfo.InvariantCulture,
+            $"{s.State}: {s.Ratio * 100:0.#} % of {Sizes.Format(s.TotalBytes)} used, {Sizes.Format(s.RoomBytes)} left for data (nearfull {s.NearFullRatio * 100:0.#} %, full {s.FullRatio * 100:0.#} %)");
 
     public void Cluster(ClusterInfo cluster)
     {
@@ -181,14 +187,17 @@ internal sealed class ConsoleOutput(TextWriter writer)
         table.AddColumn(Column("STATE"));
         table.AddColumn(Column("USED").RightAligned());
         table.AddColumn(Column("OBJECTS").RightAligned());
+        table.AddColumn(Column("DISK").RightAligned());
         foreach (var n in nodes)
         {
             // A stale node is up but not read from until its copies are brought up to date.
             var state = n.OutIn is { } outIn ? $"{n.State} (out in {outIn.ToString(CultureInfo.InvariantCulture)}s)" : n.State;
             state = n.Stale ? $"{state}, stale" : state;
+            state = n.Space is { State: not "ok" } space ? $"{state}, {space.State}" : state;
             table.AddRow(Markup.Escape(n.Id), Markup.Escape(n.Address), Markup.Escape(n.Zone), Markup.Escape(state),
                 n.UsedBytes is { } used ? Sizes.Format(used) : "-",
-                n.Objects?.ToString(CultureInfo.InvariantCulture) ?? "-");
+                n.Objects?.ToString(CultureInfo.InvariantCulture) ?? "-",
+                n.Space is { } disk ? string.Create(CultureInfo.InvariantCulture, $"{disk.Ratio * 100:0} %") : "-");
         }
 
         _console.Write(table);

@@ -49,6 +49,19 @@ internal static class ServeCommand
             DefaultValueFactory = _ => "256M",
         };
 
+        var nearFullRatio = new Option<double>("--nearfull-ratio")
+        {
+            Description = "Share of the data directory's file system in use from which the node reports 'nearfull'",
+            HelpName = "RATIO",
+            DefaultValueFactory = _ => 0.85,
+        };
+        var fullRatio = new Option<double>("--full-ratio")
+        {
+            Description = "Share of the file system in use from which the node reports 'full' and writes that need new space get ENOSPC",
+            HelpName = "RATIO",
+            DefaultValueFactory = _ => 0.95,
+        };
+
         var cluster = new Option<string?>("--cluster")
         {
             Description = "Join this cluster, formatted with 'ovis cluster format': objects are replicated over its nodes and volumes registered in its etcd",
@@ -105,7 +118,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API")
         {
-            data, nbd, nbdSocket, admin, journalSize, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, dirtyLog, recoveryBandwidth, scrubInterval,
+            data, nbd, nbdSocket, admin, journalSize, nearFullRatio, fullRatio, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, dirtyLog, recoveryBandwidth, scrubInterval,
         };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
@@ -114,6 +127,8 @@ internal static class ServeCommand
             NbdSocketPath = parseResult.GetValue(nbdSocket) is { Length: > 0 } path ? path : null,
             AdminAddress = ParseAddress("--admin", parseResult.GetRequiredValue(admin)),
             JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
+            NearFullRatio = ParseRatios(parseResult.GetValue(nearFullRatio), parseResult.GetValue(fullRatio)).NearFull,
+            FullRatio = parseResult.GetValue(fullRatio),
             Cluster = WithRecovery(
                 ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl),
                     parseResult.GetValue(downOutInterval), ParseAddress("--peer", parseResult.GetRequiredValue(peer))),
@@ -246,6 +261,19 @@ internal static class ServeCommand
             throw CliException.Usage($"--scrub-interval: {scrubSeconds} is out of range: use 0 (off) to 86400 seconds");
         }
         return new RecoveryOptions { DirtyLog = log, BandwidthBytesPerSecond = bytes, ScrubInterval = TimeSpan.FromSeconds(scrubSeconds) };
+    }
+
+    private static (double NearFull, double Full) ParseRatios(double nearFull, double full)
+    {
+        if (!double.IsFinite(full) || full <= 0 || full > 1)
+        {
+            throw CliException.Usage($"--full-ratio: {full} is out of range: use more than 0, at most 1");
+        }
+        if (!double.IsFinite(nearFull) || nearFull <= 0 || nearFull > full)
+        {
+            throw CliException.Usage($"--nearfull-ratio: {nearFull} is out of range: use more than 0, at most the full ratio ({full})");
+        }
+        return (nearFull, full);
     }
 
     private static long ParseJournalSize(string text)

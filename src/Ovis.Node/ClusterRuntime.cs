@@ -303,7 +303,7 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     public async Task<PeerStats?> StatsAsync(string nodeId)
     {
         if (nodeId == _nodeId)
-            return new PeerStats(_local.UsedBytes, _local.ListObjects().Count, _local.JournalSyncCount);
+            return new PeerStats(_local.UsedBytes, _local.ListObjects().Count, _local.JournalSyncCount) { Space = _local.Space };
         if (_replicas.Find(nodeId) is not RemoteReplica remote)
             return null;
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));

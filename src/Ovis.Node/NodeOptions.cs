@@ -22,6 +22,13 @@ public sealed class NodeOptions
     /// <summary>Size of the store's journal ring (see docs/store.md).</summary>
     public long JournalSize { get; set; } = new Ovis.Store.LocalStoreOptions().JournalSize;
 
+    /// <summary>Share of the data directory's file system in use from which the node reports <c>nearfull</c>.</summary>
+    public double NearFullRatio { get; set; } = new Ovis.Store.LocalStoreOptions().NearFullRatio;
+
+    /// <summary>Share of the file system in use from which the node reports <c>full</c> and refuses
+    /// writes that need new space with ENOSPC (docs/store.md, "Full disks").</summary>
+    public double FullRatio { get; set; } = new Ovis.Store.LocalStoreOptions().FullRatio;
+
     /// <summary>How long a stop waits for NBD clients to finish before their connections are cut.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
 

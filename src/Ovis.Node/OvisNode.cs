@@ -74,7 +74,7 @@ public sealed partial class OvisNode : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         var dataDirectory = Path.GetFullPath(options.DataDirectory);
-        var storeOptions = new Ovis.Store.LocalStoreOptions { JournalSize = options.JournalSize };
+        var storeOptions = new Ovis.Store.LocalStoreOptions { JournalSize = options.JournalSize, NearFullRatio = options.NearFullRatio, FullRatio = options.FullRatio };
         var storeLogger = StoreLoggerFactory.CreateLogger("Ovis.Store");
         var clusterLogger = StoreLoggerFactory.CreateLogger("Ovis.Cluster");
 

@@ -48,6 +48,10 @@ internal sealed class BatchBuffer
     /// <summary>Reservations handed out and not yet filled; the batch is written only at zero.</summary>
     public int Outstanding;
 
+    /// <summary>Bytes of file-system space the batch's records reserved (<see cref="SpaceAccount"/>),
+    /// released once the batch is applied.</summary>
+    public long SpaceCharged;
+
     public Span<byte> Span => _array.AsSpan(_start, Capacity);
 
     /// <summary>The bytes to write: the used length rounded up to 4 KiB, the padding zeroed.</summary>

@@ -15,18 +15,46 @@ internal sealed partial class Journal
     /// </summary>
     public static Journal Open(string path, long capacity, int batchSize, int batchCount, TimeSpan commitInterval, ILogger logger)
     {
-        bool fresh = !File.Exists(path);
+        if (!File.Exists(path) || new FileInfo(path).Length < JournalFormat.DataStart)
+        {
+            Create(path, capacity, batchSize, commitInterval, logger);
+        }
         SafeFileHandle file = NativeIo.OpenDirect(path);
         var journal = new Journal(file, capacity, batchSize, batchCount, commitInterval, logger);
-        if (fresh || RandomAccess.GetLength(file) < JournalFormat.DataStart)
-        {
-            journal.Format();
-        }
-        else
+        try
         {
             journal.ReadSuperblock();
         }
+        catch
+        {
+            journal.Dispose();
+            throw;
+        }
         return journal;
+    }
+
+    /// <summary>
+    /// Writes a formatted journal under a temporary name and renames it into place, so that a file
+    /// system too full for the whole journal leaves no half-made one behind (which would read as a
+    /// journal without a superblock at the next start): the store then fails to open, saying why.
+    /// </summary>
+    private static void Create(string path, long capacity, int batchSize, TimeSpan commitInterval, ILogger logger)
+    {
+        string temp = path + ".new";
+        try
+        {
+            using (var journal = new Journal(NativeIo.OpenDirect(temp), capacity, batchSize, batchCount: 1, commitInterval, logger))
+            {
+                journal.Format();
+            }
+            File.Move(temp, path, overwrite: true);
+            NativeDirectory.Sync(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            File.Delete(temp);
+            throw new IOException($"cannot create the journal ({JournalFormat.DataStart + capacity} bytes) in {Path.GetDirectoryName(path)}: {e.Message}", e);
+        }
     }
 
     private void Format()
@@ -144,6 +172,18 @@ internal sealed partial class Journal
     /// </summary>
     public int Replay(ReplayHandler handler)
     {
+        (long lsn, long seq, int batches) = Read(handler);
+        _headLsn = _appliedLsn = lsn;
+        _nextSeq = _appliedSeq = seq;
+        return batches;
+    }
+
+    /// <summary>Hands every record <see cref="Replay"/> would replay to <paramref name="handler"/>, in
+    /// the same order and up to the same end, and changes nothing.</summary>
+    public void Scan(ReplayHandler handler) => Read(handler);
+
+    private (long Lsn, long Seq, int Batches) Read(ReplayHandler handler)
+    {
         BatchBuffer buf = _buffers[0];
         long lsn = _tailLsn, seq = _tailSeq;
         int batches = 0;
@@ -168,9 +208,7 @@ internal sealed partial class Journal
                 break;
             }
         }
-        _headLsn = _appliedLsn = lsn;
-        _nextSeq = _appliedSeq = seq;
-        return batches;
+        return (lsn, seq, batches);
     }
 
     private bool TryReadBatch(BatchBuffer buf, long lsn, long seq, out int length, out int count)

@@ -9,6 +9,9 @@ namespace Ovis.Store;
 internal interface IJournalSink
 {
     void Apply(BatchBuffer batch);
+
+    /// <summary>After <see cref="Apply"/> (whether it succeeded or not), before the buffer is reused.</summary>
+    void Applied(BatchBuffer batch);
 }
 
 /// <summary>Outcome of asking the journal for room for a record.</summary>
@@ -107,6 +110,18 @@ internal sealed partial class Journal : IDisposable
 
     public bool IsFailed => Volatile.Read(ref _failure) is not null;
 
+    /// <summary>Whether some record has been reserved that is not yet applied to the object files.</summary>
+    public bool HasUnapplied
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _current is { RecordCount: > 0 } || _appliedSeq < (_current?.Seq ?? _nextSeq);
+            }
+        }
+    }
+
     /// <summary>fdatasync calls made on the journal since it was opened.</summary>
     public long SyncCount => Interlocked.Read(ref _syncCount);
 
@@ -165,13 +180,25 @@ internal sealed partial class Journal : IDisposable
     /// <summary>The buffer of the batch with sequence number <paramref name="seq"/> (valid while any record of it is pending).</summary>
     public BatchBuffer BufferOf(long seq) => _buffers[seq % _buffers.Length];
 
-    /// <summary>Completes when a batch buffer or journal space has been freed, or the journal failed.</summary>
+    /// <summary>Completes when a batch buffer or journal space has been freed, or the journal failed;
+    /// at once when a batch could be opened now (the space may have been freed between the
+    /// caller's <see cref="TryReserve"/> and this call: that wake-up went to the previous waiters).</summary>
     public Task WaitForSpaceAsync()
     {
         lock (_lock)
         {
+            if (_failure is not null || _stopping || _current is not null || CanOpenBatch())
+            {
+                return Task.CompletedTask;
+            }
             return _space.Task;
         }
+    }
+
+    private bool CanOpenBatch()
+    {
+        BatchBuffer next = _buffers[_nextSeq % _buffers.Length];
+        return next.Seq == 0 && _headLsn + 2L * next.Capacity <= _tailLsn + _capacity;
     }
 
     /// <summary>
@@ -239,7 +266,7 @@ internal sealed partial class Journal : IDisposable
     {
         BatchBuffer next = _buffers[_nextSeq % _buffers.Length];
         // Room for this batch even if it has to skip to the next lap.
-        if (next.Seq != 0 || _headLsn + 2L * next.Capacity > _tailLsn + _capacity)
+        if (!CanOpenBatch())
         {
             return false;
         }
@@ -247,6 +274,7 @@ internal sealed partial class Journal : IDisposable
         next.Length = JournalFormat.BatchHeaderSize;
         next.RecordCount = 0;
         next.Outstanding = 0;
+        next.SpaceCharged = 0;
         _current = next;
         return true;
     }
@@ -369,15 +397,30 @@ internal sealed partial class Journal : IDisposable
             {
                 return;
             }
-            try
+            while (true)
             {
-                _sink!.Apply(b);
+                try
+                {
+                    _sink!.Apply(b);
+                }
+                catch (Exception e) when (NativeIo.IsNoSpace(e) && !Volatile.Read(ref _aborted) && !Volatile.Read(ref _stopping))
+                {
+                    // The space accounting keeps this from happening to Ovis's own writes; something
+                    // else filled the file system. Applying is idempotent: try again once there is
+                    // room, rather than refusing every write until a restart. Reads are served from
+                    // the batch meanwhile.
+                    LogApplyNoSpace(_logger, b.Seq);
+                    await Task.Delay(ApplyRetryDelay).ConfigureAwait(false);
+                    continue;
+                }
+                catch (Exception e)
+                {
+                    // The batch is durable in the journal; replay will apply it after a restart.
+                    Fail(e);
+                }
+                break;
             }
-            catch (Exception e)
-            {
-                // The batch is durable in the journal; replay will apply it after a restart.
-                Fail(e);
-            }
+            _sink!.Applied(b);
             TaskCompletionSource space;
             lock (_lock)
             {
@@ -452,6 +495,11 @@ internal sealed partial class Journal : IDisposable
         _file.Dispose();
         _wake.Dispose();
     }
+
+    private static readonly TimeSpan ApplyRetryDelay = TimeSpan.FromSeconds(1);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "No space to apply journal batch {Seq} to the object files (the file system was filled from outside the store); retrying")]
+    private static partial void LogApplyNoSpace(ILogger logger, long seq);
 
     [LoggerMessage(Level = LogLevel.Critical, Message = "Journal failed; the store refuses writes until restarted")]
     private static partial void LogJournalFailed(ILogger logger, Exception e);

@@ -21,6 +21,13 @@ public sealed partial class LocalStore
         }
     }
 
+    void IJournalSink.Applied(BatchBuffer batch)
+    {
+        // In this order: the file system's figure counts the batch's blocks before its reservation goes.
+        RefreshSpace();
+        _space.Release(Interlocked.Exchange(ref batch.SpaceCharged, 0));
+    }
+
     /// <summary>
     /// Applies one record to an object file and its block metadata, and clears the overlay
     /// entries that still point at this record. <paramref name="seq"/> is 0 during replay,
@@ -51,6 +58,10 @@ public sealed partial class LocalStore
             return;
         }
         ObjectMeta meta = GetOrAdd(r.Id);
+        if (r.Type != RecordType.Delete)
+        {
+            AllocateSlot(meta);
+        }
         switch (r.Type)
         {
             case RecordType.Write:

@@ -32,6 +32,7 @@ public sealed partial class LocalStore
             {
                 break;
             }
+            RefreshSpace();
             long used = _journal.UsedBytes;
             bool due = used >= capacity / 4
                 || (signaled && used >= capacity / 8)
@@ -144,15 +145,35 @@ public sealed partial class LocalStore
         return file;
     }
 
+    // The checkpoint and the applier (which allocates slots) both open meta files.
     private SafeFileHandle MetaFile(uint volume)
     {
-        if (!_metaFiles.TryGetValue(volume, out SafeFileHandle? file))
+        lock (_metaFiles)
         {
-            file = File.OpenHandle(MetaPath(volume), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
-            _metaFiles[volume] = file;
-            MarkDirectoryDirty(Path.Combine(_directory, "meta"));
+            if (!_metaFiles.TryGetValue(volume, out SafeFileHandle? file))
+            {
+                file = File.OpenHandle(MetaPath(volume), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
+                _metaFiles[volume] = file;
+                MarkDirectoryDirty(Path.Combine(_directory, "meta"));
+            }
+            return file;
         }
-        return file;
+    }
+
+    /// <summary>
+    /// Allocates an object's meta slot when the object first appears, on the applier's side of a
+    /// record whose reservation (<see cref="SlotCharge"/>) covers it: the checkpoint that fills the
+    /// slot then needs no new block, and the free-space figure read after the batch counts it.
+    /// </summary>
+    private void AllocateSlot(ObjectMeta meta)
+    {
+        if (meta.SlotAllocated)
+        {
+            return;
+        }
+        meta.SlotAllocated = true;
+        // Best effort: a file system without fallocate gets the blocks at the checkpoint, from the margin.
+        NativeIo.Allocate(MetaFile(meta.Id.Volume), (long)meta.Id.Index * SlotSize, SlotSize);
     }
 
     /// <summary>Loads every object's metadata, replays the journal over it, and checkpoints.</summary>
@@ -177,9 +198,84 @@ public sealed partial class LocalStore
                 objects++;
             }
         }
-        int batches = _journal.Replay((in JournalRecord r) => ApplyRecord(in r, 0));
+        // Replay needs no space the store did not have before the crash, except for data that a
+        // later record of the journal deleted or zeroed (a deleted volume, a trim, whose space the
+        // writes after it took): replaying those writes would allocate their blocks once more
+        // before the later record frees them. So a first pass finds each object's last delete and
+        // its zeroed ranges, and the second skips what they undo.
+        var lastDelete = new Dictionary<ulong, long>();
+        var zeroed = new Dictionary<ulong, List<(long Ordinal, int First, int Count)>>();
+        long ordinal = 0;
+        _journal.Scan((in JournalRecord r) =>
+        {
+            if (r.Type == RecordType.Delete)
+            {
+                lastDelete[r.Id.Packed] = ordinal;
+            }
+            else if (r.Type is RecordType.ZeroHole or RecordType.ZeroAllocated)
+            {
+                if (!zeroed.TryGetValue(r.Id.Packed, out var ranges))
+                {
+                    zeroed[r.Id.Packed] = ranges = [];
+                }
+                ranges.Add((ordinal, r.FirstBlock, r.BlockCount));
+            }
+            ordinal++;
+        });
+        ordinal = 0;
+        int batches = _journal.Replay((in JournalRecord r) =>
+        {
+            long at = ordinal++;
+            if (r.Type != RecordType.Delete && lastDelete.TryGetValue(r.Id.Packed, out long deleted) && deleted > at)
+            {
+                return;
+            }
+            if (r.Type == RecordType.Write && zeroed.TryGetValue(r.Id.Packed, out var ranges))
+            {
+                ReplayWriteNotZeroedLater(in r, at, ranges);
+                return;
+            }
+            ApplyRecord(in r, 0);
+        });
         Checkpoint();
+        _space.Refresh();
         LogRecovered(_logger, objects, batches);
+    }
+
+    /// <summary>Replays the blocks of a write record that no later zeroing record of the journal covers.</summary>
+    private void ReplayWriteNotZeroedLater(in JournalRecord r, long ordinal, List<(long Ordinal, int First, int Count)> ranges)
+    {
+        Span<bool> undone = r.BlockCount <= 256 ? stackalloc bool[r.BlockCount] : new bool[r.BlockCount];
+        foreach ((long at, int first, int count) in ranges)
+        {
+            if (at <= ordinal)
+            {
+                continue;
+            }
+            int from = Math.Max(first, r.FirstBlock) - r.FirstBlock;
+            int to = Math.Min(first + count, r.FirstBlock + r.BlockCount) - r.FirstBlock;
+            if (from < to)
+            {
+                undone[from..to].Fill(true);
+            }
+        }
+        for (int i = 0; i < r.BlockCount;)
+        {
+            if (undone[i])
+            {
+                i++;
+                continue;
+            }
+            int end = i + 1;
+            while (end < r.BlockCount && !undone[end])
+            {
+                end++;
+            }
+            var part = new JournalRecord(RecordType.Write, r.Id, r.FirstBlock + i, end - i,
+                r.Crcs.Slice(i * 4, (end - i) * 4), r.Data.Slice(i * StoreBlockSize, (end - i) * StoreBlockSize), r.Offset);
+            ApplyRecord(in part, 0);
+            i = end;
+        }
     }
 
     /// <summary>Loads an object's block metadata; its file is opened when first needed (a large
@@ -187,6 +283,7 @@ public sealed partial class LocalStore
     private void LoadObject(ObjectId id, SafeFileHandle? metaFile)
     {
         ObjectMeta meta = GetOrAdd(id);
+        meta.SlotCharged = meta.SlotAllocated = metaFile is not null;
         Span<byte> slot = _slotScratch;
         slot.Clear();
         if (metaFile is not null)

@@ -15,4 +15,7 @@ public sealed partial class LocalStore
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Checkpoint failed; will retry")]
     private static partial void LogCheckpointFailed(ILogger logger, Exception e);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read the file system's free space")]
+    private static partial void LogSpaceProbeFailed(ILogger logger, Exception e);
 }

@@ -12,7 +12,7 @@ public sealed partial class LocalStore
         while (done < data.Length)
         {
             StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], underlay, out int consumed, out bool wait);
-            if (wait)
+            if (wait || (s == StoreStatus.NoSpace && _journal.HasUnapplied))
             {
                 return WriteSlowAsync(meta, offset, data, done, fua, underlay);
             }
@@ -27,6 +27,7 @@ public sealed partial class LocalStore
 
     private async ValueTask<StoreStatus> WriteSlowAsync(ObjectMeta meta, long offset, ReadOnlyMemory<byte> data, int done, bool fua, IBlockSource? underlay)
     {
+        bool appliedForSpace = false;
         while (done < data.Length)
         {
             StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], underlay, out int consumed, out bool wait);
@@ -34,6 +35,15 @@ public sealed partial class LocalStore
             {
                 _checkpointWake.Release();
                 await _journal.WaitForSpaceAsync().ConfigureAwait(false);
+                continue;
+            }
+            if (s == StoreStatus.NoSpace && !appliedForSpace && _journal.HasUnapplied)
+            {
+                // Trims and deletes in the journal free their blocks only when applied, and
+                // reservations end there: apply everything now and ask once more, so that space
+                // freed a moment ago serves this write (a deleted volume frees its space at once).
+                appliedForSpace = true;
+                await ApplyPendingAsync().ConfigureAwait(false);
                 continue;
             }
             if (s != StoreStatus.Ok)
@@ -88,11 +98,23 @@ public sealed partial class LocalStore
             {
                 return StoreStatus.IoError;
             }
+            // Space first, then the journal: a write the journal takes can always be applied.
+            long charge = SpaceNeeded(meta, firstBlock, blocks);
+            if (charge > 0 && !_space.TryCharge(charge))
+            {
+                return StoreStatus.NoSpace;
+            }
             ReserveResult r = _journal.TryReserve(size, out BatchBuffer batch, out int recordOffset);
             if (r != ReserveResult.Ok)
             {
+                _space.Release(charge);
                 wait = r == ReserveResult.Wait;
                 return _journal.IsFailed ? StoreStatus.IoError : StoreStatus.Closed;
+            }
+            if (charge > 0)
+            {
+                Interlocked.Add(ref batch.SpaceCharged, charge);
+                meta.SlotCharged = true;
             }
             Span<byte> record = batch.Span.Slice(recordOffset, size);
             JournalFormat.WriteRecordHeader(record, RecordType.Write, batch.Seq, meta.Id, firstBlock, blocks);
@@ -144,11 +166,11 @@ public sealed partial class LocalStore
         long endWhole = end / StoreBlockSize * StoreBlockSize;
         if (firstWhole >= endWhole)
         {
-            return await WriteZeroBytesAsync(meta.Id, offset, length).ConfigureAwait(false);
+            return await WriteZeroBytesAsync(meta, offset, length, type).ConfigureAwait(false);
         }
         if (offset < firstWhole)
         {
-            StoreStatus s = await WriteZeroBytesAsync(meta.Id, offset, firstWhole - offset).ConfigureAwait(false);
+            StoreStatus s = await WriteZeroBytesAsync(meta, offset, firstWhole - offset, type).ConfigureAwait(false);
             if (s != StoreStatus.Ok)
             {
                 return s;
@@ -156,7 +178,7 @@ public sealed partial class LocalStore
         }
         if (endWhole < end)
         {
-            StoreStatus s = await WriteZeroBytesAsync(meta.Id, endWhole, end - endWhole).ConfigureAwait(false);
+            StoreStatus s = await WriteZeroBytesAsync(meta, endWhole, end - endWhole, type).ConfigureAwait(false);
             if (s != StoreStatus.Ok)
             {
                 return s;
@@ -202,6 +224,13 @@ public sealed partial class LocalStore
             {
                 return r;
             }
+            if (type != RecordType.Delete && !meta.SlotCharged)
+            {
+                // Never refused (zeroing is how a full disk is emptied); its slot comes from the margin.
+                _space.Charge(SlotCharge);
+                Interlocked.Add(ref batch.SpaceCharged, SlotCharge);
+                meta.SlotCharged = true;
+            }
             Span<byte> record = batch.Span.Slice(recordOffset, JournalFormat.RecordHeaderSize);
             JournalFormat.WriteRecordHeader(record, type, batch.Seq, meta.Id, first, effective);
             JournalFormat.SealRecordHeader(record, 0);
@@ -213,11 +242,36 @@ public sealed partial class LocalStore
         return ReserveResult.Ok;
     }
 
-    private ValueTask<StoreStatus> WriteZeroBytesAsync(ObjectId id, long offset, long length)
+    private ValueTask<StoreStatus> WriteZeroBytesAsync(ObjectMeta meta, long offset, long length, RecordType type)
     {
+        if (type == RecordType.ZeroHole)
+        {
+            lock (meta.Lock)
+            {
+                // Trimming part of a block that holds no data changes nothing, and must not need
+                // space: a trim is how a full disk is emptied. (Zeroes that stay allocated over a
+                // parent layer still write the block.)
+                // A range inside one trim may touch two blocks (it does not cover a whole one).
+                if (meta.EffectiveState((int)(offset / StoreBlockSize)) != BlockState.Data
+                    && meta.EffectiveState((int)((offset + length - 1) / StoreBlockSize)) != BlockState.Data)
+                {
+                    return new(StoreStatus.Ok);
+                }
+            }
+        }
         // At most two partial blocks: under 8 KiB.
         byte[] zeroes = new byte[length];
-        return WriteAsync(id, offset, zeroes, fua: false, underlay: null);
+        return WriteAsync(meta.Id, offset, zeroes, fua: false, underlay: null);
+    }
+
+    /// <summary>Writes, syncs and applies everything in the journal now, and reads the free space again.</summary>
+    private async Task ApplyPendingAsync()
+    {
+        if (await FlushAsync().ConfigureAwait(false) == StoreStatus.Ok)
+        {
+            await _journal.WhenAppliedAsync().ConfigureAwait(false);
+        }
+        RefreshSpace();
     }
 
     public async ValueTask<StoreStatus> FlushAsync()

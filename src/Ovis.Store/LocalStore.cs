@@ -40,10 +40,12 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     private readonly SemaphoreSlim _checkpointWake = new(0);
     private readonly SemaphoreSlim _checkpointGate = new(1);
     private Task? _checkpointLoop;
+    private readonly SpaceAccount _space;
 
     private LocalStore(string directory, LocalStoreOptions options, ILogger logger, Journal journal)
     {
         _directory = directory;
+        _space = new SpaceAccount(options.SpaceProbe ?? (() => NativeIo.FileSystemSpace(directory)), options.NearFullRatio, options.FullRatio);
         _options = options;
         _logger = logger;
         _journal = journal;
@@ -65,7 +67,16 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
         Directory.CreateDirectory(Path.Combine(directory, "objects"));
         Directory.CreateDirectory(Path.Combine(directory, "meta"));
         var journal = Journal.Open(Path.Combine(directory, "journal"), options.JournalSize, options.BatchSize, options.BatchCount, options.CommitInterval, logger);
-        var store = new LocalStore(directory, options, logger, journal);
+        LocalStore store;
+        try
+        {
+            store = new LocalStore(directory, options, logger, journal);
+        }
+        catch
+        {
+            journal.Dispose();
+            throw;
+        }
         try
         {
             store.Recover();
@@ -96,6 +107,10 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     }
 
     public long UsedBytes => GetUsedBytes(null);
+
+    /// <summary>The file system's size and free space as the store counts them (reservations of
+    /// writes not yet applied included), with the near-full and full thresholds.</summary>
+    public StoreSpace Space => _space.Snapshot;
 
     /// <summary>Bytes of data held by one volume's objects, or by all when <paramref name="volume"/> is null.</summary>
     public long GetUsedBytes(uint? volume)

@@ -22,4 +22,16 @@ public sealed record LocalStoreOptions
 
     /// <summary>Longest time between checkpoints while there is something to checkpoint.</summary>
     public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Share of the file system in use (the store's reservations included) from which the
+    /// store reports <see cref="SpaceState.NearFull"/>. Ceph's <c>mon_osd_nearfull_ratio</c>.</summary>
+    public double NearFullRatio { get; init; } = 0.85;
+
+    /// <summary>Share of the file system in use from which writes that need new blocks are refused
+    /// with <see cref="StoreStatus.NoSpace"/>; overwrites of allocated blocks, trims and deletes go on.
+    /// Ceph's <c>mon_osd_full_ratio</c>.</summary>
+    public double FullRatio { get; init; } = 0.95;
+
+    /// <summary>For tests: the file system's (total, available) bytes, instead of statvfs of the store's directory.</summary>
+    internal Func<(long Total, long Available)>? SpaceProbe { get; init; }
 }

@@ -22,6 +22,39 @@ internal static partial class NativeIo
     [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
     private static partial int FAllocate(nint fd, int mode, long offset, long length);
 
+    [LibraryImport("libc", EntryPoint = "statvfs", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int StatVfs(string path, Span<ulong> buf);
+
+    /// <summary>ENOSPC: the file system has no block left for the call.</summary>
+    public const int NoSpaceErrno = 28;
+
+    /// <summary>
+    /// Size and free space of the file system holding <paramref name="path"/>, in bytes; free is
+    /// what an unprivileged process may still allocate (f_bavail), so blocks ext4 keeps for root
+    /// count as used.
+    /// </summary>
+    public static (long Total, long Available) FileSystemSpace(string path)
+    {
+        // struct statvfs on LP64 glibc: f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, … each 8
+        // bytes, 112 bytes in all; the buffer is larger so that no layout can overrun it.
+        Span<ulong> buf = stackalloc ulong[32];
+        if (StatVfs(path, buf) != 0)
+        {
+            throw new IOException($"statvfs {path}: errno {Marshal.GetLastPInvokeError()}");
+        }
+        ulong frsize = buf[1] != 0 ? buf[1] : buf[0];
+        return ((long)(buf[2] * frsize), (long)(buf[4] * frsize));
+    }
+
+    /// <summary>Allocates the blocks of a range without changing the file's size (best effort:
+    /// false when the file system cannot, or has no room).</summary>
+    public static bool Allocate(SafeFileHandle handle, long offset, long length)
+        => FAllocate(handle.DangerousGetHandle(), FallocFlKeepSize, offset, length) == 0;
+
+    /// <summary>Whether an I/O exception is the file system being out of space.</summary>
+    public static bool IsNoSpace(Exception e)
+        => e is IOException io && (io.HResult == NoSpaceErrno || io.Message.Contains("No space left", StringComparison.Ordinal));
+
     /// <summary>Opens a file for direct I/O: writes bypass the page cache, so a journal write costs
     /// no page-cache copy and its fdatasync has no dirty pages to write back.</summary>
     public static SafeFileHandle OpenDirect(string path)

@@ -32,6 +32,12 @@ internal sealed class ObjectMeta(ObjectId id)
     /// <summary>Blocks in use (the arrays may be longer).</summary>
     public int Blocks;
 
+    /// <summary>The space of the object's meta slot has been reserved (or the object was on disk at start).</summary>
+    public bool SlotCharged;
+
+    /// <summary>The object's meta slot has been allocated in the meta file (or the object was on disk at start).</summary>
+    public bool SlotAllocated;
+
     /// <summary>The object file, opened (created) on first apply; null after a delete.</summary>
     public SafeFileHandle? File;
 

@@ -9,6 +9,8 @@ public enum VolumeErrorCode
     InUse,
     /// <summary>Other nodes kept changing the registry (or the same volume) under the request: try again.</summary>
     Conflict,
+    /// <summary>The operation needs space the store does not have (a merge or flatten copies blocks).</summary>
+    NoSpace,
 }
 
 /// <summary>A refused control-plane operation; the message is one line meant for an operator.</summary>

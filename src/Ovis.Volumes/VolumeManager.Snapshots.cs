@@ -333,6 +333,12 @@ public sealed partial class VolumeManager
                     if (state != BlockState.Hole)
                     {
                         s = await _store.FillHolesAsync(id, (long)b * bs, data.AsMemory(b * bs, (e - b) * bs), zeroes: state == BlockState.Zero).ConfigureAwait(false);
+                        if (s == StoreStatus.NoSpace)
+                        {
+                            // What was copied stays (the layer reads the same either way); a later try goes on from there.
+                            throw new VolumeException(VolumeErrorCode.NoSpace,
+                                $"no space to copy the blocks '{target.DisplayName}' inherits into it (the disk is full): free space first, by deleting a volume or a snapshot nothing depends on");
+                        }
                         if (s != StoreStatus.Ok)
                         {
                             throw new IOException($"copying into object {id} failed: {s}");

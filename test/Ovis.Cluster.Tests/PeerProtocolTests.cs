@@ -442,8 +442,13 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         PeerStatsResult stats = await f.Client.StatsAsync().AsTask().WaitAsync(Timeout);
         Assert.Equal(PeerStatus.Ok, stats.Status);
         Assert.Equal(4, stats.Epoch);
-        Assert.Equal(new PeerStats(4 * 4096, 2, f.Store.JournalSyncCount), stats.Stats);
+        Assert.Equal((4 * 4096, 2, f.Store.JournalSyncCount), (stats.Stats.UsedBytes, stats.Stats.ObjectCount, stats.Stats.JournalSyncs));
         Assert.True(stats.Stats.JournalSyncs >= 1);
+        // The store's file system and thresholds come along (the free figures move with the disk).
+        Ovis.Store.StoreSpace space = Assert.NotNull(stats.Stats.Space);
+        Assert.Equal(f.Store.Space.TotalBytes, space.TotalBytes);
+        Assert.Equal((0.85, 0.95), (space.NearFullRatio, space.FullRatio));
+        Assert.InRange(space.AvailableBytes, 1, space.TotalBytes);
     }
 
     // --- Epochs --------------------------------------------------------------------------------

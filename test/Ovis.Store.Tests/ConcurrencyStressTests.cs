@@ -961,7 +961,8 @@ public sealed class ConcurrencyStressTests(ITestOutputHelper output)
         }
 
         /// <summary>As <see cref="IObjectStore.ZeroAsync"/> does it: partial blocks at the ends are
-        /// written as zero bytes (so they hold data), whole blocks become holes or zero blocks.</summary>
+        /// written as zero bytes (so they hold data) — except by a trim, which leaves a partial
+        /// block that holds no data as it is —, whole blocks become holes or zero blocks.</summary>
         public void Zero(long offset, long length, bool keep)
         {
             Content.AsSpan((int)offset, (int)length).Clear();
@@ -970,11 +971,11 @@ public sealed class ConcurrencyStressTests(ITestOutputHelper output)
             long endWhole = end / Block * Block;
             if (firstWhole >= endWhole)
             {
-                MarkData(offset, length);
+                MarkZeroed(offset, length, keep);
                 return;
             }
-            MarkData(offset, firstWhole - offset);
-            MarkData(endWhole, end - endWhole);
+            MarkZeroed(offset, firstWhole - offset, keep);
+            MarkZeroed(endWhole, end - endWhole, keep);
             States.AsSpan((int)(firstWhole / Block), (int)((endWhole - firstWhole) / Block)).Fill(keep ? Alloc.ZeroKept : Alloc.Hole);
         }
 
@@ -982,6 +983,14 @@ public sealed class ConcurrencyStressTests(ITestOutputHelper output)
         {
             Array.Clear(Content);
             Array.Clear(States);
+        }
+
+        private void MarkZeroed(long offset, long length, bool keep)
+        {
+            if (length > 0 && (keep || States[offset / Block] == Alloc.Data || States[(offset + length - 1) / Block] == Alloc.Data))
+            {
+                MarkData(offset, length);
+            }
         }
 
         private void MarkData(long offset, long length)

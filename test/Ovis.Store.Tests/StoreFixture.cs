@@ -7,9 +7,9 @@ internal sealed class StoreFixture : IAsyncDisposable
 {
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
 
-    public StoreFixture(LocalStoreOptions? options = null)
+    public StoreFixture(LocalStoreOptions? options = null, string? parent = null)
     {
-        Directory = Path.Combine(Path.GetTempPath(), "ovis-store-" + Guid.NewGuid().ToString("N"));
+        Directory = Path.Combine(parent ?? Path.GetTempPath(), "ovis-store-" + Guid.NewGuid().ToString("N"));
         Options = options ?? new LocalStoreOptions { JournalSize = 32L << 20, BatchSize = 1 << 20, BatchCount = 8 };
         Store = LocalStore.Open(Directory, Options, NullLogger.Instance);
     }
@@ -24,6 +24,8 @@ internal sealed class StoreFixture : IAsyncDisposable
     public async Task CrashAndReopenAsync()
     {
         await Store.CrashAsync().WaitAsync(Timeout);
+        // A reopen that throws leaves no store to dispose, so the test reports its exception.
+        Store = null!;
         Store = LocalStore.Open(Directory, Options, NullLogger.Instance);
     }
 
@@ -36,7 +38,10 @@ internal sealed class StoreFixture : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Store.DisposeAsync().AsTask().WaitAsync(Timeout);
+        if (Store is not null)
+        {
+            await Store.DisposeAsync().AsTask().WaitAsync(Timeout);
+        }
         System.IO.Directory.Delete(Directory, recursive: true);
     }
 }

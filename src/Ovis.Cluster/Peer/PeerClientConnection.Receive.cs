@@ -163,10 +163,21 @@ internal sealed partial class PeerClientConnection
     {
         if (request.Opcode == PeerOpcode.Stats)
         {
+            ReadOnlySpan<byte> s = _statsScratch;
+            long total = BinaryPrimitives.ReadInt64BigEndian(s[24..]);
             request.Stats = new PeerStats(
-                BinaryPrimitives.ReadInt64BigEndian(_statsScratch),
-                BinaryPrimitives.ReadInt64BigEndian(_statsScratch.AsSpan(8)),
-                BinaryPrimitives.ReadInt64BigEndian(_statsScratch.AsSpan(16)));
+                BinaryPrimitives.ReadInt64BigEndian(s),
+                BinaryPrimitives.ReadInt64BigEndian(s[8..]),
+                BinaryPrimitives.ReadInt64BigEndian(s[16..]))
+            {
+                Space = total <= 0 ? null : new Ovis.Store.StoreSpace(total,
+                    BinaryPrimitives.ReadInt64BigEndian(s[32..]),
+                    BinaryPrimitives.ReadInt64BigEndian(s[40..]),
+                    BinaryPrimitives.ReadInt64BigEndian(s[48..]) / PeerProtocol.RatioScale,
+                    BinaryPrimitives.ReadInt64BigEndian(s[56..]) / PeerProtocol.RatioScale),
+            };
+            // A shorter payload (an older server) leaves the later fields zero next time.
+            Array.Clear(_statsScratch);
         }
         else if (request.Opcode == PeerOpcode.BlockSums)
         {
@@ -188,7 +199,7 @@ internal sealed partial class PeerClientConnection
         {
             PeerOpcode.Read or PeerOpcode.Allocation => length == request.Length,
             PeerOpcode.BlockSums => length == (long)request.Length * PeerProtocol.BlockSumSize,
-            PeerOpcode.Stats => length is >= PeerProtocol.StatsPayloadSize and <= PeerProtocol.MaxPayloadLength,
+            PeerOpcode.Stats => length is >= PeerProtocol.MinStatsPayloadSize and <= PeerProtocol.MaxPayloadLength,
             _ => length == 0,
         };
     }

@@ -78,8 +78,13 @@ namespace Ovis.Cluster.Peer;
      FLUSH         6    -                   0, 0 (object id 0 too)       -           -
      ALLOCATION    7    -                   block-aligned offset;        -           `length` bytes, one
                                             length counts blocks                     BlockState per block
-     STATS         8    -                   0, 0 (object id 0 too)       -           3 × u64: used bytes,
-                                                                                     objects, journal syncs
+     STATS         8    -                   0, 0 (object id 0 too)       -           8 × u64: used bytes,
+                                                                                     objects, journal syncs,
+                                                                                     then the store's file
+                                                                                     system: total, free,
+                                                                                     reserved bytes, near-full
+                                                                                     and full ratio × 10^6
+                                                                                     (total 0: not known)
      PING          9    -                   0, 0 (object id 0 too)       -           -
      BLOCKSUMS    10    VERIFY              block-aligned offset;        -           `length` × 5 bytes, per
                                             length counts blocks                     block its BlockState
@@ -149,7 +154,13 @@ public static class PeerProtocol
     public const int MaxPayloadLength = (16 << 20) + 4096;
 
     /// <summary>Size of the STATS reply payload this version writes.</summary>
-    public const int StatsPayloadSize = 24;
+    public const int StatsPayloadSize = 64;
+
+    /// <summary>The shortest STATS reply payload a reader accepts (that of the first version, without space).</summary>
+    public const int MinStatsPayloadSize = 24;
+
+    /// <summary>STATS carries ratios as integers in millionths.</summary>
+    public const double RatioScale = 1_000_000;
 
     /// <summary>Bytes per block in a BLOCKSUMS reply: the state, then the big-endian CRC32C.</summary>
     public const int BlockSumSize = 5;

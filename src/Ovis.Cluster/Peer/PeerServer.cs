@@ -67,7 +67,7 @@ public sealed class PeerServer
     {
         // Only the local store has a journal; a gateway-like store reports no syncs.
         long syncs = Store is LocalStore local ? local.JournalSyncCount : 0;
-        return new PeerStats(Store.UsedBytes, Store.ListObjects().Count, syncs);
+        return new PeerStats(Store.UsedBytes, Store.ListObjects().Count, syncs) { Space = (Store as LocalStore)?.Space };
     }
 
     internal static ReadOnlyMemory<byte> Zeroes(int length) => ZeroPayload.Value.AsMemory(0, length);

@@ -130,6 +130,12 @@ internal sealed partial class PeerServerConnection
                     BinaryPrimitives.WriteInt64BigEndian(stats, values.UsedBytes);
                     BinaryPrimitives.WriteInt64BigEndian(stats[8..], values.ObjectCount);
                     BinaryPrimitives.WriteInt64BigEndian(stats[16..], values.JournalSyncs);
+                    Ovis.Store.StoreSpace space = values.Space ?? default;
+                    BinaryPrimitives.WriteInt64BigEndian(stats[24..], space.TotalBytes);
+                    BinaryPrimitives.WriteInt64BigEndian(stats[32..], space.AvailableBytes);
+                    BinaryPrimitives.WriteInt64BigEndian(stats[40..], space.ReservedBytes);
+                    BinaryPrimitives.WriteInt64BigEndian(stats[48..], (long)Math.Round(space.NearFullRatio * PeerProtocol.RatioScale));
+                    BinaryPrimitives.WriteInt64BigEndian(stats[56..], (long)Math.Round(space.FullRatio * PeerProtocol.RatioScale));
                     payload = stats;
                     break;
             }

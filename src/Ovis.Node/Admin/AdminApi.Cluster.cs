@@ -124,6 +124,7 @@ public static partial class AdminApi
             return new MemberInfo(m.Id, m.Address, m.Zone, live.Contains(m.Id) ? "up" : "down",
                 view.Stale.Contains(m.Id, StringComparer.Ordinal), stats[i]?.UsedBytes, stats[i]?.ObjectCount)
             {
+                Space = stats[i]?.Space is { } space ? NodeSpace.From(space) : null,
                 DownSince = since,
                 OutIn = since is { } s ? runtime?.DownOut?.SecondsUntilOut(view, m.Id, s) : null,
             };

@@ -50,7 +50,10 @@ public static partial class AdminApi
             layers.Count - snapshots,
             snapshots,
             node.Started,
-            (long)node.Uptime.TotalSeconds));
+            (long)node.Uptime.TotalSeconds)
+        {
+            Space = local.LocalStore is { } store ? NodeSpace.From(store.Space) : null,
+        });
     }
 
     private static Ok<IReadOnlyList<VolumeInfo>> ListVolumes(VolumeManager volumes)

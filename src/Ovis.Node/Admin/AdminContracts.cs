@@ -73,7 +73,32 @@ public sealed record NodeInfo(
     int VolumeCount,
     int SnapshotCount,
     DateTimeOffset Started,
-    long UptimeSeconds);
+    long UptimeSeconds)
+{
+    /// <summary>The data directory's file system and how full it is; null where the node has no local store.</summary>
+    public NodeSpace? Space { get; init; }
+}
+
+/// <summary>
+/// A node's disk as its store counts it: <paramref name="UsedBytes"/> is what the file system has
+/// in use plus the space writes already in the journal will take; <paramref name="State"/> is
+/// <c>ok</c>, <c>nearfull</c> (from <paramref name="NearFullRatio"/>) or <c>full</c> (from
+/// <paramref name="FullRatio"/>, or when less than 1 MiB is left for data: writes that need new
+/// space get ENOSPC). <paramref name="RoomBytes"/>: what such writes may still take.
+/// </summary>
+public sealed record NodeSpace(string State, double Ratio, long TotalBytes, long UsedBytes, long AvailableBytes, long RoomBytes,
+    double NearFullRatio, double FullRatio)
+{
+    public static NodeSpace From(Ovis.Store.StoreSpace space) => new(
+        space.State switch
+        {
+            Ovis.Store.SpaceState.Full => "full",
+            Ovis.Store.SpaceState.NearFull => "nearfull",
+            _ => "ok",
+        },
+        Math.Round(space.Ratio, 4), space.TotalBytes, space.UsedBytes, Math.Max(0, space.AvailableBytes - space.ReservedBytes), space.RoomBytes,
+        space.NearFullRatio, space.FullRatio);
+}
 
 /// <summary>Bound addresses: NBD as <c>HOST:PORT</c> or <c>unix:PATH</c>, admin as URLs.</summary>
 public sealed record NodeListeners(IReadOnlyList<string> Nbd, IReadOnlyList<string> Admin);
@@ -84,6 +109,9 @@ public sealed record NodeListeners(IReadOnlyList<string> Nbd, IReadOnlyList<stri
 /// reports them, null when it did not answer.</summary>
 public sealed record MemberInfo(string Id, string Address, string Zone, string State, bool Stale, long? UsedBytes, long? Objects)
 {
+    /// <summary>The node's disk as it reports it; null when it did not answer (or is an older version).</summary>
+    public NodeSpace? Space { get; init; }
+
     /// <summary>When a down member was first seen down; null while it is up (or not yet recorded).</summary>
     public DateTimeOffset? DownSince { get; init; }
 

@@ -55,6 +55,7 @@ internal sealed partial class AdminErrorMiddleware(RequestDelegate next, ILogger
         {
             VolumeErrorCode.NotFound => StatusCodes.Status404NotFound,
             VolumeErrorCode.AlreadyExists or VolumeErrorCode.InUse or VolumeErrorCode.Conflict => StatusCodes.Status409Conflict,
+            VolumeErrorCode.NoSpace => StatusCodes.Status507InsufficientStorage,
             _ => StatusCodes.Status400BadRequest,
         }, volume.Message),
         AdminRequestException request => (request.StatusCode, request.Message),

@@ -21,6 +21,7 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     private Process? _process;
     private int _generation;
     private int _peerPort;
+    private bool _tmpfs;
 
     public OvisDaemon() : this(unixSocket: false)
     {
@@ -198,6 +199,39 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
         SocketPath = _unixSocket ? unix.Task.Result : null;
     }
 
+    /// <summary>
+    /// Puts <see cref="DataDirectory"/> on a tmpfs of its own of <paramref name="bytes"/> (the tests
+    /// run as root), before the first start: a disk the daemon can fill. Unmounted on dispose,
+    /// after the daemon is gone, whatever the test did.
+    /// </summary>
+    public async Task MountDataTmpfsAsync(long bytes)
+    {
+        var r = await ProcessRunner.Run("mount", ["-t", "tmpfs", "-o", $"size={bytes}", "tmpfs", DataDirectory], CliTimeout);
+        Assert.True(r.Succeeded, r.Describe());
+        _tmpfs = true;
+    }
+
+    /// <summary>Fills what is left of the data directory's file system with a file of its own, as
+    /// another program would; returns its path.</summary>
+    public string FillDataFileSystem()
+    {
+        var path = Path.Combine(DataDirectory, "ballast");
+        var chunk = new byte[64 << 10];
+        using var file = new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.None, 1);
+        try
+        {
+            while (true)
+            {
+                file.Write(chunk);
+            }
+        }
+        catch (IOException)
+        {
+            // Full.
+        }
+        return path;
+    }
+
     /// <summary>SIGKILL: the crash test. Returns when the process is gone.</summary>
     public async Task KillAsync()
     {
@@ -306,6 +340,11 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
                 await p.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
             }
             p.Dispose();
+        }
+        if (_tmpfs)
+        {
+            // Lazy: lets go even of a file something still holds open.
+            await ProcessRunner.Run("umount", ["-l", DataDirectory], CliTimeout);
         }
         try
         {
