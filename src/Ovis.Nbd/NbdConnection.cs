@@ -52,7 +52,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
         _options = options;
         _logger = logger;
         _connectionId = Interlocked.Increment(ref _lastConnectionId);
-        _maxSkippedPayload = Math.Max(options.MaxPayloadSize, NbdLimits.MinSkippedPayloadLength);
+        _maxSkippedPayload = Math.Max(NbdLimits.SkippedPayloadFactor * (long)options.MaxPayloadSize, NbdLimits.MinSkippedPayloadLength);
         _completed = new Queue<NbdOperation>(Math.Min(options.MaxInFlightRequests, 1024));
         _operationPool = new Stack<NbdOperation>(Math.Min(options.MaxInFlightRequests, 1024));
     }
