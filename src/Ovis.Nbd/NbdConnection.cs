@@ -46,6 +46,10 @@ public sealed partial class NbdConnection : IAsyncDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxPayloadSize, 512, nameof(options));
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightBytes, 1, nameof(options));
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightRequests, 1, nameof(options));
+        if (options.HandshakeTimeout <= TimeSpan.Zero && options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.HandshakeTimeout, "The handshake timeout must be positive or infinite.");
+        }
 
         _transport = transport;
         _exports = exports;
@@ -110,7 +114,13 @@ public sealed partial class NbdConnection : IAsyncDisposable
         NbdLog.ConnectionOpened(_logger, _connectionId);
         try
         {
-            if (await HandshakeAsync(stopping))
+            StartHandshakeLimit();
+            bool selected = await HandshakeAsync(stopping);
+            if (!EndHandshakeLimit())
+            {
+                LogHandshakeTimeout();
+            }
+            else if (selected)
             {
                 await TransmitAsync(stopping);
             }
@@ -143,6 +153,9 @@ public sealed partial class NbdConnection : IAsyncDisposable
         {
             return;
         }
+
+        // A handshake cut short by a stop request or a reset still has its timer armed.
+        EndHandshakeLimit();
 
         try
         {
