@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace Ovis.Nbd;
 
 public sealed partial class NbdConnection
@@ -10,7 +8,9 @@ public sealed partial class NbdConnection
 
     // Closed handshakes are counted for the node's log: a port scan or a flood of silent
     // connections must not write a line each.
-    private static readonly LogThrottle HandshakeTimeoutLog = new(TimeSpan.FromSeconds(1));
+    private static readonly LogThrottle<NbdConnection> HandshakeTimeoutLog = new(
+        TimeSpan.FromSeconds(1),
+        static (connection, count) => NbdLog.HandshakeTimeouts(connection._logger, count, connection._options.HandshakeTimeout.TotalSeconds));
 
     private int _handshakeState;
     private Timer? _handshakeTimer;
@@ -63,9 +63,6 @@ public sealed partial class NbdConnection
     private void LogHandshakeTimeout()
     {
         NbdLog.HandshakeTimedOut(_logger, _connectionId, _options.HandshakeTimeout.TotalSeconds);
-        if (HandshakeTimeoutLog.TryEnter(Stopwatch.GetTimestamp(), out long count))
-        {
-            NbdLog.HandshakeTimeouts(_logger, count, _options.HandshakeTimeout.TotalSeconds);
-        }
+        HandshakeTimeoutLog.Record(this);
     }
 }

@@ -43,6 +43,6 @@ internal static partial class NbdLog
     [LoggerMessage(EventId = 13, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} did not finish the handshake within {Seconds} s; closing")]
     public static partial void HandshakeTimedOut(ILogger logger, long connectionId, double seconds);
 
-    [LoggerMessage(EventId = 14, Level = LogLevel.Warning, Message = "Closed {Count} NBD connection(s) that did not finish the handshake within {Seconds} s (at most one such line a second)")]
+    [LoggerMessage(EventId = 14, Level = LogLevel.Warning, Message = "Closed {Count} NBD connection(s) that did not finish the handshake within {Seconds} s (counted; at most one such line a second)")]
     public static partial void HandshakeTimeouts(ILogger logger, long count, double seconds);
 }

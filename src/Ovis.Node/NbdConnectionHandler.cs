@@ -24,13 +24,8 @@ internal sealed partial class NbdConnectionHandler(
     {
         // Checked before anything is allocated for the connection. Returning closes it (FIN, no
         // greeting): NBD has no way to say "busy", and a client retries or reports the EOF.
-        if (!limit.Connections.TryEnter(out long refusals))
+        if (!limit.Connections.TryEnter(_logger))
         {
-            if (refusals > 0)
-            {
-                LogRefused(_logger, refusals, limit.Connections.Max);
-            }
-
             return;
         }
 
@@ -86,12 +81,15 @@ internal sealed partial class NbdConnectionHandler(
     [LoggerMessage(EventId = 3, Level = LogLevel.Error, Message = "NBD connection {ConnectionId} failed")]
     private static partial void LogFailed(ILogger logger, string connectionId, Exception exception);
 
-    [LoggerMessage(EventId = 4, Level = LogLevel.Warning, Message = "Refused {Count} NBD connection(s): {Max} are open, the limit (--max-connections); at most one such line a second")]
-    private static partial void LogRefused(ILogger logger, long count, int max);
+    [LoggerMessage(EventId = 4, Level = LogLevel.Warning, Message = "Refused {Count} NBD connection(s): {Max} are open, the limit (--max-connections); counted, at most one such line a second")]
+    internal static partial void LogRefused(ILogger logger, long count, int max);
 }
 
 /// <summary>The node's cap on NBD connections, shared by all its NBD listeners (TCP and Unix socket).</summary>
-internal sealed class NbdConnectionLimit(int max)
+internal sealed class NbdConnectionLimit
 {
-    public ConnectionLimit Connections { get; } = new(max);
+    public NbdConnectionLimit(int max)
+        => Connections = new ConnectionLimit<ILogger>(max, (logger, count) => NbdConnectionHandler.LogRefused(logger, count, max));
+
+    public ConnectionLimit<ILogger> Connections { get; }
 }

@@ -1,24 +1,26 @@
-using System.Diagnostics;
-
 namespace Ovis;
 
 /// <summary>
 /// A cap on the connections one listener (or group of listeners) serves at once. Each accepted
 /// connection calls <see cref="TryEnter"/> first and, when admitted, <see cref="Exit"/> once at its
 /// end; a refused one is closed by its host without a word, since neither NBD nor the peer protocol
-/// has a way to say "busy" before the greeting. Refusals are counted so that a flood of them writes
-/// one log line a second. Thread-safe, lock-free.
+/// has a way to say "busy" before the greeting. Refusals are logged through a
+/// <see cref="LogThrottle{TState}"/>, so a flood of them writes a line a second. Thread-safe.
 /// One source file, compiled into the peer protocol and the node.
 /// </summary>
-internal sealed class ConnectionLimit
+internal sealed class ConnectionLimit<TState>
+    where TState : class
 {
-    private readonly LogThrottle _refusalLog = new(TimeSpan.FromSeconds(1));
+    private readonly LogThrottle<TState> _refusalLog;
     private int _open;
 
-    public ConnectionLimit(int max)
+    /// <param name="max">Connections admitted at once.</param>
+    /// <param name="logRefusals">Writes one line for <c>count</c> refusals.</param>
+    public ConnectionLimit(int max, Action<TState, long> logRefusals)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(max, 1);
         Max = max;
+        _refusalLog = new LogThrottle<TState>(TimeSpan.FromSeconds(1), logRefusals);
     }
 
     public int Max { get; }
@@ -26,25 +28,16 @@ internal sealed class ConnectionLimit
     /// <summary>Connections admitted and not yet ended.</summary>
     public int Open => Volatile.Read(ref _open);
 
-    /// <summary>
-    /// Admits a connection, or refuses it when <see cref="Max"/> are open. A refusal sets
-    /// <paramref name="refusalsToLog"/> to the refusals since the last log line when this one
-    /// should write it, else to 0.
-    /// </summary>
-    public bool TryEnter(out long refusalsToLog)
+    /// <summary>Admits a connection, or counts a refusal (logged with <paramref name="state"/>) when <see cref="Max"/> are open.</summary>
+    public bool TryEnter(TState state)
     {
         if (Interlocked.Increment(ref _open) <= Max)
         {
-            refusalsToLog = 0;
             return true;
         }
 
         Interlocked.Decrement(ref _open);
-        if (!_refusalLog.TryEnter(Stopwatch.GetTimestamp(), out refusalsToLog))
-        {
-            refusalsToLog = 0;
-        }
-
+        _refusalLog.Record(state);
         return false;
     }
 

@@ -3,32 +3,80 @@ using System.Diagnostics;
 namespace Ovis;
 
 /// <summary>
-/// Lets one log line through per interval and counts the events in between, so a flood (3000
-/// refused connections, a port scan) costs a line a second instead of a line an event. The line
-/// that gets through reports how many events it stands for. Thread-safe and lock-free.
+/// Writes at most one log line per interval for an event that may come in floods (3000 refused
+/// connections, a port scan). The first event of a quiet spell is written at once; the ones after
+/// it are counted and written as one line ("N more") when the interval ends, by a one-shot timer,
+/// so none is lost and a flood costs a line a second. Thread-safe.
 /// One source file, compiled into the NBD front, the peer protocol and the node.
 /// </summary>
-internal sealed class LogThrottle(TimeSpan interval)
+/// <typeparam name="TState">What the line is written with (a logger); the latest one is used for the counted line.</typeparam>
+internal sealed class LogThrottle<TState>
+    where TState : class
 {
-    private readonly long _intervalTicks = (long)(interval.TotalSeconds * Stopwatch.Frequency);
-    private long _count;
-    private long _nextLogAt = long.MinValue;
+    private readonly long _intervalTicks;
+    private readonly Action<TState, long> _write;
+    private readonly Lock _lock = new();
 
-    /// <summary>
-    /// Counts one event at <paramref name="now"/> (<see cref="Stopwatch.GetTimestamp"/>); true when
-    /// the caller should log, with <paramref name="count"/> the events since the last line, this one included.
-    /// </summary>
-    public bool TryEnter(long now, out long count)
+    // Guarded by _lock.
+    private long _quietFrom = long.MinValue;
+    private long _pending;
+    private TState? _pendingState;
+    private Timer? _timer;
+    private bool _flushScheduled;
+
+    /// <param name="interval">The least time between two lines.</param>
+    /// <param name="write">Writes one line for <c>count</c> events; called outside any lock.</param>
+    public LogThrottle(TimeSpan interval, Action<TState, long> write)
     {
-        Interlocked.Increment(ref _count);
-        long next = Volatile.Read(ref _nextLogAt);
-        if (now < next || Interlocked.CompareExchange(ref _nextLogAt, now + _intervalTicks, next) != next)
+        _intervalTicks = (long)(interval.TotalSeconds * Stopwatch.Frequency);
+        _write = write;
+    }
+
+    /// <summary>Records one event; writes it now or counts it for the line at the end of the interval.</summary>
+    public void Record(TState state)
+    {
+        long now = Stopwatch.GetTimestamp();
+        lock (_lock)
         {
-            count = 0;
-            return false;
+            if (_flushScheduled || now < _quietFrom)
+            {
+                _pending++;
+                _pendingState = state;
+                if (!_flushScheduled)
+                {
+                    _flushScheduled = true;
+                    _timer ??= new Timer(static s => ((LogThrottle<TState>)s!).Flush(), this, Timeout.Infinite, Timeout.Infinite);
+                    // The counted line goes out when the quiet spell would have begun.
+                    var due = TimeSpan.FromTicks(Math.Max(1, (_quietFrom - now) * TimeSpan.TicksPerSecond / Stopwatch.Frequency));
+                    _timer.Change(due, Timeout.InfiniteTimeSpan);
+                }
+
+                return;
+            }
+
+            _quietFrom = now + _intervalTicks;
         }
 
-        count = Interlocked.Exchange(ref _count, 0);
-        return true;
+        _write(state, 1);
+    }
+
+    private void Flush()
+    {
+        long count;
+        TState? state;
+        lock (_lock)
+        {
+            count = _pending;
+            state = _pendingState;
+            _pending = 0;
+            _pendingState = null;
+            _flushScheduled = false;
+            _quietFrom = Stopwatch.GetTimestamp() + _intervalTicks;
+        }
+
+        if (count > 0 && state is not null)
+        {
+            _write(state, count);
+        }
     }
 }

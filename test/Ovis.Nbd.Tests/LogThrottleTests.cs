@@ -1,44 +1,57 @@
-using System.Diagnostics;
-
 namespace Ovis.Nbd.Tests;
 
 /// <summary>The throttle behind the handshake-timeout and refused-connection log lines.</summary>
 public class LogThrottleTests
 {
-    [Fact]
-    public void AFloodCostsOneLineAnInterval_AndTheNextLineCountsTheFlood()
-    {
-        var throttle = new LogThrottle(TimeSpan.FromSeconds(1));
-        long start = 1_000_000;
-
-        Assert.True(throttle.TryEnter(start, out long first));
-        Assert.Equal(1, first);
-        int lines = 0;
-        for (int i = 0; i < 2999; i++)
-        {
-            lines += throttle.TryEnter(start + i, out _) ? 1 : 0;
-        }
-
-        Assert.Equal(0, lines);
-        Assert.True(throttle.TryEnter(start + Stopwatch.Frequency, out long counted));
-        Assert.Equal(3000, counted);
-    }
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(15);
 
     [Fact]
-    public void ConcurrentEvents_AreAllCounted()
+    public async Task AFlood_IsOneLineNow_AndOneCountedLineAtTheEndOfTheInterval()
     {
-        var throttle = new LogThrottle(TimeSpan.FromHours(1));
-        long logged = 0;
-        Parallel.For(0, 10_000, _ =>
+        var lines = new List<long>();
+        var counted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var throttle = new LogThrottle<object>(TimeSpan.FromMilliseconds(200), (_, count) =>
         {
-            if (throttle.TryEnter(Stopwatch.GetTimestamp(), out long count))
+            lock (lines)
             {
-                Interlocked.Add(ref logged, count);
+                lines.Add(count);
+                if (lines.Sum() == 3000)
+                {
+                    counted.TrySetResult();
+                }
             }
         });
 
-        // One line got through; everything else waits for the next one.
-        Assert.True(throttle.TryEnter(long.MaxValue - 1, out long rest));
-        Assert.Equal(10_001, logged + rest);
+        for (int i = 0; i < 3000; i++)
+        {
+            throttle.Record(lines);
+        }
+
+        // The first is written at once; the other 2999 wait for the timer, not for another event.
+        await counted.Task.WaitAsync(Timeout);
+        lock (lines)
+        {
+            Assert.Equal([1L, 2999L], lines);
+        }
+    }
+
+    [Fact]
+    public async Task ConcurrentEvents_AreAllCounted()
+    {
+        long total = 0;
+        var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var throttle = new LogThrottle<object>(TimeSpan.FromMilliseconds(50), (_, count) =>
+        {
+            if (Interlocked.Add(ref total, count) == 10_000)
+            {
+                all.TrySetResult();
+            }
+        });
+
+        object state = new();
+        Parallel.For(0, 10_000, _ => throttle.Record(state));
+
+        await all.Task.WaitAsync(Timeout);
+        Assert.Equal(10_000, Interlocked.Read(ref total));
     }
 }
