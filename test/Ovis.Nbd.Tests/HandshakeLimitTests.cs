@@ -33,6 +33,17 @@ public class HandshakeLimitTests
     }
 
     [Fact]
+    public async Task SilentClient_HoldsNoPooledBuffer()
+    {
+        // Thousands of silent connections must cost a socket each, not a 64 KiB option buffer.
+        await using var client = new NbdTestClient(NbdTestClient.Exports(new MemoryBlockDevice(1 << 20)));
+
+        await client.ReadExactAsync(18);
+
+        Assert.Equal(0, client.Pool.Outstanding);
+    }
+
+    [Fact]
     public async Task ClientHagglingPastTheLimit_IsClosed()
     {
         await using var client = new NbdTestClient(NbdTestClient.Exports(new MemoryBlockDevice(1 << 20)), ShortLimit);
