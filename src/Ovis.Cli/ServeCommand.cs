@@ -42,6 +42,19 @@ internal static class ServeCommand
             DefaultValueFactory = _ => $"127.0.0.1:{NodeOptions.DefaultAdminPort}",
         };
 
+        var handshakeTimeout = new Option<int>("--handshake-timeout")
+        {
+            Description = "Seconds an NBD client may take to finish the handshake before it is disconnected (0: no limit)",
+            HelpName = "SECONDS",
+            DefaultValueFactory = _ => 10,
+        };
+        var maxConnections = new Option<int>("--max-connections")
+        {
+            Description = "NBD connections served at once; more are closed as they arrive",
+            HelpName = "N",
+            DefaultValueFactory = _ => NodeOptions.DefaultMaxConnections,
+        };
+
         var journalSize = new Option<string>("--journal-size")
         {
             Description = "Size of the store's journal, fixed when the data directory is created",
@@ -118,7 +131,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API")
         {
-            data, nbd, nbdSocket, admin, journalSize, nearFullRatio, fullRatio, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, dirtyLog, recoveryBandwidth, scrubInterval,
+            data, nbd, nbdSocket, admin, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, dirtyLog, recoveryBandwidth, scrubInterval,
         };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
@@ -126,6 +139,8 @@ internal static class ServeCommand
             NbdAddress = ParseAddress("--nbd", parseResult.GetRequiredValue(nbd)),
             NbdSocketPath = parseResult.GetValue(nbdSocket) is { Length: > 0 } path ? path : null,
             AdminAddress = ParseAddress("--admin", parseResult.GetRequiredValue(admin)),
+            NbdHandshakeTimeout = ParseHandshakeTimeout(parseResult.GetValue(handshakeTimeout)),
+            MaxNbdConnections = ParseMaxConnections(parseResult.GetValue(maxConnections)),
             JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
             NearFullRatio = ParseRatios(parseResult.GetValue(nearFullRatio), parseResult.GetValue(fullRatio)).NearFull,
             FullRatio = parseResult.GetValue(fullRatio),
@@ -234,6 +249,17 @@ internal static class ServeCommand
             PeerAddress = peer,
         };
     }
+
+    private static TimeSpan ParseHandshakeTimeout(int seconds) => seconds switch
+    {
+        0 => Timeout.InfiniteTimeSpan,
+        >= 1 and <= 3600 => TimeSpan.FromSeconds(seconds),
+        _ => throw CliException.Usage($"--handshake-timeout: {seconds} is out of range: use 1 to 3600 seconds, or 0 for no limit"),
+    };
+
+    private static int ParseMaxConnections(int count) => count is >= 1 and <= 1_000_000
+        ? count
+        : throw CliException.Usage($"--max-connections: {count} is out of range: use 1 to 1000000");
 
     private static ClusterMembershipOptions? WithRecovery(ClusterMembershipOptions? cluster, RecoveryOptions recovery)
     {

@@ -21,86 +21,93 @@ public sealed partial class NbdConnection
     /// <summary>Greets the client and answers options until one selects an export (true) or the session ends (false).</summary>
     private async Task<bool> HandshakeAsync(CancellationToken cancellationToken)
     {
-        // Option data up to MaxOptionLength is read whole into this buffer; handshake only.
-        byte[] buffer = BufferPool.Rent(NbdLimits.MaxOptionLength);
-        try
+        // The client flags and each option header are read into this small array; option data
+        // into a pooled buffer of its own length, rented only while that option is handled, so
+        // a connection that says nothing (or sits between options) holds no buffer at all.
+        byte[] scratch = new byte[NbdOptionHeader.Size];
+        PipeWriter output = _transport.Output;
+        NbdHandshakeWriter.WriteGreeting(output.GetSpan(NbdHandshakeWriter.GreetingSize), NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes);
+        output.Advance(NbdHandshakeWriter.GreetingSize);
+        if (!await FlushHandshakeAsync(cancellationToken)
+            || !await ReadExactAsync(scratch.AsMemory(0, 4), cancellationToken))
         {
-            PipeWriter output = _transport.Output;
-            NbdHandshakeWriter.WriteGreeting(output.GetSpan(NbdHandshakeWriter.GreetingSize), NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes);
-            output.Advance(NbdHandshakeWriter.GreetingSize);
-            if (!await FlushHandshakeAsync(cancellationToken)
-                || !await ReadExactAsync(buffer.AsMemory(0, 4), cancellationToken))
-            {
-                return false;
-            }
-
-            var clientFlags = (NbdClientFlags)BinaryPrimitives.ReadUInt32BigEndian(buffer);
-            if ((clientFlags & ~KnownClientFlags) != 0)
-            {
-                // "the server MUST drop the TCP connection if the client sets an unknown flag".
-                NbdLog.ProtocolError(_logger, _connectionId, "unknown client flags");
-                return false;
-            }
-
-            _noZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
-
-            while (true)
-            {
-                if (!await ReadExactAsync(buffer.AsMemory(0, NbdOptionHeader.Size), cancellationToken))
-                {
-                    return false;
-                }
-
-                NbdOptionHeader header = NbdOptionHeader.Read(buffer);
-                if (header.Magic != NbdMagic.Option)
-                {
-                    NbdLog.ProtocolError(_logger, _connectionId, "bad option magic");
-                    return false;
-                }
-
-                HandshakeStep step;
-                if (header.Length > NbdLimits.MaxOptionLength)
-                {
-                    // EXPORT_NAME has no way to report an error, and past the skip limit the
-                    // client is more likely hostile than confused: end the session for both.
-                    if (header.Option == NbdOption.ExportName || header.Length > NbdLimits.MaxSkippedOptionLength)
-                    {
-                        NbdLog.ProtocolError(_logger, _connectionId, "option data too long");
-                        return false;
-                    }
-
-                    if (!await SkipAsync(header.Length, cancellationToken))
-                    {
-                        return false;
-                    }
-
-                    WriteOptionReply(header.Option, NbdOptionReplyType.ErrTooBig);
-                    step = HandshakeStep.NextOption;
-                }
-                else
-                {
-                    if (!await ReadExactAsync(buffer.AsMemory(0, (int)header.Length), cancellationToken))
-                    {
-                        return false;
-                    }
-
-                    step = await HandleOptionAsync(header.Option, buffer.AsMemory(0, (int)header.Length));
-                }
-
-                if (!await FlushHandshakeAsync(cancellationToken) || step == HandshakeStep.Close)
-                {
-                    return false;
-                }
-
-                if (step == HandshakeStep.Transmit)
-                {
-                    return true;
-                }
-            }
+            return false;
         }
-        finally
+
+        var clientFlags = (NbdClientFlags)BinaryPrimitives.ReadUInt32BigEndian(scratch);
+        if ((clientFlags & ~KnownClientFlags) != 0)
         {
-            BufferPool.Return(buffer);
+            // "the server MUST drop the TCP connection if the client sets an unknown flag".
+            NbdLog.ProtocolError(_logger, _connectionId, "unknown client flags");
+            return false;
+        }
+
+        _noZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
+
+        while (true)
+        {
+            if (!await ReadExactAsync(scratch.AsMemory(0, NbdOptionHeader.Size), cancellationToken))
+            {
+                return false;
+            }
+
+            NbdOptionHeader header = NbdOptionHeader.Read(scratch);
+            if (header.Magic != NbdMagic.Option)
+            {
+                NbdLog.ProtocolError(_logger, _connectionId, "bad option magic");
+                return false;
+            }
+
+            HandshakeStep step;
+            if (header.Length > NbdLimits.MaxOptionLength)
+            {
+                // EXPORT_NAME has no way to report an error, and past the skip limit the
+                // client is more likely hostile than confused: end the session for both.
+                if (header.Option == NbdOption.ExportName || header.Length > NbdLimits.MaxSkippedOptionLength)
+                {
+                    NbdLog.ProtocolError(_logger, _connectionId, "option data too long");
+                    return false;
+                }
+
+                if (!await SkipAsync(header.Length, cancellationToken))
+                {
+                    return false;
+                }
+
+                WriteOptionReply(header.Option, NbdOptionReplyType.ErrTooBig);
+                step = HandshakeStep.NextOption;
+            }
+            else
+            {
+                int length = (int)header.Length;
+                byte[] data = length == 0 ? [] : BufferPool.Rent(length);
+                try
+                {
+                    if (!await ReadExactAsync(data.AsMemory(0, length), cancellationToken))
+                    {
+                        return false;
+                    }
+
+                    step = await HandleOptionAsync(header.Option, data.AsMemory(0, length));
+                }
+                finally
+                {
+                    if (length != 0)
+                    {
+                        BufferPool.Return(data);
+                    }
+                }
+            }
+
+            if (!await FlushHandshakeAsync(cancellationToken) || step == HandshakeStep.Close)
+            {
+                return false;
+            }
+
+            if (step == HandshakeStep.Transmit)
+            {
+                return true;
+            }
         }
     }
 

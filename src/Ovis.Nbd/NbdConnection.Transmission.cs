@@ -12,6 +12,11 @@ public sealed partial class NbdConnection
     private NbdOperation? _payloadOperation;
     private int _payloadReceived;
     private long _skipRemaining;
+
+    // A rejected WRITE whose payload is being discarded: its error reply is queued only once the
+    // last payload byte has been read. libnbd files a request as in flight only after sending all
+    // of it, so a reply that overtakes the payload matches no cookie and ends the session.
+    private NbdOperation? _skipOperation;
     private bool _replySignalPending;
 
     private enum ReceiveStatus
@@ -64,7 +69,7 @@ public sealed partial class NbdConnection
                     input.AdvanceTo(buffer.Start, buffer.End);
                     if (result.IsCompleted || result.IsCanceled)
                     {
-                        if (!buffer.IsEmpty || _payloadOperation is not null || _skipRemaining > 0)
+                        if (!buffer.IsEmpty || _payloadOperation is not null || _skipOperation is not null)
                         {
                             NbdLog.ClientVanished(_logger, _connectionId);
                         }
@@ -110,7 +115,7 @@ public sealed partial class NbdConnection
                 continue;
             }
 
-            if (_skipRemaining > 0)
+            if (_skipOperation is { } rejected)
             {
                 long skipped = Math.Min(_skipRemaining, buffer.Length);
                 buffer = buffer.Slice(skipped);
@@ -120,6 +125,8 @@ public sealed partial class NbdConnection
                     return ReceiveStatus.NeedData;
                 }
 
+                _skipOperation = null;
+                Complete(rejected, onReadLoop: true);
                 continue;
             }
 
@@ -155,20 +162,25 @@ public sealed partial class NbdConnection
             if (error != NbdError.None)
             {
                 operation.Fail(error, reason);
-                Complete(operation, onReadLoop: true);
                 if (request.Command == NbdCommand.Write && request.Length > 0)
                 {
                     // The payload follows anyway. Skipping costs no memory, but past a sane
-                    // bound the client is treated as hostile ("Size constraints").
+                    // bound the client is treated as hostile ("Size constraints"): the reply
+                    // goes out and the connection ends, since the stream cannot be resynced.
                     if (request.Length > _maxSkippedPayload)
                     {
+                        Complete(operation, onReadLoop: true);
                         NbdLog.ProtocolError(_logger, _connectionId, "rejected write payload too large to skip");
                         return ReceiveStatus.ProtocolError;
                     }
 
+                    // Replied to once the payload has been read and dropped (see _skipOperation).
+                    _skipOperation = operation;
                     _skipRemaining = request.Length;
+                    continue;
                 }
 
+                Complete(operation, onReadLoop: true);
                 continue;
             }
 
@@ -198,6 +210,13 @@ public sealed partial class NbdConnection
     private void AbandonPartialPayload()
     {
         _skipRemaining = 0;
+        if (_skipOperation is { } rejected)
+        {
+            // The client left before its payload ended: nobody waits for the error reply.
+            _skipOperation = null;
+            ReleaseOperation(rejected);
+        }
+
         if (_payloadOperation is { } operation)
         {
             _payloadOperation = null;

@@ -46,13 +46,17 @@ public sealed partial class NbdConnection : IAsyncDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxPayloadSize, 512, nameof(options));
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightBytes, 1, nameof(options));
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightRequests, 1, nameof(options));
+        if (options.HandshakeTimeout <= TimeSpan.Zero && options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.HandshakeTimeout, "The handshake timeout must be positive or infinite.");
+        }
 
         _transport = transport;
         _exports = exports;
         _options = options;
         _logger = logger;
         _connectionId = Interlocked.Increment(ref _lastConnectionId);
-        _maxSkippedPayload = Math.Max(options.MaxPayloadSize, NbdLimits.MinSkippedPayloadLength);
+        _maxSkippedPayload = Math.Max(NbdLimits.SkippedPayloadFactor * (long)options.MaxPayloadSize, NbdLimits.MinSkippedPayloadLength);
         _completed = new Queue<NbdOperation>(Math.Min(options.MaxInFlightRequests, 1024));
         _operationPool = new Stack<NbdOperation>(Math.Min(options.MaxInFlightRequests, 1024));
     }
@@ -110,7 +114,13 @@ public sealed partial class NbdConnection : IAsyncDisposable
         NbdLog.ConnectionOpened(_logger, _connectionId);
         try
         {
-            if (await HandshakeAsync(stopping))
+            StartHandshakeLimit();
+            bool selected = await HandshakeAsync(stopping);
+            if (!EndHandshakeLimit())
+            {
+                LogHandshakeTimeout();
+            }
+            else if (selected)
             {
                 await TransmitAsync(stopping);
             }
@@ -143,6 +153,9 @@ public sealed partial class NbdConnection : IAsyncDisposable
         {
             return;
         }
+
+        // A handshake cut short by a stop request or a reset still has its timer armed.
+        EndHandshakeLimit();
 
         try
         {

@@ -151,6 +151,13 @@ internal static class NbdLimits
     /// </summary>
     public const int MinSkippedPayloadLength = 32 << 20;
 
+    /// <summary>
+    /// A rejected WRITE payload up to this many times the advertised maximum is read and dropped
+    /// (EINVAL, connection kept): a client that ignores NBD_INFO_BLOCK_SIZE, or one told a smaller
+    /// maximum than it assumed, is confused rather than hostile. Only longer payloads disconnect.
+    /// </summary>
+    public const int SkippedPayloadFactor = 4;
+
     /// <summary>Context id handed out for base:allocation by NBD_OPT_SET_META_CONTEXT.</summary>
     public const uint BaseAllocationContextId = 1;
 

@@ -39,4 +39,10 @@ internal static partial class NbdLog
 
     [LoggerMessage(EventId = 12, Level = LogLevel.Error, Message = "NBD connection {ConnectionId} could not open export '{ExportName}': the export provider threw; refusing the export")]
     public static partial void ExportOpenFault(ILogger logger, long connectionId, string exportName, Exception exception);
+
+    [LoggerMessage(EventId = 13, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} did not finish the handshake within {Seconds} s; closing")]
+    public static partial void HandshakeTimedOut(ILogger logger, long connectionId, double seconds);
+
+    [LoggerMessage(EventId = 14, Level = LogLevel.Warning, Message = "Closed {Count} NBD connection(s) that did not finish the handshake within {Seconds} s (counted; at most one such line a second)")]
+    public static partial void HandshakeTimeouts(ILogger logger, long count, double seconds);
 }

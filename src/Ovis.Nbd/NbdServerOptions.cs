@@ -18,4 +18,11 @@ public sealed class NbdServerOptions
 
     /// <summary>Requests one connection may have between being read and their reply being written.</summary>
     public int MaxInFlightRequests { get; init; } = 256;
+
+    /// <summary>
+    /// How long a connection may take from accept to the transmission phase (an export selected)
+    /// before it is closed; <see cref="Timeout.InfiniteTimeSpan"/> for no limit. 10 s, like
+    /// qemu-nbd's <c>--handshake-limit</c>.
+    /// </summary>
+    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(10);
 }

@@ -12,6 +12,7 @@ namespace Ovis.Node;
 internal sealed partial class NbdConnectionHandler(
     IExportProvider exports,
     NbdServerOptions options,
+    NbdConnectionLimit limit,
     ILoggerFactory loggerFactory) : ConnectionHandler
 {
     private readonly ILogger _logger = loggerFactory.CreateLogger<NbdConnectionHandler>();
@@ -20,6 +21,25 @@ internal sealed partial class NbdConnectionHandler(
     private readonly ILogger _connectionLogger = loggerFactory.CreateLogger<NbdConnection>();
 
     public override async Task OnConnectedAsync(ConnectionContext connection)
+    {
+        // Checked before anything is allocated for the connection. Returning closes it (FIN, no
+        // greeting): NBD has no way to say "busy", and a client retries or reports the EOF.
+        if (!limit.Connections.TryEnter(_logger))
+        {
+            return;
+        }
+
+        try
+        {
+            await ServeAsync(connection);
+        }
+        finally
+        {
+            limit.Connections.Exit();
+        }
+    }
+
+    private async Task ServeAsync(ConnectionContext connection)
     {
         // When the node stops, Kestrel first stops accepting, then asks each connection to
         // close (ConnectionClosedRequested) and only cuts the ones still open after the
@@ -60,4 +80,16 @@ internal sealed partial class NbdConnectionHandler(
 
     [LoggerMessage(EventId = 3, Level = LogLevel.Error, Message = "NBD connection {ConnectionId} failed")]
     private static partial void LogFailed(ILogger logger, string connectionId, Exception exception);
+
+    [LoggerMessage(EventId = 4, Level = LogLevel.Warning, Message = "Refused {Count} NBD connection(s): {Max} are open, the limit (--max-connections); counted, at most one such line a second")]
+    internal static partial void LogRefused(ILogger logger, long count, int max);
+}
+
+/// <summary>The node's cap on NBD connections, shared by all its NBD listeners (TCP and Unix socket).</summary>
+internal sealed class NbdConnectionLimit
+{
+    public NbdConnectionLimit(int max)
+        => Connections = new ConnectionLimit<ILogger>(max, (logger, count) => NbdConnectionHandler.LogRefused(logger, count, max));
+
+    public ConnectionLimit<ILogger> Connections { get; }
 }

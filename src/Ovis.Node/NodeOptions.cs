@@ -6,6 +6,7 @@ public sealed class NodeOptions
     public const int DefaultNbdPort = 10809;
     public const int DefaultAdminPort = 7070;
     public const int DefaultPeerPort = 7071;
+    public const int DefaultMaxConnections = 1024;
 
     /// <summary>The data directory; relative paths are resolved against the current directory.</summary>
     public string DataDirectory { get; set; } = "ovis-data";
@@ -15,6 +16,12 @@ public sealed class NodeOptions
 
     /// <summary>NBD over a Unix domain socket, in addition to TCP; null for none.</summary>
     public string? NbdSocketPath { get; set; }
+
+    /// <summary>How long an NBD client may take to reach the transmission phase before it is cut off; <see cref="Timeout.InfiniteTimeSpan"/> for no limit.</summary>
+    public TimeSpan NbdHandshakeTimeout { get; set; } = new Ovis.Nbd.NbdServerOptions().HandshakeTimeout;
+
+    /// <summary>NBD connections served at once, over all NBD listeners; more are closed as they arrive.</summary>
+    public int MaxNbdConnections { get; set; } = DefaultMaxConnections;
 
     /// <summary>The admin HTTP API.</summary>
     public ListenAddress AdminAddress { get; set; } = ListenAddress.Loopback(DefaultAdminPort);

@@ -61,7 +61,8 @@ public sealed partial class OvisNode
         {
             builder.Services.AddSingleton(recovery);
         }
-        builder.Services.AddSingleton(new NbdServerOptions());
+        builder.Services.AddSingleton(new NbdServerOptions { HandshakeTimeout = options.NbdHandshakeTimeout });
+        builder.Services.AddSingleton(new NbdConnectionLimit(options.MaxNbdConnections));
         builder.Services.ConfigureHttpJsonOptions(o =>
         {
             o.SerializerOptions.TypeInfoResolverChain.Insert(0, AdminJsonContext.Default);

@@ -49,6 +49,9 @@ public interface IObjectStore : IAsyncDisposable
     /// <summary>Largest object the store accepts.</summary>
     long MaxObjectSize { get; }
 
+    /// <summary>Largest <see cref="ObjectId.Index"/> the store accepts; a store without such a limit takes any.</summary>
+    uint MaxObjectIndex => uint.MaxValue;
+
     /// <summary>
     /// Writes <paramref name="data"/>. A partial block that is a hole is completed from
     /// <paramref name="underlay"/> when one is given (the content a layered volume inherits),

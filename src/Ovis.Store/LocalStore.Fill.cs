@@ -4,7 +4,7 @@ public sealed partial class LocalStore
 {
     public async ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
     {
-        CheckRange(offset, data.Length);
+        CheckRange(id, offset, data.Length);
         if (offset % StoreBlockSize != 0 || data.Length % StoreBlockSize != 0)
         {
             throw new ArgumentException("FillHolesAsync takes whole blocks", nameof(offset));

@@ -7,7 +7,7 @@ public sealed partial class LocalStore
 {
     public ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer)
     {
-        CheckRange(offset, buffer.Length);
+        CheckRange(id, offset, buffer.Length);
         try
         {
             StoreStatus s = Read(id, offset, buffer.Span);
@@ -141,7 +141,7 @@ public sealed partial class LocalStore
     // The block table is in memory: the answer is ready at once.
     public ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
     {
-        CheckRange(offset, (long)states.Length * StoreBlockSize);
+        CheckRange(id, offset, (long)states.Length * StoreBlockSize);
         Span<BlockState> dest = states.Span;
         if (!_objects.TryGetValue(id.Packed, out ObjectMeta? meta))
         {

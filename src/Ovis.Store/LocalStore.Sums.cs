@@ -18,7 +18,7 @@ public sealed partial class LocalStore
     /// </summary>
     public ValueTask<StoreStatus> GetBlockSumsAsync(ObjectId id, long offset, Memory<BlockSum> sums, bool verify)
     {
-        CheckRange(offset, (long)sums.Length * StoreBlockSize);
+        CheckRange(id, offset, (long)sums.Length * StoreBlockSize);
         if (offset % StoreBlockSize != 0)
         {
             throw new ArgumentException("GetBlockSumsAsync takes whole blocks", nameof(offset));

@@ -6,7 +6,7 @@ public sealed partial class LocalStore
 {
     public ValueTask<StoreStatus> WriteAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua, IBlockSource? underlay = null)
     {
-        CheckRange(offset, data.Length);
+        CheckRange(id, offset, data.Length);
         ObjectMeta meta = GetOrAdd(id);
         int done = 0;
         while (done < data.Length)
@@ -145,7 +145,7 @@ public sealed partial class LocalStore
 
     public ValueTask<StoreStatus> ZeroAsync(ObjectId id, long offset, long length, bool keepAllocated, bool fua)
     {
-        CheckRange(offset, length);
+        CheckRange(id, offset, length);
         return ZeroCoreAsync(GetOrAdd(id), offset, length, keepAllocated ? RecordType.ZeroAllocated : RecordType.ZeroHole, fua);
     }
 
@@ -292,11 +292,16 @@ public sealed partial class LocalStore
         }
     }
 
-    private static void CheckRange(long offset, long length)
+    private static void CheckRange(ObjectId id, long offset, long length)
     {
         if (offset < 0 || length < 0 || offset + length > MaxObjectBytes)
         {
             throw new ArgumentOutOfRangeException(nameof(offset), $"range {offset}+{length} is outside an object of at most {MaxObjectBytes} bytes");
+        }
+
+        if (id.Index > MaxObjectIndexValue)
+        {
+            throw new ArgumentOutOfRangeException(nameof(id), $"object {id}: the index is above the largest the store holds ({MaxObjectIndexValue})");
         }
     }
 }

@@ -24,6 +24,15 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
 {
     public const int StoreBlockSize = JournalFormat.BlockSize;
     public const long MaxObjectBytes = 16L << 20;
+
+    /// <summary>
+    /// Largest object index the store holds. An object's checkpoint slot sits at index × slot size in
+    /// its layer's meta file, and the file must stay within what every file system Ovis runs on
+    /// allows (16 TiB less a block on ext4 with 4 KiB blocks; 15 TiB leaves a margin); past it a
+    /// checkpoint would fail for good and the journal could never be freed. Volumes are sized so
+    /// their objects stay below it.
+    /// </summary>
+    public const uint MaxObjectIndexValue = (uint)((15L << 40) / (MaxObjectBytes / StoreBlockSize * 5)) - 1;
     private const int MaxBlocks = (int)(MaxObjectBytes / StoreBlockSize);
     // Large writes are split into records of at most 1 MiB, and small enough that a batch holds one.
     private readonly int _maxBlocksPerRecord;
@@ -55,6 +64,9 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     public int BlockSize => StoreBlockSize;
 
     public long MaxObjectSize => MaxObjectBytes;
+
+    /// <inheritdoc/>
+    public uint MaxObjectIndex => MaxObjectIndexValue;
 
     /// <summary>Opens the store in <paramref name="directory"/> (creating it), replays the journal
     /// and checkpoints, so the store starts clean.</summary>

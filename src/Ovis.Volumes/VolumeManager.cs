@@ -179,9 +179,17 @@ public sealed partial class VolumeManager : IAsyncDisposable
         {
             throw new VolumeException(VolumeErrorCode.InvalidArgument, $"invalid size {size}: it must be a positive multiple of 512 bytes");
         }
-        if (size > MaxVolumeSize || (size + objectSize - 1) / objectSize > uint.MaxValue)
+        if (size > MaxVolumeSize)
         {
             throw new VolumeException(VolumeErrorCode.InvalidArgument, $"invalid size {size}: the largest volume is {MaxVolumeSize >> 40} TiB");
+        }
+
+        // Every object index must be one the store can hold (LocalStore.MaxObjectIndexValue).
+        long maxObjects = (long)LocalStore.MaxObjectIndexValue + 1;
+        if ((size + objectSize - 1) / objectSize > maxObjects)
+        {
+            throw new VolumeException(VolumeErrorCode.InvalidArgument,
+                $"invalid size {size}: a volume has at most {maxObjects} objects, {(maxObjects * objectSize) >> 40} TiB with {objectSize >> 10} KiB objects (use larger objects)");
         }
     }
 

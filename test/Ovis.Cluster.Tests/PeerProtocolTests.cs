@@ -539,6 +539,40 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         Assert.Equal(new PeerReplyHeader(PeerStatus.Ok, 1, 2, 0), (await raw.ReceiveAsync()).Header);
     }
 
+    /// <summary>
+    /// Found by PeerFuzzTests: a write to object index 2^32 - 1 was taken, and the store's next
+    /// checkpoint then failed for good (its slot lies past the largest file the file system allows),
+    /// which stopped checkpoints and would have filled the journal. Such an index is INVALID now;
+    /// the largest one the store allows is served and checkpointed.
+    /// </summary>
+    [Fact]
+    public async Task An_object_index_beyond_the_store_is_invalid_and_the_largest_one_is_served()
+    {
+        await using var f = new PeerFixture();
+        await using RawPeer raw = await RawPeer.ConnectAsync(f.EndPoint);
+        byte[] data = RandomBytes(4096, 9);
+        foreach (uint index in new[] { LocalStore.MaxObjectIndexValue + 1, uint.MaxValue })
+        {
+            await raw.SendAsync([.. RawPeer.Request(PeerOpcode.Write, PeerRequestFlags.None, 1, index, new ObjectId(3, index).Packed, 0, 4096, 1), .. data]);
+            Assert.Equal(new PeerReplyHeader(PeerStatus.Invalid, 1, index, 0), (await raw.ReceiveAsync()).Header);
+            await raw.SendAsync(RawPeer.Request(PeerOpcode.Read, PeerRequestFlags.None, 1, 2, new ObjectId(3, index).Packed, 0, 4096));
+            Assert.Equal(new PeerReplyHeader(PeerStatus.Invalid, 1, 2, 0), (await raw.ReceiveAsync()).Header);
+        }
+
+        var largest = new ObjectId(3, LocalStore.MaxObjectIndexValue);
+        await raw.SendAsync([.. RawPeer.Request(PeerOpcode.Write, PeerRequestFlags.Fua, 1, 3, largest.Packed, 0, 4096, 1), .. data]);
+        Assert.Equal(new PeerReplyHeader(PeerStatus.Ok, 1, 3, 0), (await raw.ReceiveAsync()).Header);
+        Assert.Equal(data, await ReadAsync(f, largest, 0, 4096));
+
+        // Closing checkpoints the largest object's slot: it fits in the meta file.
+        await f.KillServerAsync();
+        await f.Store.DisposeAsync().AsTask().WaitAsync(PeerFixture.Timeout);
+        await using var reopened = LocalStore.Open(f.StoreDirectory, PeerFixture.StoreOptions, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var back = new byte[4096];
+        Assert.Equal(StoreStatus.Ok, await reopened.ReadAsync(largest, 0, back));
+        Assert.Equal(data, back);
+    }
+
     [Fact]
     public async Task An_oversize_write_is_invalid_and_then_the_connection_closes()
     {

@@ -175,6 +175,78 @@ public class TransmissionTests
         Assert.True(client.Pool.Rented < 3, "a rejected payload must not be buffered");
     }
 
+    public enum Rejection
+    {
+        PastTheEnd,
+        ReadOnly,
+        TooLarge,
+    }
+
+    /// <summary>
+    /// A rejected WRITE is answered only after its last payload byte has arrived: libnbd counts a
+    /// request as in flight once it has sent all of it, and drops the session on a reply that
+    /// overtakes the payload ("no matching cookie found for server reply").
+    /// </summary>
+    [Theory]
+    [InlineData(Rejection.PastTheEnd, Wire.ENOSPC)]
+    [InlineData(Rejection.ReadOnly, Wire.EPERM)]
+    [InlineData(Rejection.TooLarge, Wire.EINVAL)]
+    public async Task RejectedWrite_IsAnsweredOnlyAfterItsWholePayload(Rejection rejection, uint expected)
+    {
+        var device = new MemoryBlockDevice(Size, readOnly: rejection == Rejection.ReadOnly);
+        device.Fill(0, Pattern(4096, 3));
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device), new NbdServerOptions { MaxPayloadSize = 8192 });
+        await client.NegotiateAsync(structured: false);
+        (ulong offset, uint length) = rejection switch
+        {
+            Rejection.PastTheEnd => ((ulong)Size - 4096, 8192u),
+            Rejection.ReadOnly => (0ul, 8192u),
+            _ => (0ul, 4 * 8192u), // four times the maximum: still read and dropped
+        };
+        byte[] request = Wire.Request(0, Wire.CmdWrite, 1, offset, length, Pattern((int)length, 5));
+
+        await client.SendAsync(request.AsMemory(0, request.Length - 1));
+        await client.AssertSilentAsync(TimeSpan.FromMilliseconds(300));
+        await client.SendAsync(request.AsMemory(request.Length - 1));
+        await client.SendRequestAsync(Wire.CmdRead, 2, 0, 4096);
+
+        Assert.Equal(new SimpleReply(expected, 1, []), await client.ReadSimpleReplyAsync());
+        Assert.Equal(Pattern(4096, 3), (await client.ReadSimpleReplyAsync(4096)).Data);
+        Assert.Equal(Pattern(4096, 3), device.Snapshot(0, 4096));
+        Assert.True(client.Pool.Rented < 3, "a rejected payload must not be buffered");
+    }
+
+    [Fact]
+    public async Task Write_TwiceTheDefaultMaxPayload_IsEinval_AndTheConnectionIsKept()
+    {
+        await using var client = new NbdTestClient(NbdTestClient.Exports(new MemoryBlockDevice(Size)));
+        await client.NegotiateAsync(structured: false);
+        uint length = (2u * (32u << 20)) + 1;
+
+        await client.SendRequestAsync(Wire.CmdWrite, 1, 0, length);
+        byte[] piece = new byte[1 << 20];
+        for (long sent = 0; sent < length; sent += piece.Length)
+        {
+            await client.SendAsync(piece.AsMemory(0, (int)Math.Min(piece.Length, length - sent)));
+        }
+
+        await client.SendRequestAsync(Wire.CmdFlush, 2, 0, 0);
+        Assert.Equal(new SimpleReply(Wire.EINVAL, 1, []), await client.ReadSimpleReplyAsync());
+        Assert.Equal(new SimpleReply(0, 2, []), await client.ReadSimpleReplyAsync());
+    }
+
+    [Fact]
+    public async Task Write_MoreThanFourTimesMaxPayload_RepliesThenDisconnects()
+    {
+        await using var client = new NbdTestClient(NbdTestClient.Exports(new MemoryBlockDevice(Size)));
+        await client.NegotiateAsync(structured: false);
+
+        await client.SendRequestAsync(Wire.CmdWrite, 1, 0, (4u * (32u << 20)) + 1);
+
+        Assert.Equal(new SimpleReply(Wire.EINVAL, 1, []), await client.ReadSimpleReplyAsync());
+        await client.AssertClosedAsync();
+    }
+
     [Fact]
     public async Task Write_WithPayloadBeyondAnySaneBound_RepliesThenDisconnects()
     {

@@ -40,4 +40,7 @@ internal static partial class PeerLog
 
     [LoggerMessage(EventId = 114, Level = LogLevel.Warning, Message = "Peer {Peer} broke the protocol: {Problem}; dropping the connection")]
     public static partial void ReplyProtocolError(ILogger logger, EndPoint peer, string problem);
+
+    [LoggerMessage(EventId = 115, Level = LogLevel.Warning, Message = "Refused {Count} peer connection(s): {Max} are open, the limit; counted, at most one such line a second")]
+    public static partial void ConnectionsRefused(ILogger logger, long count, int max);
 }

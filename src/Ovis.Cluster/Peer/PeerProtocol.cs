@@ -128,7 +128,8 @@ namespace Ovis.Cluster.Peer;
    connection without a reply. Otherwise a request is checked before its payload is buffered: an
    unknown opcode, a flag or field the opcode does not allow, a range past the store's largest
    object (offset + length > MaxObjectSize, the length in bytes for ALLOCATION and BLOCKSUMS) or a
-   misaligned FILL_HOLES, ALLOCATION or BLOCKSUMS is answered INVALID, its payload (if any) is
+   misaligned FILL_HOLES, ALLOCATION or BLOCKSUMS, or an object index above the store's largest
+   (IObjectStore.MaxObjectIndex) is answered INVALID, its payload (if any) is
    skipped and the connection continues. An unknown opcode is taken to carry no payload; should
    one follow anyway, it fails the next magic check. A WRITE or FILL_HOLES that declares a payload
    over MaxPayloadLength is answered INVALID and then the connection is closed: skipping up to

@@ -14,6 +14,8 @@ public sealed class PeerServer
 {
     private static long _lastConnectionId;
 
+    private readonly ConnectionLimit<ILogger> _connections;
+
     // FILL_HOLES with ZEROES carries no payload, but the store takes the range as a buffer whose
     // content it ignores. One shared read-only buffer serves every such request.
     private static readonly Lazy<byte[]> ZeroPayload = new(() => new byte[PeerProtocol.MaxPayloadLength]);
@@ -32,6 +34,9 @@ public sealed class PeerServer
         ArgumentNullException.ThrowIfNull(logger);
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightRequests, 1, nameof(options));
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxInFlightBytes, 1, nameof(options));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxConnections, 1, nameof(options));
+        int max = options.MaxConnections;
+        _connections = new ConnectionLimit<ILogger>(max, (log, count) => PeerLog.ConnectionsRefused(log, count, max));
         Store = store;
         Epochs = epochs;
         Fences = fences;
@@ -53,13 +58,40 @@ public sealed class PeerServer
     /// Serves one connection until the peer disconnects, breaks the framing, or
     /// <paramref name="cancellationToken"/> asks it to stop. Requests already started finish and
     /// their replies are written first; then the transport is completed. A misbehaving peer never
-    /// surfaces as an exception.
+    /// surfaces as an exception. Beyond <see cref="PeerServerOptions.MaxConnections"/> open at
+    /// once, the transport is completed at once and nothing is read or written.
     /// </summary>
     public Task RunAsync(IDuplexPipe transport, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(transport);
+        if (!_connections.TryEnter(Logger))
+        {
+            return RefuseAsync(transport);
+        }
+
         var connection = new PeerServerConnection(this, transport, Interlocked.Increment(ref _lastConnectionId));
-        return connection.RunAsync(cancellationToken);
+        return RunAdmittedAsync(connection, cancellationToken);
+    }
+
+    /// <summary>Connections being served now.</summary>
+    internal int OpenConnections => _connections.Open;
+
+    private async Task RunAdmittedAsync(PeerServerConnection connection, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await connection.RunAsync(cancellationToken);
+        }
+        finally
+        {
+            _connections.Exit();
+        }
+    }
+
+    private static async Task RefuseAsync(IDuplexPipe transport)
+    {
+        await transport.Output.CompleteAsync();
+        await transport.Input.CompleteAsync();
     }
 
     /// <summary>STATS: a cold path (ListObjects builds a list).</summary>

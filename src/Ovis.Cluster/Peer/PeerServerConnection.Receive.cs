@@ -201,6 +201,13 @@ internal sealed partial class PeerServerConnection
             return PeerStatus.Invalid;
         }
 
+        // An object the store cannot hold: taking it would fail the store's next checkpoint for
+        // good (LocalStore.MaxObjectIndexValue), not just this request.
+        if (NamesObject(request.Opcode) && ObjectId.FromPacked(request.ObjectId).Index > _maxObjectIndex)
+        {
+            return PeerStatus.Invalid;
+        }
+
         switch (request.Opcode)
         {
             case PeerOpcode.Read:
@@ -265,6 +272,10 @@ internal sealed partial class PeerServerConnection
                 return PeerStatus.Invalid;
         }
     }
+
+    private static bool NamesObject(PeerOpcode opcode)
+        => opcode is PeerOpcode.Read or PeerOpcode.Write or PeerOpcode.Zero or PeerOpcode.FillHoles
+            or PeerOpcode.Delete or PeerOpcode.Allocation or PeerOpcode.BlockSums;
 
     private bool InObject(ulong offset, ulong length)
         => offset <= (ulong)_maxObjectSize && length <= (ulong)_maxObjectSize - offset;

@@ -26,6 +26,7 @@ internal sealed partial class PeerServerConnection
     private readonly ILogger _logger;
     private readonly long _connectionId;
     private readonly long _maxObjectSize;
+    private readonly uint _maxObjectIndex;
     private readonly int _blockSize;
 
     // The store again when it keeps block checksums (BLOCKSUMS); null otherwise.
@@ -48,6 +49,7 @@ internal sealed partial class PeerServerConnection
         _logger = server.Logger;
         _connectionId = connectionId;
         _maxObjectSize = server.Store.MaxObjectSize;
+        _maxObjectIndex = server.Store.MaxObjectIndex;
         _blockSize = server.Store.BlockSize;
         _bufferPool = ArrayPool<byte>.Create(PeerProtocol.MaxPayloadLength, server.Options.MaxInFlightRequests);
         _completed = new Queue<PeerOperation>(Math.Min(server.Options.MaxInFlightRequests, 1024));

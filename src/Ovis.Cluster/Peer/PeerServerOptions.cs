@@ -12,4 +12,11 @@ public sealed record PeerServerOptions
     /// single request larger than this is still admitted when nothing else is in flight.
     /// </summary>
     public long MaxInFlightBytes { get; init; } = 64L << 20;
+
+    /// <summary>
+    /// Connections served at once; more are closed as they arrive, without a reply (the protocol
+    /// has no handshake to refuse in). Far above what a cluster's gateways open, low enough that a
+    /// flood of connections cannot exhaust the node's file descriptors.
+    /// </summary>
+    public int MaxConnections { get; init; } = 1024;
 }

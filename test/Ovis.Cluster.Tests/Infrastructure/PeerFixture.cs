@@ -150,6 +150,34 @@ internal sealed class RawPeer : IAsyncDisposable
         return (reply, payload);
     }
 
+    /// <summary>Says the sender is done (a FIN); the server may still reply.</summary>
+    public void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
+
+    /// <summary>Everything the server sends until it closes the connection (EOF or reset).</summary>
+    public async Task<byte[]> ReceiveToEndAsync()
+    {
+        var all = new MemoryStream();
+        var chunk = new byte[64 << 10];
+        try
+        {
+            while (true)
+            {
+                int n = await _socket.ReceiveAsync(chunk.AsMemory()).AsTask().WaitAsync(PeerFixture.Timeout);
+                if (n == 0)
+                {
+                    break;
+                }
+
+                all.Write(chunk, 0, n);
+            }
+        }
+        catch (SocketException)
+        {
+        }
+
+        return all.ToArray();
+    }
+
     /// <summary>True when the server closed the connection (EOF or reset) before sending anything more.</summary>
     public async Task<bool> IsClosedAsync()
     {

@@ -110,6 +110,27 @@ internal sealed class NbdTestClient : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// The server sends nothing for <paramref name="window"/>. A negative check can only wait; keep
+    /// the window short and use it only where the bug it catches would answer at once.
+    /// </summary>
+    public async Task AssertSilentAsync(TimeSpan window)
+    {
+        using var quiet = new CancellationTokenSource(window);
+        PipeReader reader = _toClient.Reader;
+        try
+        {
+            ReadResult result = await reader.ReadAsync(quiet.Token);
+            long length = result.Buffer.Length;
+            bool completed = result.IsCompleted;
+            reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+            throw new XunitException($"expected silence, but the server sent {length} bytes{(completed ? " and closed" : "")}");
+        }
+        catch (OperationCanceledException) when (quiet.IsCancellationRequested)
+        {
+        }
+    }
+
     /// <summary>Reads until the server completes its output; returns whatever came before that.</summary>
     public async Task<byte[]> ReadToEndAsync()
     {
