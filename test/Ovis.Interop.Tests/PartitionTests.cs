@@ -18,6 +18,7 @@ public sealed class PartitionTests(PartitionNetwork network, ITestOutputHelper o
 {
     private static readonly TimeSpan Refused = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan RejoinWithin = TimeSpan.FromSeconds(30);
+    private static readonly TimeSpan WritesGoOnWithin = TimeSpan.FromSeconds(90);
 
     private PartitionNetwork Network { get; } = network;
 
@@ -162,13 +163,21 @@ public sealed class PartitionTests(PartitionNetwork network, ITestOutputHelper o
             Log($"n-c marked stale {cutAt.Elapsed.TotalSeconds:F1} s after the cut");
             Assert.Equal("up", await State(gateway, "n-c"));
 
-            var r = await fio;
-            Assert.True(r.Succeeded && FioError(r) == 0, $"fio failed while a replica was cut off:\n{r.Describe()}\n{gateway.Log}");
-            Assert.DoesNotContain("verify", r.Stderr, StringComparison.OrdinalIgnoreCase);
-            Assert.True(await IsStale(gateway, "n-c"), "n-c is current again while still cut off");
+            // What is left of fio's 8192 writes takes 20 s at its pace once the writes go on.
+            var stale = Stopwatch.StartNew();
+            bool wentOn = await Task.WhenAny(fio, Task.Delay(WritesGoOnWithin)) == fio;
+            Log($"fio {(wentOn ? "ended" : "still runs")} {stale.Elapsed.TotalSeconds:F1} s after the stale mark");
+            string gatewayLog = gateway.Log;
+            if (wentOn)
+                Assert.True(await IsStale(gateway, "n-c"), "n-c is current again while still cut off");
 
+            // Healed either way, to see that the rest holds even when the writes crawled.
             await Network.HealAll();
             var healed = Stopwatch.StartNew();
+            var r = await fio;
+            Log($"fio ended {healed.Elapsed.TotalSeconds:F1} s after the heal");
+            Assert.True(r.Succeeded && FioError(r) == 0, $"fio failed while a replica was cut off:\n{r.Describe()}\n{gateway.Log}");
+            Assert.DoesNotContain("verify", r.Stderr, StringComparison.OrdinalIgnoreCase);
             await Eventually(() => AllCurrent(nodes), RejoinWithin * 2, "n-c resynced after the heal");
             Log($"n-c current {healed.Elapsed.TotalSeconds:F1} s after the heal");
             cut.AssertAlive("after the partition");
@@ -176,6 +185,8 @@ public sealed class PartitionTests(PartitionNetwork network, ITestOutputHelper o
             Log(check.Describe());
             Assert.True(check.Succeeded, $"{check.Describe()}\n{gateway.Log}\n--- cut ---\n{cut.Log}");
             Assert.Contains(", 0 copies differ", check.Stdout, StringComparison.Ordinal);
+            Assert.True(wentOn, $"the writes did not go on with two copies: fio was not done {WritesGoOnWithin.TotalSeconds:F0} s after n-c was marked stale "
+                + $"(each write to the unreachable copy waits for a peer connect attempt; see 'Cannot connect to peer'):\n{gatewayLog}");
         }
         finally
         {
