@@ -143,7 +143,7 @@ public sealed partial class PartitionNetwork : IAsyncLifetime
         foreach (var ns in Enumerable.Reverse(_namespaces).ToList())
             await DeleteNamespace(ns);
         _namespaces.Clear();
-        File.Delete(OwnerFile(Id));
+        DeleteOwnerFile(Id);
     }
 
     private async Task AddNamespace(string name)
@@ -182,11 +182,18 @@ public sealed partial class PartitionNetwork : IAsyncLifetime
                 && Directory.Exists($"/proc/{owner}"))
                 continue;
             await DeleteNamespace(name);
-            File.Delete(OwnerFile(id));
+            DeleteOwnerFile(id);
         }
     }
 
     private static string OwnerFile(string id) => Path.Combine(OwnerDirectory, id + ".pid");
+
+    // Also when setup failed before the directory was made: the original error must show.
+    private static void DeleteOwnerFile(string id)
+    {
+        if (File.Exists(OwnerFile(id)))
+            File.Delete(OwnerFile(id));
+    }
 
     private static (NetHost, NetHost) Ordered(NetHost a, NetHost b) =>
         string.CompareOrdinal(a.Namespace, b.Namespace) <= 0 ? (a, b) : (b, a);
