@@ -196,6 +196,55 @@ public sealed class PartitionTests(PartitionNetwork network, ITestOutputHelper o
         }
     }
 
+    [Fact]
+    public async Task A_node_cut_off_from_everything_is_seen_down_its_volume_is_served_elsewhere_and_it_rejoins_current_after_the_heal()
+    {
+        await using var nodes = await StartCluster(copies: 3);
+        try
+        {
+            OvisDaemon isolated = nodes[0], next = nodes[1];
+            await Create(isolated, "i", "16M");
+            await QemuIoIn(isolated, "i", readOnly: false, "write -P 0x41 0 8M", "flush");
+
+            await Network.Isolate(Network.Nodes[0]);
+            await Eventually(async () => await State(next, "n-a") == "down", LeaseMargin, "n-a is seen down");
+            // Down, so not tried: the writes go on with the two others, at once, and mark it stale.
+            var write = Stopwatch.StartNew();
+            await Eventually(async () => (await RunIn(next, "qemu-io", QemuIoArgs(next.NbdUri("i"), ["write -P 0x42 0 8M", "flush"]),
+                TimeSpan.FromSeconds(120))).Succeeded, LeaseMargin, "another node serves the volume");
+            Log($"written through n-b {write.Elapsed.TotalSeconds:F1} s after n-a was seen down");
+            Assert.True(await IsStale(next, "n-a"), $"n-a is not stale after a write it missed\n{next.Log}");
+
+            await Network.HealAll();
+            await Eventually(() => AllCurrent(nodes), RejoinWithin, "n-a rejoined and resynced after the heal");
+            isolated.AssertAlive("after the partition");
+            // Through n-b, then through n-a (its own copy), then through n-b again: what n-a serves,
+            // and whether serving it changed what the others hold.
+            var reads = new List<string>();
+            foreach (var node in new[] { next, isolated, next })
+            {
+                var (c, args) = node.InNamespace("qemu-io", ["-r", .. QemuIoArgs(node.NbdUri("i"), ["read -P 0x42 0 8M"])]);
+                var read = await Run(c, args, TimeSpan.FromSeconds(120));
+                bool ok = read.Succeeded && !read.Stdout.Contains("failed", StringComparison.OrdinalIgnoreCase);
+                reads.Add($"{node.Address}: {(ok ? "0x42" : "NOT 0x42")}");
+            }
+            Log(string.Join(", ", reads));
+            Assert.True(reads.All(r => r.EndsWith(": 0x42", StringComparison.Ordinal)),
+                $"the write acknowledged while n-a was cut off does not read back everywhere after the heal (in order: {string.Join(", ", reads)})\n"
+                + $"{isolated.Log}\n--- next ---\n{next.Log}");
+            var check = await next.Cli("cluster", "check", "i");
+            Log(check.Describe());
+            Assert.True(check.Succeeded, $"{check.Describe()}\n{isolated.Log}\n--- next ---\n{next.Log}");
+            Assert.Contains(", 0 copies differ", check.Stdout, StringComparison.Ordinal);
+        }
+        finally
+        {
+            await Network.HealAll();
+            foreach (var node in nodes)
+                Log(node.Log);
+        }
+    }
+
     protected override OvisDaemon NewNode(int index, string[] arguments)
     {
         var host = Network.Nodes[index];

@@ -118,6 +118,13 @@ public sealed partial class PartitionNetwork : IAsyncLifetime
             await Cut(node, other);
     }
 
+    /// <summary>Cuts <paramref name="node"/> off from etcd and from every other node.</summary>
+    public async Task Isolate(NetHost node)
+    {
+        await CutFromEtcd(node);
+        await CutFromPeers(node);
+    }
+
     /// <summary>Heals every cut made so far.</summary>
     public async Task HealAll()
     {
