@@ -11,19 +11,36 @@ namespace Ovis.Cluster.Tests.Infrastructure;
 /// removed on dispose. Shared by the tests of a collection or a class fixture (this file is also
 /// compiled into Ovis.Interop.Tests); tests keep apart by
 /// working under their own key prefix (<see cref="NewPrefix"/>).
+/// Given a network namespace (the partition tests' <c>PartitionNetwork</c>), it runs in it through
+/// <c>ip netns exec</c> and listens on that namespace's address instead.
 /// </summary>
 public sealed class EtcdCluster : IAsyncLifetime
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(30);
     private readonly StringBuilder _output = new();
+    private readonly string _address;
+    private readonly string? _namespace;
     private Process? _process;
     private string? _dataDir;
     private int _clientPort, _peerPort;
 
-    /// <summary>The client URL, <c>http://127.0.0.1:PORT</c>.</summary>
+    public EtcdCluster()
+        : this("127.0.0.1", null)
+    {
+    }
+
+    /// <summary>An etcd in network namespace <paramref name="netns"/> (null: this one) listening on <paramref name="address"/>.</summary>
+    internal EtcdCluster(string address, string? netns)
+    {
+        _address = address;
+        _namespace = netns;
+    }
+
+    /// <summary>The client URL, <c>http://ADDRESS:PORT</c>.</summary>
     public string ClientUrl { get; private set; } = "";
 
-    /// <summary>A client of this etcd; owned by the fixture.</summary>
+    /// <summary>A client of this etcd; owned by the fixture. In a network namespace it cannot reach
+    /// etcd from the test process.</summary>
     public EtcdClient Client { get; private set; } = null!;
 
     /// <summary>A key prefix (and catalog cluster name) no other test uses.</summary>
@@ -34,9 +51,10 @@ public sealed class EtcdCluster : IAsyncLifetime
         string etcd = FindEtcd() ?? throw new InvalidOperationException(
             "the `etcd` command is missing: install the Debian package etcd-server (./run-tests does)");
         _dataDir = Directory.CreateTempSubdirectory("ovis-etcd-").FullName;
-        _clientPort = FreePort();
-        _peerPort = FreePort();
-        ClientUrl = $"http://127.0.0.1:{_clientPort}";
+        // A namespace of its own has every port free.
+        _clientPort = _namespace is null ? FreePort() : 2379;
+        _peerPort = _namespace is null ? FreePort() : 2380;
+        ClientUrl = $"http://{_address}:{_clientPort}";
         await StartAsync(etcd);
         Client = new EtcdClient([ClientUrl]);
     }
@@ -57,14 +75,16 @@ public sealed class EtcdCluster : IAsyncLifetime
 
     private async Task StartAsync(string etcd)
     {
-        string peerUrl = $"http://127.0.0.1:{_peerPort}";
-        var start = new ProcessStartInfo(etcd)
+        string peerUrl = $"http://{_address}:{_peerPort}";
+        // `ip netns exec` execs etcd: the process (and its pid) is etcd's own.
+        var start = new ProcessStartInfo(_namespace is null ? etcd : "ip")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
         foreach (string arg in (string[])[
+            .. _namespace is null ? Array.Empty<string>() : ["netns", "exec", _namespace, etcd],
             "--name", "t", "--data-dir", _dataDir!,
             "--listen-client-urls", ClientUrl, "--advertise-client-urls", ClientUrl,
             "--listen-peer-urls", peerUrl, "--initial-advertise-peer-urls", peerUrl,
@@ -85,18 +105,37 @@ public sealed class EtcdCluster : IAsyncLifetime
         {
             if (_process.HasExited)
                 throw new InvalidOperationException($"etcd exited with {_process.ExitCode}:\n{Output}");
-            try
-            {
-                string health = await http.GetStringAsync(new Uri($"{ClientUrl}/health"));
-                if (health.Contains("\"true\"", StringComparison.Ordinal))
-                    break;
-            }
-            catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
-            {
-            }
+            if (await IsHealthy(http))
+                break;
             if (deadline.Elapsed > StartTimeout)
                 throw new TimeoutException($"etcd did not become healthy within {StartTimeout}:\n{Output}");
             await Task.Delay(50);
+        }
+    }
+
+    private async Task<bool> IsHealthy(HttpClient http)
+    {
+        if (_namespace is not null)
+        {
+            // Not reachable from this namespace: ask from etcd's own.
+            var curl = new ProcessStartInfo("ip", ["netns", "exec", _namespace, "curl", "-s", "--max-time", "2", $"{ClientUrl}/health"])
+            {
+                RedirectStandardOutput = true,
+                UseShellExecute = false,
+            };
+            using var p = Process.Start(curl) ?? throw new InvalidOperationException("curl did not start");
+            string answer = await p.StandardOutput.ReadToEndAsync();
+            await p.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+            return answer.Contains("\"true\"", StringComparison.Ordinal);
+        }
+        try
+        {
+            string health = await http.GetStringAsync(new Uri($"{ClientUrl}/health"));
+            return health.Contains("\"true\"", StringComparison.Ordinal);
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
+        {
+            return false;
         }
     }
 

@@ -23,11 +23,18 @@ public abstract class ClusterTest(EtcdCluster etcd, ITestOutputHelper output) : 
     {
         var name = EtcdCluster.NewPrefix("d");
         string[] min = minCopies > 0 ? ["--min-copies", minCopies.ToString(CultureInfo.InvariantCulture)] : [];
-        var r = await Run(OvisDaemon.DotnetHost, [OvisDaemon.OvisDll, "cluster", "format", "--copies",
-            copies.ToString(CultureInfo.InvariantCulture), .. min, "--etcd", ClusterUri(name)], OvisDaemon.CliTimeout);
+        var r = await RunCatalogCli(["cluster", "format", "--copies",
+            copies.ToString(CultureInfo.InvariantCulture), .. min, "--etcd", ClusterUri(name)]);
         Assert.True(r.Succeeded, r.Describe());
         return name;
     }
+
+    /// <summary>`dotnet ovis.dll ARGS` for commands that talk to etcd itself (cluster format), from where etcd is reachable.</summary>
+    protected virtual Task<ProcessResult> RunCatalogCli(string[] args) =>
+        Run(OvisDaemon.DotnetHost, [OvisDaemon.OvisDll, .. args], OvisDaemon.CliTimeout);
+
+    /// <summary>The (not yet started) daemon of the <paramref name="index"/>th node of <see cref="StartCluster"/>.</summary>
+    protected virtual OvisDaemon NewNode(int index, string[] arguments) => new() { ExtraArguments = arguments };
 
     protected string[] NodeArguments(string cluster, string zone, params string[] extra) =>
         ["--cluster", ClusterUri(cluster), "--zone", zone, "--node-id", $"n-{zone}", "--lease-ttl", $"{LeaseTtl}", .. extra];
@@ -39,9 +46,11 @@ public abstract class ClusterTest(EtcdCluster etcd, ITestOutputHelper output) : 
         var started = new ClusterNodes(name);
         try
         {
-            foreach (var zone in Zones.Take(nodes))
+            for (int i = 0; i < nodes; i++)
             {
-                started.Add(await OvisDaemon.StartNewAsync(extraArguments: NodeArguments(name, zone, extra)));
+                var node = NewNode(i, NodeArguments(name, Zones[i], extra));
+                started.Add(node);
+                await node.StartAsync();
             }
             await Eventually(async () => (await Json(started[0], "node", "list")).GetArrayLength() == nodes,
                 LeaseMargin, "every node is up");

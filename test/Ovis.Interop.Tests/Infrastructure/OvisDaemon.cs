@@ -9,7 +9,9 @@ namespace Ovis.Interop.Tests.Infrastructure;
 /// and learns the real ports from the daemon's "… listening on …" lines. Usable as an xunit class
 /// fixture (started in <see cref="InitializeAsync"/>) or on its own through <see cref="StartNewAsync"/>.
 /// The daemon can be killed (SIGKILL), stopped (SIGTERM) and started again on the same data
-/// directory; the directory is deleted on dispose.
+/// directory; the directory is deleted on dispose. With <see cref="Namespace"/> set (the partition
+/// tests) it runs in that network namespace through `ip netns exec`, which execs: <see cref="ProcessId"/>
+/// is the daemon's own, so pause and kill reach it.
 /// </summary>
 public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
 {
@@ -60,7 +62,20 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     /// <summary>Path of ovis.dll: next to the test assembly (the project references Ovis.Cli), else artifacts/bin.</summary>
     public static string OvisDll { get; } = FindOvisDll();
 
-    public string NbdUri(string export) => $"nbd://127.0.0.1:{NbdPort}/{export}";
+    /// <summary>Network namespace to run in (null: the test's own); its clients and the CLI run there too.</summary>
+    public string? Namespace { get; init; }
+
+    /// <summary>The address every listener binds (NBD, admin and, clustered, peer).</summary>
+    public string Address { get; init; } = "127.0.0.1";
+
+    public string NbdUri(string export) => $"nbd://{Address}:{NbdPort}/{export}";
+
+    /// <summary>
+    /// The command line that runs <paramref name="command"/> in this daemon's network namespace
+    /// (as is, without one): for clients that must reach it from there.
+    /// </summary>
+    public (string Command, string[] Arguments) InNamespace(string command, IEnumerable<string> args) =>
+        Namespace is null ? (command, [.. args]) : ("ip", ["netns", "exec", Namespace, command, .. args]);
 
     public string UnixUri(string export) =>
         SocketPath is null ? throw new InvalidOperationException("started without --nbd-socket") : $"nbd+unix:///{export}?socket={SocketPath}";
@@ -92,7 +107,7 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
         }
         _generation++;
         var gen = _generation;
-        var psi = new ProcessStartInfo(DotnetHost)
+        var psi = new ProcessStartInfo(Namespace is null ? DotnetHost : "ip")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -102,7 +117,14 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
         };
         var nbdPort = KeepPorts ? NbdPort : 0;
         var adminPort = KeepPorts && AdminUrl.Length > 0 ? new Uri(AdminUrl).Port : 0;
-        foreach (var a in new[] { OvisDll, "serve", "--data", DataDirectory, "--nbd", $"127.0.0.1:{nbdPort}", "--admin", $"127.0.0.1:{adminPort}" })
+        if (Namespace is not null)
+        {
+            foreach (var a in new[] { "netns", "exec", Namespace, DotnetHost })
+            {
+                psi.ArgumentList.Add(a);
+            }
+        }
+        foreach (var a in new[] { OvisDll, "serve", "--data", DataDirectory, "--nbd", $"{Address}:{nbdPort}", "--admin", $"{Address}:{adminPort}" })
         {
             psi.ArgumentList.Add(a);
         }
@@ -119,7 +141,7 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
                 _peerPort = FreePort();
             }
             psi.ArgumentList.Add("--peer");
-            psi.ArgumentList.Add($"127.0.0.1:{_peerPort}");
+            psi.ArgumentList.Add($"{Address}:{_peerPort}");
         }
         if (_unixSocket)
         {
@@ -162,7 +184,7 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
                 _log.Add($"[{gen} err] {e.Data}");
             }
         };
-        _log.Add($"[{gen}] $ dotnet {string.Join(' ', psi.ArgumentList)}");
+        _log.Add($"[{gen}] $ {(Namespace is null ? "dotnet" : "ip")} {string.Join(' ', psi.ArgumentList)}");
         process.Start();
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
@@ -192,7 +214,7 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
             {
                 process.Kill(entireProcessTree: true);
             }
-            Assert.Fail($"ovis serve {why} (expected lines 'nbd listening on 127.0.0.1:PORT', 'admin listening on http://127.0.0.1:PORT'{(_unixSocket ? ", 'nbd listening on unix:PATH'" : "")}).\n{Log}");
+            Assert.Fail($"ovis serve {why} (expected lines 'nbd listening on {Address}:PORT', 'admin listening on http://{Address}:PORT'{(_unixSocket ? ", 'nbd listening on unix:PATH'" : "")}).\n{Log}");
         }
         NbdPort = nbd.Task.Result;
         AdminUrl = admin.Task.Result;
@@ -321,8 +343,11 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     }
 
     /// <summary>Runs `dotnet ovis.dll ARGS --admin URL` against this daemon.</summary>
-    public Task<ProcessResult> Cli(params string[] args) =>
-        ProcessRunner.Run(DotnetHost, new[] { OvisDll }.Concat(args).Concat(["--admin", AdminUrl]), CliTimeout);
+    public Task<ProcessResult> Cli(params string[] args)
+    {
+        var (command, arguments) = InNamespace(DotnetHost, new[] { OvisDll }.Concat(args).Concat(["--admin", AdminUrl]));
+        return ProcessRunner.Run(command, arguments, CliTimeout);
+    }
 
     public async Task DisposeAsync()
     {
