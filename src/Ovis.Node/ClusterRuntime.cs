@@ -54,6 +54,7 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         {
             LayerHolder = layer => _locks?.HolderOf(layer),
             VolumeHolder = volume => _locks?.GenerationOfVolume(volume),
+            LayerTenure = layer => _locks?.TenureOf(layer) ?? 0,
         };
         DirtyLog? log = recovery.DirtyLog ? new DirtyLog(Records, logger, recovery.DirtyClearAfter) : null;
         Store = new ReplicatedStore(local, ClusterView.Build(first, _format, nodeId, _replicas), this, logger, log);

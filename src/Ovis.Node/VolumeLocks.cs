@@ -69,6 +69,16 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
         return held.IsValid ? held.Generation : null;
     }
 
+    /// <summary>The generation of this node's lock on <paramref name="layer"/>'s volume while it
+    /// stands, whether or not the lease is current (the tenure the dirty-region log is kept
+    /// under); 0 without one.</summary>
+    public long TenureOf(uint layer)
+    {
+        if (_byLayer.TryGetValue(layer, out Held? held) && !held.Ended)
+            return held.Generation;
+        return volumeOfLayer(layer) is { } volume && _held.TryGetValue(volume, out held) && !held.Ended ? held.Generation : 0;
+    }
+
     /// <summary>As <see cref="GenerationOf"/>, but while this node's lock on the layer's volume is
     /// only waiting for its lease's renewal, waits for it (<see cref="LeaseWait"/>).</summary>
     public async ValueTask<long?> WaitGenerationAsync(uint layer)

@@ -53,6 +53,12 @@ public sealed class EtcdRecoveryStore(EtcdCatalog catalog) : IDirtyLogStore
         return loaded;
     }
 
+    /// <summary>The generation of this node's lock on the volume a layer belongs to while the lock
+    /// stands — valid or only waiting for a late renewal — and 0 without one.</summary>
+    public Func<uint, long>? LayerTenure { get; set; }
+
+    public long TenureOf(uint layer) => LayerTenure?.Invoke(layer) ?? 0;
+
     public async Task SaveAsync(IReadOnlyDictionary<uint, uint[]> layers, CancellationToken cancellationToken)
     {
         var guards = new List<EtcdCompare>();

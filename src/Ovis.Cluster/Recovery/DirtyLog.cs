@@ -48,6 +48,13 @@ public sealed partial class DirtyLog : IAsyncDisposable
     public async Task<IReadOnlyList<ObjectId>> AdoptAsync(IReadOnlyCollection<uint> layers, CancellationToken cancellationToken)
     {
         var found = new List<ObjectId>();
+        // A layer adopted under an earlier tenure of the lock (lost, then taken again) is loaded
+        // afresh: meanwhile another holder may have logged objects this node's memory lacks.
+        foreach (uint layer in layers)
+        {
+            if (_layers.TryGetValue(layer, out LayerState? s) && s.Adopted.IsCompletedSuccessfully && s.Tenure != _store.TenureOf(layer))
+                Forget(layer, s);
+        }
         var fresh = layers.Where(l => !_layers.TryGetValue(l, out LayerState? s) || !s.Adopted.IsCompletedSuccessfully).ToArray();
         if (fresh.Length > 0)
             await LoadLayersAsync(fresh, cancellationToken).ConfigureAwait(false);
@@ -71,6 +78,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
             {
                 if (state.Adopted.IsCompletedSuccessfully)
                     continue;
+                state.Tenure = _store.TenureOf(layer);
                 state.Inherited = indexes;
                 foreach (uint index in indexes)
                     _entries.TryAdd(new ObjectId(layer, index), new Entry { Durable = Task.CompletedTask, Missed = true });
@@ -81,6 +89,21 @@ public sealed partial class DirtyLog : IAsyncDisposable
 
     private LayerState Layer(uint layer) => _layers.GetOrAdd(layer, static _ => new LayerState());
 
+    // Drops what this node logged for a layer under a tenure that ended: nothing of it is saved.
+    private void Forget(uint layer, LayerState state)
+    {
+        lock (_batchLock)
+        {
+            if (!_layers.TryRemove(new KeyValuePair<uint, LayerState>(layer, state)))
+                return;
+            foreach (var (id, _) in _entries)
+            {
+                if (id.Volume == layer)
+                    _entries.TryRemove(id, out _);
+            }
+        }
+    }
+
     /// <summary>
     /// Called before a change to <paramref name="id"/> goes to its copies; completes when the
     /// object is logged durably. Pair every call with <see cref="EndWrite"/>.
@@ -89,6 +112,10 @@ public sealed partial class DirtyLog : IAsyncDisposable
     {
         while (true)
         {
+            // One lookup: a write under a tenure this log has not adopted the layer in adopts it first.
+            if (_layers.TryGetValue(id.Volume, out LayerState? adopted) && adopted.Adopted.IsCompletedSuccessfully
+                && adopted.Tenure != _store.TenureOf(id.Volume))
+                return AdoptThenBeginAsync(id);
             if (_entries.TryGetValue(id, out Entry? entry))
             {
                 if (Interlocked.Increment(ref entry.Writers) > 0)
@@ -250,7 +277,8 @@ public sealed partial class DirtyLog : IAsyncDisposable
         var changed = new HashSet<uint>();
         foreach (var (layer, state) in _layers)
         {
-            if (state.Changed)
+            // A record built under a tenure that ended is never saved under the next one.
+            if (state.Changed && state.Tenure == _store.TenureOf(layer))
             {
                 state.Changed = false;
                 changed.Add(layer);
@@ -372,6 +400,8 @@ public sealed partial class DirtyLog : IAsyncDisposable
         public readonly TaskCompletionSource AdoptedSource = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public long Generation;
         public long Covered;
+        // The lock generation the layer was adopted under (IDirtyLogStore.TenureOf).
+        public long Tenure;
         public bool Changed;
         public uint[] Inherited = [];
 

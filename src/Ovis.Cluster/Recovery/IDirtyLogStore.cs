@@ -10,4 +10,9 @@ public interface IDirtyLogStore
 
     /// <summary>Replaces the records of the given layers in one round trip; an empty list removes one.</summary>
     Task SaveAsync(IReadOnlyDictionary<uint, uint[]> layers, CancellationToken cancellationToken);
+
+    /// <summary>The tenure this node would save <paramref name="layer"/>'s record under now: the
+    /// generation of its lock on the layer's volume, 0 when it holds none (or there are no locks).
+    /// What was logged in memory under one tenure is never saved under another.</summary>
+    long TenureOf(uint layer) => 0;
 }
