@@ -262,6 +262,7 @@ public sealed partial class NbdConnection
 
         ReleaseCandidateExport();
         IBlockDevice? device;
+        PauseHandshakeLimit();
         try
         {
             device = await _exports.OpenAsync(name);
@@ -277,6 +278,10 @@ public sealed partial class NbdConnection
             // ExportUnavailableException; anything else is a server fault, not the client's.
             NbdLog.ExportOpenFault(_logger, _connectionId, name, ex);
             return new ExportOpening(null, OpenFaultMessage);
+        }
+        finally
+        {
+            ResumeHandshakeLimit();
         }
 
         if (device is not null)

@@ -91,6 +91,24 @@ public class HandshakeLimitTests
     }
 
     [Fact]
+    public async Task TheServersOwnWaitToOpenTheExport_DoesNotCount()
+    {
+        // A cluster node may wait for a volume's lock longer than the limit: that is not the
+        // client's slowness, so the clock stops while the export opens.
+        var device = new MemoryBlockDevice(1 << 20);
+        device.Fill(0, TransmissionTests.Pattern(4096, 4));
+        MemoryExportProvider exports = NbdTestClient.Exports(device);
+        exports.OpenDelay = TimeSpan.FromMilliseconds(1200);
+        await using var client = new NbdTestClient(exports, new NbdServerOptions { HandshakeTimeout = TimeSpan.FromMilliseconds(600) });
+
+        await client.NegotiateAsync(structured: false);
+        await client.SendRequestAsync(Wire.CmdRead, 1, 0, 4096);
+
+        Assert.Equal(TransmissionTests.Pattern(4096, 4), (await client.ReadSimpleReplyAsync(4096)).Data);
+        Assert.DoesNotContain(client.Logger.Entries, e => e.EventId.Id == 13);
+    }
+
+    [Fact]
     public async Task InfiniteLimit_NeverCloses()
     {
         await using var client = new NbdTestClient(

@@ -41,15 +41,26 @@ internal sealed class MemoryExportProvider : IExportProvider
         return list;
     }
 
+    /// <summary>How long every open takes, as one that waits for a volume's lock would; implies <see cref="OpenAsynchronously"/>.</summary>
+    public TimeSpan OpenDelay { get; set; }
+
     public ValueTask<IBlockDevice?> OpenAsync(string name)
     {
         OpenCalls++;
-        return OpenAsynchronously ? OpenLaterAsync(name) : new ValueTask<IBlockDevice?>(Open(name));
+        return OpenAsynchronously || OpenDelay > TimeSpan.Zero ? OpenLaterAsync(name) : new ValueTask<IBlockDevice?>(Open(name));
     }
 
     private async ValueTask<IBlockDevice?> OpenLaterAsync(string name)
     {
-        await Task.Yield();
+        if (OpenDelay > TimeSpan.Zero)
+        {
+            await Task.Delay(OpenDelay);
+        }
+        else
+        {
+            await Task.Yield();
+        }
+
         return Open(name);
     }
 
