@@ -107,15 +107,17 @@ public sealed class NodeRegistration : IAsyncDisposable
     }
 
     /// <summary>
-    /// Completes when the lease is current again (true) or known to be lost (false), or after
-    /// <paramref name="limit"/> (false). While etcd does not answer nobody can take this node's
+    /// Completes when the lease is current again (true) or known to be lost (false), or once it has
+    /// not been current for <paramref name="limit"/> (false). While etcd does not answer nobody can take this node's
     /// locks either, so requests wait here instead of failing: after an etcd restart the lease
     /// is still there (etcd extends every lease when a leader takes over) and the first renewal
     /// makes it current again.
     /// </summary>
     public async ValueTask<bool> WaitCurrentAsync(TimeSpan limit)
     {
-        long deadline = Environment.TickCount64 + (long)limit.TotalMilliseconds;
+        // Counted from when the lease stopped being current, not from each request: once a lease
+        // is late by the limit, every request fails at once instead of waiting the limit again.
+        long deadline = Volatile.Read(ref _validUntil) + (long)limit.TotalMilliseconds;
         while (!IsCurrent)
         {
             if (_lost.IsCancellationRequested || Environment.TickCount64 >= deadline)

@@ -12,7 +12,10 @@ namespace Ovis.Cluster.Peer;
 /// </summary>
 /// <remarks>
 /// The connection is opened by the first call and reopened by the first call after it failed.
-/// Failures are results, not exceptions: a peer that cannot be reached, a connection that breaks
+/// A peer that went silent — a connect or a reply that timed out, as in a partition — is probed
+/// instead: calls get Unreachable at once while one connect attempt at a time goes out (at most
+/// every <see cref="PeerClientOptions.ProbeInterval"/>), until one succeeds. Without that, every
+/// write to a copy cut off from its gateway waited a connect timeout. Failures are results, not exceptions: a peer that cannot be reached, a connection that breaks
 /// and a request that gets no reply within <see cref="PeerClientOptions.RequestTimeout"/> all give
 /// <see cref="PeerStatus.Unreachable"/> (and a broken connection gives it to every request on
 /// it). Argument errors throw; a canceled token throws <see cref="OperationCanceledException"/>.
@@ -31,6 +34,9 @@ public sealed class PeerClient : IAsyncDisposable
     private volatile PeerClientConnection? _connection;
     private Task<PeerClientConnection?>? _connecting;
     private int _disposed;
+    // Guarded by _lock: the peer went silent (a timeout); calls do not wait for it until a probe connects.
+    private bool _silent;
+    private long _nextProbe;
 
     /// <param name="peer">The peer's peer-protocol address (an <see cref="IPEndPoint"/> or <see cref="DnsEndPoint"/>).</param>
     /// <param name="options">Connect and request timeouts.</param>
@@ -191,9 +197,24 @@ public sealed class PeerClient : IAsyncDisposable
         Task<PeerClientConnection?> connecting;
         lock (_lock)
         {
-            connecting = _connection is { IsFailed: false } open
-                ? Task.FromResult<PeerClientConnection?>(open)
-                : _connecting ??= Task.Run(ConnectAsync, CancellationToken.None);
+            if (_connection is { IsFailed: false } open)
+            {
+                connecting = Task.FromResult<PeerClientConnection?>(open);
+            }
+            else if (_silent)
+            {
+                long now = Environment.TickCount64;
+                if (_connecting is null && now >= _nextProbe)
+                {
+                    _nextProbe = now + (long)_options.ProbeInterval.TotalMilliseconds;
+                    _connecting = Task.Run(ConnectAsync, CancellationToken.None);
+                }
+                return PeerResult.Unreachable;
+            }
+            else
+            {
+                connecting = _connecting ??= Task.Run(ConnectAsync, CancellationToken.None);
+            }
         }
 
         // Everyone waiting shares one attempt; a caller's token ends only its own wait.
@@ -227,7 +248,14 @@ public sealed class PeerClient : IAsyncDisposable
         catch (Exception ex)
         {
             // Refused, timed out, an unresolvable name, disposal: for the callers all the same.
-            PeerLog.ConnectFailed(_logger, Peer, ex);
+            if (!_silent)
+            {
+                PeerLog.ConnectFailed(_logger, Peer, ex);
+            }
+            if (ex is OperationCanceledException && !_disposing.IsCancellationRequested)
+            {
+                BecomeSilent();
+            }
             socket.Dispose();
         }
 
@@ -238,6 +266,8 @@ public sealed class PeerClient : IAsyncDisposable
             {
                 return null;
             }
+
+            _silent = false;
 
             if (_disposed != 0)
             {
@@ -265,7 +295,26 @@ public sealed class PeerClient : IAsyncDisposable
         }
     }
 
-    private void CheckTimeouts() => _connection?.CheckTimeouts(Environment.TickCount64, _timeoutMs);
+    private void CheckTimeouts()
+    {
+        if (_connection?.CheckTimeouts(Environment.TickCount64, _timeoutMs) == true)
+        {
+            BecomeSilent();
+        }
+    }
+
+    private void BecomeSilent()
+    {
+        lock (_lock)
+        {
+            if (!_silent)
+            {
+                _silent = true;
+                _nextProbe = Environment.TickCount64 + (long)_options.ProbeInterval.TotalMilliseconds;
+                PeerLog.Silent(_logger, Peer, _options.ProbeInterval);
+            }
+        }
+    }
 
     /// <summary>Closes the connection; requests still in flight get <see cref="PeerStatus.Unreachable"/>.</summary>
     public async ValueTask DisposeAsync()

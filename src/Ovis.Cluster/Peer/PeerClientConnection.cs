@@ -120,15 +120,17 @@ internal sealed partial class PeerClientConnection : IAsyncDisposable
     }
 
     /// <summary>Heartbeat: drops the connection when a request has waited longer than <paramref name="timeoutMs"/>.</summary>
-    public void CheckTimeouts(long now, long timeoutMs)
+    /// <summary>Aborts the connection when a request waited longer than <paramref name="timeoutMs"/>; true when it did.</summary>
+    public bool CheckTimeouts(long now, long timeoutMs)
     {
         if (!HasExpired(now, timeoutMs))
         {
-            return;
+            return false;
         }
 
         PeerLog.RequestTimedOut(_logger, _client.Peer, TimeSpan.FromMilliseconds(timeoutMs));
         Abort();
+        return true;
     }
 
     private bool HasExpired(long now, long timeoutMs)

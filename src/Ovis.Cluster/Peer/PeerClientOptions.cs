@@ -13,4 +13,8 @@ public sealed record PeerClientOptions
     /// <see cref="Timeout.InfiniteTimeSpan"/> turns this off.
     /// </summary>
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>After a timeout, how often one connect attempt probes the silent peer; calls meanwhile get
+    /// <see cref="PeerStatus.Unreachable"/> at once.</summary>
+    public TimeSpan ProbeInterval { get; init; } = TimeSpan.FromSeconds(1);
 }

@@ -38,6 +38,9 @@ internal static partial class PeerLog
     [LoggerMessage(EventId = 113, Level = LogLevel.Warning, Message = "Peer {Peer} did not answer within {Timeout}; dropping the connection")]
     public static partial void RequestTimedOut(ILogger logger, EndPoint peer, TimeSpan timeout);
 
+    [LoggerMessage(EventId = 118, Level = LogLevel.Warning, Message = "Peer {Peer} is silent (a connect or a reply timed out): requests to it fail at once while a connect probes it every {Interval}")]
+    public static partial void Silent(ILogger logger, EndPoint peer, TimeSpan interval);
+
     [LoggerMessage(EventId = 114, Level = LogLevel.Warning, Message = "Peer {Peer} broke the protocol: {Problem}; dropping the connection")]
     public static partial void ReplyProtocolError(ILogger logger, EndPoint peer, string problem);
 
