@@ -133,13 +133,23 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
     public async Task<IShare> AcquireAsync(string volume)
     {
         var deadline = DateTime.UtcNow + RecoveryWait;
+        var servingDeadline = DateTime.UtcNow + ReleaseWait;
         while (true)
         {
-            IShare? share = await TryAcquireAsync(volume, forRecovery: false).ConfigureAwait(false);
+            (IShare? share, string? servedBy) = await TryAcquireAsync(volume, forRecovery: false).ConfigureAwait(false);
+            if (servedBy is not null)
+            {
+                // Another node serves it — or served it until a moment ago: a gateway lets go of
+                // the lock just after its last client has gone, so a client that moves from one
+                // gateway to another races that release. It is given a moment.
+                if (DateTime.UtcNow > servingDeadline)
+                    throw Refused(volume, servedBy);
+                await Task.Delay(TimeSpan.FromMilliseconds(100)).ConfigureAwait(false);
+                continue;
+            }
             if (share is not null)
                 return share;
-            // Only a holder about to let go gets here (a recovering one, or this node releasing it; a
-            // serving one throws): wait for it.
+            // Only a holder about to let go gets here (a recovering one, or this node releasing it): wait for it.
             if (DateTime.UtcNow > deadline)
                 throw Refused(volume, await catalog.GetVolumeLockHolderAsync(volume).ConfigureAwait(false));
             await Task.Delay(TimeSpan.FromMilliseconds(50)).ConfigureAwait(false);
@@ -147,15 +157,19 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
     }
 
     /// <summary>Takes the lock of an idle volume to recover it; null when any node holds it.</summary>
-    public Task<IShare?> TryAcquireForRecoveryAsync(string volume) => TryAcquireAsync(volume, forRecovery: true);
+    public async Task<IShare?> TryAcquireForRecoveryAsync(string volume) => (await TryAcquireAsync(volume, forRecovery: true).ConfigureAwait(false)).Share;
 
     // A recovering holder gives an idle volume back after a slice of at most a few seconds.
     private static readonly TimeSpan RecoveryWait = TimeSpan.FromSeconds(15);
 
+    // A serving holder whose last client just closed releases the lock within milliseconds.
+    private static readonly TimeSpan ReleaseWait = TimeSpan.FromSeconds(3);
+
     private static ExportUnavailableException Refused(string volume, string? holder) => new(
         $"volume {volume} is being served by node {holder ?? "(just released)"}: one node writes a volume at a time; connect there, or retry once it is closed or its lease has run out");
 
-    private async Task<IShare?> TryAcquireAsync(string volume, bool forRecovery)
+    /// <summary>The share, or null to try again; or the node that serves the volume.</summary>
+    private async Task<(IShare? Share, string? ServedBy)> TryAcquireAsync(string volume, bool forRecovery)
     {
         await _gate.WaitAsync().ConfigureAwait(false);
         try
@@ -163,9 +177,9 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
             if (_held.TryGetValue(volume, out Held? held) && !held.Ended && held.IsValid)
             {
                 if (forRecovery)
-                    return null; // served or recovered here already
+                    return (null, null); // served or recovered here already
                 held.Users++;
-                return new Share(this, held);
+                return (new Share(this, held), null);
             }
             if (registration() is not { IsLost: false } holder)
                 throw new ExportUnavailableException($"volume {volume}: this node is not a cluster member now (its lease ran out); it rejoins by itself as soon as the cluster catalog answers, then retry");
@@ -175,13 +189,13 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
             if (taken is null)
             {
                 if (forRecovery)
-                    return null;
+                    return (null, null);
                 string? other = await catalog.GetVolumeLockHolderAsync(volume).ConfigureAwait(false);
                 // Released meanwhile, being released by this very node (its last connection just
                 // closed), or held by a recovery that lets go soon: the caller tries again.
                 if (other is null || other == holder.Node.Id || await catalog.IsLockedForRecoveryAsync(volume).ConfigureAwait(false))
-                    return null;
-                throw Refused(volume, other);
+                    return (null, null);
+                return (null, other);
             }
             held = new Held(volume, taken);
             try
@@ -214,7 +228,7 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
                 throw;
             }
             held.Users = 1;
-            return new Share(this, held);
+            return (new Share(this, held), null);
         }
         finally
         {
