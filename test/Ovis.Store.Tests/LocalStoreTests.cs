@@ -228,11 +228,13 @@ public sealed class LocalStoreTests
             await Ok(f.Store.FlushAsync());
             byte[] racing = Bytes.Random(512 << 10, 200 + round);
             using var cts = new CancellationTokenSource();
+            // The store that crashes: the fixture's reference changes (to none, then the reopened one) under the writer.
+            LocalStore crashing = f.Store;
             Task writer = Task.Run(async () =>
             {
                 for (int i = 0; !cts.IsCancellationRequested; i = (i + 4096) % racing.Length)
                 {
-                    if (await f.Store.WriteAsync(A, i, racing.AsMemory(i, 4096), fua: false) != StoreStatus.Ok)
+                    if (await crashing.WriteAsync(A, i, racing.AsMemory(i, 4096), fua: false) != StoreStatus.Ok)
                     {
                         return;
                     }
