@@ -40,10 +40,14 @@ public sealed partial class HostileClientTests(ITestOutputHelper output) : Inter
                 {
                     var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
                     using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+                    // Taken before the connect: the server cannot accept (and start its clock) earlier,
+                    // while the connect's continuation may run long after the accept on a loaded machine
+                    // (a close then looked early by the time it took to get here).
+                    var startedAt = Stopwatch.GetTimestamp();
                     await s.ConnectAsync(new IPEndPoint(IPAddress.Loopback, Daemon.NbdPort), cts.Token);
                     lock (sockets)
                     {
-                        sockets.Add((s, Stopwatch.GetTimestamp()));
+                        sockets.Add((s, startedAt));
                     }
                 }
                 finally
