@@ -97,6 +97,10 @@ internal sealed class ConsoleOutput(TextWriter writer)
             {
                 details += layer.Connections == 1 ? ", 1 connection" : $", {layer.Connections.ToString(CultureInfo.InvariantCulture)} connections";
             }
+            if (layer.Deleting)
+            {
+                details += ", being deleted ('vdi delete' it again to finish)";
+            }
 
             // Live volumes stand out; names are escaped, a volume named "[red]" prints as itself.
             var name = Markup.Escape(layer.Name);

@@ -20,7 +20,16 @@ internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : I
     {
         if (name.Length == 0 || volumes.TryGet() is not { } manager)
             return null;
-        Volume? volume = manager.Open(name);
+        Volume? volume;
+        try
+        {
+            volume = manager.Open(name);
+        }
+        catch (VolumeException ex)
+        {
+            // A snapshot being deleted: the client is told why, in the NBD error's text.
+            throw new ExportUnavailableException(ex.Message, ex);
+        }
         if (volume is null || volume.IsReadOnly || locks is null)
             return volume is null ? null : new VolumeBlockDevice(volume, null);
         try

@@ -64,8 +64,10 @@ public interface IObjectStore : IAsyncDisposable
     /// respect to other writes: <paramref name="data"/> covers whole blocks from the block-aligned
     /// <paramref name="offset"/>; with <paramref name="zeroes"/> the holes become allocated zeroes
     /// and <paramref name="data"/> is ignored (its length still gives the range).
+    /// <paramref name="fromReserve"/> lets the copy past the full ratio (never into the last
+    /// margin of the disk): for a snapshot merge, which frees what it copied right after.
     /// </summary>
-    ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes);
+    ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, bool fromReserve = false);
 
     /// <summary>Fills <paramref name="buffer"/>; holes read as zeroes. Checksums are verified.</summary>
     ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer);
@@ -91,6 +93,10 @@ public interface IObjectStore : IAsyncDisposable
 
     /// <summary>Ids of the objects the store holds (for accounting and clean-up).</summary>
     IReadOnlyCollection<ObjectId> ListObjects();
+
+    /// <summary>Whether <see cref="ListObjects"/> names every object there is — not so for a
+    /// node of a cluster whose objects are spread over more nodes than they have copies.</summary>
+    bool ListsEveryObject => true;
 
     /// <summary>Bytes of object data held (allocated data blocks × block size).</summary>
     long UsedBytes { get; }

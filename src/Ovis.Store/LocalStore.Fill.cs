@@ -2,7 +2,7 @@ namespace Ovis.Store;
 
 public sealed partial class LocalStore
 {
-    public async ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
+    public async ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, bool fromReserve = false)
     {
         CheckRange(id, offset, data.Length);
         if (offset % StoreBlockSize != 0 || data.Length % StoreBlockSize != 0)
@@ -13,6 +13,7 @@ public sealed partial class LocalStore
         int first = (int)(offset / StoreBlockSize);
         int count = data.Length / StoreBlockSize;
         int b = 0;
+        bool appliedForSpace = false;
         while (b < count)
         {
             StoreStatus status = StoreStatus.Ok;
@@ -42,7 +43,7 @@ public sealed partial class LocalStore
                 }
                 else
                 {
-                    status = WriteRecord(meta, (long)(first + b) * StoreBlockSize, data.Span[(b * StoreBlockSize)..(end * StoreBlockSize)], null, out _, out wait);
+                    status = WriteRecord(meta, (long)(first + b) * StoreBlockSize, data.Span[(b * StoreBlockSize)..(end * StoreBlockSize)], null, out _, out wait, fromReserve);
                 }
                 if (status == StoreStatus.Ok && !wait)
                 {
@@ -53,6 +54,13 @@ public sealed partial class LocalStore
             {
                 _checkpointWake.Release();
                 await _journal.WaitForSpaceAsync().ConfigureAwait(false);
+                continue;
+            }
+            if (status == StoreStatus.NoSpace && !appliedForSpace && _journal.HasUnapplied)
+            {
+                // As a write does: trims in the journal free their blocks only when applied.
+                appliedForSpace = true;
+                await ApplyPendingAsync().ConfigureAwait(false);
                 continue;
             }
             if (status != StoreStatus.Ok)

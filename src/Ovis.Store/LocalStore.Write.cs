@@ -61,11 +61,12 @@ public sealed partial class LocalStore
     /// the block's current content under the object lock, so two writes into different bytes
     /// of one block never lose each other.
     /// </summary>
-    private StoreStatus WriteRecord(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, IBlockSource? underlay, out int consumed, out bool wait)
+    private StoreStatus WriteRecord(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, IBlockSource? underlay, out int consumed, out bool wait,
+        bool fromReserve = false)
     {
         try
         {
-            return WriteRecordCore(meta, offset, data, underlay, out consumed, out wait);
+            return WriteRecordCore(meta, offset, data, underlay, out consumed, out wait, fromReserve);
         }
         catch (ObjectDisposedException)
         {
@@ -76,7 +77,8 @@ public sealed partial class LocalStore
         }
     }
 
-    private StoreStatus WriteRecordCore(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, IBlockSource? underlay, out int consumed, out bool wait)
+    private StoreStatus WriteRecordCore(ObjectMeta meta, long offset, ReadOnlySpan<byte> data, IBlockSource? underlay, out int consumed, out bool wait,
+        bool fromReserve)
     {
         int headSkip = (int)(offset % StoreBlockSize);
         int firstBlock = (int)(offset / StoreBlockSize);
@@ -100,7 +102,7 @@ public sealed partial class LocalStore
             }
             // Space first, then the journal: a write the journal takes can always be applied.
             long charge = SpaceNeeded(meta, firstBlock, blocks);
-            if (charge > 0 && !_space.TryCharge(charge))
+            if (charge > 0 && !_space.TryCharge(charge, fromReserve))
             {
                 return StoreStatus.NoSpace;
             }

@@ -82,7 +82,9 @@ internal sealed class SpaceAccount
 
     /// <summary>Reserves <paramref name="bytes"/> for a write that needs new blocks, unless that
     /// would take the file system past the full ratio or under <see cref="MinFreeBytes"/>.</summary>
-    public bool TryCharge(long bytes)
+    /// <param name="fromReserve">The write frees at least as much as it takes, soon (a snapshot
+    /// merge, which trims what it copied): it may go past the full ratio, never under the margin.</param>
+    public bool TryCharge(long bytes, bool fromReserve = false)
     {
         long reserved = Volatile.Read(ref _reserved);
         while (true)
@@ -90,7 +92,7 @@ internal sealed class SpaceAccount
             long total = Volatile.Read(ref _total);
             long available = Volatile.Read(ref _available);
             long free = available - reserved - bytes;
-            if (free < MinFreeBytes || total - free > (long)(total * _fullRatio))
+            if (free < MinFreeBytes || (!fromReserve && total - free > (long)(total * _fullRatio)))
             {
                 return false;
             }

@@ -15,6 +15,12 @@ public sealed record VolumeRecord(uint Id, string Name, long Size, long ObjectSi
     /// <summary>Set for a snapshot (read-only, named <c>NAME@TAG</c>).</summary>
     public string? Tag { get; init; }
 
+    /// <summary>A snapshot being merged into the one layer over it (<c>vdi delete</c>): its blocks
+    /// go as they are copied, so it can no longer be opened, cloned or rolled back to, and a
+    /// delete that stopped half-way is finished by the next one.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool Deleting { get; init; }
+
     [JsonIgnore]
     public bool IsSnapshot => Tag is not null;
 

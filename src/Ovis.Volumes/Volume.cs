@@ -38,11 +38,29 @@ public sealed class Volume : IDisposable
     public ValueTask<StoreStatus> ReadAsync(long offset, Memory<byte> buffer)
     {
         uint[] chain = _state.Chain;
+        if (chain.Length > 1)
+        {
+            return ReadLayeredAsync(chain, offset, buffer);
+        }
         long os = ObjectSize;
         long inObject = offset % os;
         return inObject + buffer.Length <= os
-            ? Layers.ReadAsync(_store, chain, (uint)(offset / os), inObject, buffer)
+            ? _store.ReadAsync(new ObjectId(chain[0], (uint)(offset / os)), inObject, buffer)
             : ReadSplitAsync(chain, offset, buffer);
+    }
+
+    /// <summary>A read through parent layers, counted for a merge's grace period (<see cref="ReadGrace"/>).</summary>
+    private async ValueTask<StoreStatus> ReadLayeredAsync(uint[] chain, long offset, Memory<byte> buffer)
+    {
+        int epoch = _owner.Grace.Enter();
+        try
+        {
+            return await ReadSplitAsync(chain, offset, buffer).ConfigureAwait(false);
+        }
+        finally
+        {
+            _owner.Grace.Exit(epoch);
+        }
     }
 
     private async ValueTask<StoreStatus> ReadSplitAsync(uint[] chain, long offset, Memory<byte> buffer)

@@ -18,4 +18,7 @@ public sealed record VolumeInfo(
 
     /// <summary>A snapshot: read-only, exported as <c>VOLUME@TAG</c>.</summary>
     public bool IsSnapshot { get; init; }
+
+    /// <summary>A snapshot whose delete (a merge into the layer over it) has begun and not finished.</summary>
+    public bool Deleting { get; init; }
 }

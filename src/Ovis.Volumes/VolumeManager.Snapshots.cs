@@ -17,6 +17,9 @@ public sealed partial class VolumeManager
     // other control operation may change them until it is done. Guarded by _lock.
     private readonly HashSet<uint> _pinned = [];
 
+    /// <summary>Reads through parent layers, for a merge to wait for before it trims a parent.</summary>
+    internal ReadGrace Grace { get; } = new();
+
     private void Pin(uint[] layers)
     {
         lock (_lock)
@@ -34,6 +37,14 @@ public sealed partial class VolumeManager
         lock (_lock)
         {
             _pinned.ExceptWith(layers);
+        }
+    }
+
+    private static void CheckNotDeleting(VolumeRecord r)
+    {
+        if (r.Deleting)
+        {
+            throw new VolumeException(VolumeErrorCode.InUse, $"snapshot '{r.DisplayName}' is being deleted (merged into the layer over it): run 'ovis vdi delete {r.DisplayName}' to finish");
         }
     }
 
@@ -105,6 +116,7 @@ public sealed partial class VolumeManager
                 {
                     throw new VolumeException(VolumeErrorCode.InvalidArgument, $"'{snapshot}' is not a snapshot: clone from NAME@TAG (take one with 'vdi snapshot')");
                 }
+                CheckNotDeleting(r);
                 CheckFree(newName);
                 VolumeRecord clone = new(state.NextId, newName, r.Size, r.ObjectSize, DateTimeOffset.UtcNow) { ParentId = r.Id };
                 return [.. state.Volumes, clone];
@@ -127,6 +139,7 @@ public sealed partial class VolumeManager
                 VolumeState v = FindLive(name);
                 CheckNotPinned(v.Record, name);
                 VolumeState target = Find($"{name}@{tag}");
+                CheckNotDeleting(target.Record);
                 if (v.Connections > 0)
                 {
                     throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {v.Connections} connection(s): disconnect them before a rollback");
@@ -182,8 +195,10 @@ public sealed partial class VolumeManager
                 }
                 else if (dependents.Count == 1)
                 {
-                    // Nothing is saved before the merge has copied the blocks.
-                    return (null, (r, (r, dependents[0])));
+                    // Marked first: from here on its blocks go as they are copied into the layer
+                    // over it. A delete that stopped half-way is simply run again.
+                    IReadOnlyList<VolumeRecord>? marked = r.Deleting ? null : [.. state.Volumes.Select(x => x.Id == r.Id ? x with { Deleting = true } : x)];
+                    return (marked, (r, (r, dependents[0])));
                 }
                 return ([.. state.Volumes.Where(x => x.Id != r.Id)], (r, null));
             }).ConfigureAwait(false);
@@ -210,7 +225,7 @@ public sealed partial class VolumeManager
     {
         try
         {
-            await CopyIntoHolesAsync([snapshot.Id], child, progress: null).ConfigureAwait(false);
+            await MoveIntoHolesAsync(snapshot, child).ConfigureAwait(false);
             await _control.WaitAsync().ConfigureAwait(false);
             try
             {
@@ -299,7 +314,10 @@ public sealed partial class VolumeManager
         long os = target.ObjectSize;
         int bs = _store.BlockSize;
         long objects = (target.Size + os - 1) / os;
-        var present = new HashSet<uint>(_store.ListObjects().Where(o => source.Contains(o.Volume)).Select(o => o.Index));
+        // In a cluster a node lists only the objects it holds a copy of: then every slot is asked.
+        HashSet<uint>? present = _store.ListsEveryObject
+            ? [.. _store.ListObjects().Where(o => source.Contains(o.Volume)).Select(o => o.Index)]
+            : null;
         byte[] data = ArrayPool<byte>.Shared.Rent((int)os);
         BlockState[] states = ArrayPool<BlockState>.Shared.Rent((int)(os / bs));
         try
@@ -307,7 +325,7 @@ public sealed partial class VolumeManager
             for (uint index = 0; index < objects; index++)
             {
                 progress?.Report((double)index / objects);
-                if (!present.Contains(index))
+                if (present is not null && !present.Contains(index))
                 {
                     continue; // nothing to inherit in this slot
                 }

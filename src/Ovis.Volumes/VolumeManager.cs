@@ -287,6 +287,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         {
             Parent = parent,
             IsSnapshot = r.IsSnapshot,
+            Deleting = r.Deleting,
         };
     }
 
@@ -368,6 +369,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
             {
                 return null;
             }
+            CheckNotDeleting(v.Record);
             v.Connections++;
             return new Volume(v, _store, this);
         }
@@ -592,6 +594,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         }
         _control.Dispose();
         _stopping.Dispose();
+        Grace.Dispose();
     }
 
     [LoggerMessage(EventId = 1, Level = LogLevel.Debug, Message = "Volume registry version {Version} applied ({Layers} layers)")]

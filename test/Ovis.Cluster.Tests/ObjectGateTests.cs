@@ -14,18 +14,26 @@ public sealed class ObjectGateTests
         var gate = new ObjectGate();
         var id = new ObjectId(1, 1);
         int runs = 0;
-        Assert.True(gate.Queue(id, async _ =>
+        int firstRuns = 0;
+        Assert.True(gate.Queue(id, _ =>
+        {
+            Interlocked.Increment(ref firstRuns);
+            return Task.FromResult(true);
+        }, urgentForReads: true));
+        // Queued again before it started: one run, of the newest work (a recovery that replaced
+        // the one that queued it first has the right view of the object).
+        Assert.False(gate.Queue(id, async _ =>
         {
             Interlocked.Increment(ref runs);
             await Task.Delay(50);
             return true;
         }, urgentForReads: true));
-        Assert.False(gate.Queue(id, _ => Task.FromResult(true), urgentForReads: true));
 
         // Nobody called RunAsync: the clients start the work themselves, and share it.
         var clients = Enumerable.Range(0, 8).Select(_ => gate.EnterAsync(id, forWrite: false).AsTask()).ToArray();
         Assert.All(await Task.WhenAll(clients).WaitAsync(T), Assert.True);
         Assert.Equal(1, runs);
+        Assert.Equal(0, firstRuns);
         Assert.False(gate.IsPending(id));
         for (int i = 0; i < clients.Length; i++)
             gate.Leave(id);
@@ -35,6 +43,45 @@ public sealed class ObjectGateTests
         Assert.True(gate.EnterAsync(new ObjectId(1, 2), forWrite: false).IsCompletedSuccessfully);
 #pragma warning restore CA2012
         gate.Leave(new ObjectId(1, 2));
+    }
+
+    [Fact]
+    public async Task Work_asked_for_while_it_runs_runs_again_before_a_reader_gets_in()
+    {
+        // A node taken out while the scrub compared an object: the object had new holders, and
+        // its queueing was swallowed by the running scrub, so the new holder's empty copy was read.
+        var gate = new ObjectGate();
+        var id = new ObjectId(3, 0);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var order = new List<string>();
+        Assert.True(gate.Queue(id, async _ =>
+        {
+            started.SetResult();
+            await release.Task;
+            lock (order)
+                order.Add("first");
+            return true;
+        }, urgentForReads: false));
+        var first = gate.RunAsync(id);
+        await started.Task.WaitAsync(T);
+
+        Assert.False(gate.Queue(id, _ =>
+        {
+            lock (order)
+                order.Add("again");
+            return Task.FromResult(true);
+        }, urgentForReads: true));
+        var reader = gate.EnterAsync(id, forWrite: false).AsTask();
+        await Task.Delay(50);
+        Assert.False(reader.IsCompleted); // running work holds every request off
+        release.SetResult();
+        Assert.True(await first.WaitAsync(T));
+        Assert.True(await reader.WaitAsync(T));
+        lock (order)
+            Assert.Equal(["first", "again"], order);
+        Assert.False(gate.IsPending(id));
+        gate.Leave(id);
     }
 
     [Fact]

@@ -407,8 +407,8 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
         public ValueTask<PeerResult> ZeroAsync(long epoch, long generation, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
             => Refuse(out var r) ? new(r) : inner.ZeroAsync(epoch, generation, id, offset, length, keepAllocated, fua);
 
-        public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
-            => Refuse(out var r) ? new(r) : inner.FillHolesAsync(epoch, generation, id, offset, data, zeroes);
+        public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, bool fromReserve = false)
+            => Refuse(out var r) ? new(r) : inner.FillHolesAsync(epoch, generation, id, offset, data, zeroes, fromReserve);
 
         public ValueTask<PeerResult> DeleteAsync(long epoch, long generation, ObjectId id)
             => Refuse(out var r) ? new(r) : inner.DeleteAsync(epoch, generation, id);

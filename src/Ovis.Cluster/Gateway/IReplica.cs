@@ -20,7 +20,7 @@ public interface IReplica : IAsyncDisposable
 
     ValueTask<PeerResult> ZeroAsync(long epoch, long generation, ObjectId id, long offset, long length, bool keepAllocated, bool fua);
 
-    ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes);
+    ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, bool fromReserve = false);
 
     ValueTask<PeerResult> DeleteAsync(long epoch, long generation, ObjectId id);
 

@@ -33,12 +33,12 @@ public sealed class LocalReplica(string nodeId, LocalStore store, FenceTable fen
             _ => RaiseThenAsync(new ZeroOp(offset, length, keepAllocated, fua), epoch, generation, id),
         };
 
-    public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
+    public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, bool fromReserve = false)
         => fences.TryEnter(id.Volume, generation) switch
         {
-            FenceVerdict.Admitted => Leave(store.FillHolesAsync(id, offset, data, zeroes), id.Volume, generation, epoch),
+            FenceVerdict.Admitted => Leave(store.FillHolesAsync(id, offset, data, zeroes, fromReserve), id.Volume, generation, epoch),
             FenceVerdict.Fenced => new(new PeerResult(PeerStatus.Fenced, epoch)),
-            _ => RaiseThenAsync(new FillOp(offset, data, zeroes), epoch, generation, id),
+            _ => RaiseThenAsync(new FillOp(offset, data, zeroes, fromReserve), epoch, generation, id),
         };
 
     public ValueTask<PeerResult> DeleteAsync(long epoch, long generation, ObjectId id)

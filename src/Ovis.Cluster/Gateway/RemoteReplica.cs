@@ -19,8 +19,8 @@ public sealed class RemoteReplica(string nodeId, PeerClient client) : IReplica
     public ValueTask<PeerResult> ZeroAsync(long epoch, long generation, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
         => client.ZeroAsync(epoch, generation, id, offset, length, keepAllocated, fua);
 
-    public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
-        => client.FillHolesAsync(epoch, generation, id, offset, data, zeroes);
+    public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, bool fromReserve = false)
+        => client.FillHolesAsync(epoch, generation, id, offset, data, zeroes, fromReserve);
 
     public ValueTask<PeerResult> DeleteAsync(long epoch, long generation, ObjectId id) => client.DeleteAsync(epoch, generation, id);
 

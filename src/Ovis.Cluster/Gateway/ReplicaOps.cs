@@ -21,9 +21,10 @@ internal readonly record struct ZeroOp(long Offset, long Length, bool KeepAlloca
     public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id) => replica.ZeroAsync(epoch, generation, id, Offset, Length, KeepAllocated, Fua);
 }
 
-internal readonly record struct FillOp(long Offset, ReadOnlyMemory<byte> Data, bool Zeroes) : IReplicaOp
+internal readonly record struct FillOp(long Offset, ReadOnlyMemory<byte> Data, bool Zeroes, bool FromReserve) : IReplicaOp
 {
-    public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id) => replica.FillHolesAsync(epoch, generation, id, Offset, Data, Zeroes);
+    public ValueTask<PeerResult> Send(IReplica replica, long epoch, long generation, ObjectId id)
+        => replica.FillHolesAsync(epoch, generation, id, Offset, Data, Zeroes, FromReserve);
 }
 
 internal readonly record struct DeleteOp : IReplicaOp

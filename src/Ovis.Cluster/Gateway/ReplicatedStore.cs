@@ -54,6 +54,9 @@ public sealed partial class ReplicatedStore : IObjectStore
 
     public IReadOnlyCollection<ObjectId> ListObjects() => _local.ListObjects();
 
+    /// <summary>This node holds a copy of every object only while every member does.</summary>
+    public bool ListsEveryObject => View is { Placement: { } placement } view && view.Copies >= placement.Nodes.Count;
+
     /// <summary>Installs a newer view (by catalog revision); an older one is ignored, as views may arrive out of order.</summary>
     public void Update(ClusterView view)
     {
@@ -106,7 +109,7 @@ public sealed partial class ReplicatedStore : IObjectStore
         try
         {
             return await underlay.ReadBlockAsync((int)block, buffer.AsMemory(0, bs)).ConfigureAwait(false)
-                ? await MutateAsync(id, new FillOp(block * bs, buffer.AsMemory(0, bs), Zeroes: false)).ConfigureAwait(false)
+                ? await MutateAsync(id, new FillOp(block * bs, buffer.AsMemory(0, bs), Zeroes: false, FromReserve: false)).ConfigureAwait(false)
                 : StoreStatus.IoError;
         }
         finally
@@ -115,8 +118,8 @@ public sealed partial class ReplicatedStore : IObjectStore
         }
     }
 
-    public ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes)
-        => MutateAsync(id, new FillOp(offset, data, zeroes));
+    public ValueTask<StoreStatus> FillHolesAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, bool fromReserve = false)
+        => MutateAsync(id, new FillOp(offset, data, zeroes, fromReserve));
 
     public ValueTask<StoreStatus> ZeroAsync(ObjectId id, long offset, long length, bool keepAllocated, bool fua)
         => MutateAsync(id, new ZeroOp(offset, length, keepAllocated, fua));
@@ -308,24 +311,31 @@ public sealed partial class ReplicatedStore : IObjectStore
     private static bool Readable(ClusterView view, int node) => view.Live[node] && !view.Stale[node];
 
     public ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer)
-        => Inside(id, new ReadOp(offset, buffer), static (store, id, op) => store.ReadInsideAsync(id, op.Offset, op.Buffer));
+        => Inside(id, new ReadOp(offset, buffer), static (store, view, id, op) => store.ReadInsideAsync(view, id, op.Offset, op.Buffer));
 
     public ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
-        => Inside(id, new AllocationOp(offset, states), static (store, id, op) => store.GetAllocationInsideAsync(id, op.Offset, op.States));
+        => Inside(id, new AllocationOp(offset, states), static (store, view, id, op) => store.GetAllocationInsideAsync(view, id, op.Offset, op.States));
 
-    /// <summary>Runs a read-side request inside the object's gate: after its recovery work, if any,
-    /// and never beside it. Synchronous all the way when nothing waits.</summary>
-    private ValueTask<StoreStatus> Inside<TOp>(ObjectId id, TOp op, Func<ReplicatedStore, ObjectId, TOp, ValueTask<StoreStatus>> request)
+    /// <summary>
+    /// Runs a read-side request inside the object's gate: after its recovery work, if any, and
+    /// never beside it. Synchronous all the way when nothing waits. The request uses the view
+    /// taken <em>before</em> it entered: a request that got in just before the gate shut for a
+    /// new placement must not read that placement, whose new holders may not have their copies
+    /// yet (their work is queued only after the view is in); one that took the new view waits at
+    /// the gate for that work.
+    /// </summary>
+    private ValueTask<StoreStatus> Inside<TOp>(ObjectId id, TOp op, Func<ReplicatedStore, ClusterView, ObjectId, TOp, ValueTask<StoreStatus>> request)
     {
+        ClusterView view = View;
         ValueTask<bool> entered = Gate.EnterAsync(id, forWrite: false);
         if (!entered.IsCompletedSuccessfully)
-            return InsideAsync(entered, id, op, request);
+            return InsideAsync(entered, view, id, op, request);
         if (!entered.Result)
             return new(StoreStatus.IoError);
         ValueTask<StoreStatus> pending;
         try
         {
-            pending = request(this, id, op);
+            pending = request(this, view, id, op);
         }
         catch
         {
@@ -340,14 +350,14 @@ public sealed partial class ReplicatedStore : IObjectStore
         return LeaveAfterAsync(pending, id);
     }
 
-    private async ValueTask<StoreStatus> InsideAsync<TOp>(ValueTask<bool> entered, ObjectId id, TOp op,
-        Func<ReplicatedStore, ObjectId, TOp, ValueTask<StoreStatus>> request)
+    private async ValueTask<StoreStatus> InsideAsync<TOp>(ValueTask<bool> entered, ClusterView view, ObjectId id, TOp op,
+        Func<ReplicatedStore, ClusterView, ObjectId, TOp, ValueTask<StoreStatus>> request)
     {
         if (!await entered.ConfigureAwait(false))
             return StoreStatus.IoError;
         try
         {
-            return await request(this, id, op).ConfigureAwait(false);
+            return await request(this, view, id, op).ConfigureAwait(false);
         }
         finally
         {
@@ -367,43 +377,39 @@ public sealed partial class ReplicatedStore : IObjectStore
         }
     }
 
-    private ValueTask<StoreStatus> ReadInsideAsync(ObjectId id, long offset, Memory<byte> buffer)
+    private ValueTask<StoreStatus> ReadInsideAsync(ClusterView view, ObjectId id, long offset, Memory<byte> buffer)
     {
         // The common case, a local copy that is current, costs no more than the local store.
-        ClusterView view = View;
         if (view.Holds(view.LocalIndex, id) && Readable(view, view.LocalIndex))
         {
             ValueTask<StoreStatus> local = _local.ReadAsync(id, offset, buffer);
             if (!local.IsCompletedSuccessfully)
-                return ReadLocalThenCopiesAsync(local, id, offset, buffer);
+                return ReadLocalThenCopiesAsync(local, view, id, offset, buffer);
             if (local.Result == StoreStatus.Ok)
                 return local;
         }
-        return ReadFromCopiesAsync(id, offset, buffer);
+        return ReadFromCopiesAsync(view, id, offset, buffer);
     }
 
-    private async ValueTask<StoreStatus> ReadLocalThenCopiesAsync(ValueTask<StoreStatus> local, ObjectId id, long offset, Memory<byte> buffer)
+    private async ValueTask<StoreStatus> ReadLocalThenCopiesAsync(ValueTask<StoreStatus> local, ClusterView view, ObjectId id, long offset, Memory<byte> buffer)
         => await local.ConfigureAwait(false) == StoreStatus.Ok
             ? StoreStatus.Ok
-            : await ReadFromCopiesAsync(id, offset, buffer).ConfigureAwait(false);
+            : await ReadFromCopiesAsync(view, id, offset, buffer).ConfigureAwait(false);
 
-    private ValueTask<StoreStatus> ReadFromCopiesAsync(ObjectId id, long offset, Memory<byte> buffer)
-        => FromOneCopyAsync(id, new ReadOp(offset, buffer));
+    private ValueTask<StoreStatus> ReadFromCopiesAsync(ClusterView view, ObjectId id, long offset, Memory<byte> buffer)
+        => FromOneCopyAsync(view, id, new ReadOp(offset, buffer));
 
-    private ValueTask<StoreStatus> GetAllocationInsideAsync(ObjectId id, long offset, Memory<BlockState> states)
-    {
-        ClusterView view = View;
-        return view.Holds(view.LocalIndex, id) && Readable(view, view.LocalIndex)
+    private ValueTask<StoreStatus> GetAllocationInsideAsync(ClusterView view, ObjectId id, long offset, Memory<BlockState> states)
+        => view.Holds(view.LocalIndex, id) && Readable(view, view.LocalIndex)
             ? _local.GetAllocationAsync(id, offset, states)
-            : FromOneCopyAsync(id, new AllocationOp(offset, states));
-    }
+            : FromOneCopyAsync(view, id, new AllocationOp(offset, states));
 
-    /// <summary>Asks the copies that may be read, best first, until one answers.</summary>
-    private async ValueTask<StoreStatus> FromOneCopyAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
+    /// <summary>Asks the copies that may be read in <paramref name="view"/>, best first, until one
+    /// answers; after a refresh (a copy is in a newer epoch), those of the view then.</summary>
+    private async ValueTask<StoreStatus> FromOneCopyAsync<TOp>(ClusterView view, ObjectId id, TOp op) where TOp : struct, IReplicaOp
     {
-        for (int attempt = 1; ; attempt++)
+        for (int attempt = 1; ; attempt++, view = View)
         {
-            ClusterView view = View;
             if (view.Placement is null)
                 return StoreStatus.IoError;
             long newest = view.Epoch;

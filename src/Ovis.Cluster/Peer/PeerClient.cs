@@ -29,6 +29,14 @@ public sealed class PeerClient : IAsyncDisposable
     private readonly CancellationTokenSource _disposing = new();
     private readonly Timer? _heartbeat;
     private readonly long _timeoutMs;
+    // A dead peer refuses every connect at once, and each write tries again: one line per interval.
+    private readonly LogThrottle<FailedConnect> _connectFailedLog = new(TimeSpan.FromSeconds(5), static (f, count) =>
+    {
+        if (count == 1)
+            PeerLog.ConnectFailed(f.Logger, f.Peer, f.Error);
+        else
+            PeerLog.ConnectsFailed(f.Logger, f.Peer, count, f.Error.Message);
+    });
 
     // Guarded by _lock for writes; read without it on the fast path.
     private volatile PeerClientConnection? _connection;
@@ -99,12 +107,14 @@ public sealed class PeerClient : IAsyncDisposable
     /// With <paramref name="zeroes"/> the holes become allocated zeroes, the content of
     /// <paramref name="data"/> is not sent and only its length counts.
     /// </summary>
-    public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, CancellationToken cancellationToken = default)
+    public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes,
+        bool fromReserve = false, CancellationToken cancellationToken = default)
     {
         CheckRange(epoch, offset, data.Length);
+        PeerRequestFlags reserve = fromReserve ? PeerRequestFlags.FromReserve : PeerRequestFlags.None;
         PeerRequest request = zeroes
-            ? new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.Zeroes, epoch, id.Packed, offset, (uint)data.Length, generation)
-            : new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.None, epoch, id.Packed, offset, (uint)data.Length, generation) { Payload = data };
+            ? new PeerRequest(PeerOpcode.FillHoles, PeerRequestFlags.Zeroes | reserve, epoch, id.Packed, offset, (uint)data.Length, generation)
+            : new PeerRequest(PeerOpcode.FillHoles, reserve, epoch, id.Packed, offset, (uint)data.Length, generation) { Payload = data };
         return SendAsync(request, cancellationToken);
     }
 
@@ -250,7 +260,7 @@ public sealed class PeerClient : IAsyncDisposable
             // Refused, timed out, an unresolvable name, disposal: for the callers all the same.
             if (!_silent)
             {
-                PeerLog.ConnectFailed(_logger, Peer, ex);
+                _connectFailedLog.Record(new FailedConnect(_logger, Peer, ex));
             }
             if (ex is OperationCanceledException && !_disposing.IsCancellationRequested)
             {
@@ -350,4 +360,6 @@ public sealed class PeerClient : IAsyncDisposable
 
         _disposing.Dispose();
     }
+
+    private sealed record FailedConnect(ILogger Logger, EndPoint Peer, Exception Error);
 }

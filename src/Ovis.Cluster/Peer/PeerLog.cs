@@ -32,6 +32,9 @@ internal static partial class PeerLog
     [LoggerMessage(EventId = 111, Level = LogLevel.Information, Message = "Cannot connect to peer {Peer}")]
     public static partial void ConnectFailed(ILogger logger, EndPoint peer, Exception exception);
 
+    [LoggerMessage(EventId = 114, Level = LogLevel.Information, Message = "Cannot connect to peer {Peer}: {Count} more attempts failed ({Reason})")]
+    public static partial void ConnectsFailed(ILogger logger, EndPoint peer, long count, string reason);
+
     [LoggerMessage(EventId = 112, Level = LogLevel.Information, Message = "Connection to peer {Peer} lost; {Pending} requests failed")]
     public static partial void ConnectionLost(ILogger logger, EndPoint peer, int pending, Exception? exception);
 

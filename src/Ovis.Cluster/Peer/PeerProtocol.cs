@@ -216,6 +216,9 @@ public enum PeerRequestFlags : ushort
 
     /// <summary>BLOCKSUMS: read the data blocks and check them against their checksums.</summary>
     Verify = 1 << 3,
+
+    /// <summary>FILL_HOLES: may go past the full ratio (a snapshot merge, which frees what it copies).</summary>
+    FromReserve = 1 << 4,
 }
 
 /// <summary>

@@ -208,7 +208,8 @@ internal sealed partial class PeerServerConnection
 
             case PeerOpcode.FillHoles:
                 bool zeroes = (request.Flags & PeerRequestFlags.Zeroes) != 0;
-                return _store.FillHolesAsync(id, offset, zeroes ? PeerServer.Zeroes(length) : operation.Buffer.AsMemory(0, length), zeroes);
+                return _store.FillHolesAsync(id, offset, zeroes ? PeerServer.Zeroes(length) : operation.Buffer.AsMemory(0, length), zeroes,
+                    fromReserve: (request.Flags & PeerRequestFlags.FromReserve) != 0);
 
             case PeerOpcode.Delete:
                 return _store.DeleteAsync(id);

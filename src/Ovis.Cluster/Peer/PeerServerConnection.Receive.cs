@@ -226,7 +226,7 @@ internal sealed partial class PeerServerConnection
                     : PeerStatus.Invalid;
 
             case PeerOpcode.FillHoles:
-                return (request.Flags & ~PeerRequestFlags.Zeroes) == 0
+                return (request.Flags & ~(PeerRequestFlags.Zeroes | PeerRequestFlags.FromReserve)) == 0
                     && request.Length <= PeerProtocol.MaxPayloadLength
                     && request.Offset % (ulong)_blockSize == 0
                     && request.Length % (uint)_blockSize == 0

@@ -103,17 +103,25 @@ public sealed class ObjectGate
 
     public void Leave(ObjectId id) => Interlocked.Decrement(ref _inside[StripeOf(id)]);
 
-    /// <summary>Queues <paramref name="work"/> for <paramref name="id"/> unless work is queued for it
-    /// already; it runs when a client touches the object or <see cref="RunAsync"/> is called.</summary>
+    /// <summary>
+    /// Queues <paramref name="work"/> for <paramref name="id"/> unless work is queued for it
+    /// already; it runs when a client touches the object or <see cref="RunAsync"/> is called.
+    /// Work that is running already began before whatever asks again (a new placement, say) and
+    /// may not cover it: the object is queued again for when it is done.
+    /// </summary>
     /// <param name="urgentForReads">A read of the object must wait for the work (a copy reads may use is not right yet).</param>
+    /// <returns>Whether the object was not pending before.</returns>
     public bool Queue(ObjectId id, Func<ObjectId, Task<bool>> work, bool urgentForReads)
     {
-        if (_pending.TryAdd(id, new PendingObject(id, work, urgentForReads)))
-            return true;
-        // Already queued: urgency only ever grows.
-        if (urgentForReads && _pending.TryGetValue(id, out PendingObject? queued))
-            queued.UrgentForReads = true;
-        return false;
+        while (true)
+        {
+            if (_pending.TryAdd(id, new PendingObject(id, work, urgentForReads)))
+                return true;
+            if (_pending.TryGetValue(id, out PendingObject? queued) && queued.Merge(work, urgentForReads))
+                return false;
+            // That work has just finished and is leaving the set: look again.
+            Thread.Yield();
+        }
     }
 
     /// <summary>Runs the queued work of <paramref name="id"/> now (once, however many callers);
@@ -191,6 +199,11 @@ public sealed class ObjectGate
     private sealed class PendingObject(ObjectId id, Func<ObjectId, Task<bool>> work, bool urgentForReads)
     {
         private volatile bool _urgentForReads = urgentForReads;
+        private Func<ObjectId, Task<bool>> _work = work;
+        // Asked for again while running, to run once more when done (seen lost: a node taken out
+        // while the scrub compared an object; the object's new holder never got its copy).
+        private (Func<ObjectId, Task<bool>> Work, bool Urgent)? _again;
+        private bool _finished;
 
         public volatile bool Touched;
 
@@ -222,6 +235,29 @@ public sealed class ObjectGate
                 return _running ??= RunOnceAsync(gate);
         }
 
+        /// <summary>Takes another request for work on the object: the newest work is the one to run
+        /// (its recovery may have replaced the one that queued this), urgency only ever grows, and
+        /// running work runs again after. False when this work is done and about to leave the set.</summary>
+        public bool Merge(Func<ObjectId, Task<bool>> next, bool urgent)
+        {
+            lock (_lock)
+            {
+                if (_finished)
+                    return false;
+                if (_running is null)
+                {
+                    _work = next;
+                    if (urgent)
+                        UrgentForReads = true;
+                }
+                else
+                {
+                    _again = (next, urgent || (_again?.Urgent ?? false));
+                }
+                return true;
+            }
+        }
+
         private async Task<bool> RunOnceAsync(ObjectGate gate)
         {
             bool ok = false;
@@ -229,7 +265,7 @@ public sealed class ObjectGate
             try
             {
                 await gate.WaitForClientsAsync(id).ConfigureAwait(false);
-                ok = await work(id).ConfigureAwait(false);
+                ok = await _work(id).ConfigureAwait(false);
                 return ok;
             }
             catch (OperationCanceledException)
@@ -247,11 +283,21 @@ public sealed class ObjectGate
             }
             finally
             {
-                // Failed work stays queued, with a fresh start for whoever tries next.
-                if (ok || cancelled)
+                // Work asked for again meanwhile runs next; failed work stays queued, with a fresh
+                // start for whoever tries next.
+                PendingObject? next;
+                lock (_lock)
+                {
+                    _finished = true;
+                    bool failed = !ok && !cancelled;
+                    next = _again is { } again
+                        ? new PendingObject(id, again.Work, again.Urgent || (failed && UrgentForReads))
+                        : failed ? new PendingObject(id, _work, UrgentForReads) : null;
+                }
+                if (next is null)
                     gate._pending.TryRemove(new KeyValuePair<ObjectId, PendingObject>(id, this));
                 else
-                    gate._pending.TryUpdate(id, new PendingObject(id, work, UrgentForReads), this);
+                    gate._pending.TryUpdate(id, next, this);
             }
         }
     }

@@ -332,6 +332,9 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
 
     private async Task<bool> WorkAsync(ObjectId id, ReconcileReason reason)
     {
+        // Work of a recovery that stopped (its lock lost or its volume closed) does nothing: the
+        // gate drops it, and whoever recovers the volume next has queued what it needs.
+        _stopping.ThrowIfCancellationRequested();
         long objectSize = _layout()?.ObjectSize ?? 0;
         if (objectSize == 0)
             return true; // the volume is gone

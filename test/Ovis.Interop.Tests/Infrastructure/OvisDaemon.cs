@@ -444,13 +444,22 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
     /// <summary>A bounded, thread-safe tail of log lines.</summary>
     private sealed class LogBuffer(int capacity)
     {
+        // OVIS_TEST_LOG_DIR=dir keeps every line of every daemon, one file each, for a failure
+        // whose cause scrolled out of the tail.
+        private static readonly string? KeepDirectory = Environment.GetEnvironmentVariable("OVIS_TEST_LOG_DIR") is { Length: > 0 } d ? d : null;
         private readonly Queue<string> _lines = new();
+        private readonly string? _file = KeepDirectory is null ? null : Path.Combine(KeepDirectory, $"daemon-{Guid.NewGuid():N}.log");
         private int _dropped;
 
         public void Add(string line)
         {
             lock (_lines)
             {
+                if (_file is not null)
+                {
+                    Directory.CreateDirectory(KeepDirectory!);
+                    File.AppendAllText(_file, line + "\n");
+                }
                 _lines.Enqueue(line);
                 while (_lines.Count > capacity)
                 {
