@@ -132,6 +132,23 @@ public sealed class AdminClient : IDisposable
     public Task<CheckReport> CheckVolumeAsync(string name, bool repair, CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Post, VolumePath(name) + (repair ? "/check?repair=true" : "/check"), null, AdminJsonContext.Default.CheckReport, cancellationToken);
 
+    public Task<List<BitmapInfo>> ListBitmapsAsync(string volume, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, VolumePath(volume) + "/bitmaps", null, AdminJsonContext.Default.ListBitmapInfo, cancellationToken);
+
+    public Task<BitmapInfo> AddBitmapAsync(string volume, AddBitmapRequest request, CancellationToken cancellationToken)
+        => SendAsync(
+            HttpMethod.Post,
+            VolumePath(volume) + "/bitmaps",
+            JsonContent.Create(request, AdminJsonContext.Default.AddBitmapRequest),
+            AdminJsonContext.Default.BitmapInfo,
+            cancellationToken);
+
+    public Task RemoveBitmapAsync(string volume, string bitmap, CancellationToken cancellationToken)
+        => SendAsync<object>(HttpMethod.Delete, VolumePath(volume) + "/bitmaps/" + Uri.EscapeDataString(bitmap), null, null, cancellationToken);
+
+    public Task<BitmapInfo> ClearBitmapAsync(string volume, string bitmap, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, VolumePath(volume) + "/bitmaps/" + Uri.EscapeDataString(bitmap) + "/clear", null, AdminJsonContext.Default.BitmapInfo, cancellationToken);
+
     public Task<ClusterInfo> GetClusterAsync(CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/cluster", null, AdminJsonContext.Default.ClusterInfo, cancellationToken);
 

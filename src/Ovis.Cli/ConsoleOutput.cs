@@ -62,6 +62,29 @@ internal sealed class ConsoleOutput(TextWriter writer)
         _console.Write(table);
     }
 
+    public void Bitmaps(string volume, IReadOnlyList<BitmapInfo> bitmaps)
+    {
+        if (bitmaps.Count == 0)
+        {
+            Line($"no bitmaps on '{volume}'");
+            return;
+        }
+
+        var table = new Table().Border(TableBorder.None);
+        table.AddColumn(Column("NAME"));
+        table.AddColumn(Column("GRANULARITY").RightAligned());
+        table.AddColumn(Column("DIRTY").RightAligned());
+        table.AddColumn(Column("BACKUP"));
+        table.AddColumn(Column("CREATED"));
+        foreach (var b in bitmaps)
+        {
+            table.AddRow(new Text(b.Name), new Text(Sizes.Format(b.Granularity)), new Text(Sizes.Format(b.DirtyBytes)),
+                new Text(b.BackupPending ? "pending" : "-"), new Text(Time(b.Created)));
+        }
+
+        _console.Write(table);
+    }
+
     /// <summary>
     /// The trees of <paramref name="roots"/>: every layer under the one it inherits from, with its
     /// kind, size and the space only it uses; live volumes also with their connections.

@@ -25,6 +25,7 @@ internal static class VdiCommand
         vdi.Subcommands.Add(RollbackCommand(client));
         vdi.Subcommands.Add(FlattenCommand(client));
         vdi.Subcommands.Add(TreeCommand(client));
+        vdi.Subcommands.Add(VdiBitmapCommand.Create(client));
         return vdi;
     }
 

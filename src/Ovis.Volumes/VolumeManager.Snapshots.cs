@@ -135,6 +135,13 @@ public sealed partial class VolumeManager
                 // is no longer named and its objects go.
                 VolumeRecord top = v.Record;
                 VolumeRecord live = top with { Id = state.NextId, ParentId = target.Record.Id, Size = target.Record.Size };
+                // Everything may read differently now (no client is connected, so no write races this).
+                foreach (DirtyBitmap bitmap in v.Bitmaps)
+                {
+                    bitmap.Grow(live.Size);
+                }
+                MarkAll(v, 0, Math.Max(top.Size, live.Size));
+                SaveBitmapsOf(v);
                 return ([.. state.Volumes.Select(r => r.Id == top.Id ? live : r)], top);
             }).ConfigureAwait(false);
             await DeleteObjectsAsync(old.Id).ConfigureAwait(false);
@@ -189,6 +196,10 @@ public sealed partial class VolumeManager
             }).ConfigureAwait(false);
             if (merge is null)
             {
+                if (!deleted.IsSnapshot)
+                {
+                    DeleteBitmapsOf(deleted.Name);
+                }
                 await DeleteObjectsAsync(deleted.Id).ConfigureAwait(false);
                 return;
             }

@@ -30,6 +30,7 @@ public static partial class AdminApi
         api.MapPost("/volumes/{name}/rollback", RollbackVolumeAsync);
         api.MapPost("/volumes/{name}/flatten", FlattenVolumeAsync);
         api.MapGet("/jobs/{id}", GetJob);
+        MapBitmaps(api);
 
         MapCluster(api);
         MapRecovery(api);

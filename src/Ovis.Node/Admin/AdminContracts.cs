@@ -157,6 +157,9 @@ public sealed record RecoveryStatus(
 /// <summary>Body of every 4xx and 5xx answer: one line meant for an operator.</summary>
 public sealed record ErrorBody(string Error);
 
+/// <summary>Body of <c>POST /api/v1/volumes/{name}/bitmaps</c>.</summary>
+public sealed record AddBitmapRequest(string Name, long? Granularity = null);
+
 /// <summary>Answer of <c>GET /healthz</c>.</summary>
 public sealed record HealthStatus(string Status);
 
@@ -181,6 +184,10 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(CheckReport))]
 [JsonSerializable(typeof(List<CheckReport>))]
 [JsonSerializable(typeof(RecoveryStatus))]
+[JsonSerializable(typeof(AddBitmapRequest))]
+[JsonSerializable(typeof(BitmapInfo))]
+[JsonSerializable(typeof(IReadOnlyList<BitmapInfo>))]
+[JsonSerializable(typeof(List<BitmapInfo>))]
 public sealed partial class AdminJsonContext : JsonSerializerContext
 {
     /// <summary>

@@ -14,6 +14,7 @@ internal static class AdminRequestReader
     private static readonly string[] ResizeFields = ["size", "allowShrink"];
     private static readonly string[] TagFields = ["tag"];
     private static readonly string[] CloneFields = ["name"];
+    private static readonly string[] BitmapFields = ["name", "granularity"];
 
     public static async Task<CreateVolumeRequest> ReadCreateVolumeAsync(HttpRequest request, CancellationToken cancellationToken)
     {
@@ -50,6 +51,13 @@ internal static class AdminRequestReader
     {
         using var document = await ParseAsync(request, """{"tag": "v1"}""", cancellationToken);
         return new RollbackRequest(RequiredString(Fields(document.RootElement, TagFields), "tag"));
+    }
+
+    public static async Task<AddBitmapRequest> ReadAddBitmapAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"name": "nightly"}""", cancellationToken);
+        var body = Fields(document.RootElement, BitmapFields);
+        return new AddBitmapRequest(RequiredString(body, "name"), OptionalInt64(body, "granularity"));
     }
 
     private static async Task<JsonDocument> ParseAsync(HttpRequest request, string example, CancellationToken cancellationToken)
