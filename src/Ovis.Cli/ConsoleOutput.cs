@@ -127,6 +127,19 @@ internal sealed class ConsoleOutput(TextWriter writer)
         }
     }
 
+    /// <summary>Runs <paramref name="work"/> under a progress bar of bytes, with the rate and the time left.</summary>
+    public Task<T> BytesProgressAsync<T>(string description, Func<IProgress<(long Done, long Total)>, Task<T>> work)
+        => _console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+            .StartAsync(async context =>
+            {
+                var task = context.AddTask(Markup.Escape(description), maxValue: 1);
+                var result = await work(new BytesReporter(task));
+                task.Value = task.MaxValue;
+                return result;
+            });
+
     /// <summary>Runs <paramref name="work"/> under a progress bar fed with fractions from 0 to 1.</summary>
     public Task<T> ProgressAsync<T>(string description, Func<IProgress<double>, Task<T>> work)
         => _console.Progress()
@@ -323,6 +336,16 @@ internal sealed class ConsoleOutput(TextWriter writer)
             task.MaxValue = Math.Max(1, value.Total);
             task.Value = value.Total == 0 ? task.MaxValue : Math.Min(value.Done, value.Total);
             task.Description = Markup.Escape($"{description}: {Count(value.Done)} of {Count(value.Total)} {unit}");
+        }
+    }
+
+    /// <summary>Reports bytes into a Spectre task: its maximum follows the total, so Spectre works out the rate.</summary>
+    private sealed class BytesReporter(ProgressTask task) : IProgress<(long Done, long Total)>
+    {
+        public void Report((long Done, long Total) value)
+        {
+            task.MaxValue = Math.Max(1, value.Total);
+            task.Value = Math.Max(task.Value, Math.Min(value.Done, task.MaxValue));
         }
     }
 
