@@ -97,6 +97,8 @@ public sealed record BackupManifest(string Volume, string Snapshot, string Kind,
     public IReadOnlyList<long[]> Extents { get; init; } = [];
     public long TotalBytes { get; init; }
     public long ConfirmedBytes { get; init; }
+    /// <summary>For a resumed backup: the bytes confirmed before it resumed, which it did not copy again.</summary>
+    public long? ResumedFrom { get; init; }
     public bool Complete { get; init; }
     public DateTimeOffset? Finished { get; init; }
 }

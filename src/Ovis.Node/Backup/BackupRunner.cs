@@ -18,7 +18,10 @@ namespace Ovis.Node.Backup;
 internal sealed class BackupRunner(VolumeManager volumes, string dataDirectory)
 {
     private const int Chunk = 1 << 20;
-    private const long ConfirmEvery = 32L << 20;
+    // Each confirmation costs a target flush and a manifest sync; what is not confirmed when a
+    // target dies is copied again on resume, so at most this much (or 2 s of copying) is.
+    private const long ConfirmEvery = 8L << 20;
+    private static readonly TimeSpan ConfirmInterval = TimeSpan.FromSeconds(2);
 
     /// <summary>Checks what can be checked at once (so the request is refused rather than a job failing), then returns the work.</summary>
     public Func<JobContext, Task<JobOutcome>> Prepare(string volume, BackupRequest request)
@@ -65,7 +68,7 @@ internal sealed class BackupRunner(VolumeManager volumes, string dataDirectory)
         if (resumed is not null)
         {
             await volumes.ResumeBackupAsync(volume, resumed.Snapshot, resumed.Bitmap).ConfigureAwait(false);
-            manifest = resumed;
+            manifest = resumed with { ResumedFrom = resumed.ConfirmedBytes };
             point = new BackupPoint(volume, resumed.Snapshot, resumed.Size, resumed.Bitmap, resumed.Granularity, null);
         }
         else
@@ -131,6 +134,7 @@ internal sealed class BackupRunner(VolumeManager volumes, string dataDirectory)
         long position = 0; // bytes of the extent list before the current chunk
         long confirmed = manifest.ConfirmedBytes;
         long sinceConfirm = 0;
+        long lastConfirm = System.Diagnostics.Stopwatch.GetTimestamp();
         foreach (long[] extent in manifest.Extents)
         {
             long offset = extent[0];
@@ -164,10 +168,11 @@ internal sealed class BackupRunner(VolumeManager volumes, string dataDirectory)
                 offset += n;
                 sinceConfirm += n;
                 job.ReportBytes(position, manifest.TotalBytes);
-                if (sinceConfirm >= ConfirmEvery)
+                if (sinceConfirm >= ConfirmEvery || System.Diagnostics.Stopwatch.GetElapsedTime(lastConfirm) >= ConfirmInterval)
                 {
                     manifest = await ConfirmAsync(job, target, manifest, manifestPath, position, ct).ConfigureAwait(false);
                     sinceConfirm = 0;
+                    lastConfirm = System.Diagnostics.Stopwatch.GetTimestamp();
                 }
             }
         }
