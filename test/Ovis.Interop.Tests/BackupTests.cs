@@ -209,7 +209,8 @@ public sealed class BackupTests(ITestOutputHelper output) : InteropTest(null, ou
     private async Task<Process> StartNbdkitAsync(int port, string file, string rateBits)
     {
         var psi = new ProcessStartInfo("nbdkit", ["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            "--filter=rate", "file", file, $"rate={rateBits}"]) { UseShellExecute = false, RedirectStandardError = true };
+            "--filter=rate", "file", file, $"rate={rateBits}"])
+        { UseShellExecute = false, RedirectStandardError = true };
         var p = Process.Start(psi)!;
         p.ErrorDataReceived += (_, e) => { if (e.Data is not null) Log("[nbdkit] " + e.Data); };
         p.BeginErrorReadLine();
