@@ -155,6 +155,45 @@ public sealed class BackupTests(ITestOutputHelper output) : InteropTest(null, ou
         Assert.True(compare.ExitCode == 1 && compare.Stdout.Contains("mismatch", StringComparison.OrdinalIgnoreCase), compare.Describe());
     }
 
+    /// <summary>
+    /// Overwrites at block, granule and object edges once the backup's instant has passed (its
+    /// manifest exists) and while it copies at 4 MB/s, as QEMU's image-fleecing iotest does: the
+    /// backup holds the old data, the guest reads the new.
+    /// </summary>
+    [Fact]
+    public async Task Overwrites_at_block_and_object_edges_during_a_backup_leave_the_old_data_in_the_backup()
+    {
+        await using var daemon = await OvisDaemon.StartNewAsync();
+        Daemon = daemon;
+        var vol = await CreateVolume("bk-edges", "32M", "1M");
+        var uri = daemon.NbdUri(vol);
+        await QemuIo(uri, "write -P 0x11 0 32M");
+        var dir = ScratchDirectory();
+        var before = Path.Combine(dir, "before.raw");
+        await RunOk("qemu-img", ["convert", "-f", "raw", "-O", "raw", uri, before]);
+
+        var dest = Path.Combine(dir, "backup.raw");
+        var backup = Cli("vdi", "backup", vol, dest, "--rate", "4M");
+        await Eventually(() => Task.FromResult(File.Exists(dest + ".json")), TimeSpan.FromSeconds(60), "the backup's manifest (its snapshot is taken)");
+        string[] overwrites =
+        [
+            "write -P 0x22 0 512",                 // part of the first block
+            "write -P 0x23 1048064 1024",          // across the first object edge, partial blocks
+            "write -P 0x24 4190208 8192",          // across an object edge, whole blocks
+            "write -P 0x25 31M 1M",                // the last object, whole
+            "write -z 12M 64k",
+            "discard 16M 1M",
+        ];
+        await QemuIo(uri, overwrites);
+        var r = await backup;
+        Assert.True(r.Succeeded, r.Describe());
+
+        var compare = await RunOk("qemu-img", ["compare", "-f", "raw", "-F", "raw", dest, before]);
+        Assert.Contains("identical", compare.Stdout, StringComparison.OrdinalIgnoreCase);
+        await QemuIo(uri, "read -P 0x22 0 512", "read -P 0x11 512 1047552", "read -P 0x23 1048064 1024",
+            "read -P 0x24 4190208 8192", "read -P 0x25 31M 1M", "read -P 0 12M 64k", "read -P 0 16M 1M", "read -P 0x11 17M 1M");
+    }
+
     [Fact]
     public async Task Bad_backup_requests_get_one_line_and_a_non_zero_exit()
     {
