@@ -80,6 +80,21 @@ public sealed class BitmapTests(ITestOutputHelper output) : InteropTest(null, ou
             "print(out)\n", uri]);
         Assert.Equal("[['qemu:dirty-bitmap:b1', 'qemu:dirty-bitmap:b2'], ['qemu:dirty-bitmap:b1', 'qemu:dirty-bitmap:b2'], [], ['qemu:dirty-bitmap:b2']]", listed.Stdout.Trim());
 
+        // Both contexts selected on one connection: one BLOCK_STATUS answers each (a chunk per context).
+        var both = await RunOk("/usr/bin/python3", ["-c",
+            "import nbd, sys\n" +
+            "h = nbd.NBD()\n" +
+            "h.add_meta_context('base:allocation')\n" +
+            "h.add_meta_context('qemu:dirty-bitmap:b1')\n" +
+            "h.connect_uri(sys.argv[1])\n" +
+            "seen = {}\n" +
+            "def cb(ctx, offset, entries, err):\n" +
+            "    seen[ctx] = entries[:4]\n" +
+            "    return 0\n" +
+            "h.block_status(2 * 1024 * 1024, 0, cb)\n" +
+            "print(sorted(seen.keys()), seen['qemu:dirty-bitmap:b1'])\n", uri]);
+        Assert.Equal($"['base:allocation', 'qemu:dirty-bitmap:b1'] [{64 * KiB}, 1, {960 * KiB}, 0]", both.Stdout.Trim());
+
         var list = await CliJson("vdi", "bitmap", "list", vol);
         Assert.Equal(["b1", "b2"], list.EnumerateArray().Select(b => b.GetProperty("name").GetString()));
         Assert.Equal(expected.Sum(e => e[1]), list[0].GetProperty("dirtyBytes").GetInt64());
