@@ -155,6 +155,50 @@ public sealed class BackupTests(ITestOutputHelper output) : InteropTest(null, ou
         Assert.True(compare.ExitCode == 1 && compare.Stdout.Contains("mismatch", StringComparison.OrdinalIgnoreCase), compare.Describe());
     }
 
+    /// <summary>A target that stops reading (SIGSTOP): the guest goes on, a cancel stops the backup resumable, and it completes once the target is back.</summary>
+    [Fact]
+    public async Task A_backup_whose_target_hangs_can_be_cancelled_and_resumed_while_the_guest_goes_on()
+    {
+        await using var daemon = await OvisDaemon.StartNewAsync();
+        Daemon = daemon;
+        var vol = await CreateVolume("bk-hang", "32M");
+        await QemuIo(daemon.NbdUri(vol), "write -P 0x55 0 32M");
+        var target = Path.Combine(ScratchDirectory(), "target.raw");
+        await using (var f = File.Create(target))
+        {
+            f.SetLength(32L * MiB);
+        }
+
+        int port = FreePort();
+        var dest = $"nbd://127.0.0.1:{port}/";
+        var nbdkit = await StartNbdkitAsync(port, target, "24M");
+        try
+        {
+            var backup = Cli("vdi", "backup", vol, dest, "--keep-snapshot");
+            await Eventually(async () => ConfirmedBytes(await CliJson("vdi", "jobs")) > 0, TimeSpan.FromSeconds(60), "the target confirmed part of the backup");
+            await RunOk("kill", ["-STOP", nbdkit.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+
+            await QemuIo(daemon.NbdUri(vol), "write -P 0x66 2M 1M", "flush", "read -P 0x66 2M 1M");
+
+            var jobs = await CliJson("vdi", "jobs");
+            var id = jobs.EnumerateArray().First(j => j.GetProperty("kind").GetString() == "backup" && j.GetProperty("state").GetString() == "running").GetProperty("id").GetString()!;
+            await CliJson("vdi", "jobs", "--cancel", id);
+            var cancelled = await backup;
+            Assert.Equal(1, cancelled.ExitCode);
+            Assert.Contains("cancelled", cancelled.Stderr, StringComparison.Ordinal);
+            Assert.Contains("--resume", cancelled.Stderr, StringComparison.Ordinal);
+
+            await RunOk("kill", ["-CONT", nbdkit.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+            var done = await JobJson("vdi", "backup", vol, dest, "--resume", "--keep-snapshot");
+            await JobJson("vdi", "backup", "verify", done.GetProperty("backup").GetProperty("snapshot").GetString()!, dest);
+        }
+        finally
+        {
+            nbdkit.Kill(entireProcessTree: true);
+            await nbdkit.WaitForExitAsync();
+        }
+    }
+
     /// <summary>
     /// Overwrites at block, granule and object edges once the backup's instant has passed (its
     /// manifest exists) and while it copies at 4 MB/s, as QEMU's image-fleecing iotest does: the
