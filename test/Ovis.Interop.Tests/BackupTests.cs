@@ -155,6 +155,37 @@ public sealed class BackupTests(ITestOutputHelper output) : InteropTest(null, ou
         Assert.True(compare.ExitCode == 1 && compare.Stdout.Contains("mismatch", StringComparison.OrdinalIgnoreCase), compare.Describe());
     }
 
+    /// <summary>The node stopped mid-backup: the backup stops resumable and, after the restart, resumes and verifies.</summary>
+    [Fact]
+    public async Task A_backup_interrupted_by_a_node_restart_resumes_after_it()
+    {
+        await using var daemon = await OvisDaemon.StartNewAsync();
+        Daemon = daemon;
+        var vol = await CreateVolume("bk-restart", "32M");
+        // A bitmap with changes: the backup freezes them, and they must stay frozen across the restart.
+        await CliJson("vdi", "bitmap", "add", vol, "nightly");
+        await QemuIo(daemon.NbdUri(vol), "write -P 0x77 0 32M");
+        var dest = Path.Combine(ScratchDirectory(), "backup.raw");
+        var backup = Cli("vdi", "backup", vol, dest, "--bitmap", "nightly", "--keep-snapshot", "--rate", "3M");
+        await Eventually(async () => ConfirmedBytes(await CliJson("vdi", "jobs")) > 0, TimeSpan.FromSeconds(60), "part of the backup confirmed");
+        Assert.Equal(0, await daemon.StopAsync());
+        Assert.NotEqual(0, (await backup).ExitCode);
+
+        await daemon.StartAsync();
+        using (var doc = JsonDocument.Parse(await File.ReadAllTextAsync(dest + ".json")))
+        {
+            Assert.False(doc.RootElement.GetProperty("complete").GetBoolean());
+        }
+        var bitmaps = await CliJson("vdi", "bitmap", "list", vol);
+        Assert.True(bitmaps[0].GetProperty("backupPending").GetBoolean(), bitmaps.ToString());
+
+        var done = await JobJson("vdi", "backup", vol, dest, "--resume", "--keep-snapshot");
+        Assert.True(done.GetProperty("backup").GetProperty("resumedFrom").GetInt64() > 0);
+        await JobJson("vdi", "backup", "verify", done.GetProperty("backup").GetProperty("snapshot").GetString()!, dest);
+        bitmaps = await CliJson("vdi", "bitmap", "list", vol);
+        Assert.False(bitmaps[0].GetProperty("backupPending").GetBoolean(), bitmaps.ToString());
+    }
+
     /// <summary>A target that stops reading (SIGSTOP): the guest goes on, a cancel stops the backup resumable, and it completes once the target is back.</summary>
     [Fact]
     public async Task A_backup_whose_target_hangs_can_be_cancelled_and_resumed_while_the_guest_goes_on()

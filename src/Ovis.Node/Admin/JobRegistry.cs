@@ -134,6 +134,16 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
             return 0;
         }
 
+        // Jobs that can stop half-way do (a backup stops resumable: its manifest, snapshot and
+        // frozen bits stay for --resume after the restart); a flatten ignores it and is waited for.
+        lock (_lock)
+        {
+            foreach (var job in _jobs.Values.Where(j => j.State == JobState.Running))
+            {
+                job.RequestCancel();
+            }
+        }
+
         LogWaitingForJobs(logger, running.Count);
         try
         {
