@@ -132,6 +132,38 @@ public sealed class AdminClient : IDisposable
     public Task<CheckReport> CheckVolumeAsync(string name, bool repair, CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Post, VolumePath(name) + (repair ? "/check?repair=true" : "/check"), null, AdminJsonContext.Default.CheckReport, cancellationToken);
 
+    public Task<List<BitmapInfo>> ListBitmapsAsync(string volume, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, VolumePath(volume) + "/bitmaps", null, AdminJsonContext.Default.ListBitmapInfo, cancellationToken);
+
+    public Task<BitmapInfo> AddBitmapAsync(string volume, AddBitmapRequest request, CancellationToken cancellationToken)
+        => SendAsync(
+            HttpMethod.Post,
+            VolumePath(volume) + "/bitmaps",
+            JsonContent.Create(request, AdminJsonContext.Default.AddBitmapRequest),
+            AdminJsonContext.Default.BitmapInfo,
+            cancellationToken);
+
+    public Task RemoveBitmapAsync(string volume, string bitmap, CancellationToken cancellationToken)
+        => SendAsync<object>(HttpMethod.Delete, VolumePath(volume) + "/bitmaps/" + Uri.EscapeDataString(bitmap), null, null, cancellationToken);
+
+    public Task<BitmapInfo> ClearBitmapAsync(string volume, string bitmap, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, VolumePath(volume) + "/bitmaps/" + Uri.EscapeDataString(bitmap) + "/clear", null, AdminJsonContext.Default.BitmapInfo, cancellationToken);
+
+    public Task<JobAccepted> BackupVolumeAsync(string volume, BackupRequest request, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, VolumePath(volume) + "/backup", JsonContent.Create(request, AdminJsonContext.Default.BackupRequest), AdminJsonContext.Default.JobAccepted, cancellationToken);
+
+    public Task<JobAccepted> RestoreVolumeAsync(string volume, RestoreRequest request, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, VolumePath(volume) + "/restore", JsonContent.Create(request, AdminJsonContext.Default.RestoreRequest), AdminJsonContext.Default.JobAccepted, cancellationToken);
+
+    public Task<JobAccepted> VerifyVolumeAsync(string volume, VerifyRequest request, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, VolumePath(volume) + "/verify", JsonContent.Create(request, AdminJsonContext.Default.VerifyRequest), AdminJsonContext.Default.JobAccepted, cancellationToken);
+
+    public Task<List<JobInfo>> ListJobsAsync(CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Get, "api/v1/jobs", null, AdminJsonContext.Default.ListJobInfo, cancellationToken);
+
+    public Task<JobInfo> CancelJobAsync(string id, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Post, "api/v1/jobs/" + Uri.EscapeDataString(id) + "/cancel", null, AdminJsonContext.Default.JobInfo, cancellationToken);
+
     public Task<ClusterInfo> GetClusterAsync(CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/cluster", null, AdminJsonContext.Default.ClusterInfo, cancellationToken);
 

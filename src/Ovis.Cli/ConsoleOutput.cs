@@ -62,6 +62,29 @@ internal sealed class ConsoleOutput(TextWriter writer)
         _console.Write(table);
     }
 
+    public void Bitmaps(string volume, IReadOnlyList<BitmapInfo> bitmaps)
+    {
+        if (bitmaps.Count == 0)
+        {
+            Line($"no bitmaps on '{volume}'");
+            return;
+        }
+
+        var table = new Table().Border(TableBorder.None);
+        table.AddColumn(Column("NAME"));
+        table.AddColumn(Column("GRANULARITY").RightAligned());
+        table.AddColumn(Column("DIRTY").RightAligned());
+        table.AddColumn(Column("BACKUP"));
+        table.AddColumn(Column("CREATED"));
+        foreach (var b in bitmaps)
+        {
+            table.AddRow(new Text(b.Name), new Text(Sizes.Format(b.Granularity)), new Text(Sizes.Format(b.DirtyBytes)),
+                new Text(b.BackupPending ? "pending" : "-"), new Text(Time(b.Created)));
+        }
+
+        _console.Write(table);
+    }
+
     /// <summary>
     /// The trees of <paramref name="roots"/>: every layer under the one it inherits from, with its
     /// kind, size and the space only it uses; live volumes also with their connections.
@@ -107,6 +130,19 @@ internal sealed class ConsoleOutput(TextWriter writer)
             return new Markup($"{(layer.IsSnapshot ? name : $"[bold]{name}[/]")}  [dim]{kind}[/]  {details}");
         }
     }
+
+    /// <summary>Runs <paramref name="work"/> under a progress bar of bytes, with the rate and the time left.</summary>
+    public Task<T> BytesProgressAsync<T>(string description, Func<IProgress<(long Done, long Total)>, Task<T>> work)
+        => _console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+            .StartAsync(async context =>
+            {
+                var task = context.AddTask(Markup.Escape(description), maxValue: 1);
+                var result = await work(new BytesReporter(task));
+                task.Value = task.MaxValue;
+                return result;
+            });
 
     /// <summary>Runs <paramref name="work"/> under a progress bar fed with fractions from 0 to 1.</summary>
     public Task<T> ProgressAsync<T>(string description, Func<IProgress<double>, Task<T>> work)
@@ -304,6 +340,16 @@ internal sealed class ConsoleOutput(TextWriter writer)
             task.MaxValue = Math.Max(1, value.Total);
             task.Value = value.Total == 0 ? task.MaxValue : Math.Min(value.Done, value.Total);
             task.Description = Markup.Escape($"{description}: {Count(value.Done)} of {Count(value.Total)} {unit}");
+        }
+    }
+
+    /// <summary>Reports bytes into a Spectre task: its maximum follows the total, so Spectre works out the rate.</summary>
+    private sealed class BytesReporter(ProgressTask task) : IProgress<(long Done, long Total)>
+    {
+        public void Report((long Done, long Total) value)
+        {
+            task.MaxValue = Math.Max(1, value.Total);
+            task.Value = Math.Max(task.Value, Math.Min(value.Done, task.MaxValue));
         }
     }
 

@@ -25,6 +25,10 @@ internal static class VdiCommand
         vdi.Subcommands.Add(RollbackCommand(client));
         vdi.Subcommands.Add(FlattenCommand(client));
         vdi.Subcommands.Add(TreeCommand(client));
+        vdi.Subcommands.Add(VdiBitmapCommand.Create(client));
+        vdi.Subcommands.Add(VdiBackupCommand.Backup(client));
+        vdi.Subcommands.Add(VdiBackupCommand.Restore(client));
+        vdi.Subcommands.Add(VdiBackupCommand.Jobs(client));
         return vdi;
     }
 

@@ -52,6 +52,30 @@ public interface IBlockDevice : IDisposable
     ValueTask<NbdError> GetAllocationAsync(long offset, long length, List<NbdExtent> extents);
 }
 
+/// <summary>
+/// An export that has dirty bitmaps, each offered as the meta context <c>qemu:dirty-bitmap:NAME</c>
+/// (QEMU docs/interop/nbd.rst). Answered from memory, synchronously.
+/// </summary>
+public interface IDirtyBitmapDevice
+{
+    /// <summary>The bitmaps' names now.</summary>
+    IReadOnlyList<string> DirtyBitmaps { get; }
+
+    /// <summary>
+    /// Appends extents from <paramref name="offset"/> covering at most <paramref name="length"/>
+    /// bytes (at least one), flags <see cref="NbdDirtyState.Dirty"/> or none, adjacent ones
+    /// different, at most <paramref name="maxExtents"/>; false when the bitmap no longer exists.
+    /// </summary>
+    bool GetDirtyExtents(string bitmap, long offset, long length, List<NbdExtent> extents, int maxExtents);
+}
+
+/// <summary>Flags of a qemu:dirty-bitmap:NAME descriptor (QEMU docs/interop/nbd.rst).</summary>
+public static class NbdDirtyState
+{
+    /// <summary>NBD_STATE_DIRTY, bit 0: the extent changed since the bitmap was created or cleared.</summary>
+    public const NbdExtentFlags Dirty = (NbdExtentFlags)1;
+}
+
 /// <summary>One base:allocation extent: a length and NBD_STATE_HOLE / NBD_STATE_ZERO flags.</summary>
 public readonly record struct NbdExtent(long Length, NbdExtentFlags Flags);
 

@@ -27,11 +27,44 @@ public sealed partial class NbdConnection
                 break;
 
             case NbdCommand.BlockStatus:
-                operation.QueryingAllocation = true;
+                operation.QueryingAllocation = _baseAllocationSelected;
+                FillBitmapExtents(operation);
                 break;
         }
 
         Advance(operation, onReadLoop: true);
+    }
+
+    /// <summary>Answers the selected qemu:dirty-bitmap contexts from the device's memory, on the read loop.</summary>
+    private void FillBitmapExtents(NbdOperation operation)
+    {
+        if (_bitmapContexts.Length == 0)
+        {
+            return;
+        }
+
+        NbdRequest request = operation.Request;
+        int max = (request.Flags & NbdCommandFlags.ReqOne) != 0 ? 1 : NbdLimits.MaxBlockStatusExtents;
+        var device = _device as IDirtyBitmapDevice;
+        for (int i = 0; i < _bitmapContexts.Length; i++)
+        {
+            if (operation.BitmapExtents.Count <= i)
+            {
+                operation.BitmapExtents.Add([]);
+            }
+
+            List<NbdExtent> extents = operation.BitmapExtents[i];
+            extents.Clear();
+            if (device is null || !device.GetDirtyExtents(_bitmapContexts[i], (long)request.Offset, request.Length, extents, max) || extents.Count == 0)
+            {
+                // Removed since the client selected it: nothing true can be said about it.
+                operation.Fail(NbdError.EINVAL, NbdErrorReason.NoMetaContext);
+                operation.QueryingAllocation = false;
+                return;
+            }
+        }
+
+        operation.BitmapContexts = _bitmapContexts.Length;
     }
 
     /// <summary>

@@ -323,7 +323,9 @@ public sealed partial class NbdConnection
         _exportSize = device.Size;
         _transmissionFlags = ComputeTransmissionFlags(device);
         // BLOCK_STATUS needs contexts set for this very export (doc/proto.md, "Metadata querying").
-        _baseAllocationSelected = _metaContextsSelected && string.Equals(_metaContextExport, name, StringComparison.Ordinal);
+        bool forThis = string.Equals(_metaContextExport, name, StringComparison.Ordinal);
+        _baseAllocationSelected = forThis && _metaBaseSelected;
+        _bitmapContexts = forThis ? _metaBitmapsSelected : [];
         NbdLog.ExportSelected(_logger, _connectionId, name, _exportSize, (ushort)_transmissionFlags);
     }
 

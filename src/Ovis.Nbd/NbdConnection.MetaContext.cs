@@ -1,18 +1,24 @@
 using System.Buffers.Binary;
+using System.Text;
 
 namespace Ovis.Nbd;
 
 public sealed partial class NbdConnection
 {
-    private static ReadOnlySpan<byte> BaseAllocation => "base:allocation"u8;
-    private static ReadOnlySpan<byte> BaseNamespace => "base:"u8;
+    private const string BaseAllocation = "base:allocation";
+    private const string BaseNamespace = "base:";
+    private const string QemuNamespace = "qemu:";
+    private const string DirtyBitmapPrefix = "qemu:dirty-bitmap:";
 
     // What the last NBD_OPT_SET_META_CONTEXT chose, and for which export.
-    private bool _metaContextsSelected;
+    private bool _metaBaseSelected;
+    private string[] _metaBitmapsSelected = [];
     private string? _metaContextExport;
 
-    // Transmission: base:allocation was selected for the export in use.
+    // Transmission: the contexts selected for the export in use. A bitmap's context id is
+    // FirstBitmapContextId + its index here.
     private bool _baseAllocationSelected;
+    private string[] _bitmapContexts = [];
 
     /* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT data:
 
@@ -33,7 +39,8 @@ public sealed partial class NbdConnection
         {
             // "Issuing this command replaces all previously-set metadata contexts (including
             // when this command fails)".
-            _metaContextsSelected = false;
+            _metaBaseSelected = false;
+            _metaBitmapsSelected = [];
             _metaContextExport = null;
             if (!_structuredReplies)
             {
@@ -44,17 +51,17 @@ public sealed partial class NbdConnection
             }
         }
 
-        if (!TryParseMetaContextQueries(data, set, out ReadOnlySpan<byte> nameBytes, out bool matchesBaseAllocation)
+        if (!TryParseMetaContextQueries(data, out ReadOnlySpan<byte> nameBytes, out List<string>? queries)
             || !TryDecodeString(nameBytes, out string name))
         {
             WriteOptionReply(option, NbdOptionReplyType.ErrInvalid);
             return new ValueTask<HandshakeStep>(HandshakeStep.NextOption);
         }
 
-        return FinishMetaContextAsync(option, name, matchesBaseAllocation);
+        return FinishMetaContextAsync(option, name, queries);
     }
 
-    private async ValueTask<HandshakeStep> FinishMetaContextAsync(NbdOption option, string name, bool matchesBaseAllocation)
+    private async ValueTask<HandshakeStep> FinishMetaContextAsync(NbdOption option, string name, List<string> queries)
     {
         ExportOpening opening = await OpenExportAsync(name);
         if (opening.Device is null)
@@ -64,14 +71,23 @@ public sealed partial class NbdConnection
         }
 
         bool set = option == NbdOption.SetMetaContext;
-        if (matchesBaseAllocation)
+        IReadOnlyList<string> bitmaps = (opening.Device as IDirtyBitmapDevice)?.DirtyBitmaps ?? [];
+        (bool baseAllocation, List<string> chosen) = MatchMetaContexts(queries, set, bitmaps);
+        if (baseAllocation)
         {
-            WriteBaseAllocationContext(option, set);
+            // The id in a LIST reply is reserved and SHOULD be zero.
+            WriteMetaContext(option, set ? NbdLimits.BaseAllocationContextId : 0, BaseAllocation);
+        }
+
+        for (int i = 0; i < chosen.Count; i++)
+        {
+            WriteMetaContext(option, set ? NbdLimits.FirstBitmapContextId + (uint)i : 0, DirtyBitmapPrefix + chosen[i]);
         }
 
         if (set)
         {
-            _metaContextsSelected = matchesBaseAllocation;
+            _metaBaseSelected = baseAllocation;
+            _metaBitmapsSelected = [.. chosen];
             _metaContextExport = name;
         }
 
@@ -79,25 +95,55 @@ public sealed partial class NbdConnection
         return HandshakeStep.NextOption;
     }
 
-    /* NBD_REP_META_CONTEXT data: context id (32), then the context name. */
-    private void WriteBaseAllocationContext(NbdOption option, bool set)
+    /// <summary>
+    /// Which contexts the queries pick. No queries: LIST returns every context, SET selects none.
+    /// A namespace alone ("base:", "qemu:", "qemu:dirty-bitmap:") lists what it holds but selects
+    /// nothing; unknown namespaces and leaves are ignored, as the spec requires.
+    /// </summary>
+    private static (bool BaseAllocation, List<string> Bitmaps) MatchMetaContexts(List<string> queries, bool set, IReadOnlyList<string> bitmaps)
     {
-        Span<byte> reply = stackalloc byte[4 + BaseAllocation.Length];
-        // The id in a LIST reply is reserved and SHOULD be zero.
-        BinaryPrimitives.WriteUInt32BigEndian(reply, set ? NbdLimits.BaseAllocationContextId : 0);
-        BaseAllocation.CopyTo(reply[4..]);
+        bool baseAllocation = queries.Count == 0 && !set;
+        var chosen = new List<string>();
+        if (queries.Count == 0 && !set)
+        {
+            chosen.AddRange(bitmaps);
+        }
+
+        foreach (string query in queries)
+        {
+            if (query == BaseAllocation || (!set && query == BaseNamespace))
+            {
+                baseAllocation = true;
+            }
+            else if (!set && (query == QemuNamespace || query == DirtyBitmapPrefix))
+            {
+                chosen.AddRange(bitmaps.Where(b => !chosen.Contains(b)));
+            }
+            else if (query.StartsWith(DirtyBitmapPrefix, StringComparison.Ordinal)
+                && bitmaps.Contains(query[DirtyBitmapPrefix.Length..]) && !chosen.Contains(query[DirtyBitmapPrefix.Length..]))
+            {
+                chosen.Add(query[DirtyBitmapPrefix.Length..]);
+            }
+        }
+
+        return (baseAllocation, chosen);
+    }
+
+    /* NBD_REP_META_CONTEXT data: context id (32), then the context name. */
+    private void WriteMetaContext(NbdOption option, uint id, string context)
+    {
+        byte[] reply = new byte[4 + Encoding.UTF8.GetByteCount(context)];
+        BinaryPrimitives.WriteUInt32BigEndian(reply, id);
+        Encoding.UTF8.GetBytes(context, reply.AsSpan(4));
         WriteOptionReply(option, NbdOptionReplyType.MetaContext, reply);
     }
 
-    /// <summary>
-    /// Walks the queries, checking every length against the option data, and tells whether any
-    /// of them picks base:allocation. Queries for other namespaces or unknown leaves are ignored,
-    /// as the spec requires. "base:" lists the whole namespace but selects nothing.
-    /// </summary>
-    private static bool TryParseMetaContextQueries(ReadOnlySpan<byte> data, bool set, out ReadOnlySpan<byte> name, out bool matchesBaseAllocation)
+    /// <summary>Walks the queries, checking every length against the option data, and decodes them
+    /// (a query that is not a valid string matches nothing).</summary>
+    private static bool TryParseMetaContextQueries(ReadOnlySpan<byte> data, out ReadOnlySpan<byte> name, out List<string> queries)
     {
         name = default;
-        matchesBaseAllocation = false;
+        queries = [];
         if (data.Length < 8)
         {
             return false;
@@ -113,9 +159,6 @@ public sealed partial class NbdConnection
         ReadOnlySpan<byte> rest = data[(4 + (int)nameLength)..];
         uint queryCount = BinaryPrimitives.ReadUInt32BigEndian(rest);
         rest = rest[4..];
-
-        // No queries: LIST returns every context, SET selects none.
-        matchesBaseAllocation = queryCount == 0 && !set;
         for (uint i = 0; i < queryCount; i++)
         {
             if (rest.Length < 4)
@@ -131,10 +174,7 @@ public sealed partial class NbdConnection
 
             ReadOnlySpan<byte> query = rest.Slice(4, (int)queryLength);
             rest = rest[(4 + (int)queryLength)..];
-            if (query.SequenceEqual(BaseAllocation) || (!set && query.SequenceEqual(BaseNamespace)))
-            {
-                matchesBaseAllocation = true;
-            }
+            queries.Add(TryDecodeString(query, out string q) ? q : "");
         }
 
         return rest.IsEmpty;

@@ -187,14 +187,31 @@ public sealed partial class NbdConnection
         return written;
     }
 
-    private static long WriteBlockStatusChunk(PipeWriter output, NbdOperation operation)
+    /// <summary>One BLOCK_STATUS chunk per selected context: base:allocation first, then the bitmaps; the last carries DONE.</summary>
+    private long WriteBlockStatusChunk(PipeWriter output, NbdOperation operation)
     {
-        List<NbdExtent> extents = operation.Extents;
+        long written = 0;
+        int bitmaps = operation.BitmapContexts;
+        if (_baseAllocationSelected)
+        {
+            written += WriteBlockStatusContext(output, operation.Request.Cookie, NbdLimits.BaseAllocationContextId, operation.Extents, bitmaps == 0);
+        }
+
+        for (int i = 0; i < bitmaps; i++)
+        {
+            written += WriteBlockStatusContext(output, operation.Request.Cookie, NbdLimits.FirstBitmapContextId + (uint)i, operation.BitmapExtents[i], i == bitmaps - 1);
+        }
+
+        return written;
+    }
+
+    private static long WriteBlockStatusContext(PipeWriter output, ulong cookie, uint contextId, List<NbdExtent> extents, bool last)
+    {
         NbdReplyWriter.WriteBlockStatusHeader(
             output.GetSpan(NbdReplyWriter.BlockStatusHeaderSize),
-            NbdReplyFlags.Done,
-            operation.Request.Cookie,
-            NbdLimits.BaseAllocationContextId,
+            last ? NbdReplyFlags.Done : NbdReplyFlags.None,
+            cookie,
+            contextId,
             extents.Count);
         output.Advance(NbdReplyWriter.BlockStatusHeaderSize);
 

@@ -60,7 +60,7 @@ public sealed partial class NbdConnection
 
         if (request.Command == NbdCommand.BlockStatus)
         {
-            if (!_baseAllocationSelected)
+            if (!_baseAllocationSelected && _bitmapContexts.Length == 0)
             {
                 reason = NbdErrorReason.NoMetaContext;
                 return NbdError.EINVAL;

@@ -161,6 +161,9 @@ internal static class NbdLimits
     /// <summary>Context id handed out for base:allocation by NBD_OPT_SET_META_CONTEXT.</summary>
     public const uint BaseAllocationContextId = 1;
 
+    /// <summary>Ids of qemu:dirty-bitmap:NAME contexts start here, in the order they were selected.</summary>
+    public const uint FirstBitmapContextId = 2;
+
     /// <summary>Descriptors in one NBD_REPLY_TYPE_BLOCK_STATUS chunk; the spec lets a server return fewer than asked.</summary>
     public const int MaxBlockStatusExtents = 4096;
 

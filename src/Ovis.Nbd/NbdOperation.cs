@@ -40,6 +40,12 @@ internal sealed class NbdOperation
     /// <summary>READ: content segments (Zero = send as a hole). BLOCK_STATUS: the extents to report.</summary>
     public List<NbdExtent> Extents { get; } = [];
 
+    /// <summary>BLOCK_STATUS: one list per selected dirty-bitmap context, in context-id order; the
+    /// lists are kept for reuse, <see cref="BitmapContexts"/> says how many are in use.</summary>
+    public List<List<NbdExtent>> BitmapExtents { get; } = [];
+
+    public int BitmapContexts { get; set; }
+
     /// <summary>Raw output of IBlockDevice.GetAllocationAsync before it is merged into <see cref="Extents"/>.</summary>
     public List<NbdExtent> AllocationScratch { get; } = [];
 
@@ -86,6 +92,7 @@ internal sealed class NbdOperation
         Buffer = null;
         Extents.Clear();
         AllocationScratch.Clear();
+        BitmapContexts = 0;
         QueryingAllocation = false;
         AllocationCovered = 0;
         Step = 0;

@@ -267,6 +267,7 @@ public sealed partial class OvisNode : IAsyncDisposable
 
     // A flatten cannot be cancelled half-way; give it the time connections get, then close the
     // volumes under it: it fails as it would in a crash, which the volumes must survive anyway.
+    // Backups, restores and verifies are cancelled and end at once.
     private async Task WaitForJobsAsync()
     {
         var stillRunning = await _app.Services.GetRequiredService<JobRegistry>().WaitForRunningAsync(_shutdownTimeout);

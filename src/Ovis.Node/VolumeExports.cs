@@ -56,8 +56,24 @@ internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : I
 /// its writes and a read could return what it overwrote — so requests fail with EIO (the
 /// replicas' fences refuse whatever change slips past this check; docs/fencing.md).
 /// </summary>
-internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockShare) : IBlockDevice
+internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockShare) : IBlockDevice, IDirtyBitmapDevice
 {
+    public IReadOnlyList<string> DirtyBitmaps => volume.DirtyBitmapNames;
+
+    public bool GetDirtyExtents(string bitmap, long offset, long length, List<NbdExtent> extents, int maxExtents)
+    {
+        var runs = new List<(long Length, bool Dirty)>();
+        if (!volume.GetDirtyRuns(bitmap, offset, length, runs, maxExtents))
+        {
+            return false;
+        }
+        foreach ((long n, bool dirty) in runs)
+        {
+            extents.Add(new NbdExtent(n, dirty ? NbdDirtyState.Dirty : NbdExtentFlags.None));
+        }
+        return true;
+    }
+
     // Block status answers at most this many blocks per request (64 MiB); clients ask again.
     private const int MaxStatusBlocks = 16384;
 

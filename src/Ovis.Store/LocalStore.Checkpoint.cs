@@ -93,6 +93,9 @@ public sealed partial class LocalStore
                     NativeDirectory.Sync(dir);
                 }
             }
+            // State derived from the records before lsn (dirty bitmaps) is made durable before
+            // the journal forgets them.
+            RunCheckpointParticipants();
             _journal.Checkpoint(lsn, seq);
         }
         catch
@@ -205,9 +208,12 @@ public sealed partial class LocalStore
         // its zeroed ranges, and the second skips what they undo.
         var lastDelete = new Dictionary<ulong, long>();
         var zeroed = new Dictionary<ulong, List<(long Ordinal, int First, int Count)>>();
+        var changes = new List<StoreChange>();
         long ordinal = 0;
         _journal.Scan((in JournalRecord r) =>
         {
+            // A delete's block count is not the object's size: it changes every block.
+            changes.Add(r.Type == RecordType.Delete ? new StoreChange(r.Id, 0, MaxBlocks) : new StoreChange(r.Id, r.FirstBlock, r.BlockCount));
             if (r.Type == RecordType.Delete)
             {
                 lastDelete[r.Id.Packed] = ordinal;
@@ -237,6 +243,8 @@ public sealed partial class LocalStore
             }
             ApplyRecord(in r, 0);
         });
+        // Before the checkpoint below forgets the records.
+        SaveReplayedChanges(changes);
         Checkpoint();
         _space.Refresh();
         LogRecovered(_logger, objects, batches);

@@ -92,6 +92,7 @@ public sealed class Volume : IDisposable
 
     private ValueTask<StoreStatus> WriteOp(uint[] chain, long offset, ReadOnlyMemory<byte> data, bool fua)
     {
+        MarkDirty(offset, data.Length);
         long os = ObjectSize;
         long inObject = offset % os;
         return inObject + data.Length <= os
@@ -139,6 +140,7 @@ public sealed class Volume : IDisposable
 
     private async ValueTask<StoreStatus> ZeroOp(uint[] chain, long offset, long length, bool keepAllocated, bool fua)
     {
+        MarkDirty(offset, length);
         long os = ObjectSize;
         // Over a parent a hole would show the parent's data again: zeroes stay allocated.
         bool layered = chain.Length > 1;
@@ -159,6 +161,36 @@ public sealed class Volume : IDisposable
             length -= n;
         }
         return fua ? await _store.FlushAsync(chain[0]).ConfigureAwait(false) : StoreStatus.Ok;
+    }
+
+    /// <summary>The names of the volume's dirty bitmaps (none for a snapshot).</summary>
+    public IReadOnlyList<string> DirtyBitmapNames => IsReadOnly ? [] : [.. _state.Bitmaps.Select(b => b.Name)];
+
+    /// <summary>
+    /// Appends (length, dirty) runs from <paramref name="offset"/> covering at most
+    /// <paramref name="length"/> bytes, at most <paramref name="maxRuns"/> of them, adjacent ones
+    /// different; a granule is dirty as a whole (rounded outward). False when there is no such bitmap.
+    /// </summary>
+    public bool GetDirtyRuns(string bitmap, long offset, long length, List<(long Length, bool Dirty)> runs, int maxRuns)
+    {
+        DirtyBitmap? b = IsReadOnly ? null : _state.Bitmaps.FirstOrDefault(x => x.Name == bitmap);
+        if (b is null)
+        {
+            return false;
+        }
+        DirtyRuns.Collect(b.Active, b.Granularity, offset, length, runs, maxRuns);
+        return true;
+    }
+
+    // Inside the gate and before the store call: the bit is set before the write's journal record
+    // exists, so a checkpoint that forgets the record has saved the bit (docs/backup.md).
+    private void MarkDirty(long offset, long length)
+    {
+        DirtyBitmap[] bitmaps = _state.Bitmaps;
+        for (int i = 0; i < bitmaps.Length; i++)
+        {
+            bitmaps[i].Mark(offset, length);
+        }
     }
 
     // Only the top layer takes writes: a snapshot flushes before it freezes the layer, so no layer

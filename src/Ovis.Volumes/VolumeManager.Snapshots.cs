@@ -61,46 +61,59 @@ public sealed partial class VolumeManager
 
     public async Task<VolumeInfo> SnapshotAsync(string name, string tag)
     {
-        CheckName(tag, "snapshot tag");
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
-            VolumeState v = FindLive(name);
-            CheckNotPinned(v.Record, name);
-            string full = $"{name}@{tag}";
-            CheckFree(full);
-            // Writes in flight finish into the layer being frozen; new ones wait and then go to
-            // the new layer. Everything acknowledged so far is made durable before the registry
-            // names the snapshot, so a completed snapshot survives a crash whole.
-            await v.Gate.FreezeAsync().ConfigureAwait(false);
-            try
-            {
-                await FlushOrThrowAsync().ConfigureAwait(false);
-                await CommitAsync(state =>
-                {
-                    // Checked again: another node may have changed the registry since.
-                    if (FindLive(name) != v)
-                    {
-                        throw new VolumeException(VolumeErrorCode.Conflict, $"volume '{name}' was deleted and created again by another node meanwhile: try again");
-                    }
-                    CheckNotPinned(v.Record, name);
-                    CheckFree(full);
-                    VolumeRecord top = v.Record;
-                    VolumeRecord snapshot = top with { Tag = tag, Created = DateTimeOffset.UtcNow };
-                    VolumeRecord live = top with { Id = state.NextId, ParentId = top.Id };
-                    return [.. state.Volumes.Select(r => r.Id == top.Id ? snapshot : r), live];
-                }).ConfigureAwait(false);
-            }
-            finally
-            {
-                v.Gate.Thaw();
-            }
-            return Get(full);
+            return await SnapshotUnderControlAsync(name, tag, atInstant: null).ConfigureAwait(false);
         }
         finally
         {
             _control.Release();
         }
+    }
+
+    /// <summary>
+    /// The snapshot itself, under <see cref="_control"/>. <paramref name="atInstant"/> runs while
+    /// the volume's gate is frozen, after the flush and before the snapshot is committed: no write
+    /// is in flight, and every write after it goes to the new layer (a backup starts its bitmap's
+    /// next period there). It runs once, whatever retries the commit needs (the gate stays frozen
+    /// meanwhile); when the snapshot fails the caller undoes what it did.
+    /// </summary>
+    private async Task<VolumeInfo> SnapshotUnderControlAsync(string name, string tag, Action<VolumeState>? atInstant)
+    {
+        CheckName(tag, "snapshot tag");
+        VolumeState v = FindLive(name);
+        CheckNotPinned(v.Record, name);
+        string full = $"{name}@{tag}";
+        CheckFree(full);
+        // Writes in flight finish into the layer being frozen; new ones wait and then go to
+        // the new layer. Everything acknowledged so far is made durable before the registry
+        // names the snapshot, so a completed snapshot survives a crash whole.
+        await v.Gate.FreezeAsync().ConfigureAwait(false);
+        try
+        {
+            await FlushOrThrowAsync().ConfigureAwait(false);
+            atInstant?.Invoke(v);
+            await CommitAsync(state =>
+            {
+                // Checked again: another node may have changed the registry since.
+                if (FindLive(name) != v)
+                {
+                    throw new VolumeException(VolumeErrorCode.Conflict, $"volume '{name}' was deleted and created again by another node meanwhile: try again");
+                }
+                CheckNotPinned(v.Record, name);
+                CheckFree(full);
+                VolumeRecord top = v.Record;
+                VolumeRecord snapshot = top with { Tag = tag, Created = DateTimeOffset.UtcNow };
+                VolumeRecord live = top with { Id = state.NextId, ParentId = top.Id };
+                return [.. state.Volumes.Select(r => r.Id == top.Id ? snapshot : r), live];
+            }).ConfigureAwait(false);
+        }
+        finally
+        {
+            v.Gate.Thaw();
+        }
+        return Get(full);
     }
 
     public async Task<VolumeInfo> CloneAsync(string snapshot, string newName)
@@ -148,6 +161,13 @@ public sealed partial class VolumeManager
                 // is no longer named and its objects go.
                 VolumeRecord top = v.Record;
                 VolumeRecord live = top with { Id = state.NextId, ParentId = target.Record.Id, Size = target.Record.Size };
+                // Everything may read differently now (no client is connected, so no write races this).
+                foreach (DirtyBitmap bitmap in v.Bitmaps)
+                {
+                    bitmap.Grow(live.Size);
+                }
+                MarkAll(v, 0, Math.Max(top.Size, live.Size));
+                SaveBitmapsOf(v);
                 return ([.. state.Volumes.Select(r => r.Id == top.Id ? live : r)], top);
             }).ConfigureAwait(false);
             await DeleteObjectsAsync(old.Id).ConfigureAwait(false);
@@ -204,6 +224,10 @@ public sealed partial class VolumeManager
             }).ConfigureAwait(false);
             if (merge is null)
             {
+                if (!deleted.IsSnapshot)
+                {
+                    DeleteBitmapsOf(deleted.Name);
+                }
                 await DeleteObjectsAsync(deleted.Id).ConfigureAwait(false);
                 return;
             }

@@ -112,6 +112,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         VersionedCatalog loaded = await registry.LoadAsync(cancellationToken).ConfigureAwait(false);
         var manager = new VolumeManager(store, registry, logger, owned, loaded);
         await manager.RemoveOrphansAsync(objects, loaded.State).ConfigureAwait(false);
+        manager.StartBitmaps();
         manager._watch = Task.Run(() => manager.FollowRegistryAsync(manager._stopping.Token), CancellationToken.None);
         return manager;
     }
@@ -317,12 +318,20 @@ public sealed partial class VolumeManager : IAsyncDisposable
                         throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {found.Connections} connection(s): disconnect them before shrinking");
                     }
                 }
+                // Bits for the new end exist before any write can reach it; the range that
+                // appears or goes is a change for every bitmap (zeroes where a backup had data).
+                foreach (DirtyBitmap bitmap in found.Bitmaps)
+                {
+                    bitmap.Grow(newSize);
+                }
+                MarkAll(found, Math.Min(newSize, r.Size), Math.Abs(newSize - r.Size));
                 return (Replace(state, r with { Size = newSize }), (found, r));
             }).ConfigureAwait(false);
             if (newSize < old.Size)
             {
                 await DiscardBeyondAsync(v.Chain, old, newSize).ConfigureAwait(false);
             }
+            SaveBitmapsOf(v);
             return Describe(v);
         }
         finally

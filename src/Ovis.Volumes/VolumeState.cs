@@ -15,4 +15,7 @@ internal sealed class VolumeState(VolumeRecord record)
     public int Connections { get; set; }
 
     public IoGate Gate { get; } = new();
+
+    /// <summary>The live volume's dirty bitmaps; replaced whole (under the manager's lock), read once per write.</summary>
+    public DirtyBitmap[] Bitmaps { get; set; } = [];
 }

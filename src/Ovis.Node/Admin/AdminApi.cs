@@ -30,6 +30,8 @@ public static partial class AdminApi
         api.MapPost("/volumes/{name}/rollback", RollbackVolumeAsync);
         api.MapPost("/volumes/{name}/flatten", FlattenVolumeAsync);
         api.MapGet("/jobs/{id}", GetJob);
+        MapBitmaps(api);
+        MapBackups(api);
 
         MapCluster(api);
         MapRecovery(api);

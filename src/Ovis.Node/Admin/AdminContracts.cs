@@ -57,7 +57,54 @@ public sealed record JobInfo(string Id, string Kind, string Volume, JobState Sta
     /// <summary>The volume as the job left it, once done.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public VolumeInfo? Result { get; init; }
+
+    /// <summary>A backup's manifest: what it copies, and how much of it the target has confirmed.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public BackupManifest? Backup { get; init; }
+
+    /// <summary>What a verify job found.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public VerifyReport? Verify { get; init; }
+
+    /// <summary>Bytes done so far, for jobs that count bytes (backup, restore, verify).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public long? BytesDone { get; init; }
+
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public long? BytesTotal { get; init; }
 }
+
+/// <summary>Body of <c>POST /api/v1/volumes/{name}/backup</c>.</summary>
+public sealed record BackupRequest(string Dest, bool Incremental = false, string? Bitmap = null, long? Rate = null, bool Resume = false, bool KeepSnapshot = false);
+
+/// <summary>Body of <c>POST /api/v1/volumes/{name}/restore</c>: a full backup, then incrementals in order.</summary>
+public sealed record RestoreRequest(IReadOnlyList<string> Sources);
+
+/// <summary>Body of <c>POST /api/v1/volumes/{name}/verify</c>: compares the volume or snapshot with a backup chain.</summary>
+public sealed record VerifyRequest(IReadOnlyList<string> Sources);
+
+/// <summary>
+/// A backup's manifest, kept beside a file target (<c>DEST.json</c>) or, for an NBD target, in the
+/// node's <c>backups/</c> directory: what it copies (<see cref="Extents"/>, offset and length pairs,
+/// in order) and how many of those bytes the target has confirmed (flushed), so a resumed backup
+/// copies nothing twice that was confirmed. A restore reads an incremental's extents from it.
+/// </summary>
+public sealed record BackupManifest(string Volume, string Snapshot, string Kind, string Dest, long Size, DateTimeOffset Taken)
+{
+    public int Version { get; init; } = 1;
+    public string? Bitmap { get; init; }
+    public long Granularity { get; init; }
+    public IReadOnlyList<long[]> Extents { get; init; } = [];
+    public long TotalBytes { get; init; }
+    public long ConfirmedBytes { get; init; }
+    /// <summary>For a resumed backup: the bytes confirmed before it resumed, which it did not copy again.</summary>
+    public long? ResumedFrom { get; init; }
+    public bool Complete { get; init; }
+    public DateTimeOffset? Finished { get; init; }
+}
+
+/// <summary>What <c>verify</c> found.</summary>
+public sealed record VerifyReport(string Volume, long ComparedBytes, long DifferentBytes, long? FirstDifference);
 
 /// <summary>Answer of <c>GET /api/v1/node</c>.</summary>
 /// <param name="CopyOnWriteBytes">Bytes copied from parent layers to complete partly written inherited blocks, since the node started.</param>
@@ -157,6 +204,9 @@ public sealed record RecoveryStatus(
 /// <summary>Body of every 4xx and 5xx answer: one line meant for an operator.</summary>
 public sealed record ErrorBody(string Error);
 
+/// <summary>Body of <c>POST /api/v1/volumes/{name}/bitmaps</c>.</summary>
+public sealed record AddBitmapRequest(string Name, long? Granularity = null);
+
 /// <summary>Answer of <c>GET /healthz</c>.</summary>
 public sealed record HealthStatus(string Status);
 
@@ -181,6 +231,17 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(CheckReport))]
 [JsonSerializable(typeof(List<CheckReport>))]
 [JsonSerializable(typeof(RecoveryStatus))]
+[JsonSerializable(typeof(AddBitmapRequest))]
+[JsonSerializable(typeof(BackupRequest))]
+[JsonSerializable(typeof(RestoreRequest))]
+[JsonSerializable(typeof(VerifyRequest))]
+[JsonSerializable(typeof(BackupManifest))]
+[JsonSerializable(typeof(VerifyReport))]
+[JsonSerializable(typeof(IReadOnlyList<JobInfo>))]
+[JsonSerializable(typeof(List<JobInfo>))]
+[JsonSerializable(typeof(BitmapInfo))]
+[JsonSerializable(typeof(IReadOnlyList<BitmapInfo>))]
+[JsonSerializable(typeof(List<BitmapInfo>))]
 public sealed partial class AdminJsonContext : JsonSerializerContext
 {
     /// <summary>

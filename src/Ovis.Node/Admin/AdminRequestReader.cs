@@ -14,6 +14,9 @@ internal static class AdminRequestReader
     private static readonly string[] ResizeFields = ["size", "allowShrink"];
     private static readonly string[] TagFields = ["tag"];
     private static readonly string[] CloneFields = ["name"];
+    private static readonly string[] BitmapFields = ["name", "granularity"];
+    private static readonly string[] BackupFields = ["dest", "incremental", "bitmap", "rate", "resume", "keepSnapshot"];
+    private static readonly string[] SourcesFields = ["sources"];
 
     public static async Task<CreateVolumeRequest> ReadCreateVolumeAsync(HttpRequest request, CancellationToken cancellationToken)
     {
@@ -50,6 +53,38 @@ internal static class AdminRequestReader
     {
         using var document = await ParseAsync(request, """{"tag": "v1"}""", cancellationToken);
         return new RollbackRequest(RequiredString(Fields(document.RootElement, TagFields), "tag"));
+    }
+
+    public static async Task<AddBitmapRequest> ReadAddBitmapAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"name": "nightly"}""", cancellationToken);
+        var body = Fields(document.RootElement, BitmapFields);
+        return new AddBitmapRequest(RequiredString(body, "name"), OptionalInt64(body, "granularity"));
+    }
+
+    public static async Task<BackupRequest> ReadBackupAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"dest": "/backups/disk0.raw", "bitmap": "nightly"}""", cancellationToken);
+        var body = Fields(document.RootElement, BackupFields);
+        return new BackupRequest(
+            RequiredString(body, "dest"),
+            OptionalBoolean(body, "incremental") ?? false,
+            body.TryGetValue("bitmap", out var bitmap) && bitmap.ValueKind != JsonValueKind.Null ? RequiredString(body, "bitmap") : null,
+            OptionalInt64(body, "rate"),
+            OptionalBoolean(body, "resume") ?? false,
+            OptionalBoolean(body, "keepSnapshot") ?? false);
+    }
+
+    public static async Task<IReadOnlyList<string>> ReadSourcesAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"sources": ["/backups/full.raw", "/backups/inc1.raw"]}""", cancellationToken);
+        var body = Fields(document.RootElement, SourcesFields);
+        if (!body.TryGetValue("sources", out var sources) || sources.ValueKind != JsonValueKind.Array)
+        {
+            throw new AdminRequestException("field 'sources' must be an array of paths or NBD URIs");
+        }
+
+        return [.. sources.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new AdminRequestException($"field 'sources' must hold strings, not {Kind(e)}"))];
     }
 
     private static async Task<JsonDocument> ParseAsync(HttpRequest request, string example, CancellationToken cancellationToken)

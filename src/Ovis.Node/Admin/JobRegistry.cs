@@ -28,6 +28,16 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
     public JobInfo Start(string kind, string volume, Func<IProgress<double>, Task<VolumeInfo>> work)
     {
         ArgumentNullException.ThrowIfNull(work);
+        return Start(kind, volume, async (JobContext job) => new JobOutcome(await work(job).ConfigureAwait(false), null));
+    }
+
+    /// <summary>
+    /// <see cref="Start(string, string, Func{IProgress{double}, Task{VolumeInfo}})"/> for work that
+    /// reports bytes, can be cancelled (<see cref="Cancel"/>) and may end with a backup's manifest.
+    /// </summary>
+    public JobInfo Start(string kind, string volume, Func<JobContext, Task<JobOutcome>> work)
+    {
+        ArgumentNullException.ThrowIfNull(work);
         Job job;
         lock (_lock)
         {
@@ -43,7 +53,7 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
             _jobs.Add(job.Id, job);
         }
 
-        Task<VolumeInfo> task;
+        Task<JobOutcome> task;
         try
         {
             task = work(job);
@@ -65,6 +75,37 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
         LogJobStarted(logger, job.Id, kind, volume);
         job.Completion = CompleteAsync(job, task);
         return Describe(job);
+    }
+
+    /// <summary>Every job the node remembers, newest first.</summary>
+    public IReadOnlyList<JobInfo> List()
+    {
+        lock (_lock)
+        {
+            return [.. _jobs.Values.OrderByDescending(j => j.Started).Select(Describe)];
+        }
+    }
+
+    /// <summary>Asks a running job to stop; false when there is no such job. A job that is not running is left as it is.</summary>
+    public bool Cancel(string id)
+    {
+        Job? job;
+        lock (_lock)
+        {
+            _jobs.TryGetValue(id, out job);
+        }
+
+        if (job is null)
+        {
+            return false;
+        }
+
+        if (job.State == JobState.Running)
+        {
+            job.RequestCancel();
+        }
+
+        return true;
     }
 
     /// <summary>Null when there is no such job (never was, or forgotten since).</summary>
@@ -93,6 +134,16 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
             return 0;
         }
 
+        // Jobs that can stop half-way do (a backup stops resumable: its manifest, snapshot and
+        // frozen bits stay for --resume after the restart); a flatten ignores it and is waited for.
+        lock (_lock)
+        {
+            foreach (var job in _jobs.Values.Where(j => j.State == JobState.Running))
+            {
+                job.RequestCancel();
+            }
+        }
+
         LogWaitingForJobs(logger, running.Count);
         try
         {
@@ -106,9 +157,9 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
         return running.Count(t => !t.IsCompleted);
     }
 
-    private async Task CompleteAsync(Job job, Task<VolumeInfo> task)
+    private async Task CompleteAsync(Job job, Task<JobOutcome> task)
     {
-        VolumeInfo? result = null;
+        JobOutcome? result = null;
         string? error = null;
         try
         {
@@ -148,7 +199,11 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
     {
         Finished = job.Finished,
         Error = job.Error,
-        Result = job.Result,
+        Result = job.Result?.Volume,
+        Backup = job.Result?.Backup ?? job.Backup,
+        Verify = job.Result?.Verify,
+        BytesDone = job.BytesTotal > 0 ? job.BytesDone : null,
+        BytesTotal = job.BytesTotal > 0 ? job.BytesTotal : null,
     };
 
     // Random rather than a counter: a client polling across a node restart must get 404, not
@@ -171,9 +226,11 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
     private static partial void LogWaitingForJobs(ILogger logger, int count);
 
     /// <summary>One job; its progress is written by the work's thread and read by requests.</summary>
-    private sealed class Job(string id, string kind, string volume, DateTimeOffset started) : IProgress<double>
+    private sealed class Job(string id, string kind, string volume, DateTimeOffset started) : JobContext
     {
         private double _progress;
+        private long _bytesDone;
+        private long _bytesTotal;
 
         public string Id { get; } = id;
 
@@ -192,11 +249,24 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
 
         public string? Error { get; private set; }
 
-        public VolumeInfo? Result { get; private set; }
+        public JobOutcome? Result { get; private set; }
 
         public double Progress => Volatile.Read(ref _progress);
 
-        public void Report(double value)
+        public long BytesDone => Interlocked.Read(ref _bytesDone);
+
+        public long BytesTotal => Interlocked.Read(ref _bytesTotal);
+
+        public override void ReportBytes(long done, long total)
+        {
+            Interlocked.Exchange(ref _bytesTotal, total);
+            Interlocked.Exchange(ref _bytesDone, done);
+            Report(total == 0 ? 1 : (double)done / total);
+        }
+
+        public void RequestCancel() => CancelSource.Cancel();
+
+        public override void Report(double value)
         {
             // NaN, or a report that arrives after the job finished, must not move the bar back.
             if (double.IsNaN(value) || State != JobState.Running)
@@ -207,7 +277,7 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
             Volatile.Write(ref _progress, Math.Round(Math.Clamp(value, 0, 1), 4));
         }
 
-        public void Finish(VolumeInfo? result, string? error, DateTimeOffset finished)
+        public void Finish(JobOutcome? result, string? error, DateTimeOffset finished)
         {
             State = error is null ? JobState.Done : JobState.Failed;
             Error = error;
@@ -220,3 +290,23 @@ public sealed partial class JobRegistry(ILogger<JobRegistry> logger)
         }
     }
 }
+
+/// <summary>What a job's work sees of its job: progress, bytes, cancellation, and a manifest to show while it runs.</summary>
+public abstract class JobContext : IProgress<double>
+{
+    private protected CancellationTokenSource CancelSource { get; } = new();
+
+    /// <summary>Cancelled by <c>POST /api/v1/jobs/{id}/cancel</c>.</summary>
+    public CancellationToken CancellationToken => CancelSource.Token;
+
+    /// <summary>A backup's manifest as it stands, shown while the job runs.</summary>
+    public BackupManifest? Backup { get; set; }
+
+    public abstract void Report(double value);
+
+    /// <summary>Bytes done of bytes to do; also sets the progress.</summary>
+    public abstract void ReportBytes(long done, long total);
+}
+
+/// <summary>What a job left: the volume, or a backup's manifest.</summary>
+public sealed record JobOutcome(VolumeInfo? Volume, BackupManifest? Backup, VerifyReport? Verify = null);
