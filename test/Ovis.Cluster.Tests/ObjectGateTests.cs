@@ -85,6 +85,39 @@ public sealed class ObjectGateTests
     }
 
     [Fact]
+    public async Task A_request_inside_that_steps_out_and_in_again_comes_back_behind_the_work_queued_meanwhile()
+    {
+        // A read inside the gate refreshed to a new placement whose move was queued after it
+        // entered: the move waits for it, so the read must not use the new placement from inside.
+        var gate = new ObjectGate();
+        var id = new ObjectId(5, 0);
+        Assert.True(await gate.EnterAsync(id, forWrite: false));
+        bool moved = false;
+        gate.Queue(id, async _ =>
+        {
+            await Task.Delay(20);
+            moved = true;
+            return true;
+        }, urgentForReads: true);
+        var work = gate.RunAsync(id); // waits for the request inside
+        Assert.True(await gate.ReenterAsync(id, forWrite: false).AsTask().WaitAsync(T));
+        Assert.True(moved);
+        Assert.True(await work.WaitAsync(T));
+        gate.Leave(id);
+
+        // Work that fails: still inside once (the caller's one Leave balances), and told so.
+        Assert.True(await gate.EnterAsync(id, forWrite: false));
+        gate.Queue(id, _ => Task.FromResult(false), urgentForReads: true);
+        Assert.False(await gate.ReenterAsync(id, forWrite: false).AsTask().WaitAsync(T));
+        gate.Leave(id);
+        gate.Forget(_ => true);
+#pragma warning disable CA2012 // Consumed once, here: only whether it completed at once is looked at.
+        Assert.True(gate.EnterAsync(id, forWrite: false).IsCompletedSuccessfully); // nothing left inside or queued
+#pragma warning restore CA2012
+        gate.Leave(id);
+    }
+
+    [Fact]
     public async Task Work_waits_for_the_requests_inside_and_failed_work_fails_the_clients_and_stays_queued()
     {
         var gate = new ObjectGate();

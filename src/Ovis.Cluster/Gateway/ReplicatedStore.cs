@@ -408,7 +408,7 @@ public sealed partial class ReplicatedStore : IObjectStore
     /// answers; after a refresh (a copy is in a newer epoch), those of the view then.</summary>
     private async ValueTask<StoreStatus> FromOneCopyAsync<TOp>(ClusterView view, ObjectId id, TOp op) where TOp : struct, IReplicaOp
     {
-        for (int attempt = 1; ; attempt++, view = View)
+        for (int attempt = 1; ; attempt++)
         {
             if (view.Placement is null)
                 return StoreStatus.IoError;
@@ -425,6 +425,13 @@ public sealed partial class ReplicatedStore : IObjectStore
             if (newest > view.Epoch && attempt < MaxAttempts)
             {
                 await _control.RefreshAsync(newest).ConfigureAwait(false);
+                // The newer view may place the object on a holder whose copy is not filled yet, and
+                // its recovery waits for the requests inside the gate — this one too. So it steps
+                // out and in again, behind that work (seen: a read inside the gate when a node was
+                // taken out retried on the new holder's empty copy and returned zeroes).
+                view = View;
+                if (!await Gate.ReenterAsync(id, forWrite: false).ConfigureAwait(false))
+                    return StoreStatus.IoError;
                 continue;
             }
             return StoreStatus.IoError;

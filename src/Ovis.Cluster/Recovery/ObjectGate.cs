@@ -103,6 +103,18 @@ public sealed class ObjectGate
 
     public void Leave(ObjectId id) => Interlocked.Decrement(ref _inside[StripeOf(id)]);
 
+    /// <summary>Steps out of <paramref name="id"/>'s gate and back in, behind the work queued for
+    /// it meanwhile: for a request inside that has just seen a newer view. Inside again on return
+    /// either way (the caller leaves once, as usual); false when that work failed.</summary>
+    public async ValueTask<bool> ReenterAsync(ObjectId id, bool forWrite)
+    {
+        Leave(id);
+        if (await EnterAsync(id, forWrite).ConfigureAwait(false))
+            return true;
+        Interlocked.Increment(ref _inside[StripeOf(id)]);
+        return false;
+    }
+
     /// <summary>
     /// Queues <paramref name="work"/> for <paramref name="id"/> unless work is queued for it
     /// already; it runs when a client touches the object or <see cref="RunAsync"/> is called.
