@@ -66,6 +66,23 @@ public sealed partial class LocalStore
         }
     }
 
+    /// <summary>As <see cref="SaveReplayedChanges"/>; false (the changes kept in memory only) when
+    /// the file system has no room for them.</summary>
+    private bool TrySaveReplayedChanges(List<StoreChange> changes)
+    {
+        try
+        {
+            SaveReplayedChanges(changes);
+            return true;
+        }
+        catch (IOException e) when (e.HResult == 28 || e.Message.Contains("No space", StringComparison.Ordinal))
+        {
+            LogReplayedNotSaved(_logger, changes.Count, e);
+            _replayed = [.. LoadReplayedChanges(), .. changes];
+            return false;
+        }
+    }
+
     /// <summary>Appends this start's replayed changes to the file and syncs it, then loads the whole file.</summary>
     private void SaveReplayedChanges(List<StoreChange> changes)
     {

@@ -243,9 +243,13 @@ public sealed partial class LocalStore
             }
             ApplyRecord(in r, 0);
         });
-        // Before the checkpoint below forgets the records.
-        SaveReplayedChanges(changes);
-        Checkpoint();
+        // Before the checkpoint below forgets the records. On a disk too full for the list (the
+        // store must always start there), the records stay in the journal instead: no start-up
+        // checkpoint, so a crash replays them again, and the list is kept in memory for the bitmaps.
+        if (TrySaveReplayedChanges(changes))
+        {
+            Checkpoint();
+        }
         _space.Refresh();
         LogRecovered(_logger, objects, batches);
     }

@@ -18,4 +18,7 @@ public sealed partial class LocalStore
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read the file system's free space")]
     private static partial void LogSpaceProbeFailed(ILogger logger, Exception e);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "No room to save the {Count} changes replayed for the dirty bitmaps: their journal records are kept until a checkpoint has room")]
+    private static partial void LogReplayedNotSaved(ILogger logger, int count, Exception exception);
 }
