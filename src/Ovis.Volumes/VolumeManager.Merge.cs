@@ -25,10 +25,7 @@ public sealed partial class VolumeManager
         int bs = _store.BlockSize;
         int blocks = (int)(os / bs);
         long objects = (Math.Min(snapshot.Size, child.Size) + os - 1) / os;
-        // In a cluster a node lists only the objects it holds a copy of: then every slot is asked.
-        HashSet<uint>? present = _store.ListsEveryObject
-            ? [.. _store.ListObjects().Where(o => o.Volume == snapshot.Id).Select(o => o.Index)]
-            : null;
+        HashSet<uint>? present = SlotsHeldBy([snapshot.Id]);
         byte[] data = ArrayPool<byte>.Shared.Rent((int)os);
         BlockState[] states = ArrayPool<BlockState>.Shared.Rent(blocks);
         var copied = new List<(ObjectId Source, long Offset, long Length)>();
@@ -99,6 +96,11 @@ public sealed partial class VolumeManager
             ArrayPool<BlockState>.Shared.Return(states);
         }
     }
+
+    /// <summary>The object slots the <paramref name="layers"/> have objects in, or null (ask every
+    /// slot) when the store does not list every object — a cluster node lists only its own copies.</summary>
+    private HashSet<uint>? SlotsHeldBy(uint[] layers)
+        => _store.ListsEveryObject ? [.. _store.ListObjects().Where(o => layers.Contains(o.Volume)).Select(o => o.Index)] : null;
 
     /// <summary>
     /// Trims from the snapshot the runs whose copies are in the child: once those copies are

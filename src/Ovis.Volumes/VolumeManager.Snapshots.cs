@@ -338,10 +338,7 @@ public sealed partial class VolumeManager
         long os = target.ObjectSize;
         int bs = _store.BlockSize;
         long objects = (target.Size + os - 1) / os;
-        // In a cluster a node lists only the objects it holds a copy of: then every slot is asked.
-        HashSet<uint>? present = _store.ListsEveryObject
-            ? [.. _store.ListObjects().Where(o => source.Contains(o.Volume)).Select(o => o.Index)]
-            : null;
+        HashSet<uint>? present = SlotsHeldBy(source);
         byte[] data = ArrayPool<byte>.Shared.Rent((int)os);
         BlockState[] states = ArrayPool<BlockState>.Shared.Rent((int)(os / bs));
         try
