@@ -1,4 +1,4 @@
-using System.Net;
+using Etcdserverpb;
 
 namespace Ovis.Cluster.Etcd;
 
@@ -8,40 +8,41 @@ public sealed partial class EtcdClient
     public async Task<EtcdLease> GrantLeaseAsync(long ttlSeconds, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(ttlSeconds, 1);
-        using var doc = await PostAsync("/v3/lease/grant", w => w.WriteString("TTL", Int(ttlSeconds)),
-            idempotent: false, cancellationToken).ConfigureAwait(false);
-        var root = doc.RootElement;
-        if (root.TryGetProperty("error", out var error) && error.GetString() is { Length: > 0 } message)
-            throw new EtcdException($"etcd refused a lease of {ttlSeconds} s: {message}");
-        return new EtcdLease(Long(root, "ID"), Long(root, "TTL"));
+        var request = new LeaseGrantRequest { TTL = ttlSeconds };
+        var response = await CallAsync("lease grant", idempotent: false, (e, o) => e.Lease.LeaseGrantAsync(request, o).ResponseAsync,
+            cancellationToken).ConfigureAwait(false);
+        if (!string.IsNullOrEmpty(response.Error))
+            throw new EtcdException($"etcd refused a lease of {ttlSeconds} s: {response.Error}");
+        return new EtcdLease(response.ID, response.TTL);
     }
 
     /// <summary>
     /// Renews a lease once; returns its TTL in seconds from now, or 0 when the lease no longer
     /// exists (it ran out or was revoked: the keys attached to it are gone).
     /// </summary>
-    public async Task<long> KeepAliveOnceAsync(long leaseId, CancellationToken cancellationToken = default)
-    {
-        // A streaming RPC through the gateway: one request object in, one result line out, and
-        // the stream ends with the request body.
-        using var doc = await PostAsync("/v3/lease/keepalive", w => w.WriteString("ID", Int(leaseId)),
-            idempotent: true, cancellationToken).ConfigureAwait(false);
-        var root = doc.RootElement;
-        if (TryError(root, out var failure))
-            throw failure;
-        return root.TryGetProperty("result", out var result) ? Math.Max(0, Long(result, "TTL")) : 0;
-    }
+    public Task<long> KeepAliveOnceAsync(long leaseId, CancellationToken cancellationToken = default) =>
+        // etcd renews leases only on its keep-alive stream: one request in, one answer out.
+        CallAsync("lease keepalive", idempotent: true, async (e, o) =>
+        {
+            using var call = e.Lease.LeaseKeepAlive(o);
+            await call.RequestStream.WriteAsync(new LeaseKeepAliveRequest { ID = leaseId }, o.CancellationToken).ConfigureAwait(false);
+            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+            return await call.ResponseStream.MoveNext(o.CancellationToken).ConfigureAwait(false)
+                ? Math.Max(0, call.ResponseStream.Current.TTL)
+                : 0;
+        }, cancellationToken);
 
     /// <summary>Revokes a lease and deletes its keys; false when it did not exist (any more).</summary>
     public async Task<bool> RevokeAsync(long leaseId, CancellationToken cancellationToken = default)
     {
+        var request = new LeaseRevokeRequest { ID = leaseId };
         try
         {
-            using var doc = await PostAsync("/v3/lease/revoke", w => w.WriteString("ID", Int(leaseId)),
-                idempotent: true, cancellationToken).ConfigureAwait(false);
+            await CallAsync("lease revoke", idempotent: true, (e, o) => e.Lease.LeaseRevokeAsync(request, o).ResponseAsync,
+                cancellationToken).ConfigureAwait(false);
             return true;
         }
-        catch (EtcdException e) when (e.GrpcCode == 5 || e.HttpStatus == HttpStatusCode.NotFound)
+        catch (EtcdException e) when (e.GrpcCode == (int)Grpc.Core.StatusCode.NotFound)
         {
             return false;
         }
@@ -50,8 +51,9 @@ public sealed partial class EtcdClient
     /// <summary>The remaining TTL of a lease in seconds; -1 when it does not exist.</summary>
     public async Task<long> TimeToLiveAsync(long leaseId, CancellationToken cancellationToken = default)
     {
-        using var doc = await PostAsync("/v3/lease/timetolive", w => w.WriteString("ID", Int(leaseId)),
-            idempotent: true, cancellationToken).ConfigureAwait(false);
-        return Long(doc.RootElement, "TTL");
+        var request = new LeaseTimeToLiveRequest { ID = leaseId };
+        var response = await CallAsync("lease time-to-live", idempotent: true, (e, o) => e.Lease.LeaseTimeToLiveAsync(request, o).ResponseAsync,
+            cancellationToken).ConfigureAwait(false);
+        return response.TTL;
     }
 }

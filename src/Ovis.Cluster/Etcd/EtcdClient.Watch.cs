@@ -1,6 +1,6 @@
 using System.Runtime.CompilerServices;
-using System.Text;
-using System.Text.Json;
+using Etcdserverpb;
+using Grpc.Core;
 
 namespace Ovis.Cluster.Etcd;
 
@@ -12,10 +12,10 @@ public sealed partial class EtcdClient
     /// <see cref="RangePrefixAsync"/> first and watch from its <c>Revision + 1</c> to miss nothing.
     /// </summary>
     /// <remarks>
-    /// The gateway streams newline-delimited JSON (<c>{"result":{…}}</c>). When a stream breaks,
-    /// the watch resumes on the next endpoint from the revision after the last one seen, so the
-    /// caller sees every change exactly once. Throws <see cref="EtcdWatchCompactedException"/>
-    /// when etcd no longer holds the history it would need.
+    /// One gRPC watch stream per call. When a stream breaks (the member died, was cut off — found
+    /// by HTTP/2 pings — or restarted), the watch resumes on the next endpoint from the revision
+    /// after the last one seen, so the caller sees every change exactly once. Throws
+    /// <see cref="EtcdWatchCompactedException"/> when etcd no longer holds the history it would need.
     /// </remarks>
     public IAsyncEnumerable<EtcdWatchEvent> WatchPrefixAsync(string prefix, long startRevision,
         CancellationToken cancellationToken = default) =>
@@ -32,111 +32,96 @@ public sealed partial class EtcdClient
         long next = startRevision;
         while (true)
         {
-            using var response = await OpenWatchAsync(key, prefix, next, cancellationToken).ConfigureAwait(false);
-            using var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            using var reader = new StreamReader(stream, Encoding.UTF8);
+            using var call = await OpenWatchAsync(key, prefix, next, cancellationToken).ConfigureAwait(false);
             while (true)
             {
-                string? line;
+                WatchResponse? response;
                 try
                 {
-                    line = await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false);
+                    response = await call.ResponseStream.MoveNext(cancellationToken).ConfigureAwait(false)
+                        ? call.ResponseStream.Current
+                        : null;
                 }
-                catch (Exception e) when (e is IOException or HttpRequestException && !cancellationToken.IsCancellationRequested)
+                catch (RpcException) when (!cancellationToken.IsCancellationRequested)
                 {
-                    line = null;
+                    response = null;
                 }
-                if (line is null)
+                if (response is null)
                     break; // the stream broke: resume from `next`
-                if (line.Length == 0)
-                    continue;
-
-                var batch = ParseWatchLine(line, ref next);
-                foreach (var e in batch)
+                foreach (var e in ReadEvents(response, ref next))
                     yield return e;
             }
         }
     }
 
-    private static List<EtcdWatchEvent> ParseWatchLine(string line, ref long next)
+    /// <summary>Opens a watch stream on the first endpoint that confirms it (etcd answers "created").</summary>
+    private async Task<AsyncDuplexStreamingCall<WatchRequest, WatchResponse>> OpenWatchAsync(string key, bool prefix,
+        long startRevision, CancellationToken cancellationToken)
     {
-        using var doc = JsonDocument.Parse(line);
-        var root = doc.RootElement;
-        if (!root.TryGetProperty("result", out var result))
-        {
-            if (TryError(root, out var error))
-                throw error;
-            return [];
-        }
-        if (result.TryGetProperty("canceled", out var canceled) && canceled.GetBoolean())
-        {
-            long compact = Long(result, "compact_revision");
-            if (compact > 0)
-                throw new EtcdWatchCompactedException(compact);
-            string reason = result.TryGetProperty("cancel_reason", out var r) ? r.GetString() ?? "" : "";
-            throw new EtcdException($"etcd cancelled the watch: {reason}");
-        }
-        var events = new List<EtcdWatchEvent>();
-        if (result.TryGetProperty("events", out var array))
-        {
-            foreach (var e in array.EnumerateArray())
-            {
-                // jsonpb omits the enum's zero value: no "type" is a PUT.
-                var type = e.TryGetProperty("type", out var t) && t.GetString() == "DELETE" ? EtcdEventType.Delete : EtcdEventType.Put;
-                var kv = ReadKv(e.GetProperty("kv"));
-                events.Add(new EtcdWatchEvent(type, kv));
-                next = Math.Max(next, kv.ModRevision + 1);
-            }
-        }
-        // The header revision of a "created" answer or a progress notice is the store revision
-        // the watch is synchronised with: nothing under the key changed up to it.
-        long headerRevision = HeaderRevision(result);
-        if (headerRevision > 0 && events.Count == 0)
-            next = Math.Max(next, headerRevision + 1);
-        return events;
-    }
-
-    private async Task<HttpResponseMessage> OpenWatchAsync(string key, bool prefix, long startRevision,
-        CancellationToken cancellationToken)
-    {
-        byte[] payload = Serialize(w =>
-        {
-            w.WriteStartObject("create_request");
-            WriteKeyRange(w, key, prefix);
-            if (startRevision > 0)
-                w.WriteString("start_revision", Int(startRevision));
-            w.WriteEndObject();
-        });
+        var create = new WatchCreateRequest { Key = Key(key), StartRevision = startRevision };
+        if (prefix)
+            create.RangeEnd = RangeEnd(key);
         Exception? last = null;
         int start = Volatile.Read(ref _current);
         for (int i = 0; i < _endpoints.Length; i++)
         {
             int index = (start + i) % _endpoints.Length;
-            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(_endpoints[index], "/v3/watch"))
-            {
-                Content = new ByteArrayContent(payload),
-            };
-            HttpResponseMessage response;
+            var call = _endpoints[index].Watch.Watch(cancellationToken: cancellationToken);
             try
             {
-                response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
+                await call.RequestStream.WriteAsync(new WatchRequest { CreateRequest = create }, cancellationToken).ConfigureAwait(false);
+                // Bounded like a unary request: a member that accepts the stream but never answers
+                // (no quorum) must not hold the watch.
+                using var created = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                created.CancelAfter(_requestTimeout);
+                if (!await call.ResponseStream.MoveNext(created.Token).ConfigureAwait(false))
+                    throw new RpcException(new Status(StatusCode.Unavailable, "the watch stream ended before etcd confirmed it"));
+                var first = call.ResponseStream.Current;
+                long ignored = startRevision;
+                if (first.Canceled || ReadEvents(first, ref ignored).Count > 0 || !first.Created)
+                    throw new EtcdException("etcd answered a watch request with something other than its confirmation");
+                Volatile.Write(ref _current, index);
+                return call;
             }
-            catch (Exception e) when (e is HttpRequestException or TaskCanceledException && !cancellationToken.IsCancellationRequested)
+            catch (EtcdException)
             {
+                call.Dispose();
+                throw;
+            }
+            catch (Exception e) when (e is RpcException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+            {
+                call.Dispose();
                 last = e;
-                continue;
             }
-            if (!response.IsSuccessStatusCode)
+            catch
             {
-                using (response)
-                {
-                    byte[] body = await response.Content.ReadAsByteArrayAsync(cancellationToken).ConfigureAwait(false);
-                    throw GatewayError(response.StatusCode, body, "/v3/watch");
-                }
+                call.Dispose();
+                throw;
             }
-            Volatile.Write(ref _current, index);
-            return response;
         }
         throw Unreachable(last);
+    }
+
+    private static List<EtcdWatchEvent> ReadEvents(WatchResponse response, ref long next)
+    {
+        if (response.Canceled)
+        {
+            if (response.CompactRevision > 0)
+                throw new EtcdWatchCompactedException(response.CompactRevision);
+            throw new EtcdException($"etcd cancelled the watch: {response.CancelReason}");
+        }
+        var events = new List<EtcdWatchEvent>(response.Events.Count);
+        foreach (var e in response.Events)
+        {
+            var kv = ReadKv(e.Kv);
+            events.Add(new EtcdWatchEvent(e.Type == Mvccpb.Event.Types.EventType.Delete ? EtcdEventType.Delete : EtcdEventType.Put, kv));
+            next = Math.Max(next, kv.ModRevision + 1);
+        }
+        // A progress notice (no events, not the confirmation) carries the revision the watch is
+        // synchronised with: nothing under the key changed up to it. The confirmation does not:
+        // a watch from a past revision gets it before the history it replays.
+        if (events.Count == 0 && !response.Created && response.Header is { Revision: > 0 } header)
+            next = Math.Max(next, header.Revision + 1);
+        return events;
     }
 }

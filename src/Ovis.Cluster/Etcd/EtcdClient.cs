@@ -1,26 +1,29 @@
-using System.Buffers;
-using System.Globalization;
-using System.Net;
+using System.Net.Sockets;
 using System.Text;
-using System.Text.Json;
+using Etcdserverpb;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
 
 namespace Ovis.Cluster.Etcd;
 
 /// <summary>
-/// A client of etcd's v3 JSON gateway (<c>POST /v3/…</c>, keys and values base64, int64s as
-/// strings). The gRPC client packages are not available here, and the gateway needs nothing but
-/// HTTP. Thread-safe; one instance per process is enough.
+/// A client of etcd's v3 gRPC API, through the service stubs of the dotnet-etcd package over
+/// one HTTP/2 channel per endpoint. Thread-safe; one instance per process is enough.
 /// </summary>
 /// <remarks>
-/// Requests go to the endpoint that answered last. A connection that cannot be opened moves the
-/// request to the next endpoint; a request that may have reached etcd (the connection broke
-/// afterwards) moves only when it is idempotent (reads, puts, keepalives), never a transaction
-/// or a lease grant, which the caller must re-check.
+/// Not dotnet-etcd's own <c>EtcdClient</c>: its channel retries every call that ends
+/// <c>Unavailable</c> up to five times, transactions and lease grants included, and spends
+/// seconds in back-off before another endpoint is tried. Here, requests go to the endpoint that
+/// answered last; a connection that cannot be opened moves the request to the next endpoint; a
+/// request that may have reached etcd moves only when it is idempotent (reads, puts,
+/// keepalives), never a transaction or a lease grant, which the caller must re-check
+/// (docs/cluster.md).
 /// </remarks>
 public sealed partial class EtcdClient : IDisposable
 {
-    private readonly HttpClient _http;
-    private readonly Uri[] _endpoints;
+    private readonly Endpoint[] _endpoints;
+    private readonly TimeSpan _requestTimeout;
     private int _current;
 
     /// <param name="endpoints">client URLs, <c>http://HOST:PORT</c></param>
@@ -28,35 +31,22 @@ public sealed partial class EtcdClient : IDisposable
     public EtcdClient(IEnumerable<string> endpoints, TimeSpan? requestTimeout = null)
     {
         ArgumentNullException.ThrowIfNull(endpoints);
-        _endpoints = [.. endpoints.Select(ParseEndpoint)];
+        _endpoints = [.. endpoints.Select(e => new Endpoint(ParseEndpoint(e)))];
         if (_endpoints.Length == 0)
             throw new ArgumentException("at least one etcd endpoint is needed", nameof(endpoints));
-        _http = new HttpClient(new SocketsHttpHandler
-        {
-            ConnectTimeout = TimeSpan.FromSeconds(3),
-            PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
-        })
-        {
-            // Unary requests only: a watch reads its stream after SendAsync, outside this bound.
-            Timeout = requestTimeout ?? TimeSpan.FromSeconds(10),
-        };
+        _requestTimeout = requestTimeout ?? TimeSpan.FromSeconds(10);
     }
 
     /// <summary>The endpoints, in the order they are tried.</summary>
-    public IReadOnlyList<Uri> Endpoints => _endpoints;
+    public IReadOnlyList<Uri> Endpoints => [.. _endpoints.Select(e => e.Uri)];
 
     /// <summary>Puts a key (attached to <paramref name="leaseId"/> when non-zero); returns the new store revision.</summary>
     public async Task<long> PutAsync(string key, byte[] value, long leaseId = 0, CancellationToken cancellationToken = default)
     {
-        ArgumentNullException.ThrowIfNull(value);
-        using var doc = await PostAsync("/v3/kv/put", w =>
-        {
-            w.WriteString("key", EncodeKey(key));
-            w.WriteBase64String("value", value);
-            if (leaseId != 0)
-                w.WriteString("lease", Int(leaseId));
-        }, idempotent: true, cancellationToken).ConfigureAwait(false);
-        return HeaderRevision(doc.RootElement);
+        var request = PutRequest(key, value, leaseId);
+        var response = await CallAsync("put", idempotent: true, (e, o) => e.Kv.PutAsync(request, o).ResponseAsync,
+            cancellationToken).ConfigureAwait(false);
+        return response.Header.Revision;
     }
 
     /// <summary>Puts a UTF-8 text value.</summary>
@@ -76,9 +66,10 @@ public sealed partial class EtcdClient : IDisposable
 
     private async Task<EtcdRange> RangeAsync(string key, bool prefix, CancellationToken cancellationToken)
     {
-        using var doc = await PostAsync("/v3/kv/range", w => WriteKeyRange(w, key, prefix),
-            idempotent: true, cancellationToken).ConfigureAwait(false);
-        return new EtcdRange(ReadKvs(doc.RootElement), HeaderRevision(doc.RootElement));
+        var request = RangeRequest(key, prefix);
+        var response = await CallAsync("range", idempotent: true, (e, o) => e.Kv.RangeAsync(request, o).ResponseAsync,
+            cancellationToken).ConfigureAwait(false);
+        return new EtcdRange(ReadKvs(response.Kvs), response.Header.Revision);
     }
 
     /// <summary>Deletes one key; returns how many keys were deleted (0 or 1).</summary>
@@ -91,9 +82,10 @@ public sealed partial class EtcdClient : IDisposable
 
     private async Task<long> DeleteRangeAsync(string key, bool prefix, CancellationToken cancellationToken)
     {
-        using var doc = await PostAsync("/v3/kv/deleterange", w => WriteKeyRange(w, key, prefix),
-            idempotent: true, cancellationToken).ConfigureAwait(false);
-        return Long(doc.RootElement, "deleted");
+        var request = DeleteRequest(key, prefix);
+        var response = await CallAsync("delete", idempotent: true, (e, o) => e.Kv.DeleteRangeAsync(request, o).ResponseAsync,
+            cancellationToken).ConfigureAwait(false);
+        return response.Deleted;
     }
 
     /// <summary>
@@ -105,36 +97,17 @@ public sealed partial class EtcdClient : IDisposable
     {
         ArgumentNullException.ThrowIfNull(compare);
         ArgumentNullException.ThrowIfNull(success);
-        using var doc = await PostAsync("/v3/kv/txn", w =>
-        {
-            w.WriteStartArray("compare");
-            foreach (var c in compare)
-            {
-                w.WriteStartObject();
-                w.WriteString("key", EncodeKey(c.Key));
-                if (c.Prefix)
-                    w.WriteBase64String("range_end", PrefixEnd(Encoding.UTF8.GetBytes(c.Key)));
-                w.WriteString("target", c.Target);
-                w.WriteString("result", c.Result);
-                w.WriteString(c.Field, c.Operand);
-                w.WriteEndObject();
-            }
-            w.WriteEndArray();
-            WriteOps(w, "success", success);
-            if (failure is not null)
-                WriteOps(w, "failure", failure);
-        }, idempotent: false, cancellationToken).ConfigureAwait(false);
-
-        var root = doc.RootElement;
-        // jsonpb omits false booleans: a failed transaction has no "succeeded".
-        bool succeeded = root.TryGetProperty("succeeded", out var s) && s.GetBoolean();
-        var reads = new List<IReadOnlyList<EtcdKeyValue>>();
-        if (root.TryGetProperty("responses", out var responses))
-        {
-            foreach (var response in responses.EnumerateArray())
-                reads.Add(response.TryGetProperty("response_range", out var range) ? ReadKvs(range) : []);
-        }
-        return new EtcdTxnResult(succeeded, HeaderRevision(root), reads);
+        var request = new TxnRequest();
+        request.Compare.AddRange(compare.Select(c => c.ToProto()));
+        request.Success.AddRange(success.Select(RequestOp));
+        if (failure is not null)
+            request.Failure.AddRange(failure.Select(RequestOp));
+        var response = await CallAsync("txn", idempotent: false, (e, o) => e.Kv.TxnAsync(request, o).ResponseAsync,
+            cancellationToken).ConfigureAwait(false);
+        var reads = response.Responses
+            .Select(r => r.ResponseCase == ResponseOp.ResponseOneofCase.ResponseRange ? ReadKvs(r.ResponseRange.Kvs) : [])
+            .ToList<IReadOnlyList<EtcdKeyValue>>();
+        return new EtcdTxnResult(response.Succeeded, response.Header.Revision, reads);
     }
 
     /// <summary>Creates <paramref name="key"/> only if it does not exist; returns the existing key when it does.</summary>
@@ -155,47 +128,43 @@ public sealed partial class EtcdClient : IDisposable
         return result.Succeeded;
     }
 
-    private static void WriteOps(Utf8JsonWriter w, string name, IEnumerable<EtcdOp> ops)
+    private static RequestOp RequestOp(EtcdOp op) => op switch
     {
-        w.WriteStartArray(name);
-        foreach (var op in ops)
-        {
-            w.WriteStartObject();
-            switch (op)
-            {
-                case EtcdOp.Put put:
-                    w.WriteStartObject("request_put");
-                    w.WriteString("key", EncodeKey(put.Key));
-                    w.WriteBase64String("value", put.Value);
-                    if (put.LeaseId != 0)
-                        w.WriteString("lease", Int(put.LeaseId));
-                    w.WriteEndObject();
-                    break;
-                case EtcdOp.Range get:
-                    w.WriteStartObject("request_range");
-                    WriteKeyRange(w, get.Key, get.Prefix);
-                    w.WriteEndObject();
-                    break;
-                case EtcdOp.Delete delete:
-                    w.WriteStartObject("request_delete_range");
-                    WriteKeyRange(w, delete.Key, delete.Prefix);
-                    w.WriteEndObject();
-                    break;
-                default:
-                    throw new ArgumentException($"unknown etcd operation {op.GetType().Name}", nameof(ops));
-            }
-            w.WriteEndObject();
-        }
-        w.WriteEndArray();
+        EtcdOp.Put put => new RequestOp { RequestPut = PutRequest(put.Key, put.Value, put.LeaseId) },
+        EtcdOp.Range range => new RequestOp { RequestRange = RangeRequest(range.Key, range.Prefix) },
+        EtcdOp.Delete delete => new RequestOp { RequestDeleteRange = DeleteRequest(delete.Key, delete.Prefix) },
+        _ => throw new ArgumentException($"unknown etcd operation {op.GetType().Name}", nameof(op)),
+    };
+
+    private static PutRequest PutRequest(string key, byte[] value, long leaseId)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        return new PutRequest { Key = Key(key), Value = ByteString.CopyFrom(value), Lease = leaseId };
     }
 
-    private static void WriteKeyRange(Utf8JsonWriter w, string key, bool prefix)
+    private static RangeRequest RangeRequest(string key, bool prefix)
     {
-        byte[] keyBytes = Encoding.UTF8.GetBytes(key);
-        w.WriteBase64String("key", keyBytes);
+        var request = new RangeRequest { Key = Key(key) };
         if (prefix)
-            w.WriteBase64String("range_end", PrefixEnd(keyBytes));
+            request.RangeEnd = RangeEnd(key);
+        return request;
     }
+
+    private static DeleteRangeRequest DeleteRequest(string key, bool prefix)
+    {
+        var request = new DeleteRangeRequest { Key = Key(key) };
+        if (prefix)
+            request.RangeEnd = RangeEnd(key);
+        return request;
+    }
+
+    internal static ByteString Key(string key)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(key);
+        return ByteString.CopyFromUtf8(key);
+    }
+
+    internal static ByteString RangeEnd(string prefix) => ByteString.CopyFrom(PrefixEnd(Encoding.UTF8.GetBytes(prefix)));
 
     /// <summary>
     /// The end of the range of keys that start with <paramref name="prefix"/>: the prefix with its
@@ -216,96 +185,63 @@ public sealed partial class EtcdClient : IDisposable
         return [0];
     }
 
-    private async Task<JsonDocument> PostAsync(string path, Action<Utf8JsonWriter> writeBody, bool idempotent,
+    /// <summary>
+    /// Runs <paramref name="call"/> on the endpoint that answered last, moving on to the next one
+    /// when it cannot be reached (and, for an idempotent request, when it may have been reached).
+    /// </summary>
+    private async Task<T> CallAsync<T>(string what, bool idempotent, Func<Endpoint, CallOptions, Task<T>> call,
         CancellationToken cancellationToken)
     {
-        byte[] payload = Serialize(writeBody);
         Exception? last = null;
         int start = Volatile.Read(ref _current);
         for (int i = 0; i < _endpoints.Length; i++)
         {
             int index = (start + i) % _endpoints.Length;
-            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(_endpoints[index], path))
-            {
-                Content = new ByteArrayContent(payload),
-            };
-            HttpResponseMessage response;
+            var endpoint = _endpoints[index];
             try
             {
-                response = await _http.SendAsync(request, cancellationToken).ConfigureAwait(false);
+                var result = await call(endpoint, new CallOptions(deadline: DateTime.UtcNow + _requestTimeout,
+                    cancellationToken: cancellationToken)).ConfigureAwait(false);
+                Volatile.Write(ref _current, index);
+                return result;
             }
-            catch (HttpRequestException e) when (IsRetryable(e, idempotent))
+            catch (RpcException e) when (cancellationToken.IsCancellationRequested)
+            {
+                throw new OperationCanceledException($"etcd {what} cancelled", e, cancellationToken);
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && (idempotent || NeverSent(e)))
             {
                 last = e;
-                continue;
             }
-            catch (TaskCanceledException e) when (!cancellationToken.IsCancellationRequested)
+            catch (RpcException e) when (e.StatusCode == StatusCode.DeadlineExceeded)
             {
-                // HttpClient.Timeout: etcd may have applied the request.
                 if (!idempotent)
-                    throw new EtcdException($"etcd at {_endpoints[index]} did not answer {path} in time; it may have been applied", e);
+                    throw new EtcdException($"etcd at {endpoint.Uri} did not answer {what} in time; it may have been applied", e);
                 last = e;
-                continue;
             }
-            Volatile.Write(ref _current, index);
-            using (response)
+            catch (RpcException e)
             {
-                byte[] body = await response.Content.ReadAsByteArrayAsync(cancellationToken).ConfigureAwait(false);
-                if (!response.IsSuccessStatusCode)
-                    throw GatewayError(response.StatusCode, body, path);
-                return JsonDocument.Parse(body);
+                throw Refused(e);
             }
         }
         throw Unreachable(last);
     }
 
+    /// <summary>The connection could not even be opened: the request cannot have reached etcd.</summary>
+    private static bool NeverSent(RpcException e)
+    {
+        for (Exception? inner = e.Status.DebugException; inner is not null; inner = inner.InnerException)
+        {
+            if (inner is SocketException or HttpRequestException { HttpRequestError: HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError })
+                return true;
+        }
+        return false;
+    }
+
+    private static EtcdException Refused(RpcException e) => new(e.Status.Detail, (int)e.StatusCode, e);
+
     private EtcdException Unreachable(Exception? last) =>
-        new($"no etcd endpoint answered ({string.Join(", ", _endpoints.Select(e => e.ToString()))}): {last?.Message}", last!);
-
-    private static bool IsRetryable(HttpRequestException e, bool idempotent) =>
-        idempotent || e.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError;
-
-    private static EtcdException GatewayError(HttpStatusCode status, byte[] body, string path)
-    {
-        try
-        {
-            using var doc = JsonDocument.Parse(body);
-            if (TryError(doc.RootElement, out var error))
-                return new EtcdException(error.Message, error.GrpcCode, status);
-        }
-        catch (JsonException)
-        {
-        }
-        string text = Encoding.UTF8.GetString(body).Trim();
-        return new EtcdException($"etcd answered {path} with HTTP {(int)status}: {text}", 0, status);
-    }
-
-    private static bool TryError(JsonElement root, out EtcdException error)
-    {
-        error = null!;
-        if (root.ValueKind != JsonValueKind.Object)
-            return false;
-        string? message = root.TryGetProperty("message", out var m) ? m.GetString() : null;
-        if (string.IsNullOrEmpty(message) && root.TryGetProperty("error", out var e) && e.ValueKind == JsonValueKind.String)
-            message = e.GetString();
-        if (string.IsNullOrEmpty(message))
-            return false;
-        int code = root.TryGetProperty("code", out var c) && c.ValueKind == JsonValueKind.Number ? c.GetInt32() : 0;
-        error = new EtcdException(message, code, null);
-        return true;
-    }
-
-    private static byte[] Serialize(Action<Utf8JsonWriter> writeBody)
-    {
-        var buffer = new ArrayBufferWriter<byte>(256);
-        using (var w = new Utf8JsonWriter(buffer))
-        {
-            w.WriteStartObject();
-            writeBody(w);
-            w.WriteEndObject();
-        }
-        return buffer.WrittenSpan.ToArray();
-    }
+        new($"no etcd endpoint answered ({string.Join(", ", _endpoints.Select(e => e.Uri.ToString()))}): {(last as RpcException)?.Status.Detail ?? last?.Message}", last!);
 
     private static Uri ParseEndpoint(string endpoint)
     {
@@ -314,45 +250,53 @@ public sealed partial class EtcdClient : IDisposable
         return new Uri(uri.GetLeftPart(UriPartial.Authority));
     }
 
-    internal static string EncodeKey(string key)
+    private static List<EtcdKeyValue> ReadKvs(IEnumerable<Mvccpb.KeyValue> kvs) => [.. kvs.Select(ReadKv)];
+
+    private static EtcdKeyValue ReadKv(Mvccpb.KeyValue kv) =>
+        new(kv.Key.ToStringUtf8(), kv.Value.ToByteArray(), kv.CreateRevision, kv.ModRevision, kv.Version, kv.Lease);
+
+    public void Dispose()
     {
-        ArgumentException.ThrowIfNullOrEmpty(key);
-        return Convert.ToBase64String(Encoding.UTF8.GetBytes(key));
+        foreach (var endpoint in _endpoints)
+            endpoint.Dispose();
     }
 
-    private static string Int(long value) => value.ToString(CultureInfo.InvariantCulture);
-
-    /// <summary>An int64 field: a string in jsonpb, absent when zero.</summary>
-    private static long Long(JsonElement element, string name)
+    /// <summary>One etcd member: an HTTP/2 channel and the service stubs on it.</summary>
+    private sealed class Endpoint : IDisposable
     {
-        if (!element.TryGetProperty(name, out var p))
-            return 0;
-        return p.ValueKind == JsonValueKind.String
-            ? long.Parse(p.GetString()!, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture)
-            : p.GetInt64();
-    }
+        private readonly GrpcChannel _channel;
 
-    private static long HeaderRevision(JsonElement root) =>
-        root.TryGetProperty("header", out var header) ? Long(header, "revision") : 0;
-
-    private static List<EtcdKeyValue> ReadKvs(JsonElement root)
-    {
-        var kvs = new List<EtcdKeyValue>();
-        if (root.TryGetProperty("kvs", out var array))
+        public Endpoint(Uri uri)
         {
-            foreach (var kv in array.EnumerateArray())
-                kvs.Add(ReadKv(kv));
+            Uri = uri;
+            _channel = GrpcChannel.ForAddress(uri, new GrpcChannelOptions
+            {
+                HttpHandler = new SocketsHttpHandler
+                {
+                    ConnectTimeout = TimeSpan.FromSeconds(3),
+                    // A watch on a member that died or was cut off must end, so that it resumes on
+                    // another one: HTTP/2 pings find it within seconds. Only while calls are open:
+                    // etcd closes connections that ping with no stream open (too_many_pings).
+                    KeepAlivePingDelay = TimeSpan.FromSeconds(10),
+                    KeepAlivePingTimeout = TimeSpan.FromSeconds(5),
+                    KeepAlivePingPolicy = HttpKeepAlivePingPolicy.WithActiveRequests,
+                    EnableMultipleHttp2Connections = true,
+                },
+                // No service config, so no retry policy: the retries are CallAsync's.
+            });
+            Kv = new KV.KVClient(_channel);
+            Lease = new Lease.LeaseClient(_channel);
+            Watch = new Watch.WatchClient(_channel);
         }
-        return kvs;
+
+        public Uri Uri { get; }
+
+        public KV.KVClient Kv { get; }
+
+        public Lease.LeaseClient Lease { get; }
+
+        public Watch.WatchClient Watch { get; }
+
+        public void Dispose() => _channel.Dispose();
     }
-
-    private static EtcdKeyValue ReadKv(JsonElement kv) => new(
-        Encoding.UTF8.GetString(kv.GetProperty("key").GetBytesFromBase64()),
-        kv.TryGetProperty("value", out var value) ? value.GetBytesFromBase64() : [],
-        Long(kv, "create_revision"),
-        Long(kv, "mod_revision"),
-        Long(kv, "version"),
-        Long(kv, "lease"));
-
-    public void Dispose() => _http.Dispose();
 }

@@ -1,10 +1,7 @@
-using System.Net;
-
 namespace Ovis.Cluster.Etcd;
 
 /// <summary>
-/// etcd refused a request (the gateway's <c>error</c> message and gRPC <c>code</c>), or no
-/// endpoint could be reached.
+/// etcd refused a request (its gRPC status detail and code), or no endpoint could be reached.
 /// </summary>
 public class EtcdException : Exception
 {
@@ -14,17 +11,13 @@ public class EtcdException : Exception
 
     public EtcdException(string message, Exception innerException) : base(message, innerException) { }
 
-    public EtcdException(string message, int grpcCode, HttpStatusCode? httpStatus) : base(message)
+    public EtcdException(string message, int grpcCode, Exception? innerException) : base(message, innerException)
     {
         GrpcCode = grpcCode;
-        HttpStatus = httpStatus;
     }
 
-    /// <summary>The gRPC status code the gateway reported (5 = NotFound, 3 = InvalidArgument…); 0 when none.</summary>
+    /// <summary>The gRPC status code etcd answered with (5 = NotFound, 3 = InvalidArgument…); 0 when none.</summary>
     public int GrpcCode { get; }
-
-    /// <summary>The HTTP status of the gateway's answer; null when no endpoint answered.</summary>
-    public HttpStatusCode? HttpStatus { get; }
 }
 
 /// <summary>A watch started below etcd's compaction point: the caller must re-read and watch from now.</summary>

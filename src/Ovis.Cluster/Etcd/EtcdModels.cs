@@ -1,4 +1,6 @@
 using System.Text;
+using Etcdserverpb;
+using Google.Protobuf;
 
 namespace Ovis.Cluster.Etcd;
 
@@ -18,13 +20,13 @@ public readonly record struct EtcdLease(long Id, long TtlSeconds);
 /// <summary>One condition of a transaction; build with the factories.</summary>
 public sealed record EtcdCompare
 {
-    private EtcdCompare(string key, string target, string result, string field, string operand)
+    private EtcdCompare(string key, Compare.Types.CompareTarget target, Compare.Types.CompareResult result, long revision, byte[]? value = null)
     {
         Key = key;
         Target = target;
         Result = result;
-        Field = field;
-        Operand = operand;
+        Revision = revision;
+        Value = value;
     }
 
     public string Key { get; }
@@ -32,38 +34,57 @@ public sealed record EtcdCompare
     /// <summary>The comparison holds for every key under <see cref="Key"/>.</summary>
     public bool Prefix { get; private init; }
 
-    internal string Target { get; }
+    private Compare.Types.CompareTarget Target { get; }
 
-    internal string Result { get; }
+    private Compare.Types.CompareResult Result { get; }
 
-    internal string Field { get; }
+    /// <summary>The create or mod revision compared with (unused for a value).</summary>
+    private long Revision { get; }
 
-    /// <summary>An int64 as a decimal string, or a base64 value.</summary>
-    internal string Operand { get; }
+    private byte[]? Value { get; }
 
     /// <summary>The key does not exist (its create revision is 0).</summary>
-    public static EtcdCompare Absent(string key) => new(key, "CREATE", "EQUAL", "create_revision", "0");
+    public static EtcdCompare Absent(string key) => new(key, Compare.Types.CompareTarget.Create, Compare.Types.CompareResult.Equal, 0);
 
     /// <summary>The key exists (its create revision is not 0).</summary>
-    public static EtcdCompare Present(string key) => new(key, "CREATE", "GREATER", "create_revision", "0");
+    public static EtcdCompare Present(string key) => new(key, Compare.Types.CompareTarget.Create, Compare.Types.CompareResult.Greater, 0);
 
     /// <summary>The key was created at <paramref name="revision"/> (it is still the same incarnation).</summary>
-    public static EtcdCompare CreatedAt(string key, long revision) => new(key, "CREATE", "EQUAL", "create_revision", Int(revision));
+    public static EtcdCompare CreatedAt(string key, long revision) => new(key, Compare.Types.CompareTarget.Create, Compare.Types.CompareResult.Equal, revision);
 
     /// <summary>The key was last modified at <paramref name="revision"/> (nobody wrote it since it was read).</summary>
-    public static EtcdCompare ModifiedAt(string key, long revision) => new(key, "MOD", "EQUAL", "mod_revision", Int(revision));
+    public static EtcdCompare ModifiedAt(string key, long revision) => new(key, Compare.Types.CompareTarget.Mod, Compare.Types.CompareResult.Equal, revision);
 
     /// <summary>The key was last modified before <paramref name="revision"/> (0 when absent, so an absent key passes).</summary>
-    public static EtcdCompare ModifiedBefore(string key, long revision) => new(key, "MOD", "LESS", "mod_revision", Int(revision));
+    public static EtcdCompare ModifiedBefore(string key, long revision) => new(key, Compare.Types.CompareTarget.Mod, Compare.Types.CompareResult.Less, revision);
 
     /// <summary>No key under <paramref name="prefix"/> was written (or created) at or after <paramref name="revision"/>.</summary>
     public static EtcdCompare NoneModifiedSince(string prefix, long revision) =>
-        new(prefix, "MOD", "LESS", "mod_revision", Int(revision)) { Prefix = true };
+        new(prefix, Compare.Types.CompareTarget.Mod, Compare.Types.CompareResult.Less, revision) { Prefix = true };
 
     /// <summary>The key's value equals <paramref name="value"/>.</summary>
-    public static EtcdCompare ValueEquals(string key, byte[] value) => new(key, "VALUE", "EQUAL", "value", Convert.ToBase64String(value));
+    public static EtcdCompare ValueEquals(string key, byte[] value) =>
+        new(key, Compare.Types.CompareTarget.Value, Compare.Types.CompareResult.Equal, 0, value);
 
-    private static string Int(long value) => value.ToString(System.Globalization.CultureInfo.InvariantCulture);
+    internal Compare ToProto()
+    {
+        var compare = new Compare { Key = EtcdClient.Key(Key), Target = Target, Result = Result };
+        if (Prefix)
+            compare.RangeEnd = EtcdClient.RangeEnd(Key);
+        switch (Target)
+        {
+            case Compare.Types.CompareTarget.Create:
+                compare.CreateRevision = Revision;
+                break;
+            case Compare.Types.CompareTarget.Mod:
+                compare.ModRevision = Revision;
+                break;
+            default:
+                compare.Value = ByteString.CopyFrom(Value);
+                break;
+        }
+        return compare;
+    }
 }
 
 /// <summary>One operation of a transaction branch.</summary>

@@ -70,6 +70,18 @@ public sealed class EtcdCluster : IAsyncLifetime
         _process = null;
     }
 
+    /// <summary>Freezes etcd (SIGSTOP, as a long GC pause or a hung VM would): its sockets stay open, nothing answers.</summary>
+    public void Pause() => Signal("STOP");
+
+    /// <summary>Lets a paused etcd run again (SIGCONT).</summary>
+    public void Resume() => Signal("CONT");
+
+    private void Signal(string signal)
+    {
+        using var kill = Process.Start("kill", ["-" + signal, _process!.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        kill.WaitForExit();
+    }
+
     /// <summary>Starts the killed etcd again on its data directory and ports, and waits until it is healthy.</summary>
     public Task RestartAsync() => StartAsync(FindEtcd()!);
 
