@@ -170,6 +170,10 @@ public sealed class AdminClient : IDisposable
     public Task<List<MemberInfo>> ListNodesAsync(CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/nodes", null, AdminJsonContext.Default.ListMemberInfo, cancellationToken);
 
+    /// <summary>Takes a down member out of the cluster now; returns the members left.</summary>
+    public Task<List<MemberInfo>> RemoveNodeAsync(string id, CancellationToken cancellationToken)
+        => SendAsync(HttpMethod.Delete, "api/v1/nodes/" + Uri.EscapeDataString(id), null, AdminJsonContext.Default.ListMemberInfo, cancellationToken);
+
     public Task<RecoveryStatus> GetRecoveryAsync(CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/recovery", null, AdminJsonContext.Default.RecoveryStatus, cancellationToken);
 

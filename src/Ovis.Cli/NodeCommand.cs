@@ -2,13 +2,13 @@ using System.CommandLine;
 
 namespace Ovis.Cli;
 
-/// <summary><c>ovis node info</c>: what the node says about itself; <c>ovis node list</c>: its cluster's members.</summary>
+/// <summary><c>ovis node info</c>: what the node says about itself; <c>ovis node list</c>: its cluster's members; <c>ovis node remove</c>: take a down one out.</summary>
 internal static class NodeCommand
 {
     public static Command Create()
     {
         var client = new ClientOptions();
-        var node = new Command("node", "Inspect the node");
+        var node = new Command("node", "Inspect the node and its cluster's members");
         client.AddTo(node);
 
         var info = new Command("info", "Show the node's version, data directory, listeners and usage");
@@ -42,6 +42,23 @@ internal static class NodeCommand
             }
         });
         node.Subcommands.Add(list);
+
+        var id = new Argument<string>("ID") { Description = "The member's node id (see 'ovis node list')" };
+        var remove = new Command("remove", "Take a down member out of the cluster now, instead of after the down-out interval: its objects get copies on the other nodes") { id };
+        remove.SetAction(async (parseResult, cancellationToken) =>
+        {
+            using var admin = client.CreateClient(parseResult);
+            var nodes = await admin.RemoveNodeAsync(parseResult.GetValue(id)!, cancellationToken);
+            if (client.WantsJson(parseResult))
+            {
+                ConsoleOutput.Stdout.Json(nodes);
+            }
+            else
+            {
+                ConsoleOutput.Stdout.Members(nodes);
+            }
+        });
+        node.Subcommands.Add(remove);
         return node;
     }
 }

@@ -197,6 +197,53 @@ public sealed class ClusterMembershipTests(EtcdCluster etcd, ITestOutputHelper o
         }
     }
 
+    [Fact]
+    public async Task An_operator_removes_a_down_node_at_once_and_a_live_one_or_the_last_of_a_zone_never()
+    {
+        var name = await Format(2);
+        var daemons = new List<OvisDaemon>();
+        try
+        {
+            // No down-out interval: only the operator takes a node out.
+            foreach (var zone in new[] { "a", "b", "c" })
+            {
+                daemons.Add(await OvisDaemon.StartNewAsync(extraArguments:
+                    ["--cluster", ClusterUri(name), "--zone", zone, "--node-id", $"n-{zone}", "--lease-ttl", $"{LeaseTtl}", "--down-out-interval", "0"]));
+            }
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(15) };
+
+            var live = await daemons[0].Cli("node", "remove", "n-b");
+            Assert.False(live.Succeeded, live.Describe());
+            Assert.Contains("node 'n-b' is up: stop it first", live.Stderr, StringComparison.Ordinal);
+            var unknown = await daemons[0].Cli("node", "remove", "n-x");
+            Assert.False(unknown.Succeeded, unknown.Describe());
+            Assert.Contains("node 'n-x' is not a member", unknown.Stderr, StringComparison.Ordinal);
+
+            await daemons[2].KillAsync();
+            await Eventually(async () => Member(await Members(http, daemons[0]), "n-c") is { } c && c.GetProperty("state").GetString() == "down",
+                LeaseMargin, "the killed node is down");
+            long before = (await Json(daemons[0], "cluster", "info")).GetProperty("epoch").GetInt64();
+            var removed = await Json(daemons[0], "node", "remove", "n-c");
+            Assert.Equal(["n-a", "n-b"], removed.EnumerateArray().Select(n => n.GetProperty("id").GetString()));
+            var info = await Json(daemons[1], "cluster", "info");
+            Assert.Equal(["n-a", "n-b"], info.GetProperty("nodes").EnumerateArray().Select(n => n.GetProperty("id").GetString()));
+            Assert.True(info.GetProperty("epoch").GetInt64() > before, info.ToString());
+
+            // Two zones left for two copies: the last node of a zone stays, down.
+            await daemons[1].KillAsync();
+            await Eventually(async () => Member(await Members(http, daemons[0]), "n-b") is { } b && b.GetProperty("state").GetString() == "down",
+                LeaseMargin, "node b is down");
+            var last = await daemons[0].Cli("node", "remove", "n-b");
+            Assert.False(last.Succeeded, last.Describe());
+            Assert.Contains("node 'n-b' cannot be removed: the other members span 1 zone(s), fewer than the 2 copies", last.Stderr, StringComparison.Ordinal);
+            Assert.NotNull(Member(await Members(http, daemons[0]), "n-b"));
+        }
+        finally
+        {
+            await DisposeAll(daemons);
+        }
+    }
+
     [Theory]
     [InlineData("-1", "--down-out-interval: -1 is out of range")]
     [InlineData("soon", "--down-out-interval")]

@@ -41,6 +41,7 @@ public static partial class AdminApi
     {
         api.MapGet("/cluster", GetClusterAsync);
         api.MapGet("/nodes", ListNodesAsync);
+        api.MapDelete("/nodes/{id}", RemoveNodeAsync);
         api.MapPost("/volumes/{name}/check", CheckVolumeAsync);
     }
 
@@ -62,6 +63,43 @@ public static partial class AdminApi
 
         var view = await membership.ReadMembershipAsync(cancellationToken);
         return TypedResults.Ok(await MembersAsync(membership, view, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime, cancellationToken));
+    }
+
+    /// <summary>
+    /// Takes a down member out of the cluster now, rather than after the down-out interval (an
+    /// operator who knows the node is gone for good: a dead disk, a machine returned): its objects
+    /// are placed on the others and recovery copies them there. Refused while the node is up — a
+    /// live node holds the only copy of what it wrote since the last view, and taking it out would
+    /// lose redundancy for no reason; stop it first — and when the others would span too few zones.
+    /// </summary>
+    private static async Task<Ok<IReadOnlyList<MemberInfo>>> RemoveNodeAsync(string id, ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
+    {
+        var catalog = membership.Catalog ?? throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
+        var view = await membership.ReadMembershipAsync(cancellationToken);
+        if (!view.Members.Any(m => m.Id == id))
+        {
+            throw new AdminRequestException($"node '{id}' is not a member of cluster '{catalog.Cluster}'", StatusCodes.Status404NotFound);
+        }
+
+        if (view.Nodes.Any(n => n.Id == id))
+        {
+            throw new AdminRequestException($"node '{id}' is up: stop it first (only a down node can be removed)", StatusCodes.Status409Conflict);
+        }
+
+        if (EtcdCatalog.WhyNotTakeOut(membership.Format!, view.Members, id) is { } why)
+        {
+            throw new AdminRequestException($"node '{id}' cannot be removed: {why}", StatusCodes.Status409Conflict);
+        }
+
+        // The down record first: taking out is a transaction on it, as the down-out monitor's is.
+        await catalog.MarkDownAsync(id, cancellationToken);
+        if (!await catalog.TakeOutAsync(id, DateTimeOffset.MaxValue, cancellationToken))
+        {
+            throw new AdminRequestException($"node '{id}' was not removed: it came back up, or another node took it out first", StatusCodes.Status409Conflict);
+        }
+
+        var after = await membership.ReadMembershipAsync(cancellationToken);
+        return TypedResults.Ok(await MembersAsync(membership, after, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime, cancellationToken));
     }
 
     /// <summary>
