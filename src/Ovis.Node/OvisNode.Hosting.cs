@@ -22,7 +22,7 @@ public sealed partial class OvisNode
     private const long MaxAdminRequestBytes = 1L << 20;
 
     private static WebApplication BuildApplication(NodeOptions options, NodeVolumes volumes, NodeStatus status, ClusterMembership membership,
-        ClusterRuntime? cluster, RecoveryControl? recovery, Listeners listeners)
+        ClusterRuntime? cluster, RecoveryControl? recovery, AdminToken? token, Listeners listeners)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
@@ -105,6 +105,11 @@ public sealed partial class OvisNode
 
         var app = builder.Build();
         app.UseMiddleware<AdminErrorMiddleware>();
+        if (token is not null)
+        {
+            app.UseMiddleware<AdminTokenMiddleware>(token);
+        }
+
         app.UseStatusCodePages(context => AdminErrorMiddleware.WriteErrorAsync(
             context.HttpContext,
             context.HttpContext.Response.StatusCode,
