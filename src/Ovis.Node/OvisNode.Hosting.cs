@@ -12,6 +12,9 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using Ovis.Nbd;
 using Ovis.Node.Admin;
+using Ovis.Node.Metrics;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 using Ovis.Volumes;
 
 namespace Ovis.Node;
@@ -47,7 +50,14 @@ public sealed partial class OvisNode
             ? new VolumeLocks(catalog, () => membership.Registration, cluster.FenceAsync, cluster.StartRecoveryAsync,
                 volume => volumes.TryGet()?.LayersOf(volume) ?? [], layer => volumes.TryGet()?.VolumeOfLayer(layer), StoreLoggerFactory.CreateLogger("Ovis.Cluster"))
             : null;
-        builder.Services.AddSingleton<IExportProvider>(new VolumeExports(volumes, locks));
+        var connections = new NbdConnectionLimit(options.MaxNbdConnections);
+        builder.Services.AddSingleton(services => new NodeMetrics(volumes, recovery, connections));
+        builder.Services.AddSingleton<IExportProvider>(services => new VolumeExports(volumes, locks, services.GetRequiredService<NodeMetrics>()));
+        builder.Services.AddOpenTelemetry().ConfigureResource(r => r.AddService("ovis", serviceVersion: NodeStatus.Version)).WithMetrics(metrics => metrics
+            .AddMeter(NodeMetrics.MeterName)
+            // Every scrape sees the counters as they are: a test (or an operator) that scrapes
+            // right after fio finished must not get the answer cached from before.
+            .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
         if (locks is not null)
         {
             builder.Services.AddSingleton(locks);
@@ -62,7 +72,7 @@ public sealed partial class OvisNode
             builder.Services.AddSingleton(recovery);
         }
         builder.Services.AddSingleton(new NbdServerOptions { HandshakeTimeout = options.NbdHandshakeTimeout });
-        builder.Services.AddSingleton(new NbdConnectionLimit(options.MaxNbdConnections));
+        builder.Services.AddSingleton(connections);
         builder.Services.ConfigureHttpJsonOptions(o =>
         {
             o.SerializerOptions.TypeInfoResolverChain.Insert(0, AdminJsonContext.Default);
@@ -115,6 +125,7 @@ public sealed partial class OvisNode
             context.HttpContext.Response.StatusCode,
             DescribeStatus(context.HttpContext)));
         app.MapAdminApi();
+        app.MapPrometheusScrapingEndpoint();
         return app;
     }
 
