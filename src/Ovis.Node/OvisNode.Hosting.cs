@@ -12,6 +12,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using Ovis.Nbd;
 using Ovis.Node.Admin;
+using Ovis.Node.Dashboard;
 using Ovis.Node.Metrics;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
@@ -126,6 +127,7 @@ public sealed partial class OvisNode
             DescribeStatus(context.HttpContext)));
         app.MapAdminApi();
         app.MapPrometheusScrapingEndpoint();
+        app.MapDashboard();
         return app;
     }
 
