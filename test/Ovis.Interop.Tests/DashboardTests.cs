@@ -68,7 +68,8 @@ public sealed class DashboardTests(OvisDaemon daemon, ITestOutputHelper output)
         Assert.True(done.Succeeded, done.Describe());
     }
 
-    private static string DocsDirectory()
+    /// <summary>The repository's docs/, where the screenshots go.</summary>
+    internal static string DocsDirectory()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {

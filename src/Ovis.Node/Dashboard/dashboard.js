@@ -137,9 +137,16 @@ function drawChart() {
   g.fillText(`max ${Math.round(max).toLocaleString("en")} IOPS (red: writes, blue: reads)`, 6, 14);
 }
 
+function renderRecovery(r) {
+  const done = r.objectsQueued === 0 ? 1 : r.objectsDone / r.objectsQueued;
+  $("recovery-bar").value = done;
+  $("recovery").textContent = `${r.paused ? "paused; " : ""}objects ${r.objectsDone} of ${r.objectsQueued} done (${Math.round(done * 100)} %), `
+    + `${bytes(r.bytesMoved)} moved, ${bytes(r.bytesResynced)} resynced; scrub compared ${r.objectsScrubbed} objects, repaired ${r.copiesRepaired} copies`;
+}
+
 function renderHealth(node, cluster) {
   const space = node.space?.state ?? "ok";
-  const down = cluster?.members?.some(m => m.state !== "up") ?? false;
+  const down = cluster?.nodes?.some(m => m.state !== "up") ?? false;
   const state = down ? "down" : space;
   const badge = $("health");
   badge.dataset.state = state;
@@ -154,11 +161,11 @@ async function poll() {
       fetch("metrics", { cache: "no-store" }).then(r => r.text()),
     ]);
     renderHealth(node, cluster);
-    renderNodes(node, cluster?.members);
+    renderNodes(node, cluster?.nodes);
     renderVolumes(volumes ?? []);
     renderRates(parseMetrics(metricsText));
     $("recovery-section").hidden = !recovery;
-    if (recovery) $("recovery").textContent = JSON.stringify(recovery);
+    if (recovery) renderRecovery(recovery);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString("en-GB")}`;
     document.body.dataset.polled = String(Number(document.body.dataset.polled ?? 0) + 1);
   } catch (e) {
