@@ -13,7 +13,7 @@ namespace Ovis.Cli;
 /// The CLI's side of the admin HTTP API (docs/admin-api.md). Every failure, whether the node is
 /// down, slow, or refuses, becomes a <see cref="CliException"/> with one line for the operator.
 /// </summary>
-public sealed class AdminClient : IDisposable
+public sealed partial class AdminClient : IDisposable
 {
     /// <summary>Environment variable naming the node when <c>--admin</c> is not given.</summary>
     public const string AdminEnvironmentVariable = "OVIS_ADMIN";
@@ -25,7 +25,9 @@ public sealed class AdminClient : IDisposable
     private readonly HttpClient _http;
     private readonly string _display;
 
-    public AdminClient(Uri adminUri, TimeSpan? timeout = null)
+    /// <param name="token">The admin token and where it came from (for messages); null looks for it
+    /// in the file a node on this machine names, the first time a request needs it.</param>
+    public AdminClient(Uri adminUri, TimeSpan? timeout = null, (string Value, string Origin)? token = null)
     {
         ArgumentNullException.ThrowIfNull(adminUri);
 
@@ -34,6 +36,8 @@ public sealed class AdminClient : IDisposable
         _display = Display(adminUri);
         var baseUri = adminUri.AbsoluteUri.EndsWith('/') ? adminUri : new Uri(adminUri.AbsoluteUri + "/");
         _http = new HttpClient { BaseAddress = baseUri, Timeout = timeout ?? DefaultTimeout };
+        _token = token;
+        _tokenSettled = token is not null;
     }
 
     /// <summary>
@@ -195,6 +199,7 @@ public sealed class AdminClient : IDisposable
         HttpResponseMessage response;
         try
         {
+            await AttachTokenAsync(request, cancellationToken);
             response = await _http.SendAsync(request, HttpCompletionOption.ResponseContentRead, cancellationToken);
         }
         catch (HttpRequestException ex) when (ex.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError)
@@ -215,6 +220,11 @@ public sealed class AdminClient : IDisposable
 
         using (response)
         {
+            if (response.StatusCode == HttpStatusCode.Unauthorized)
+            {
+                throw new CliException(DescribeRefusal());
+            }
+
             if (!response.IsSuccessStatusCode)
             {
                 throw new CliException(await DescribeFailureAsync(response, cancellationToken));

@@ -12,6 +12,13 @@ internal sealed class ClientOptions
         Recursive = true,
     };
 
+    public Option<string?> TokenFile { get; } = new("--token-file")
+    {
+        Description = $"File holding the admin token, needed by commands that change state [default: ${AdminClient.TokenEnvironmentVariable}, else the file a node on this machine names]",
+        HelpName = "PATH",
+        Recursive = true,
+    };
+
     public Option<bool> Json { get; } = new("--json")
     {
         Description = "Print the admin API's JSON instead of tables",
@@ -21,11 +28,12 @@ internal sealed class ClientOptions
     public void AddTo(Command command)
     {
         command.Options.Add(Admin);
+        command.Options.Add(TokenFile);
         command.Options.Add(Json);
     }
 
     public AdminClient CreateClient(ParseResult parseResult)
-        => new(AdminClient.ResolveAdminUri(parseResult.GetValue(Admin)));
+        => new(AdminClient.ResolveAdminUri(parseResult.GetValue(Admin)), token: AdminClient.ResolveToken(parseResult.GetValue(TokenFile)));
 
     public bool WantsJson(ParseResult parseResult) => parseResult.GetValue(Json);
 

@@ -41,6 +41,19 @@ internal static class ServeCommand
             HelpName = "HOST:PORT",
             DefaultValueFactory = _ => $"127.0.0.1:{NodeOptions.DefaultAdminPort}",
         };
+        var tokenFile = new Option<string?>("--token-file")
+        {
+            Description = "Admin token for state-changing requests, in this file (give every node of a cluster the same) [default: the cluster's, kept in etcd; alone, DIR/admin-token, created with mode 0600]",
+            HelpName = "PATH",
+        };
+        var noToken = new Option<bool>("--no-token")
+        {
+            Description = "Serve the admin API without a token: anyone who reaches it may change state (refused off loopback without --insecure)",
+        };
+        var insecure = new Option<bool>("--insecure")
+        {
+            Description = "Allow --no-token on an admin address other than loopback",
+        };
 
         var handshakeTimeout = new Option<int>("--handshake-timeout")
         {
@@ -131,7 +144,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API")
         {
-            data, nbd, nbdSocket, admin, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, dirtyLog, recoveryBandwidth, scrubInterval,
+            data, nbd, nbdSocket, admin, tokenFile, noToken, insecure, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, dirtyLog, recoveryBandwidth, scrubInterval,
         };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
@@ -139,6 +152,9 @@ internal static class ServeCommand
             NbdAddress = ParseAddress("--nbd", parseResult.GetRequiredValue(nbd)),
             NbdSocketPath = parseResult.GetValue(nbdSocket) is { Length: > 0 } path ? path : null,
             AdminAddress = ParseAddress("--admin", parseResult.GetRequiredValue(admin)),
+            TokenFile = ParseTokenOptions(parseResult.GetValue(tokenFile), parseResult.GetValue(noToken)),
+            RequireToken = !parseResult.GetValue(noToken),
+            Insecure = parseResult.GetValue(insecure),
             NbdHandshakeTimeout = ParseHandshakeTimeout(parseResult.GetValue(handshakeTimeout)),
             MaxNbdConnections = ParseMaxConnections(parseResult.GetValue(maxConnections)),
             JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
@@ -249,6 +265,13 @@ internal static class ServeCommand
             PeerAddress = peer,
         };
     }
+
+    private static string? ParseTokenOptions(string? tokenFile, bool noToken) => (tokenFile, noToken) switch
+    {
+        ({ Length: > 0 }, true) => throw CliException.Usage("--token-file and --no-token contradict each other: give one"),
+        ({ Length: > 0 } path, _) => path,
+        _ => null,
+    };
 
     private static TimeSpan ParseHandshakeTimeout(int seconds) => seconds switch
     {

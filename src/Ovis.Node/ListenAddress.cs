@@ -23,6 +23,9 @@ public sealed record ListenAddress
 
     public bool IsLocalhost => Address is null;
 
+    /// <summary>Reachable from this machine only: localhost, 127.0.0.0/8 or ::1.</summary>
+    public bool IsLoopback => Address is null || IPAddress.IsLoopback(Address);
+
     public static ListenAddress Loopback(int port) => new(IPAddress.Loopback, port);
 
     public static ListenAddress FromEndPoint(IPEndPoint endPoint) => new(endPoint.Address, endPoint.Port);

@@ -26,6 +26,18 @@ public sealed class NodeOptions
     /// <summary>The admin HTTP API.</summary>
     public ListenAddress AdminAddress { get; set; } = ListenAddress.Loopback(DefaultAdminPort);
 
+    /// <summary>The admin token's file, shared by every node of a cluster that is given it; null
+    /// uses the cluster's token in etcd, or on a single node <c>admin-token</c> in the data directory
+    /// (created the first time). See docs/admin-api.md, "Token".</summary>
+    public string? TokenFile { get; set; }
+
+    /// <summary>False serves the admin API without a token: anyone who reaches it may change
+    /// state. Refused on an admin address other than loopback unless <see cref="Insecure"/>.</summary>
+    public bool RequireToken { get; set; } = true;
+
+    /// <summary>The operator accepts an admin API without a token on a non-loopback address.</summary>
+    public bool Insecure { get; set; }
+
     /// <summary>Size of the store's journal ring (see docs/store.md).</summary>
     public long JournalSize { get; set; } = new Ovis.Store.LocalStoreOptions().JournalSize;
 

@@ -25,6 +25,9 @@ public sealed class NodeStatus(string dataDirectory, TimeProvider timeProvider)
     /// <summary>Bound admin listeners as URLs; set once the node has started.</summary>
     public IReadOnlyList<string> AdminListeners { get; internal set; } = [];
 
+    /// <summary>Where the admin token is kept (never the token itself); null when the node runs without one.</summary>
+    public string? TokenFile { get; internal set; }
+
     /// <summary>The peer protocol listener of a clustered node, as <c>HOST:PORT</c>; null on an embedded node.</summary>
     public string? PeerListener { get; internal set; }
 }

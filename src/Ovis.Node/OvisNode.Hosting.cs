@@ -12,6 +12,10 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using Ovis.Nbd;
 using Ovis.Node.Admin;
+using Ovis.Node.Dashboard;
+using Ovis.Node.Metrics;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 using Ovis.Volumes;
 
 namespace Ovis.Node;
@@ -22,7 +26,7 @@ public sealed partial class OvisNode
     private const long MaxAdminRequestBytes = 1L << 20;
 
     private static WebApplication BuildApplication(NodeOptions options, NodeVolumes volumes, NodeStatus status, ClusterMembership membership,
-        ClusterRuntime? cluster, RecoveryControl? recovery, Listeners listeners)
+        ClusterRuntime? cluster, RecoveryControl? recovery, AdminToken? token, Listeners listeners)
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
         {
@@ -47,7 +51,14 @@ public sealed partial class OvisNode
             ? new VolumeLocks(catalog, () => membership.Registration, cluster.FenceAsync, cluster.StartRecoveryAsync,
                 volume => volumes.TryGet()?.LayersOf(volume) ?? [], layer => volumes.TryGet()?.VolumeOfLayer(layer), StoreLoggerFactory.CreateLogger("Ovis.Cluster"))
             : null;
-        builder.Services.AddSingleton<IExportProvider>(new VolumeExports(volumes, locks));
+        var connections = new NbdConnectionLimit(options.MaxNbdConnections);
+        builder.Services.AddSingleton(services => new NodeMetrics(volumes, recovery, connections));
+        builder.Services.AddSingleton<IExportProvider>(services => new VolumeExports(volumes, locks, services.GetRequiredService<NodeMetrics>()));
+        builder.Services.AddOpenTelemetry().ConfigureResource(r => r.AddService("ovis", serviceVersion: NodeStatus.Version)).WithMetrics(metrics => metrics
+            .AddMeter(NodeMetrics.MeterName)
+            // Every scrape sees the counters as they are: a test (or an operator) that scrapes
+            // right after fio finished must not get the answer cached from before.
+            .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
         if (locks is not null)
         {
             builder.Services.AddSingleton(locks);
@@ -62,7 +73,7 @@ public sealed partial class OvisNode
             builder.Services.AddSingleton(recovery);
         }
         builder.Services.AddSingleton(new NbdServerOptions { HandshakeTimeout = options.NbdHandshakeTimeout });
-        builder.Services.AddSingleton(new NbdConnectionLimit(options.MaxNbdConnections));
+        builder.Services.AddSingleton(connections);
         builder.Services.ConfigureHttpJsonOptions(o =>
         {
             o.SerializerOptions.TypeInfoResolverChain.Insert(0, AdminJsonContext.Default);
@@ -105,11 +116,18 @@ public sealed partial class OvisNode
 
         var app = builder.Build();
         app.UseMiddleware<AdminErrorMiddleware>();
+        if (token is not null)
+        {
+            app.UseMiddleware<AdminTokenMiddleware>(token);
+        }
+
         app.UseStatusCodePages(context => AdminErrorMiddleware.WriteErrorAsync(
             context.HttpContext,
             context.HttpContext.Response.StatusCode,
             DescribeStatus(context.HttpContext)));
         app.MapAdminApi();
+        app.MapPrometheusScrapingEndpoint();
+        app.MapDashboard();
         return app;
     }
 

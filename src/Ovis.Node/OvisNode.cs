@@ -73,6 +73,7 @@ public sealed partial class OvisNode : IAsyncDisposable
     public static async Task<OvisNode> StartAsync(NodeOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
+        RefuseOpenAdminOnNetwork(options);
         var dataDirectory = Path.GetFullPath(options.DataDirectory);
         var storeOptions = new Ovis.Store.LocalStoreOptions { JournalSize = options.JournalSize, NearFullRatio = options.NearFullRatio, FullRatio = options.FullRatio };
         var storeLogger = StoreLoggerFactory.CreateLogger("Ovis.Store");
@@ -84,6 +85,7 @@ public sealed partial class OvisNode : IAsyncDisposable
         DataDirectory? data = null;
         ClusterRuntime? cluster = null;
         RecoveryControl? recovery = null;
+        AdminToken? token;
         WebApplication? app = null;
         try
         {
@@ -92,6 +94,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                 data = await OpenDataAsync(dataDirectory, () => DataDirectory.OpenAsync(dataDirectory, storeOptions, storeLogger, cancellationToken));
                 volumes.LocalStore = data.Store;
                 membership = await ClusterMembership.ConnectAsync(joining, clusterLogger, cancellationToken);
+                token = await ResolveTokenAsync(options, dataDirectory, membership.Catalog, cancellationToken);
                 var nodeId = joining.NodeId ?? ClusterMembership.ReadOrCreateNodeId(dataDirectory);
                 var fences = await OpenDataAsync(dataDirectory, () => Task.FromResult(FenceTable.Open(Path.Combine(dataDirectory, FencesFile))));
                 cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, fences, joining.Recovery, clusterLogger, cancellationToken));
@@ -102,10 +105,13 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var manager = await OpenDataAsync(dataDirectory, () => VolumeManager.OpenAsync(dataDirectory, storeOptions, storeLogger, cancellationToken));
                 volumes.LocalStore = (Ovis.Store.LocalStore)manager.Store;
                 volumes.Set(manager);
+                token = await ResolveTokenAsync(options, dataDirectory, null, cancellationToken);
             }
 
+            status.TokenFile = token?.Path;
+
             var listeners = new Listeners();
-            app = BuildApplication(options, volumes, status, membership, cluster, recovery, listeners);
+            app = BuildApplication(options, volumes, status, membership, cluster, recovery, token, listeners);
             var node = new OvisNode(app, volumes, status, membership, cluster, recovery, data, options.ShutdownTimeout, app.Services.GetRequiredService<ILogger<OvisNode>>());
             try
             {

@@ -1,5 +1,6 @@
 using System.Buffers;
 using Ovis.Nbd;
+using Ovis.Node.Metrics;
 using Ovis.Store;
 using Ovis.Volumes;
 
@@ -11,7 +12,7 @@ namespace Ovis.Node;
 /// and another node's open is refused, naming the holder, until the lock is released or dies
 /// with its holder's lease. Snapshots are read-only and need no lock.
 /// </summary>
-internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : IExportProvider
+internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks, NodeMetrics metrics) : IExportProvider
 {
     public IReadOnlyList<(string Name, string Description)> ListExports()
         => volumes.TryGet() is { } manager ? [.. manager.List().Select(v => (v.Name, $"Ovis volume, {v.Size} bytes"))] : [];
@@ -31,10 +32,10 @@ internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : I
             throw new ExportUnavailableException(ex.Message, ex);
         }
         if (volume is null || volume.IsReadOnly || locks is null)
-            return volume is null ? null : new VolumeBlockDevice(volume, null);
+            return volume is null ? null : new VolumeBlockDevice(volume, null, metrics.ForVolume(name));
         try
         {
-            return new VolumeBlockDevice(volume, await locks.AcquireAsync(name).ConfigureAwait(false));
+            return new VolumeBlockDevice(volume, await locks.AcquireAsync(name).ConfigureAwait(false), metrics.ForVolume(name));
         }
         catch (Exception ex) when (ex is Ovis.Cluster.Etcd.EtcdException or HttpRequestException)
         {
@@ -55,8 +56,9 @@ internal sealed class VolumeExports(NodeVolumes volumes, VolumeLocks? locks) : I
 /// has fenced this node, another node may be writing the volume — a change from here could undo
 /// its writes and a read could return what it overwrote — so requests fail with EIO (the
 /// replicas' fences refuse whatever change slips past this check; docs/fencing.md).
+/// Reads, writes, flushes and zeroes are counted and timed in <paramref name="metrics"/>.
 /// </summary>
-internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockShare) : IBlockDevice, IDirtyBitmapDevice
+internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockShare, VolumeMetrics metrics) : IBlockDevice, IDirtyBitmapDevice
 {
     public IReadOnlyList<string> DirtyBitmaps => volume.DirtyBitmapNames;
 
@@ -110,18 +112,28 @@ internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockS
     private ValueTask<bool> WaitCurrentAsync() => lockShare!.WaitValidAsync();
 
     public ValueTask<NbdError> ReadAsync(long offset, Memory<byte> buffer)
-        => Current ? Map(volume.ReadAsync(offset, buffer)) : ReadLaterAsync(offset, buffer);
+    {
+        var started = metrics.Start();
+        return metrics.Complete(Current ? Map(volume.ReadAsync(offset, buffer)) : ReadLaterAsync(offset, buffer), VolumeOp.Read, buffer.Length, started);
+    }
 
     private async ValueTask<NbdError> ReadLaterAsync(long offset, Memory<byte> buffer)
         => await WaitCurrentAsync().ConfigureAwait(false) ? ToNbd(await volume.ReadAsync(offset, buffer).ConfigureAwait(false)) : NbdError.EIO;
 
     public ValueTask<NbdError> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
-        => Current ? Map(volume.WriteAsync(offset, data, fua)) : WriteLaterAsync(offset, data, fua);
+    {
+        var started = metrics.Start();
+        return metrics.Complete(Current ? Map(volume.WriteAsync(offset, data, fua)) : WriteLaterAsync(offset, data, fua), VolumeOp.Write, data.Length, started);
+    }
 
     private async ValueTask<NbdError> WriteLaterAsync(long offset, ReadOnlyMemory<byte> data, bool fua)
         => await WaitCurrentAsync().ConfigureAwait(false) ? ToNbd(await volume.WriteAsync(offset, data, fua).ConfigureAwait(false)) : NbdError.EIO;
 
-    public ValueTask<NbdError> FlushAsync() => Current ? Map(volume.FlushAsync()) : FlushLaterAsync();
+    public ValueTask<NbdError> FlushAsync()
+    {
+        var started = metrics.Start();
+        return metrics.Complete(Current ? Map(volume.FlushAsync()) : FlushLaterAsync(), VolumeOp.Flush, 0, started);
+    }
 
     private async ValueTask<NbdError> FlushLaterAsync()
         => await WaitCurrentAsync().ConfigureAwait(false) ? ToNbd(await volume.FlushAsync().ConfigureAwait(false)) : NbdError.EIO;
@@ -133,7 +145,10 @@ internal sealed class VolumeBlockDevice(Volume volume, VolumeLocks.IShare? lockS
         => ZeroAsync(offset, length, keepAllocated: noHole, fua);
 
     private ValueTask<NbdError> ZeroAsync(long offset, long length, bool keepAllocated, bool fua)
-        => Current ? Map(volume.ZeroAsync(offset, length, keepAllocated, fua)) : ZeroLaterAsync(offset, length, keepAllocated, fua);
+    {
+        var started = metrics.Start();
+        return metrics.Complete(Current ? Map(volume.ZeroAsync(offset, length, keepAllocated, fua)) : ZeroLaterAsync(offset, length, keepAllocated, fua), VolumeOp.Zero, length, started);
+    }
 
     private async ValueTask<NbdError> ZeroLaterAsync(long offset, long length, bool keepAllocated, bool fua)
         => await WaitCurrentAsync().ConfigureAwait(false) ? ToNbd(await volume.ZeroAsync(offset, length, keepAllocated, fua).ConfigureAwait(false)) : NbdError.EIO;

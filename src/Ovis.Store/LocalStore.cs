@@ -163,6 +163,11 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     /// <summary>fdatasync calls on the journal so far: a flush costs one, however many objects it covers.</summary>
     public long JournalSyncCount => _journal.SyncCount;
 
+    /// <summary>Journal bytes not yet freed by a checkpoint, of <see cref="JournalCapacity"/>.</summary>
+    public long JournalUsedBytes => _journal.UsedBytes;
+
+    public long JournalCapacity => _journal.Capacity;
+
     /// <summary>Flushes asked of the store (FUA writes included); a journal with nothing new to
     /// sync answers one without a sync, so this tells who was asked, <see cref="JournalSyncCount"/> what it cost.</summary>
     public long FlushRequestCount => Interlocked.Read(ref _flushRequests);

@@ -203,7 +203,7 @@ public sealed class CliTests(OvisDaemon daemon, ITestOutputHelper output)
     public async Task Admin_api_lists_and_describes_volumes()
     {
         var name = await CreateVolume(UniqueName("api"), "24M");
-        using var http = new HttpClient { BaseAddress = new Uri(Daemon.AdminUrl + "/"), Timeout = TimeSpan.FromSeconds(15) };
+        using var http = Daemon.AdminHttp(TimeSpan.FromSeconds(15));
 
         using (var list = await http.GetAsync(new Uri("api/v1/volumes", UriKind.Relative)))
         {

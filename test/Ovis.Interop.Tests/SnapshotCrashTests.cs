@@ -23,7 +23,8 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output) : InteropTest(n
         string vol = await CreateVolume("snapcrash", "8M", "64K");
         var flushed = new byte[Size];                         // the volume as of the last flush
         var snapshots = new Dictionary<string, byte[]>();     // completed snapshots and their content
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        // Absolute URLs below: the port changes with every restart, the token (in the data directory) does not.
+        using var http = daemon.AdminHttp();
 
         for (int cycle = 0; cycle < 6; cycle++)
         {

@@ -626,7 +626,7 @@ public sealed class SnapshotTests(OvisDaemon daemon, ITestOutputHelper output)
         => Eventually(async () => Long(await CliJson("vdi", "info", name), "connections") == 0, TimeSpan.FromSeconds(15),
             $"the connection count of {name} returns to 0 after NBD_CMD_DISC");
 
-    private HttpClient Http() => new() { BaseAddress = new System.Uri(Daemon.AdminUrl + "/"), Timeout = TimeSpan.FromSeconds(30) };
+    private HttpClient Http() => Daemon.AdminHttp();
 
     private static System.Uri Relative(string path) => new(path, UriKind.Relative);
 

@@ -125,6 +125,8 @@ internal sealed class CatalogKeys(string cluster)
 
     public string RecoveryPaused => Root + "recovery/paused";
 
+    public string AdminToken => Root + "admin-token";
+
     public string RecoveryProgress => Root + "recovery/progress/";
 
     public string Progress(string id) => RecoveryProgress + id;

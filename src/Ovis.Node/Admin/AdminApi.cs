@@ -55,6 +55,7 @@ public static partial class AdminApi
             (long)node.Uptime.TotalSeconds)
         {
             Space = local.LocalStore is { } store ? NodeSpace.From(store.Space) : null,
+            TokenFile = node.TokenFile,
         });
     }
 

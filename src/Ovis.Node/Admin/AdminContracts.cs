@@ -124,6 +124,10 @@ public sealed record NodeInfo(
 {
     /// <summary>The data directory's file system and how full it is; null where the node has no local store.</summary>
     public NodeSpace? Space { get; init; }
+
+    /// <summary>The file holding the admin token, for a CLI on the same machine to read; null when the node runs without a token.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? TokenFile { get; init; }
 }
 
 /// <summary>

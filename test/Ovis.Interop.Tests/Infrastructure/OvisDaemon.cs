@@ -342,11 +342,33 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
         }
     }
 
-    /// <summary>Runs `dotnet ovis.dll ARGS --admin URL` against this daemon.</summary>
+    /// <summary>The admin token's file, which the daemon creates at its first start (a clustered one copies the cluster's there).</summary>
+    public string TokenFile => Path.Combine(DataDirectory, "admin-token");
+
+    /// <summary>The admin token, once the daemon has created it.</summary>
+    public string? Token => File.Exists(TokenFile) ? File.ReadAllText(TokenFile).Trim() : null;
+
+    /// <summary>
+    /// Runs `dotnet ovis.dll ARGS --admin URL --token-file FILE` against this daemon. The token is
+    /// passed rather than found: a daemon off loopback (in a namespace) names a file the CLI only
+    /// reads for nodes on loopback.
+    /// </summary>
     public Task<ProcessResult> Cli(params string[] args)
     {
-        var (command, arguments) = InNamespace(DotnetHost, new[] { OvisDll }.Concat(args).Concat(["--admin", AdminUrl]));
+        string[] token = File.Exists(TokenFile) ? ["--token-file", TokenFile] : [];
+        var (command, arguments) = InNamespace(DotnetHost, new[] { OvisDll }.Concat(args).Concat(["--admin", AdminUrl, .. token]));
         return ProcessRunner.Run(command, arguments, CliTimeout);
+    }
+
+    /// <summary>An HTTP client for the admin API that sends the admin token.</summary>
+    public HttpClient AdminHttp(TimeSpan? timeout = null)
+    {
+        var http = new HttpClient { BaseAddress = new Uri(AdminUrl + "/"), Timeout = timeout ?? TimeSpan.FromSeconds(30) };
+        if (Token is { } token)
+        {
+            http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+        }
+        return http;
     }
 
     public async Task DisposeAsync()
