@@ -294,6 +294,18 @@ public sealed partial class LocalStore
         }
     }
 
+    /// <summary>
+    /// A volume's flush (what an NBD FLUSH becomes): the same one journal sync as
+    /// <see cref="FlushAsync()"/>, but the caller continues on the committer's thread when it is
+    /// the round's first such waiter (<see cref="Journal.FlushInlineAsync"/>), one thread hop less.
+    /// Callers of this overload keep their continuations short and non-blocking.
+    /// </summary>
+    public ValueTask<StoreStatus> FlushAsync(uint volume)
+    {
+        Interlocked.Increment(ref _flushRequests);
+        return _journal.FlushInlineAsync();
+    }
+
     private static void CheckRange(ObjectId id, long offset, long length)
     {
         if (offset < 0 || length < 0 || offset + length > MaxObjectBytes)
