@@ -6,7 +6,9 @@
 # the job, divided by the I/Os fio counted) and peak resident memory, the flush latency of the
 # QD1 write+flush job and the disk's own O_DIRECT 4k write + fdatasync floor (fio on a file).
 # Environment: RT (seconds per fio job, default 8), SIZE (1G), JOBS (fio job names), COPY=0 to
-# skip the copies, BENCH_DIR (default artifacts/bench3 on this repository's disk), OVIS_ARGS.
+# skip the copies, BENCH_DIR (default artifacts/bench3 on this repository's disk), OVIS_ARGS,
+# OVIS_BASE (a directory holding another build's ovis.dll, e.g. a copy of artifacts/bin made before
+# a change: it runs as a fourth server B, alternated with the others, for a before/after in one run).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${1:-3}
@@ -32,6 +34,18 @@ ovis_pid=$!; pids+=("$ovis_pid")
 for _ in $(seq 100); do grep -q '^admin listening' "$dir/ovis.out" 2>/dev/null && break; sleep 0.1; done
 grep -q '^admin listening' "$dir/ovis.out" || { cat "$dir/ovis.err" >&2; exit 1; }
 "$root/ovis" vdi create bench "$size" --admin "http://127.0.0.1:$admin_port" >/dev/null
+servers="O Q K"
+if [ -n "${OVIS_BASE:-}" ]; then
+  base_port=$((ovis_port + 10)); base_admin=$((admin_port + 10))
+  # shellcheck disable=SC2086
+  dotnet "$OVIS_BASE/ovis.dll" serve --data "$dir/ovis-base" --nbd "127.0.0.1:$base_port" --admin "127.0.0.1:$base_admin" ${OVIS_ARGS:-} \
+    >"$dir/ovis-base.out" 2>"$dir/ovis-base.err" &
+  base_pid=$!; pids+=("$base_pid")
+  for _ in $(seq 100); do grep -q '^admin listening' "$dir/ovis-base.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q '^admin listening' "$dir/ovis-base.out" || { cat "$dir/ovis-base.err" >&2; exit 1; }
+  "$root/ovis" vdi create bench "$size" --admin "http://127.0.0.1:$base_admin" >/dev/null
+  servers="O B Q K"
+fi
 
 truncate -s "$size" "$dir/qemu.raw" "$dir/nbdkit.raw"
 qemu-nbd -f raw --persistent -e 8 -b 127.0.0.1 -p "$qemu_port" "$dir/qemu.raw" &
@@ -42,9 +56,10 @@ sleep 0.5
 
 declare -A uri=([O]="nbd://127.0.0.1:$ovis_port/bench" [Q]="nbd://127.0.0.1:$qemu_port" [K]="nbd://127.0.0.1:$kit_port")
 declare -A pid=([O]=$ovis_pid [Q]=$qemu_pid [K]=$kit_pid)
+if [ -n "${OVIS_BASE:-}" ]; then uri[B]="nbd://127.0.0.1:$base_port/bench"; pid[B]=$base_pid; fi
 
 # Peak resident set of each server while everything runs.
-for s in O Q K; do
+for s in $servers; do
   ( p=${pid[$s]}; peak=0; while kill -0 "$p" 2>/dev/null; do
       rss=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
       [ "${rss:-0}" -gt "$peak" ] && peak=$rss && echo "$peak" > "$dir/peak-rss-$s"
@@ -83,18 +98,25 @@ timed() { # file command… — wall seconds and the server's CPU ticks into fil
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(df -hT "$dir" | awk 'NR==2 {print $2 " on " $1}'); kernel $(uname -r); date: $(date -u '+%F %H:%M') UTC; ovis $(git -C "$root" rev-parse --short HEAD)"
-echo "O = Ovis, Q = qemu-nbd -f raw -e 8, K = nbdkit file; RT=${rt}s, rounds=$rounds, size=$size"
+echo "O = Ovis, Q = qemu-nbd -f raw -e 8, K = nbdkit file${OVIS_BASE:+, B = Ovis built in $OVIS_BASE}; RT=${rt}s, rounds=$rounds, size=$size"
 
 # The disk's floor for a 4k write + flush (no NBD): O_DIRECT write then fdatasync.
 fio --name=floor --filename="$dir/floor" --size=64M --rw=randwrite --bs=4k --direct=1 --fsync=1 \
     --time_based --runtime="$rt" --output-format=json 2>/dev/null > "$dir/out/floor.json" || true
 rm -f "$dir/floor"
 
-for s in O Q K; do
+for s in $servers; do
   fio --name=fill --ioengine=nbd --uri="${uri[$s]}" --size="$size" --rw=write --bs=1M --iodepth=8 >/dev/null 2>&1 || true
 done
 for job in $jobs; do
-  for r in $(seq 1 "$rounds"); do for s in O Q K; do fio_run "$s" "$job" "$r"; done; done
+  for r in $(seq 1 "$rounds"); do
+    for s in $servers; do fio_run "$s" "$job" "$r"; done
+    # The disk's flush time moves with the machine's other load: measure its floor in every round.
+    if [ "$job" = randwrite4k_qd1_fsync ]; then
+      fio --name=floor --filename="$dir/floor" --size=64M --rw=randwrite --bs=4k --direct=1 --fsync=1 \
+          --time_based --runtime="$rt" --output-format=json 2>/dev/null > "$dir/out/floor.$r.json" || true
+    fi
+  done
 done
 
 if [ "${COPY:-1}" != 0 ]; then
@@ -102,22 +124,25 @@ if [ "${COPY:-1}" != 0 ]; then
   bytes=$(stat -c %s "$dir/random.img")
   echo "$bytes" > "$dir/out/copy-bytes"
   for r in $(seq 1 "$rounds"); do
-    for s in O Q K; do timed "$s" "$dir/out/$s.nbdcopy_in.$r" nbdcopy "$dir/random.img" "${uri[$s]}"; done
-    for s in O Q K; do rm -f "$dir/copy.out"; timed "$s" "$dir/out/$s.nbdcopy_out.$r" nbdcopy "${uri[$s]}" "$dir/copy.out"; done
-    for s in O Q K; do timed "$s" "$dir/out/$s.convert_in.$r" qemu-img convert -n -f raw -O raw "$dir/random.img" "${uri[$s]}"; done
+    for s in $servers; do timed "$s" "$dir/out/$s.nbdcopy_in.$r" nbdcopy "$dir/random.img" "${uri[$s]}"; done
+    for s in $servers; do rm -f "$dir/copy.out"; timed "$s" "$dir/out/$s.nbdcopy_out.$r" nbdcopy "${uri[$s]}" "$dir/copy.out"; done
+    for s in $servers; do timed "$s" "$dir/out/$s.convert_in.$r" qemu-img convert -n -f raw -O raw "$dir/random.img" "${uri[$s]}"; done
   done
   # The copy out of each server holds what went in.
-  for s in O Q K; do
+  for s in $servers; do
     nbdcopy "${uri[$s]}" "$dir/copy.out"
     cmp -s "$dir/random.img" "$dir/copy.out" || echo "WARNING: the copy out of $s differs from what went in" >&2
   done
   rm -f "$dir/copy.out" "$dir/random.img"
 fi
 
-python3 - "$dir" "$rounds" "$(getconf CLK_TCK)" $jobs <<'PY'
+python3 - "$dir" "$rounds" "$(getconf CLK_TCK)" "$servers" $jobs <<'PY'
 import json, sys, statistics, os
-d, rounds, hz, jobs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-S = ["O", "Q", "K"]
+d, rounds, hz, servers, jobs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(), sys.argv[5:]
+BASE = "B" in servers
+S = ["O", "B", "Q", "K"] if BASE else ["O", "Q", "K"]
+NAMES = {"O": "Ovis", "B": "Ovis before", "Q": "qemu-nbd", "K": "nbdkit file"}
+HEAD = " | ".join(NAMES[s] for s in S)
 def load(path):
     try:
         return json.load(open(path))["jobs"][0]
@@ -144,14 +169,16 @@ def cpu_us(s, job, r):
     run = float(rt.rstrip("s")); ramp = 2.0
     return t / hz * 1e6 / (ios(j) * (run + ramp) / run)
 def row(name, vals, fmt="{:,.0f}"):
-    o, q, k = vals
-    cells = [fmt.format(v) if v is not None else "failed" for v in vals]
+    v = dict(zip(S, vals))
+    o, q, k = v["O"], v["Q"], v["K"]
+    cells = [fmt.format(x) if x is not None else "failed" for x in vals]
     rq = f"{o / q:.2f}" if o and q else "-"
     rk = f"{o / k:.2f}" if o and k else "-"
-    print(f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} | {rq} | {rk} |")
+    rb = [f"{o / v['B']:.2f}" if o and v["B"] else "-"] if BASE else []
+    print(f"| {name} | " + " | ".join(cells + [rq, rk] + rb) + " |")
 print()
-print(f"| job (median of {rounds}) | Ovis | qemu-nbd | nbdkit file | Ovis ÷ qemu-nbd | Ovis ÷ nbdkit |")
-print("|---|---|---|---|---|---|")
+print(f"| job (median of {rounds}) | {HEAD} | Ovis ÷ qemu-nbd | Ovis ÷ nbdkit |" + (" Ovis ÷ before |" if BASE else ""))
+print("|---|" + "---|" * (len(S) + 2 + BASE))
 for job in jobs:
     unit = "MB/s" if job.startswith("seq") else "IOPS"
     row(f"{job} ({unit})", [med(fig(j) if (j := load(f"{d}/out/{s}.{job}.{r}.json")) else None for r in range(1, rounds + 1)) for s in S])
@@ -174,8 +201,8 @@ if copy_bytes:
             vals.append(med(xs))
         row(f"{op} 1 GiB (MB/s)", vals)
 print()
-print("| CPU per I/O, µs (server user+system) | Ovis | qemu-nbd | nbdkit file |")
-print("|---|---|---|---|")
+print(f"| CPU per I/O, µs (server user+system) | {HEAD} |")
+print("|---|" + "---|" * len(S))
 for job in jobs:
     vals = [med(cpu_us(s, job, r) for r in range(1, rounds + 1)) for s in S]
     print(f"| {job} | " + " | ".join(f"{v:.1f}" if v is not None else "-" for v in vals) + " |")
@@ -194,8 +221,8 @@ if copy_bytes:
         print(f"| {op} (ms of CPU for the 1 GiB) | " + " | ".join(f"{v:.0f}" if v is not None else "-" for v in vals) + " |")
 print()
 if "randwrite4k_qd1_fsync" in jobs:
-    print("| flush latency, QD1 write+flush job | Ovis | qemu-nbd | nbdkit file | disk floor (O_DIRECT 4k + fdatasync) |")
-    print("|---|---|---|---|---|")
+    print(f"| flush latency, QD1 write+flush job | {HEAD} | disk floor (O_DIRECT 4k + fdatasync) |")
+    print("|---|" + "---|" * (len(S) + 1))
     def lat(j):
         sync = j.get("sync", {})
         ln = sync.get("lat_ns") or {}
@@ -205,10 +232,10 @@ if "randwrite4k_qd1_fsync" in jobs:
     for s in S:
         m = [lat(j) for r in range(1, rounds + 1) if (j := load(f"{d}/out/{s}.randwrite4k_qd1_fsync.{r}.json"))]
         means.append(med(x[0] for x in m)); p99s.append(med(x[1] for x in m))
-    fl = load(f"{d}/out/floor.json")
-    fm, fp = lat(fl) if fl else (None, None)
+    fls = [lat(j) for r in range(1, rounds + 1) if (j := load(f"{d}/out/floor.{r}.json"))] or ([lat(j)] if (j := load(f"{d}/out/floor.json")) else [])
+    fm, fp = (med(x[0] for x in fls), med(x[1] for x in fls)) if fls else (None, None)
     cell = lambda m, p: f"{m / 1000:.0f} / {p / 1000:.0f} µs" if m and p else "-"
-    print(f"| mean / p99 | {cell(means[0], p99s[0])} | {cell(means[1], p99s[1])} | {cell(means[2], p99s[2])} | {cell(fm, fp)} |")
+    print("| mean / p99 | " + " | ".join(cell(m, p) for m, p in zip(means, p99s)) + f" | {cell(fm, fp)} |")
 print()
 rss = []
 for s in S:
@@ -216,5 +243,5 @@ for s in S:
         rss.append(f"{int(open(f'{d}/peak-rss-{s}').read()) // 1024} MiB")
     except Exception:
         rss.append("-")
-print(f"peak RSS: Ovis {rss[0]}, qemu-nbd {rss[1]}, nbdkit {rss[2]}")
+print("peak RSS: " + ", ".join(f"{NAMES[s]} {r}" for s, r in zip(S, rss)))
 PY

@@ -168,8 +168,22 @@ internal static class ServeCommand
         return command;
     }
 
+    // .NET's socket engine reads this once, when the process first uses a socket: before the node starts.
+    private const string InlineSocketCompletions = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+
     private static async Task<int> RunAsync(NodeOptions options)
     {
+        // Socket completions run on the epoll thread instead of being posted to the thread pool.
+        // With Kestrel's inline scheduling, a READ then goes from the socket to the page cache and
+        // back on one thread, as nbdkit's does: the hop it saves was a third of randread's CPU
+        // (docs/benchmarks.md). The price: a connection whose request blocks (a read from a cold
+        // disk) holds up the other sockets of its epoll thread (one per core) meanwhile.
+        // DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=0 in the environment keeps the thread pool.
+        if (Environment.GetEnvironmentVariable(InlineSocketCompletions) is null)
+        {
+            Environment.SetEnvironmentVariable(InlineSocketCompletions, "1");
+        }
+
         using var stop = new CancellationTokenSource();
 
         // The first SIGINT or SIGTERM stops the node cleanly (connections closed, volumes

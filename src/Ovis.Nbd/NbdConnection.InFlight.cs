@@ -10,8 +10,9 @@ public sealed partial class NbdConnection
     private readonly Stack<NbdOperation> _operationPool;
     private int _inFlightRequests;
     private long _inFlightBytes;
+    private bool _writerBusy;       // someone is writing replies into the transport (see WriteRepliesIfIdle)
 
-    // The output loop waits for replies; the read loop (and the final drain) for budget.
+    // The output loop waits for work handed to it; the read loop (and the final drain) for budget.
     private readonly AsyncSignal _repliesReady = new();
     private readonly AsyncSignal _capacityFreed = new();
 
@@ -67,14 +68,15 @@ public sealed partial class NbdConnection
             _completed.Enqueue(operation);
         }
 
-        // The read loop wakes the output loop once per batch; device completions at once.
+        // The read loop writes once per batch (so its replies share a flush); a device
+        // completion writes its reply at once unless someone is writing already.
         if (onReadLoop)
         {
             _replySignalPending = true;
         }
         else
         {
-            _repliesReady.Set();
+            WriteRepliesIfIdle();
         }
     }
 

@@ -39,9 +39,13 @@ public sealed partial class NbdConnection
             // Whatever ended the read loop, requests already started run to completion and
             // their buffers go back exactly once before the device is disposed.
             AbandonPartialPayload();
-            _repliesReady.Set();
+            WriteRepliesIfIdle();
             await DrainAsync();
-            _outputStopping = true;
+            lock (_sync)
+            {
+                _outputStopping = true;
+            }
+
             _repliesReady.Set();
             await output;
         }
@@ -56,11 +60,11 @@ public sealed partial class NbdConnection
             ReadOnlySequence<byte> buffer = result.Buffer;
             ReceiveStatus status = ReceiveRequests(ref buffer);
 
-            // One wake-up for every reply the batch completed synchronously, so they share a flush.
+            // The replies the batch completed synchronously go out together, from this thread.
             if (_replySignalPending)
             {
                 _replySignalPending = false;
-                _repliesReady.Set();
+                WriteRepliesIfIdle();
             }
 
             switch (status)

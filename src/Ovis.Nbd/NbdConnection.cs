@@ -11,10 +11,13 @@ namespace Ovis.Nbd;
 /// </summary>
 /// <remarks>
 /// Transmission runs two loops. The read loop parses requests, checks them, and starts their
-/// device calls without waiting for them. Finished requests are queued for the output loop,
-/// the only writer of the transport, which encodes replies in completion order and flushes
-/// once per batch. Requests and payload bytes in flight are bounded; when the budget is spent
-/// the read loop stops reading, which pushes back on the client through TCP.
+/// device calls without waiting for them. Finished requests are queued, and one thread at a time
+/// holds the transport's writer: the thread that finished them when nobody else is writing (the
+/// read loop once per batch, a device completion at once), which encodes the queued replies in
+/// completion order and flushes once; the output loop only takes over a flush the client has not
+/// drained (so no writer ever waits) and ends the connection. Requests and payload bytes in flight
+/// are bounded; when the budget is spent the read loop stops reading, which pushes back on the
+/// client through TCP.
 /// </remarks>
 public sealed partial class NbdConnection : IAsyncDisposable
 {

@@ -9,7 +9,7 @@ namespace Ovis.Nbd;
 /// </summary>
 /// <remarks>
 /// Ownership: the read loop fills it and starts the device work; whichever thread finishes the
-/// last device call queues it for the output loop; the output loop writes the reply, returns
+/// last device call queues it; the holder of the writer (see NbdConnection) writes the reply, returns
 /// <see cref="Buffer"/> to the pool and the operation to the connection. Only one of them
 /// touches it at a time, so it needs no locking of its own.
 /// </remarks>
@@ -34,7 +34,7 @@ internal sealed class NbdOperation
 
     public NbdErrorReason Reason { get; private set; }
 
-    /// <summary>READ data or WRITE payload, rented from the connection's pool; returned by the output loop.</summary>
+    /// <summary>READ data or WRITE payload, rented from the connection's pool; returned once its reply is written.</summary>
     public byte[]? Buffer { get; set; }
 
     /// <summary>READ: content segments (Zero = send as a hole). BLOCK_STATUS: the extents to report.</summary>

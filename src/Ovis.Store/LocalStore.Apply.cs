@@ -24,8 +24,15 @@ public sealed partial class LocalStore
     void IJournalSink.Applied(BatchBuffer batch)
     {
         // In this order: the file system's figure counts the batch's blocks before its reservation goes.
-        RefreshSpace();
-        _space.Release(Interlocked.Exchange(ref batch.SpaceCharged, 0));
+        // A batch that reserved nothing (overwrites of data blocks, trims, zeroing) allocated
+        // nothing: no statvfs for it (a QD1 write+flush load made one per flush). What its trims
+        // freed shows at the next periodic read, or at once when a write would be refused.
+        long charged = Interlocked.Exchange(ref batch.SpaceCharged, 0);
+        if (charged > 0)
+        {
+            RefreshSpace();
+            _space.Release(charged);
+        }
     }
 
     /// <summary>

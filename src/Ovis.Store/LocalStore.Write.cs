@@ -90,6 +90,7 @@ public sealed partial class LocalStore
         int crcBytes = blocks * 4;
         wait = false;
         Span<byte> edges = partialHead || partialTail ? stackalloc byte[2 * StoreBlockSize] : default;
+        Span<uint> blockCrcs = stackalloc uint[MaxBlocksPerRecord];
 
         lock (meta.Lock)
         {
@@ -133,10 +134,10 @@ public sealed partial class LocalStore
             data[..consumed].CopyTo(blockData[headSkip..]);
             Span<byte> crcs = record.Slice(JournalFormat.RecordHeaderSize, crcBytes);
             meta.EnsureBlocks(firstBlock + blocks);
+            Crc32C.ComputeBlocks(blockData, StoreBlockSize, blockCrcs);
             for (int i = 0; i < blocks; i++)
             {
-                uint crc = Crc32C.Compute(blockData.Slice(i * StoreBlockSize, StoreBlockSize));
-                BinaryPrimitives.WriteUInt32LittleEndian(crcs[(i * 4)..], crc);
+                BinaryPrimitives.WriteUInt32LittleEndian(crcs[(i * 4)..], blockCrcs[i]);
                 meta.Pending[firstBlock + i] = ObjectMeta.PendingValue(batch.Seq, (uint)(dataOffset + i * StoreBlockSize));
             }
             JournalFormat.SealRecordHeader(record, crcBytes);
@@ -292,6 +293,18 @@ public sealed partial class LocalStore
         {
             return StoreStatus.Closed;
         }
+    }
+
+    /// <summary>
+    /// A volume's flush (what an NBD FLUSH becomes): the same one journal sync as
+    /// <see cref="FlushAsync()"/>, but the caller continues on the committer's thread when it is
+    /// the round's first such waiter (<see cref="Journal.FlushInlineAsync"/>), one thread hop less.
+    /// Callers of this overload keep their continuations short and non-blocking.
+    /// </summary>
+    public ValueTask<StoreStatus> FlushAsync(uint volume)
+    {
+        Interlocked.Increment(ref _flushRequests);
+        return _journal.FlushInlineAsync();
     }
 
     private static void CheckRange(ObjectId id, long offset, long length)

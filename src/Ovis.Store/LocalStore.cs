@@ -37,6 +37,9 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
     // Large writes are split into records of at most 1 MiB, and small enough that a batch holds one.
     private readonly int _maxBlocksPerRecord;
 
+    // A record covers at most 1 MiB of blocks.
+    private const int MaxBlocksPerRecord = 256;
+
     private readonly string _directory;
     private readonly LocalStoreOptions _options;
     private readonly ILogger _logger;
@@ -58,7 +61,7 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
         _options = options;
         _logger = logger;
         _journal = journal;
-        _maxBlocksPerRecord = Math.Min(256, (options.BatchSize - JournalFormat.BatchHeaderSize - JournalFormat.RecordHeaderSize) / (StoreBlockSize + 4));
+        _maxBlocksPerRecord = Math.Min(MaxBlocksPerRecord, (options.BatchSize - JournalFormat.BatchHeaderSize - JournalFormat.RecordHeaderSize) / (StoreBlockSize + 4));
     }
 
     public int BlockSize => StoreBlockSize;

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Ovis.Nbd.Tests.Infrastructure;
 
 namespace Ovis.Nbd.Tests;
@@ -237,6 +238,48 @@ public class ConcurrencyTests
         }
 
         Assert.True(client.Pool.MaxOutstanding <= 4, $"{client.Pool.MaxOutstanding} buffers of 16 KiB under a 64 KiB budget");
+    }
+
+    [Fact]
+    public async Task RepliesWrittenByCompletingThreads_AndByTheReadLoop_UnderBackPressure_EachArriveOnce()
+    {
+        // Half the requests complete on the read loop (reads: the device answers at once, the loop
+        // writes their replies), half on pool threads (writes, asynchronously), all racing for the
+        // writer while a small output pipe makes flushes wait and hand the writer to the output loop.
+        var device = new MemoryBlockDevice(Size) { CompleteWritesAsynchronously = true };
+        device.Fill(0, TransmissionTests.Pattern(64 * 4096, 9));
+        await using var client = new NbdTestClient(NbdTestClient.Exports(device), serverOutputPauseThreshold: 8 << 10);
+        await client.NegotiateAsync(structured: false);
+
+        const int Rounds = 20, PerRound = 64;
+        for (int round = 0; round < Rounds; round++)
+        {
+            var requests = new List<byte[]>();
+            for (int i = 0; i < PerRound; i++)
+            {
+                ulong cookie = (ulong)((round * PerRound) + i);
+                requests.Add(i % 2 == 0
+                    ? Wire.Request(0, Wire.CmdRead, cookie, (ulong)(i % 64) * 4096, 4096)
+                    : Wire.Request(0, Wire.CmdWrite, cookie, (ulong)(64 + (i % 64)) * 4096, 4096, TransmissionTests.Pattern(4096, i)));
+            }
+
+            await client.SendAsync(Wire.Concat([.. requests]));
+            var seen = new HashSet<ulong>();
+            for (int i = 0; i < PerRound; i++)
+            {
+                byte[] header = await client.ReadExactAsync(16);
+                uint error = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(4));
+                ulong cookie = BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(8));
+                Assert.Equal(0u, error);
+                byte[] data = (cookie % PerRound) % 2 == 0 ? await client.ReadExactAsync(4096) : [];
+                Assert.True(seen.Add(cookie), $"cookie {cookie} answered twice");
+                if ((cookie % PerRound) % 2 == 0)
+                {
+                    int index = (int)(cookie % PerRound) % 64;
+                    Assert.Equal(TransmissionTests.Pattern(64 * 4096, 9).AsSpan(index * 4096, 4096).ToArray(), data);
+                }
+            }
+        }
     }
 
     [Fact]

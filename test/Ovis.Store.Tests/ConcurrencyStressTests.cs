@@ -612,7 +612,8 @@ public sealed class ConcurrencyStressTests(ITestOutputHelper output)
         for (int n = 0; race.Phase != DisposeRace.Disposed; n++)
         {
             await YieldNowAndThen(n);
-            StoreStatus? s = await race.CallAsync($"FlushAsync by flusher {i}", () => store.FlushAsync());
+            // Odd flushers flush the volume: that waiter continues on the committer's thread.
+            StoreStatus? s = await race.CallAsync($"FlushAsync by flusher {i}", () => i % 2 == 0 ? store.FlushAsync() : store.FlushAsync(0xD));
             if (s is not (StoreStatus.Ok or StoreStatus.Closed or null))
             {
                 race.Fail($"FlushAsync by flusher {i} [{race.PhaseName}] returned {s}");
@@ -629,7 +630,7 @@ public sealed class ConcurrencyStressTests(ITestOutputHelper output)
             }
         }
         await race.DisposeDone.Task.WaitAsync(4 * StoreFixture.Timeout);
-        StoreStatus? late = await race.CallAsync($"FlushAsync by flusher {i}", () => store.FlushAsync());
+        StoreStatus? late = await race.CallAsync($"FlushAsync by flusher {i}", () => i % 2 == 0 ? store.FlushAsync() : store.FlushAsync(0xD));
         if (late is not (StoreStatus.Ok or StoreStatus.Closed or null))
         {
             race.Fail($"FlushAsync by flusher {i} after DisposeAsync returned {late}");

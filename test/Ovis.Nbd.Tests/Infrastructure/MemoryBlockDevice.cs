@@ -31,6 +31,9 @@ internal sealed class MemoryBlockDevice : IBlockDevice
     /// <summary>Complete every call asynchronously (after a thread-pool hop) instead of inline.</summary>
     public bool CompleteAsynchronously { get; set; }
 
+    /// <summary>Complete writes asynchronously and everything else inline.</summary>
+    public bool CompleteWritesAsynchronously { get; set; }
+
     /// <summary>While set and not completed, FlushAsync waits on it.</summary>
     public TaskCompletionSource? FlushGate { get; set; }
 
@@ -184,7 +187,8 @@ internal sealed class MemoryBlockDevice : IBlockDevice
             throw new InvalidOperationException("injected device fault");
         }
 
-        bool mustWait = gate is { Task.IsCompleted: false } || CompleteAsynchronously;
+        bool mustWait = gate is { Task.IsCompleted: false } || CompleteAsynchronously
+            || (CompleteWritesAsynchronously && call.Kind == CallKind.Write);
         if (!mustWait)
         {
             return new ValueTask<NbdError>(Execute(call));

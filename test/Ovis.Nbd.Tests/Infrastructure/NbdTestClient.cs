@@ -18,8 +18,9 @@ internal sealed class NbdTestClient : IAsyncDisposable
 
     public NbdTestClient(MemoryExportProvider exports, NbdServerOptions? options = null, long serverOutputPauseThreshold = 0, ArrayPool<byte>? bufferPool = null)
     {
-        _toServer = new Pipe(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
+        _toServer = new Pipe(new PipeOptions(PipeMemory, pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
         _toClient = new Pipe(new PipeOptions(
+            PipeMemory,
             pauseWriterThreshold: serverOutputPauseThreshold,
             resumeWriterThreshold: serverOutputPauseThreshold / 2,
             useSynchronizationContext: false));
@@ -34,6 +35,9 @@ internal sealed class NbdTestClient : IAsyncDisposable
     }
 
     public NbdConnection Connection { get; }
+
+    // Shared by every test client: blocks go back to one queue whatever thread returns them.
+    private static readonly BlockMemoryPool PipeMemory = new();
 
     public Task Run { get; }
 
