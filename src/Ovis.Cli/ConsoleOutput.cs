@@ -228,6 +228,7 @@ internal sealed class ConsoleOutput(TextWriter writer)
         table.AddColumn(Column("USED").RightAligned());
         table.AddColumn(Column("OBJECTS").RightAligned());
         table.AddColumn(Column("DISK").RightAligned());
+        table.AddColumn(Column("RTT").RightAligned());
         foreach (var n in nodes)
         {
             // A stale node is up but not read from until its copies are brought up to date.
@@ -237,7 +238,8 @@ internal sealed class ConsoleOutput(TextWriter writer)
             table.AddRow(Markup.Escape(n.Id), Markup.Escape(n.Address), Markup.Escape(n.Zone), Markup.Escape(state),
                 n.UsedBytes is { } used ? Sizes.Format(used) : "-",
                 n.Objects?.ToString(CultureInfo.InvariantCulture) ?? "-",
-                n.Space is { } disk ? string.Create(CultureInfo.InvariantCulture, $"{disk.Ratio * 100:0} %") : "-");
+                n.Space is { } disk ? string.Create(CultureInfo.InvariantCulture, $"{disk.Ratio * 100:0} %") : "-",
+                n.RoundTripMs is { } rtt ? string.Create(CultureInfo.InvariantCulture, $"{rtt:0.00} ms") : "-");
         }
 
         _console.Write(table);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using Microsoft.Extensions.Logging;
 using Ovis.Cluster.Catalog;
@@ -316,6 +317,25 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         catch (OperationCanceledException) when (timeout.IsCancellationRequested)
         {
             // A node that takes its connection but does not answer (paused, overloaded): unknown.
+            return null;
+        }
+    }
+
+    /// <summary>One peer round trip to <paramref name="nodeId"/> (a PING, which touches no disk, behind
+    /// whatever the connection already carries); null when it is not a remote member or does not answer in time.</summary>
+    public async Task<TimeSpan?> PingAsync(string nodeId, TimeSpan timeout)
+    {
+        if (nodeId == _nodeId || _replicas.Find(nodeId) is not RemoteReplica remote)
+            return null;
+        using var deadline = new CancellationTokenSource(timeout);
+        long start = Stopwatch.GetTimestamp();
+        try
+        {
+            PeerResult result = await remote.Client.PingAsync(deadline.Token).ConfigureAwait(false);
+            return result.IsOk ? Stopwatch.GetElapsedTime(start) : null;
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+        {
             return null;
         }
     }

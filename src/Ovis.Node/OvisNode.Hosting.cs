@@ -66,6 +66,8 @@ public sealed partial class OvisNode
         if (cluster is not null)
         {
             builder.Services.AddSingleton(cluster);
+            builder.Services.AddSingleton<PeerRoundTrips>();
+            builder.Services.AddHostedService(services => services.GetRequiredService<PeerRoundTrips>());
         }
 
         if (recovery is not null)

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
+using System.Text.Json;
 using Microsoft.Playwright;
 using Ovis.Cluster.Tests.Infrastructure;
 using Ovis.Interop.Tests.Infrastructure;
@@ -52,6 +53,17 @@ public sealed class ClusterAdminTests(EtcdCluster etcd, ITestOutputHelper output
             Assert.Contains("\n" + metric + "{", scrape, StringComparison.Ordinal);
         }
 
+        // Peer round trips: each node pings the others every 5 s.
+        await Eventually(async () => (await http.GetStringAsync(new Uri(nodes[0].AdminUrl + "/metrics"))).Split('\n')
+                .Count(l => l.StartsWith("ovis_peer_round_trip_seconds_count{", StringComparison.Ordinal)) == 2,
+            TimeSpan.FromSeconds(30), "round trips to both other nodes in /metrics");
+        using (var members = JsonDocument.Parse(await http.GetStringAsync(new Uri(nodes[0].AdminUrl + "/api/v1/nodes"))))
+        {
+            var trips = members.RootElement.EnumerateArray()
+                .Select(m => m.TryGetProperty("roundTripMs", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetDouble() : -1).ToList();
+            Assert.Equal(2, trips.Count(t => t > 0));
+        }
+
         Assert.True(File.Exists("/usr/bin/chromium"), "/usr/bin/chromium is missing: apt-get install -y chromium");
         using var playwright = await Playwright.CreateAsync();
         await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions { ExecutablePath = "/usr/bin/chromium", Headless = true, Args = ["--no-sandbox"] });
@@ -63,6 +75,8 @@ public sealed class ClusterAdminTests(EtcdCluster etcd, ITestOutputHelper output
         var zones = await page.EvalOnSelectorAllAsync<string[]>("#nodes tbody tr td:nth-child(2)", "cells => cells.map(c => c.textContent)");
         Assert.Equal(["a", "b", "c"], zones.Order());
         Assert.Equal("healthy", await page.TextContentAsync("#health"));
+        await page.WaitForFunctionAsync("() => [...document.querySelectorAll('#nodes tbody tr td:last-child')].filter(c => c.textContent.endsWith(' ms')).length === 2",
+            null, new PageWaitForFunctionOptions { Timeout = 20_000 });
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(DashboardTests.DocsDirectory(), "dashboard-cluster.png"), FullPage = true });
     }
 }

@@ -7,8 +7,8 @@ namespace Ovis.Interop.Tests;
 
 /// <summary>
 /// The dashboard at <c>/dashboard</c> in headless Chromium (Debian's, driven by Playwright):
-/// health, the node, volumes with their snapshot tree and connections, and live IOPS while fio
-/// writes. Leaves docs/dashboard.png for readers of the docs.
+/// health, the node, volumes with their snapshot tree and connections, live IOPS and latency while
+/// fio writes, and a backup's progress. Leaves docs/dashboard.png for readers of the docs.
 /// </summary>
 public sealed class DashboardTests(OvisDaemon daemon, ITestOutputHelper output)
     : InteropTest(daemon, output), IClassFixture<OvisDaemon>
@@ -24,6 +24,11 @@ public sealed class DashboardTests(OvisDaemon daemon, ITestOutputHelper output)
         await CliJson("vdi", "snapshot", web, "v1");
         var clone = UniqueName("web-clone");
         await CliJson("vdi", "clone", $"{web}@v1", clone);
+        await RunOk("qemu-io", ["-f", "raw", "-c", "write -P 0x3c 0 24M", Daemon.NbdUri(web)]);
+
+        // A backup paced to 2 MB/s takes about 12 s: long enough to be seen running.
+        var dest = Path.Combine(Path.GetTempPath(), $"{web}-backup.raw");
+        var backup = Cli("vdi", "backup", web, dest, "--rate", "2M", "--json");
 
         // Writes for longer than the page takes to show two polls (the rate needs two scrapes).
         var fio = Run("fio", ["--ioengine=nbd", $"--uri={Daemon.NbdUri(web)}", "--name=live", "--rw=randwrite", "--bs=4k", "--size=64M",
@@ -61,11 +66,24 @@ public sealed class DashboardTests(OvisDaemon daemon, ITestOutputHelper output)
         var iops = double.Parse((await page.TextContentAsync("#write-iops"))!.Replace(",", "", StringComparison.Ordinal), CultureInfo.InvariantCulture);
         Log($"dashboard write IOPS while fio wrote at 400: {iops}");
 
+        // Latency of the same writes, as mean / p99 in milliseconds, and the backup with its bar.
+        await page.WaitForFunctionAsync("() => /^[0-9.]+ \\/ [0-9.]+$/.test(document.querySelector('#write-latency').textContent)",
+            null, new PageWaitForFunctionOptions { Timeout = 20_000 });
+        Log($"dashboard write latency (mean / p99 ms): {await page.TextContentAsync("#write-latency")}");
+        await page.WaitForSelectorAsync("#jobs tr[data-job] progress", new PageWaitForSelectorOptions { Timeout = 20_000 });
+        var job = await page.TextContentAsync("#jobs tbody tr");
+        Assert.Contains("backup", job, StringComparison.Ordinal);
+        Assert.Contains(web, job, StringComparison.Ordinal);
+
         // A few more polls, so that the screenshot has a line in its chart.
         await page.WaitForFunctionAsync("() => Number(document.body.dataset.polled) >= 5", null, new PageWaitForFunctionOptions { Timeout = 20_000 });
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = Path.Combine(DocsDirectory(), "dashboard.png"), FullPage = true });
         var done = await fio;
         Assert.True(done.Succeeded, done.Describe());
+        var backedUp = await backup;
+        Assert.True(backedUp.Succeeded, backedUp.Describe());
+        File.Delete(dest);
+        File.Delete(dest + ".json");
     }
 
     /// <summary>The repository's docs/, where the screenshots go.</summary>

@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Routing;
 using Ovis.Cluster.Catalog;
 using Ovis.Nbd;
+using Ovis.Node.Metrics;
 using Ovis.Volumes;
 
 namespace Ovis.Node.Admin;
@@ -51,7 +52,7 @@ public static partial class AdminApi
         var view = await membership.ReadMembershipAsync(cancellationToken);
         var runtime = services.GetService(typeof(ClusterRuntime)) as ClusterRuntime;
         return TypedResults.Ok(new ClusterInfo(format.Name, format.Copies, format.EffectiveMinCopies, view.Epoch, format.FormattedAt,
-            await MembersAsync(membership, view, runtime, cancellationToken), runtime?.Store.View.PlacementError));
+            await MembersAsync(membership, view, runtime, services.GetService(typeof(PeerRoundTrips)) as PeerRoundTrips, cancellationToken), runtime?.Store.View.PlacementError));
     }
 
     private static async Task<Ok<IReadOnlyList<MemberInfo>>> ListNodesAsync(ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
@@ -62,7 +63,8 @@ public static partial class AdminApi
         }
 
         var view = await membership.ReadMembershipAsync(cancellationToken);
-        return TypedResults.Ok(await MembersAsync(membership, view, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime, cancellationToken));
+        return TypedResults.Ok(await MembersAsync(membership, view, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime,
+            services.GetService(typeof(PeerRoundTrips)) as PeerRoundTrips, cancellationToken));
     }
 
     /// <summary>
@@ -99,7 +101,8 @@ public static partial class AdminApi
         }
 
         var after = await membership.ReadMembershipAsync(cancellationToken);
-        return TypedResults.Ok(await MembersAsync(membership, after, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime, cancellationToken));
+        return TypedResults.Ok(await MembersAsync(membership, after, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime,
+            services.GetService(typeof(PeerRoundTrips)) as PeerRoundTrips, cancellationToken));
     }
 
     /// <summary>
@@ -147,7 +150,7 @@ public static partial class AdminApi
     /// <summary>Every node that ever joined, up or down, with the space and objects each reports (asked in parallel),
     /// and for a down one since when, and how long until it is taken out.</summary>
     private static async Task<IReadOnlyList<MemberInfo>> MembersAsync(ClusterMembership membership, MembershipView view, ClusterRuntime? runtime,
-        CancellationToken cancellationToken)
+        PeerRoundTrips? roundTrips, CancellationToken cancellationToken)
     {
         var live = view.Nodes.Select(n => n.Id).ToHashSet(StringComparer.Ordinal);
         var members = view.Members.Count > 0 ? view.Members : view.Nodes;
@@ -165,6 +168,7 @@ public static partial class AdminApi
                 Space = stats[i]?.Space is { } space ? NodeSpace.From(space) : null,
                 DownSince = since,
                 OutIn = since is { } s ? runtime?.DownOut?.SecondsUntilOut(view, m.Id, s) : null,
+                RoundTripMs = roundTrips?.LastMilliseconds(m.Id),
             };
         })];
     }

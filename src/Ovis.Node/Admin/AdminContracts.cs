@@ -169,6 +169,10 @@ public sealed record MemberInfo(string Id, string Address, string Zone, string S
     /// <summary>Seconds until a down member is taken out of the cluster (0 when due); null when it
     /// never will be: the node runs with <c>--down-out-interval 0</c>, or too few zones would remain.</summary>
     public long? OutIn { get; init; }
+
+    /// <summary>The last peer round trip from the answering node to this one, in milliseconds (a PING
+    /// every 5 s); null for the answering node itself, a down one, or one that missed the last PING.</summary>
+    public double? RoundTripMs { get; init; }
 }
 
 /// <summary>Answer of <c>GET /api/v1/cluster</c>. <paramref name="PlacementError"/> says why objects cannot

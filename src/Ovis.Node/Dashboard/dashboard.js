@@ -6,6 +6,9 @@ const PollMs = 2000;
 const HistoryPoints = 150; // five minutes at one point per poll
 const history = [];
 let previous = null; // { at, reads, writes, written } from the last scrape
+let previousBuckets = null; // latency histogram buckets from the last scrape
+const latencyOps = [["write", "#c0392b"], ["read", "#2e6fd1"], ["flush", "#8e44ad"]];
+const jobBytes = new Map(); // job id -> { at, bytes } of the last poll, for the rate
 
 const $ = id => document.getElementById(id);
 
@@ -31,6 +34,46 @@ function parseMetrics(text) {
     if (m) sums[m[1]] = (sums[m[1]] ?? 0) + Number(m[3]);
   }
   return sums;
+}
+
+// The request-duration histogram's cumulative buckets, summed over volumes: op -> [[le, count]],
+// ascending, plus the sum of seconds and the count per op.
+function parseLatency(text) {
+  const ops = {};
+  for (const line of text.split("\n")) {
+    const m = /^ovis_volume_request_duration_seconds_(bucket|sum|count)\{([^}]*)\} (\S+)/.exec(line);
+    if (!m) continue;
+    const op = /op="([^"]*)"/.exec(m[2])?.[1];
+    if (!op) continue;
+    const o = ops[op] ??= { buckets: new Map(), sum: 0, count: 0 };
+    if (m[1] === "bucket") {
+      const le = /le="([^"]*)"/.exec(m[2])?.[1];
+      const bound = le === "+Inf" ? Infinity : Number(le);
+      o.buckets.set(bound, (o.buckets.get(bound) ?? 0) + Number(m[3]));
+    } else {
+      o[m[1]] += Number(m[3]);
+    }
+  }
+  return ops;
+}
+
+// Mean and p99 (the upper bound of the bucket that holds it, as a coarse but honest figure) of
+// the requests answered between two scrapes; null when none were.
+function latencyBetween(before, now) {
+  if (!before || !now) return null;
+  const count = now.count - before.count;
+  if (count <= 0) return null;
+  const mean = (now.sum - before.sum) / count;
+  const bounds = [...now.buckets.keys()].sort((a, b) => a - b);
+  let p99 = Infinity;
+  for (const le of bounds) {
+    if (now.buckets.get(le) - (before.buckets.get(le) ?? 0) >= 0.99 * count) { p99 = le; break; }
+  }
+  return { mean, p99: Number.isFinite(p99) ? p99 : mean };
+}
+
+function ms(seconds) {
+  return seconds < 0.001 ? (seconds * 1000).toFixed(2) : (seconds * 1000).toFixed(1);
 }
 
 function cell(row, text, cls) {
@@ -92,6 +135,69 @@ function renderNodes(node, members) {
     const s = m.space;
     cell(row, s ? `${bytes(s.usedBytes)} of ${bytes(s.totalBytes)} (${s.state})` : "–");
     cell(row, m.objects == null ? "–" : String(m.objects), "num");
+    cell(row, m.roundTripMs == null ? "–" : `${m.roundTripMs.toFixed(2)} ms`, "num");
+  }
+}
+
+function renderLatency(text) {
+  const now = parseLatency(text);
+  if (previousBuckets && history.length > 0) {
+    const point = history[history.length - 1];
+    for (const [op] of latencyOps) {
+      const l = latencyBetween(previousBuckets[op], now[op]);
+      point[`${op}P99`] = l?.p99 ?? 0;
+      $(`${op}-latency`).textContent = l ? `${ms(l.mean)} / ${ms(l.p99)}` : "–";
+    }
+    drawLatencyChart();
+  }
+  previousBuckets = now;
+}
+
+function drawLatencyChart() {
+  const canvas = $("latency-chart");
+  const g = canvas.getContext("2d");
+  g.clearRect(0, 0, canvas.width, canvas.height);
+  const max = Math.max(0.0001, ...history.map(p => Math.max(...latencyOps.map(([op]) => p[`${op}P99`] ?? 0))));
+  for (const [op, color] of latencyOps) {
+    g.strokeStyle = color;
+    g.lineWidth = 2;
+    g.beginPath();
+    history.forEach((p, i) => {
+      const x = canvas.width * (i + HistoryPoints - history.length) / (HistoryPoints - 1);
+      const y = canvas.height - 4 - (canvas.height - 8) * (p[`${op}P99`] ?? 0) / max;
+      i === 0 ? g.moveTo(x, y) : g.lineTo(x, y);
+    });
+    g.stroke();
+  }
+  g.fillStyle = "#5a6573";
+  g.font = "12px system-ui";
+  g.fillText(`p99 up to ${ms(max)} ms (red: writes, blue: reads, purple: flushes)`, 6, 14);
+}
+
+// Running jobs, and those that ended in the last ten minutes: a backup's bar, bytes and rate.
+function renderJobs(jobs) {
+  const recent = (jobs ?? []).filter(j => j.state === "running" || Date.now() - Date.parse(j.finished ?? j.started) < 600000);
+  $("jobs-section").hidden = recent.length === 0;
+  const body = $("jobs").tBodies[0];
+  body.replaceChildren();
+  const at = performance.now();
+  for (const j of recent) {
+    const row = body.insertRow();
+    row.dataset.job = j.id;
+    cell(row, `${j.kind} ${j.id.slice(0, 8)}`);
+    cell(row, j.volume);
+    stateCell(row, j.state);
+    const bar = document.createElement("progress");
+    bar.max = 1;
+    bar.value = j.progress;
+    const p = row.insertCell();
+    p.appendChild(bar);
+    p.append(` ${Math.round(j.progress * 100)} %`);
+    cell(row, j.bytesDone == null ? "–" : `${bytes(j.bytesDone)} of ${bytes(j.bytesTotal)}`, "num");
+    const last = jobBytes.get(j.id);
+    const rate = last && j.state === "running" && j.bytesDone != null ? (j.bytesDone - last.bytes) / ((at - last.at) / 1000) : null;
+    cell(row, rate == null ? "–" : `${bytes(Math.max(0, rate))}/s`, "num");
+    if (j.bytesDone != null) jobBytes.set(j.id, { at, bytes: j.bytesDone });
   }
 }
 
@@ -156,14 +262,16 @@ function renderHealth(node, cluster) {
 
 async function poll() {
   try {
-    const [node, volumes, cluster, recovery, metricsText] = await Promise.all([
-      json("api/v1/node"), json("api/v1/volumes"), json("api/v1/cluster"), json("api/v1/recovery"),
+    const [node, volumes, cluster, recovery, jobs, metricsText] = await Promise.all([
+      json("api/v1/node"), json("api/v1/volumes"), json("api/v1/cluster"), json("api/v1/recovery"), json("api/v1/jobs"),
       fetch("metrics", { cache: "no-store" }).then(r => r.text()),
     ]);
     renderHealth(node, cluster);
     renderNodes(node, cluster?.nodes);
     renderVolumes(volumes ?? []);
     renderRates(parseMetrics(metricsText));
+    renderLatency(metricsText);
+    renderJobs(jobs);
     $("recovery-section").hidden = !recovery;
     if (recovery) renderRecovery(recovery);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString("en-GB")}`;

@@ -42,6 +42,10 @@ internal sealed class NodeMetrics : IDisposable
         Duration = _meter.CreateHistogram("ovis_volume_request_duration", "s", "Time from an NBD request reaching the volume to its answer, by op",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
 
+        PeerRoundTrip = _meter.CreateHistogram("ovis_peer_round_trip", "s", "Round trip of a PING to another member, by peer",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
+        PeerPingsMissed = _meter.CreateCounter<long>("ovis_peer_pings_missed", "{ping}", "PINGs to another member that got no answer within 2 s, by peer");
+
         LocalStore? Local() => volumes.LocalStore;
 
         _meter.CreateObservableGauge("ovis_node_space_total_bytes", () => Observe(Local(), s => s.Space.TotalBytes), "By", "Size of the data directory's file system");
@@ -86,6 +90,10 @@ internal sealed class NodeMetrics : IDisposable
     public UpDownCounter<long> InFlight { get; }
 
     public Histogram<double> Duration { get; }
+
+    public Histogram<double> PeerRoundTrip { get; }
+
+    public Counter<long> PeerPingsMissed { get; }
 
     /// <summary>The instruments of one volume with its tags built once: every connection to it shares them.</summary>
     public VolumeMetrics ForVolume(string volume) => _volumes.GetOrAdd(volume, static (name, node) => new VolumeMetrics(node, name), this);
