@@ -122,6 +122,11 @@ internal static class ServeCommand
             HelpName = "HOST:PORT",
             DefaultValueFactory = _ => $"127.0.0.1:{NodeOptions.DefaultPeerPort}",
         };
+        var advertisePeer = new Option<string?>("--advertise-peer")
+        {
+            Description = "Address other nodes dial for the peer protocol when it is not the --peer one (NAT, a proxy) [default: --peer as bound]",
+            HelpName = "HOST:PORT",
+        };
 
         var dirtyLog = new Option<string>("--dirty-log")
         {
@@ -144,7 +149,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API")
         {
-            data, nbd, nbdSocket, admin, tokenFile, noToken, insecure, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, dirtyLog, recoveryBandwidth, scrubInterval,
+            data, nbd, nbdSocket, admin, tokenFile, noToken, insecure, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, advertisePeer, dirtyLog, recoveryBandwidth, scrubInterval,
         };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
@@ -162,7 +167,7 @@ internal static class ServeCommand
             FullRatio = parseResult.GetValue(fullRatio),
             Cluster = WithRecovery(
                 ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl),
-                    parseResult.GetValue(downOutInterval), ParseAddress("--peer", parseResult.GetRequiredValue(peer))),
+                    parseResult.GetValue(downOutInterval), ParseAddress("--peer", parseResult.GetRequiredValue(peer)), parseResult.GetValue(advertisePeer)),
                 ParseRecovery(parseResult.GetRequiredValue(dirtyLog), parseResult.GetRequiredValue(recoveryBandwidth), parseResult.GetValue(scrubInterval))),
         }));
         return command;
@@ -240,13 +245,18 @@ internal static class ServeCommand
         return ExitCodes.Success;
     }
 
-    private static ClusterMembershipOptions? ParseCluster(string? uri, string? zone, string? nodeId, int leaseTtl, int downOutInterval, ListenAddress peer)
+    private static ClusterMembershipOptions? ParseCluster(string? uri, string? zone, string? nodeId, int leaseTtl, int downOutInterval, ListenAddress peer, string? advertisePeer)
     {
         if (uri is null)
         {
-            return zone is null && nodeId is null
+            return zone is null && nodeId is null && advertisePeer is null
                 ? null
-                : throw CliException.Usage("--zone and --node-id need --cluster");
+                : throw CliException.Usage("--zone, --node-id and --advertise-peer need --cluster");
+        }
+
+        if (advertisePeer is not null && !Ovis.Cluster.Peer.PeerAddress.TryParse(advertisePeer, out _, out var peerError))
+        {
+            throw CliException.Usage($"--advertise-peer: {peerError}");
         }
 
         if (!Ovis.Cluster.Catalog.ClusterUri.TryParse(uri, out var parsed, out var error))
@@ -277,6 +287,7 @@ internal static class ServeCommand
             LeaseTtlSeconds = leaseTtl,
             DownOutInterval = TimeSpan.FromSeconds(downOutInterval),
             PeerAddress = peer,
+            AdvertisedPeer = advertisePeer?.Trim(),
         };
     }
 

@@ -348,9 +348,9 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         return Store.View.Epoch;
     }
 
-    private static IPEndPoint ParsePeer(NodeInfo node)
-        => node.Peer is { } peer && IPEndPoint.TryParse(peer, out IPEndPoint? endPoint)
-            ? endPoint
+    private static EndPoint ParsePeer(NodeInfo node)
+        => PeerAddress.TryParse(node.Peer, out EndPoint? endPoint, out _)
+            ? endPoint!
             : throw new CatalogException($"node '{node.Id}' has no usable peer address ('{node.Peer}'): restart it with this version");
 
     public async ValueTask DisposeAsync()

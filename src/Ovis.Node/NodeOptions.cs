@@ -76,5 +76,9 @@ public sealed class ClusterMembershipOptions
     /// <summary>Where this node serves the peer protocol (object copies from other nodes' gateways).</summary>
     public ListenAddress PeerAddress { get; init; } = ListenAddress.Loopback(NodeOptions.DefaultPeerPort);
 
+    /// <summary>The peer address other nodes dial when it is not where this node listens (NAT, a
+    /// proxy in between); null publishes the listening address as bound.</summary>
+    public string? AdvertisedPeer { get; init; }
+
     public RecoveryOptions Recovery { get; set; } = new();
 }

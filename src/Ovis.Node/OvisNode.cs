@@ -130,7 +130,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var registry = new EtcdVolumeRegistry(membership.Catalog!.Client, membership.Catalog.Cluster);
                 var trustsItsCopies = await ClusterMembership.Describe(clusterOptions,
                     () => cluster.MarkStaleIfEmptyAsync(registry, ClusterMembership.JoinedBefore(dataDirectory, membership.Format!), cancellationToken));
-                await membership.JoinAsync(clusterOptions, cluster.NodeId, address, status.PeerListener!, trustsItsCopies, node._logger, cancellationToken);
+                await membership.JoinAsync(clusterOptions, cluster.NodeId, address, clusterOptions.AdvertisedPeer ?? status.PeerListener!, trustsItsCopies, node._logger, cancellationToken);
                 ClusterMembership.RecordJoined(dataDirectory, membership.Format!);
                 await ClusterMembership.Describe(clusterOptions, async () =>
                 {
@@ -142,7 +142,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                         app.Services.GetRequiredService<VolumeLocks>(), volumes);
                     return true;
                 });
-                membership.KeepJoined(clusterOptions, cluster.NodeId, address, status.PeerListener!, cluster.PrepareRejoinAsync, async rejoined =>
+                membership.KeepJoined(clusterOptions, cluster.NodeId, address, clusterOptions.AdvertisedPeer ?? status.PeerListener!, cluster.PrepareRejoinAsync, async rejoined =>
                 {
                     recovery!.UseLease(rejoined.LeaseId);
                     await cluster.RefreshAsync(0);

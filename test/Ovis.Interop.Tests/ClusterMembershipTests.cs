@@ -256,6 +256,19 @@ public sealed class ClusterMembershipTests(EtcdCluster etcd, ITestOutputHelper o
         Assert.Single(r.Stderr.Trim().Split('\n'));
     }
 
+    [Theory]
+    [InlineData("peer.example:0", "--advertise-peer: 'peer.example:0' is not HOST:PORT with a port from 1 to 65535")]
+    [InlineData("10.0.0.7", "--advertise-peer: '10.0.0.7' is not HOST:PORT")]
+    [InlineData("bad_host!:7071", "--advertise-peer: 'bad_host!' is not a host name or IP address")]
+    public async Task A_bad_advertised_peer_address_is_a_usage_error(string address, string error)
+    {
+        var r = await Ovis("serve", "--data", ScratchDirectory(), "--nbd", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+            "--cluster", ClusterUri("x"), "--zone", "a", "--advertise-peer", address);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(error, r.Stderr, StringComparison.Ordinal);
+        Assert.Single(r.Stderr.Trim().Split('\n'));
+    }
+
     [Fact]
     public async Task A_node_keeps_its_generated_id_and_leaves_on_a_clean_stop()
     {

@@ -26,10 +26,6 @@ public sealed class DashboardTests(OvisDaemon daemon, ITestOutputHelper output)
         await CliJson("vdi", "clone", $"{web}@v1", clone);
         await RunOk("qemu-io", ["-f", "raw", "-c", "write -P 0x3c 0 24M", Daemon.NbdUri(web)]);
 
-        // A backup paced to 2 MB/s takes about 12 s: long enough to be seen running.
-        var dest = Path.Combine(Path.GetTempPath(), $"{web}-backup.raw");
-        var backup = Cli("vdi", "backup", web, dest, "--rate", "2M", "--json");
-
         // Writes for longer than the page takes to show two polls (the rate needs two scrapes).
         var fio = Run("fio", ["--ioengine=nbd", $"--uri={Daemon.NbdUri(web)}", "--name=live", "--rw=randwrite", "--bs=4k", "--size=64M",
             "--iodepth=4", "--time_based", "--runtime=12", "--rate_iops=400"], FioTimeout);
@@ -57,6 +53,11 @@ public sealed class DashboardTests(OvisDaemon daemon, ITestOutputHelper output)
         Assert.True(at >= 0 && order.Length >= at + 3 && new[] { order[at + 1], order[at + 2] }.Order().SequenceEqual(new[] { web, clone }.Order()), string.Join(", ", order));
         Assert.Contains("└", await page.TextContentAsync($"tr[data-volume=\"{clone}\"] td"), StringComparison.Ordinal);
 
+        // A backup paced to 2 MB/s takes about 12 s: long enough to be seen running. Started after
+        // the tree is checked, since its temporary snapshot joins the tree above the volume.
+        var dest = Path.Combine(ScratchDirectory(), "backup.raw");
+        var backup = Cli("vdi", "backup", web, dest, "--rate", "2M", "--json");
+
         // fio's connection, and its writes as a rate.
         await page.WaitForFunctionAsync(
             $"() => Number(document.querySelector('#write-iops').textContent.replace(/,/g, '')) > 50 && document.querySelector('tr[data-volume=\"{web}\"] td:last-child').textContent === '1'",
@@ -82,8 +83,6 @@ public sealed class DashboardTests(OvisDaemon daemon, ITestOutputHelper output)
         Assert.True(done.Succeeded, done.Describe());
         var backedUp = await backup;
         Assert.True(backedUp.Succeeded, backedUp.Describe());
-        File.Delete(dest);
-        File.Delete(dest + ".json");
     }
 
     /// <summary>The repository's docs/, where the screenshots go.</summary>

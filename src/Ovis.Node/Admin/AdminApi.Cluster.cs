@@ -169,6 +169,7 @@ public static partial class AdminApi
                 DownSince = since,
                 OutIn = since is { } s ? runtime?.DownOut?.SecondsUntilOut(view, m.Id, s) : null,
                 RoundTripMs = roundTrips?.LastMilliseconds(m.Id),
+                Peer = m.Peer,
             };
         })];
     }

@@ -173,6 +173,10 @@ public sealed record MemberInfo(string Id, string Address, string Zone, string S
     /// <summary>The last peer round trip from the answering node to this one, in milliseconds (a PING
     /// every 5 s); null for the answering node itself, a down one, or one that missed the last PING.</summary>
     public double? RoundTripMs { get; init; }
+
+    /// <summary>The peer-protocol address the node published, which the others dial (its
+    /// <c>--advertise-peer</c>, or where it listens).</summary>
+    public string? Peer { get; init; }
 }
 
 /// <summary>Answer of <c>GET /api/v1/cluster</c>. <paramref name="PlacementError"/> says why objects cannot

@@ -421,7 +421,7 @@ public sealed partial class OvisDaemon : IAsyncLifetime, IAsyncDisposable
         _log.Add($"[{_generation}] exited with code {p.ExitCode}");
     }
 
-    private static int FreePort()
+    internal static int FreePort()
     {
         using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         listener.Start();

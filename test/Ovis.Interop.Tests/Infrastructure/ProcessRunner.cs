@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Text;
 
@@ -24,6 +25,25 @@ public sealed record ProcessResult(string CommandLine, int ExitCode, string Stdo
 public static class ProcessRunner
 {
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(60);
+
+    // Commands still running when the test host exits (a test failed before awaiting one): killed
+    // then, so that no orphaned fio spins against a daemon that is gone while later tests run.
+    private static readonly ConcurrentDictionary<Process, byte> Running = new();
+
+    static ProcessRunner() => AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+    {
+        foreach (var process in Running.Keys)
+        {
+            try
+            {
+                process.Kill(entireProcessTree: true);
+            }
+            catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception)
+            {
+                // Exited meanwhile.
+            }
+        }
+    };
 
     public static async Task<ProcessResult> Run(
         string command,
@@ -69,6 +89,8 @@ public static class ProcessRunner
             Assert.Fail($"cannot start `{commandLine}`: {ex.Message} (is the tool installed? ./run-tests installs it)");
             throw; // unreachable
         }
+        Running.TryAdd(process, 0);
+        using var untrack = new Untrack(process);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         // No tool we run reads stdin; closing it makes one that tries fail fast instead of hanging.
@@ -101,6 +123,11 @@ public static class ProcessRunner
         lock (stdout) { o = stdout.ToString(); }
         lock (stderr) { e2 = stderr.ToString(); }
         return new ProcessResult(commandLine, process.ExitCode, o, e2, sw.Elapsed);
+    }
+
+    private readonly struct Untrack(Process process) : IDisposable
+    {
+        public void Dispose() => Running.TryRemove(process, out _);
     }
 
     public static Task<ProcessResult> Run(string command, params string[] args) => Run(command, args, null);
