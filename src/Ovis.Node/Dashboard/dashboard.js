@@ -153,6 +153,13 @@ function renderLatency(text) {
   previousBuckets = now;
 }
 
+// The newest point at the right edge; the axis spans at least a minute and grows with the
+// history up to its five minutes, so a page just opened shows its first polls as a line.
+function chartX(canvas, i) {
+  const span = Math.min(HistoryPoints, Math.max(30, history.length));
+  return canvas.width * (i + span - history.length) / (span - 1);
+}
+
 function drawLatencyChart() {
   const canvas = $("latency-chart");
   const g = canvas.getContext("2d");
@@ -163,7 +170,7 @@ function drawLatencyChart() {
     g.lineWidth = 2;
     g.beginPath();
     history.forEach((p, i) => {
-      const x = canvas.width * (i + HistoryPoints - history.length) / (HistoryPoints - 1);
+      const x = chartX(canvas, i);
       const y = canvas.height - 4 - (canvas.height - 8) * (p[`${op}P99`] ?? 0) / max;
       i === 0 ? g.moveTo(x, y) : g.lineTo(x, y);
     });
@@ -232,7 +239,7 @@ function drawChart() {
     g.lineWidth = 2;
     g.beginPath();
     history.forEach((p, i) => {
-      const x = canvas.width * (i + HistoryPoints - history.length) / (HistoryPoints - 1);
+      const x = chartX(canvas, i);
       const y = canvas.height - 4 - (canvas.height - 8) * p[key] / max;
       i === 0 ? g.moveTo(x, y) : g.lineTo(x, y);
     });
