@@ -15,19 +15,21 @@ internal static class VdiBackupCommand
     public static Command Backup(ClientOptions client)
     {
         var name = new Argument<string>("name") { Description = "Volume name" };
-        var dest = new Argument<string>("dest") { Description = "A raw file on the node (written sparse, with its manifest DEST.json), or an NBD URI (nbd://HOST:PORT/EXPORT)" };
+        var dest = new Argument<string>("dest") { Description = "A raw file on the node (written sparse, with its manifest DEST.json), a qcow2 file (DEST.qcow2, through qemu-nbd), or an NBD URI (nbd://HOST:PORT/EXPORT)" };
         var incremental = new Option<bool>("--incremental") { Description = "Copy only what --bitmap marked since the last backup" };
         var bitmap = new Option<string?>("--bitmap") { Description = "The bitmap that starts its next period at this backup's instant (created by a full backup when missing)", HelpName = "BITMAP" };
         var rate = new Option<string?>("--rate") { Description = "At most this many bytes per second, e.g. 20M", HelpName = "LIMIT" };
         var resume = new Option<bool>("--resume") { Description = "Continue an interrupted backup to DEST where its target last confirmed" };
         var keep = new Option<bool>("--keep-snapshot") { Description = "Keep the backup's snapshot NAME@backup-... afterwards (to verify against it)" };
-        var command = new Command("backup", "Copy a point-in-time image of a volume in use to DEST; guest writes never wait for it") { name, dest, incremental, bitmap, rate, resume, keep };
+        var backing = new Option<string?>("--backing") { Description = "For an incremental to a qcow2 DEST: the chain's last link, which DEST reads through where nothing changed", HelpName = "PREV.qcow2" };
+        var command = new Command("backup", "Copy a point-in-time image of a volume in use to DEST; guest writes never wait for it") { name, dest, incremental, bitmap, rate, resume, keep, backing };
         command.Subcommands.Add(Verify(client));
         command.SetAction(async (parseResult, cancellationToken) =>
         {
             long? limit = parseResult.GetValue(rate) is { } text ? ParseRate(text) : null;
             var volume = parseResult.GetRequiredValue(name);
-            var request = new BackupRequest(Location(parseResult.GetRequiredValue(dest)), parseResult.GetValue(incremental), parseResult.GetValue(bitmap), limit, parseResult.GetValue(resume), parseResult.GetValue(keep));
+            var request = new BackupRequest(Location(parseResult.GetRequiredValue(dest)), parseResult.GetValue(incremental), parseResult.GetValue(bitmap), limit, parseResult.GetValue(resume), parseResult.GetValue(keep),
+                parseResult.GetValue(backing) is { } prev ? Location(prev) : null);
             using var admin = client.CreateClient(parseResult);
             var accepted = await admin.BackupVolumeAsync(volume, request, cancellationToken);
             var job = await FollowAsync(client, parseResult, admin, accepted.Job, $"backing up {volume}", cancellationToken);
@@ -67,7 +69,7 @@ internal static class VdiBackupCommand
 
     public static Command Restore(ClientOptions client)
     {
-        var args = new Argument<string[]>("src-and-name") { Description = "SRC [SRC...] NAME: a full backup (file or NBD URI), its incrementals in order, and the volume to restore into (created if missing)", Arity = new ArgumentArity(2, 1000) };
+        var args = new Argument<string[]>("src-and-name") { Description = "SRC [SRC...] NAME: a full backup (file or NBD URI), its incrementals in order (or a qcow2 chain's last link alone), and the volume to restore into (created if missing)", Arity = new ArgumentArity(2, 1000) };
         var command = new Command("restore", "Write a backup chain into a new volume, or one no client has open") { args };
         command.SetAction(async (parseResult, cancellationToken) =>
         {

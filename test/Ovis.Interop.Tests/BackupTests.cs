@@ -290,18 +290,6 @@ public sealed class BackupTests(ITestOutputHelper output) : InteropTest(null, ou
         Assert.Single(r.Stderr.Trim().Split('\n'));
     }
 
-    private Task<JsonElement> BackupJson(string vol, string dest, params string[] options) => JobJson(["vdi", "backup", vol, dest, .. options]);
-
-    /// <summary>A command that follows a job, with --json; returns the finished job (its last line).</summary>
-    private async Task<JsonElement> JobJson(params string[] args)
-    {
-        var r = await Cli([.. args, "--json"]);
-        Assert.True(r.Succeeded, $"ovis {string.Join(' ', args)} failed:\n{r.Describe()}\n{DaemonState()}");
-        // --json prints the job once per poll; the last line is the finished job.
-        using var doc = JsonDocument.Parse(r.Stdout.Trim().Split('\n')[^1]);
-        Assert.Equal("done", doc.RootElement.GetProperty("state").GetString());
-        return doc.RootElement.Clone();
-    }
 
     private static long ConfirmedBytes(JsonElement jobs)
         => jobs.EnumerateArray()

@@ -75,7 +75,7 @@ public sealed record JobInfo(string Id, string Kind, string Volume, JobState Sta
 }
 
 /// <summary>Body of <c>POST /api/v1/volumes/{name}/backup</c>.</summary>
-public sealed record BackupRequest(string Dest, bool Incremental = false, string? Bitmap = null, long? Rate = null, bool Resume = false, bool KeepSnapshot = false);
+public sealed record BackupRequest(string Dest, bool Incremental = false, string? Bitmap = null, long? Rate = null, bool Resume = false, bool KeepSnapshot = false, string? Backing = null);
 
 /// <summary>Body of <c>POST /api/v1/volumes/{name}/restore</c>: a full backup, then incrementals in order.</summary>
 public sealed record RestoreRequest(IReadOnlyList<string> Sources);
@@ -94,6 +94,8 @@ public sealed record BackupManifest(string Volume, string Snapshot, string Kind,
     public int Version { get; init; } = 1;
     public string? Bitmap { get; init; }
     public long Granularity { get; init; }
+    /// <summary>For a qcow2 incremental: the chain's last link it was created over (its backing file).</summary>
+    public string? Backing { get; init; }
     public IReadOnlyList<long[]> Extents { get; init; } = [];
     public long TotalBytes { get; init; }
     public long ConfirmedBytes { get; init; }

@@ -15,7 +15,7 @@ internal static class AdminRequestReader
     private static readonly string[] TagFields = ["tag"];
     private static readonly string[] CloneFields = ["name"];
     private static readonly string[] BitmapFields = ["name", "granularity"];
-    private static readonly string[] BackupFields = ["dest", "incremental", "bitmap", "rate", "resume", "keepSnapshot"];
+    private static readonly string[] BackupFields = ["dest", "incremental", "bitmap", "rate", "resume", "keepSnapshot", "backing"];
     private static readonly string[] SourcesFields = ["sources"];
 
     public static async Task<CreateVolumeRequest> ReadCreateVolumeAsync(HttpRequest request, CancellationToken cancellationToken)
@@ -72,7 +72,8 @@ internal static class AdminRequestReader
             body.TryGetValue("bitmap", out var bitmap) && bitmap.ValueKind != JsonValueKind.Null ? RequiredString(body, "bitmap") : null,
             OptionalInt64(body, "rate"),
             OptionalBoolean(body, "resume") ?? false,
-            OptionalBoolean(body, "keepSnapshot") ?? false);
+            OptionalBoolean(body, "keepSnapshot") ?? false,
+            body.TryGetValue("backing", out var backing) && backing.ValueKind != JsonValueKind.Null ? RequiredString(body, "backing") : null);
     }
 
     public static async Task<IReadOnlyList<string>> ReadSourcesAsync(HttpRequest request, CancellationToken cancellationToken)

@@ -9,13 +9,15 @@ namespace Ovis.Node.Backup;
 /// A full backup and the incrementals after it, read as the one image they make at the last
 /// one's point: a range is the full's bytes with each incremental's changed extents laid over
 /// them in order. The full is a raw file (with or without its manifest) or an NBD export; an
-/// incremental is a raw file whose manifest (<c>FILE.json</c>) lists the extents it holds.
+/// incremental is a raw file whose manifest (<c>FILE.json</c>) lists the extents it holds. A
+/// qcow2 backup is the one exception: it is read through qemu-nbd, backing files and all.
 /// </summary>
 internal sealed class BackupChain : IAsyncDisposable
 {
     private readonly SafeFileHandle? _fullFile;
     private readonly NbdClient? _fullNbd;
     private readonly List<(SafeFileHandle File, long[][] Extents)> _incrementals = [];
+    private QemuNbdServer? _qcow2;
 
     private BackupChain(SafeFileHandle? fullFile, NbdClient? fullNbd, long size)
     {
@@ -38,6 +40,10 @@ internal sealed class BackupChain : IAsyncDisposable
         {
             var client = await NbdClient.ConnectAsync(first, ct).ConfigureAwait(false);
             chain = new BackupChain(null, client, client.Size);
+        }
+        else if (File.Exists(first) && QemuNbdServer.IsQcow2(first))
+        {
+            return await OpenQcow2Async(sources, ct).ConfigureAwait(false);
         }
         else
         {
@@ -75,6 +81,23 @@ internal sealed class BackupChain : IAsyncDisposable
             throw;
         }
         return chain;
+    }
+
+    // A qcow2 backup holds its chain in its backing files: its last link alone is the image.
+    private static async Task<BackupChain> OpenQcow2Async(IReadOnlyList<string> sources, CancellationToken ct)
+    {
+        string last = sources[0];
+        if (sources.Count > 1)
+        {
+            throw new AdminRequestException($"'{last}' is a qcow2 backup, which reads through its backing files: name only the chain's last link");
+        }
+        CheckFile(last);
+        if (BackupManifests.Load(last + ".json") is { Complete: false })
+        {
+            throw new AdminRequestException($"the backup in '{last}' is not complete: resume it first", StatusCodes.Status409Conflict);
+        }
+        var server = await QemuNbdServer.StartAsync(last, readOnly: true, ct).ConfigureAwait(false);
+        return new BackupChain(null, server.Client, server.Client.Size) { _qcow2 = server };
     }
 
     private static void CheckFile(string path)
@@ -119,7 +142,11 @@ internal sealed class BackupChain : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         _fullFile?.Dispose();
-        if (_fullNbd is not null)
+        if (_qcow2 is not null)
+        {
+            await _qcow2.DisposeAsync().ConfigureAwait(false); // the client with it
+        }
+        else if (_fullNbd is not null)
         {
             await _fullNbd.DisposeAsync().ConfigureAwait(false);
         }

@@ -3,7 +3,7 @@ using Ovis.Nbd;
 
 namespace Ovis.Node.Backup;
 
-/// <summary>Where a backup writes: a local sparse raw file, or an NBD export. Nothing here is on a guest's path.</summary>
+/// <summary>Where a backup writes: a local sparse raw file, a qcow2 file, or an NBD export. Nothing here is on a guest's path.</summary>
 internal abstract class BackupTarget : IAsyncDisposable
 {
     /// <summary>True when unwritten ranges must be zeroed explicitly (a full backup to an NBD export that may hold old data).</summary>
@@ -18,9 +18,19 @@ internal abstract class BackupTarget : IAsyncDisposable
 
     public abstract ValueTask DisposeAsync();
 
-    /// <summary>Opens <paramref name="dest"/>; <paramref name="fresh"/> truncates a file (a new backup, not a resumed one).</summary>
-    public static async Task<BackupTarget> OpenAsync(string dest, long size, bool fresh, CancellationToken ct)
+    /// <summary>Opens <paramref name="dest"/>; <paramref name="fresh"/> truncates a file (a new backup, not a
+    /// resumed one), and creates a qcow2 one over <paramref name="backing"/> when given.</summary>
+    public static async Task<BackupTarget> OpenAsync(string dest, long size, bool fresh, string? backing, CancellationToken ct)
     {
+        if (QemuNbdServer.IsQcow2(dest))
+        {
+            if (fresh)
+            {
+                await QemuNbdServer.CreateAsync(dest, size, backing, ct).ConfigureAwait(false);
+            }
+            var server = await QemuNbdServer.StartAsync(dest, readOnly: false, ct).ConfigureAwait(false);
+            return new Qcow2Target(server);
+        }
         if (NbdClient.IsNbdUri(dest))
         {
             var client = await NbdClient.ConnectAsync(dest, ct).ConfigureAwait(false);
@@ -82,4 +92,19 @@ internal sealed class NbdTarget(NbdClient client) : BackupTarget
     public override Task FlushAsync(CancellationToken ct) => client.FlushAsync(ct);
 
     public override ValueTask DisposeAsync() => client.DisposeAsync();
+}
+
+/// <summary>A qcow2 file through a private qemu-nbd: a fresh image (or its backing file, for an
+/// incremental) already reads what is not written, so nothing is zeroed.</summary>
+internal sealed class Qcow2Target(QemuNbdServer server) : BackupTarget
+{
+    public override bool NeedsZeroes => false;
+
+    public override Task WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken ct) => server.Client.WriteAsync(offset, data, ct);
+
+    public override Task ZeroAsync(long offset, int length, CancellationToken ct) => Task.CompletedTask;
+
+    public override Task FlushAsync(CancellationToken ct) => server.Client.FlushAsync(ct);
+
+    public override ValueTask DisposeAsync() => server.DisposeAsync();
 }

@@ -122,6 +122,19 @@ public abstract class InteropTest : IDisposable
     }
 
     /// <summary>`ovis vdi create NAME SIZE`, checked; returns the name.</summary>
+    protected Task<JsonElement> BackupJson(string vol, string dest, params string[] options) => JobJson(["vdi", "backup", vol, dest, .. options]);
+
+    /// <summary>A command that follows a job, with --json; returns the finished job (its last line).</summary>
+    protected async Task<JsonElement> JobJson(params string[] args)
+    {
+        var r = await Cli([.. args, "--json"]);
+        Assert.True(r.Succeeded, $"ovis {string.Join(' ', args)} failed:\n{r.Describe()}\n{DaemonState()}");
+        // --json prints the job once per poll; the last line is the finished job.
+        using var doc = JsonDocument.Parse(r.Stdout.Trim().Split('\n')[^1]);
+        Assert.Equal("done", doc.RootElement.GetProperty("state").GetString());
+        return doc.RootElement.Clone();
+    }
+
     protected async Task<string> CreateVolume(string name, string size, string? objectSize = null)
     {
         var args = new List<string> { "vdi", "create", name, size };
