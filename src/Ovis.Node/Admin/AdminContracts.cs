@@ -173,6 +173,10 @@ public sealed record MemberInfo(string Id, string Address, string Zone, string S
     /// <summary>The last peer round trip from the answering node to this one, in milliseconds (a PING
     /// every 5 s); null for the answering node itself, a down one, or one that missed the last PING.</summary>
     public double? RoundTripMs { get; init; }
+
+    /// <summary><c>draining</c> while an operator drains the member and some volume still needs a
+    /// copy moved off it, <c>drained</c> once none does (it may be stopped and removed); null otherwise.</summary>
+    public string? Drain { get; init; }
 }
 
 /// <summary>Answer of <c>GET /api/v1/cluster</c>. <paramref name="PlacementError"/> says why objects cannot
