@@ -178,6 +178,11 @@ public sealed partial class AdminClient : IDisposable
     public Task<List<MemberInfo>> RemoveNodeAsync(string id, CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Delete, "api/v1/nodes/" + Uri.EscapeDataString(id), null, AdminJsonContext.Default.ListMemberInfo, cancellationToken);
 
+    /// <summary>Starts draining a member (or, with <paramref name="cancel"/>, stops); returns the members.</summary>
+    public Task<List<MemberInfo>> DrainNodeAsync(string id, bool cancel, CancellationToken cancellationToken)
+        => SendAsync(cancel ? HttpMethod.Delete : HttpMethod.Post, "api/v1/nodes/" + Uri.EscapeDataString(id) + "/drain", null,
+            AdminJsonContext.Default.ListMemberInfo, cancellationToken);
+
     public Task<RecoveryStatus> GetRecoveryAsync(CancellationToken cancellationToken)
         => SendAsync(HttpMethod.Get, "api/v1/recovery", null, AdminJsonContext.Default.RecoveryStatus, cancellationToken);
 

@@ -234,6 +234,7 @@ internal sealed class ConsoleOutput(TextWriter writer)
             // A stale node is up but not read from until its copies are brought up to date.
             var state = n.OutIn is { } outIn ? $"{n.State} (out in {outIn.ToString(CultureInfo.InvariantCulture)}s)" : n.State;
             state = n.Stale ? $"{state}, stale" : state;
+            state = n.Drain is { } drain ? $"{state}, {drain}" : state;
             state = n.Space is { State: not "ok" } space ? $"{state}, {space.State}" : state;
             table.AddRow(Markup.Escape(n.Id), Markup.Escape(n.Address), Markup.Escape(n.Zone), Markup.Escape(state),
                 n.UsedBytes is { } used ? Sizes.Format(used) : "-",

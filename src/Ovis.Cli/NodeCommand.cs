@@ -2,7 +2,8 @@ using System.CommandLine;
 
 namespace Ovis.Cli;
 
-/// <summary><c>ovis node info</c>: what the node says about itself; <c>ovis node list</c>: its cluster's members; <c>ovis node remove</c>: take a down one out.</summary>
+/// <summary><c>ovis node info</c>: what the node says about itself; <c>ovis node list</c>: its cluster's members;
+/// <c>ovis node drain</c>: move a live one's objects away before retiring it; <c>ovis node remove</c>: take a down one out.</summary>
 internal static class NodeCommand
 {
     public static Command Create()
@@ -59,6 +60,24 @@ internal static class NodeCommand
             }
         });
         node.Subcommands.Add(remove);
+
+        var drainId = new Argument<string>("ID") { Description = "The member's node id (see 'ovis node list')" };
+        var cancel = new Option<bool>("--cancel") { Description = "Stop draining it: placement names it again (objects may move back)" };
+        var drain = new Command("drain", "Retire a live member without losing a copy: placement stops naming it and its objects get copies elsewhere while it serves as a source; 'ovis node list' shows it draining, then drained") { drainId, cancel };
+        drain.SetAction(async (parseResult, cancellationToken) =>
+        {
+            using var admin = client.CreateClient(parseResult);
+            var nodes = await admin.DrainNodeAsync(parseResult.GetValue(drainId)!, parseResult.GetValue(cancel), cancellationToken);
+            if (client.WantsJson(parseResult))
+            {
+                ConsoleOutput.Stdout.Json(nodes);
+            }
+            else
+            {
+                ConsoleOutput.Stdout.Members(nodes);
+            }
+        });
+        node.Subcommands.Add(drain);
         return node;
     }
 }

@@ -227,8 +227,9 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     public async Task<IAsyncDisposable?> StartRecoveryAsync(string volume, CancellationToken lost)
         => _recovery is { } recovery ? await recovery.StartAsync(volume, lost).ConfigureAwait(false) : null;
 
+    // Weights count: a drain started or cancelled moves objects like a member joining or leaving.
     private static bool SameMembers(ClusterView a, ClusterView b)
-        => (a.Placement?.Nodes.Select(n => n.Id) ?? []).SequenceEqual(b.Placement?.Nodes.Select(n => n.Id) ?? [], StringComparer.Ordinal);
+        => a.Placement is null ? b.Placement is null : a.Placement.SameAs(b.Placement);
 
     /// <summary>
     /// While this node is up and stale, asks every couple of seconds whether anything it may have
@@ -300,6 +301,19 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     /// every live member (<see cref="ReplicatedStore.FenceAsync"/>), before this node's first change under the lock.</summary>
     public Task FenceAsync(string volume, IReadOnlyList<uint> layers, long generation, CancellationToken cancellationToken)
         => Store.FenceAsync(volume, layers, generation, cancellationToken);
+
+    /// <summary>
+    /// Whether member <paramref name="nodeId"/> is drained: this node's placement names it for no
+    /// object (weight 0), and every volume's copies are known complete over that placement — its
+    /// recovery finished the moves and dropped the drained copies. False until the volumes are open here.
+    /// </summary>
+    public async Task<bool> DrainedAsync(string nodeId, CancellationToken cancellationToken)
+    {
+        if (Store.View.Placement is not { } placement || _volumeNames is not { } names
+            || !placement.Nodes.Any(n => n.Id == nodeId && n.Weight == 0))
+            return false;
+        return await Records.CompleteOverAsync(names(), placement, cancellationToken).ConfigureAwait(false);
+    }
 
     /// <summary>What a node's store holds, as it reports it; null when it does not answer in time.</summary>
     public async Task<PeerStats?> StatsAsync(string nodeId)

@@ -72,7 +72,7 @@ internal sealed partial class DownOutMonitor : IAsyncDisposable
     public long? SecondsUntilOut(MembershipView view, string id, DateTimeOffset since)
     {
         ArgumentNullException.ThrowIfNull(view);
-        if (Interval == TimeSpan.Zero || EtcdCatalog.WhyNotTakeOut(_format, view.Members, id) is not null)
+        if (Interval == TimeSpan.Zero || EtcdCatalog.WhyNotTakeOut(_format, view, id) is not null)
             return null;
         return Math.Max(0, (long)Math.Ceiling((OutAt(since) - DateTimeOffset.UtcNow).TotalSeconds));
     }

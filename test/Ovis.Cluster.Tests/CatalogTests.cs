@@ -184,8 +184,46 @@ public sealed class CatalogTests(EtcdCluster etcd)
         var view = await _catalog.ReadMembershipAsync().WaitAsync(T);
         Assert.Equal(3, view.Epoch);
         Assert.Equal(["a", "b"], MemberIds(view));
-        Assert.Contains("fewer than the 2 copies", EtcdCatalog.WhyNotTakeOut((await _catalog.ReadFormatAsync().WaitAsync(T))!, view.Members, "b"),
+        Assert.Contains("fewer than the 2 copies", EtcdCatalog.WhyNotTakeOut((await _catalog.ReadFormatAsync().WaitAsync(T))!, view, "b"),
             StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Draining_bumps_the_epoch_keeps_the_member_and_is_refused_when_too_few_zones_would_hold_copies()
+    {
+        await _catalog.FormatAsync(2).WaitAsync(T);
+        await using var a = await _catalog.JoinAsync(Node("a", "z1")).WaitAsync(T);
+        await using var b = await _catalog.JoinAsync(Node("b", "z2")).WaitAsync(T);
+        var c = await _catalog.JoinAsync(Node("c", "z3")).WaitAsync(T);
+
+        Assert.True(await _catalog.SetDrainingAsync("c", true).WaitAsync(T));
+        var view = await _catalog.ReadMembershipAsync().WaitAsync(T);
+        Assert.Equal(4, view.Epoch);
+        Assert.Equal(["c"], view.Draining);
+        Assert.Equal(["a", "b", "c"], MemberIds(view));
+        Assert.Equal(3, view.Nodes.Count);
+        Assert.False(await _catalog.SetDrainingAsync("c", true).WaitAsync(T)); // already: nothing changes
+        Assert.Equal(4, (await _catalog.ReadMembershipAsync().WaitAsync(T)).Epoch);
+
+        // Two zones left to hold two copies: neither a nor b may go too.
+        var e = await Assert.ThrowsAsync<CatalogException>(() => _catalog.SetDrainingAsync("b", true).WaitAsync(T));
+        Assert.Equal("draining node 'b' would leave 1 zone(s) (z1) for the 2 copies of cluster '" + _catalog.Cluster + "': add a node in another zone first", e.Message);
+        e = await Assert.ThrowsAsync<CatalogException>(() => _catalog.SetDrainingAsync("x", true).WaitAsync(T));
+        Assert.Contains("node 'x' is not a member", e.Message, StringComparison.Ordinal);
+        var format = (await _catalog.ReadFormatAsync().WaitAsync(T))!;
+        Assert.Contains("the other members that are not draining span 1 zone(s)", EtcdCatalog.WhyNotTakeOut(format, view, "b"), StringComparison.Ordinal);
+
+        Assert.True(await _catalog.SetDrainingAsync("c", false).WaitAsync(T));
+        Assert.Empty((await _catalog.ReadMembershipAsync().WaitAsync(T)).Draining);
+        Assert.True(await _catalog.SetDrainingAsync("c", true).WaitAsync(T));
+
+        // Taken out (stopped, then removed): the mark goes with the member.
+        await c.DisposeAsync().AsTask().WaitAsync(T);
+        Assert.NotNull(await _catalog.MarkDownAsync("c").WaitAsync(T));
+        Assert.True(await _catalog.TakeOutAsync("c", DateTimeOffset.MaxValue).WaitAsync(T));
+        var after = await _catalog.ReadMembershipAsync().WaitAsync(T);
+        Assert.Equal(["a", "b"], MemberIds(after));
+        Assert.Empty(after.Draining);
     }
 
     [Fact]

@@ -262,6 +262,39 @@ public sealed class PlacementTests(ITestOutputHelper output)
         Assert.True(held > 0);
     }
 
+    [Theory]
+    [InlineData("n0", 3)] // z0 keeps n3
+    [InlineData("n6", 3)] // z3 has only n6: three zones are left for three copies
+    public void A_node_of_weight_0_is_never_chosen_and_only_the_copies_it_held_move(string drained, int copies)
+    {
+        // z0 {n0, n3}, z1 {n1, n4}, z2 {n2, n5}, z3 {n6}, as in the removal test: weight 0 must place
+        // every object exactly as removing the node does, while the node stays in Nodes.
+        List<ClusterNode> nodes = Nodes(6);
+        nodes.Add(new ClusterNode("n6", "z3"));
+        var removed = new Placement(nodes.Where(x => x.Id != drained));
+        var weighted = new Placement(nodes.Select(x => x.Id == drained ? x with { Weight = 0 } : x));
+
+        Assert.Equal(7, weighted.Nodes.Count);
+        Assert.Equal(removed.Zones, weighted.Zones);
+        Assert.False(weighted.SameAs(new Placement(nodes)));
+        Assert.True(weighted.SameAs(new Placement(nodes.Select(x => x.Id == drained ? x with { Weight = 0 } : x).Reverse())));
+        int[] without = PlaceAll(removed, copies, MoveObjects);
+        int[] zeroed = PlaceAll(weighted, copies, MoveObjects);
+        Assert.Equal(without, zeroed);
+        Assert.DoesNotContain(int.Parse(drained.AsSpan(1), CultureInfo.InvariantCulture), zeroed);
+    }
+
+    [Fact]
+    public void Zones_count_only_nodes_of_positive_weight()
+    {
+        var placement = new Placement([new("a", "z0"), new("b", "z1"), new("c", "z2", 0)]);
+        Assert.Equal(["z0", "z1"], placement.Zones);
+        var e = Assert.Throws<PlacementException>(() => placement.Choose(42, 3));
+        Assert.Equal(2, e.Zones);
+        Assert.Equal(2, placement.Choose(42, 2).Count);
+        Assert.Throws<PlacementException>(() => new Placement([new("a", "z0", 0)]).Choose(42, 1));
+    }
+
     [Fact]
     public void More_copies_than_zones_is_a_clear_one_line_error()
     {
@@ -282,7 +315,7 @@ public sealed class PlacementTests(ITestOutputHelper output)
     public void Bad_nodes_are_refused()
     {
         Assert.Throws<ArgumentException>(() => new Placement([new("a", "z0"), new("a", "z1")]));
-        Assert.Throws<ArgumentException>(() => new Placement([new("a", "z0", 0)]));
+        Assert.Throws<ArgumentException>(() => new Placement([new("a", "z0", -1)]));
         Assert.Throws<ArgumentException>(() => new Placement([new("a", "z0", double.NaN)]));
         Assert.Throws<ArgumentException>(() => new Placement([new("a", "z0", double.PositiveInfinity)]));
         Assert.Throws<ArgumentException>(() => new Placement([new("", "z0")]));

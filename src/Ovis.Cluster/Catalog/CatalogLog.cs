@@ -21,4 +21,7 @@ internal static partial class CatalogLog
 
     [LoggerMessage(EventId = 5, Level = LogLevel.Warning, Message = "Node {Node} stays down in cluster {Cluster}, not taken out: {Reason}")]
     public static partial void TakeOutRefused(ILogger logger, string node, string cluster, string reason);
+
+    [LoggerMessage(EventId = 7, Level = LogLevel.Information, Message = "Cluster {Cluster}: node {Node} {Change} at epoch {Epoch}")]
+    public static partial void DrainChanged(ILogger logger, string cluster, string node, string change, long epoch);
 }

@@ -25,8 +25,10 @@ public sealed record NodeInfo(string Id, string Address, string Zone)
 /// The membership at one etcd revision: the epoch, the live nodes (<see cref="Nodes"/>, sorted by
 /// id), every node that ever joined (<see cref="Members"/>: objects are placed over these, so a
 /// node that is merely down keeps its objects), and the members whose copies may miss
-/// acknowledged writes (<see cref="Stale"/>: never read from). The epoch changes whenever the
-/// live set or the member set does.
+/// acknowledged writes (<see cref="Stale"/>: never read from), and the members an operator is
+/// draining (<see cref="Draining"/>: placement names them for no object, but they stay members, so
+/// recovery copies from them). The epoch changes whenever the live set, the member set or the
+/// draining set does.
 /// </summary>
 public sealed record MembershipView(long Epoch, IReadOnlyList<NodeInfo> Nodes, long Revision)
 {
@@ -34,11 +36,15 @@ public sealed record MembershipView(long Epoch, IReadOnlyList<NodeInfo> Nodes, l
 
     public IReadOnlyList<string> Stale { get; init; } = [];
 
+    /// <summary>Members being drained, sorted by id.</summary>
+    public IReadOnlyList<string> Draining { get; init; } = [];
+
     public bool SameAs(MembershipView other) =>
         other.Epoch == Epoch
         && other.Nodes.Select(n => n.Id).SequenceEqual(Nodes.Select(n => n.Id), StringComparer.Ordinal)
         && other.Members.SequenceEqual(Members)
-        && other.Stale.SequenceEqual(Stale, StringComparer.Ordinal);
+        && other.Stale.SequenceEqual(Stale, StringComparer.Ordinal)
+        && other.Draining.SequenceEqual(Draining, StringComparer.Ordinal);
 }
 
 /// <summary>A catalog request refused for a reason an operator can act on (the message says which).</summary>
@@ -67,6 +73,9 @@ internal sealed record StaleRecord(string By, long Epoch, DateTimeOffset At);
 /// <summary>When a member was first seen down (not live); see <see cref="EtcdCatalog.TakeOutAsync"/>.</summary>
 internal sealed record DownRecord(DateTimeOffset Since);
 
+/// <summary>Since when an operator drains a member; see <see cref="EtcdCatalog.SetDrainingAsync"/>.</summary>
+internal sealed record DrainRecord(DateTimeOffset Since);
+
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
 [JsonSerializable(typeof(ClusterFormat))]
 [JsonSerializable(typeof(NodeInfo))]
@@ -76,6 +85,7 @@ internal sealed record DownRecord(DateTimeOffset Since);
 [JsonSerializable(typeof(RecoveryPause))]
 [JsonSerializable(typeof(Recovery.RecoveryProgress))]
 [JsonSerializable(typeof(DownRecord))]
+[JsonSerializable(typeof(DrainRecord))]
 internal sealed partial class CatalogJson : JsonSerializerContext;
 
 /// <summary>
@@ -87,6 +97,7 @@ internal sealed partial class CatalogJson : JsonSerializerContext;
 /// members/&lt;id&gt;      NodeInfo                  written at every join, kept while the node is down
 /// stale/&lt;id&gt;        StaleRecord               the member missed a write; never read from until resynced
 /// down/&lt;id&gt;         DownRecord                the member is not live since; gone when it joins or is taken out
+/// draining/&lt;id&gt;     DrainRecord               placement names the member for no object; gone on cancel or when taken out
 /// locks/&lt;volume&gt;    LockRecord, holder lease  gone with the holder's lease
 /// volumes           CatalogState              the volume registry, replaced by txn on its mod_revision
 /// recovery/paused   RecoveryPause             present while an operator has paused recovery
@@ -116,6 +127,10 @@ internal sealed class CatalogKeys(string cluster)
     public string Down => Root + "down/";
 
     public string DownMark(string id) => Down + id;
+
+    public string Draining => Root + "draining/";
+
+    public string DrainMark(string id) => Draining + id;
 
     public string Locks => Root + "locks/";
 

@@ -37,21 +37,23 @@ public sealed partial class EtcdCatalog
     }
 
     /// <summary>
-    /// Why member <paramref name="id"/> must not be taken out of <paramref name="members"/>: the
-    /// others would span fewer zones than the cluster keeps copies, and no object could be placed;
-    /// null when it may be.
+    /// Why member <paramref name="id"/> must not be taken out of <paramref name="view"/>'s members:
+    /// the others that may hold copies (not draining) would span fewer zones than the cluster keeps
+    /// copies, and no object could be placed; null when it may be.
     /// </summary>
-    public static string? WhyNotTakeOut(ClusterFormat format, IEnumerable<NodeInfo> members, string id)
+    public static string? WhyNotTakeOut(ClusterFormat format, MembershipView view, string id)
     {
         ArgumentNullException.ThrowIfNull(format);
-        int zones = members.Where(m => m.Id != id).Select(m => m.Zone).Distinct(StringComparer.Ordinal).Count();
+        ArgumentNullException.ThrowIfNull(view);
+        int zones = HoldingZones(view, id).Length;
+        string others = view.Draining.Any(d => d != id) ? "the other members that are not draining" : "the other members";
         return zones >= format.Copies ? null
-            : $"the other members span {zones} zone(s), fewer than the {format.Copies} copies of cluster '{format.Name}': its objects could not be placed without it";
+            : $"{others} span {zones} zone(s), fewer than the {format.Copies} copies of cluster '{format.Name}': its objects could not be placed without it";
     }
 
     /// <summary>
-    /// Takes member <paramref name="id"/> out of the cluster: deletes its member key, stale mark
-    /// and down record and bumps the epoch (same live nodes), in one transaction that holds only
+    /// Takes member <paramref name="id"/> out of the cluster: deletes its member key, stale mark,
+    /// down record and drain mark and bumps the epoch (same live nodes), in one transaction that holds only
     /// while the node is not live, is still a member, has been down since
     /// <paramref name="downBefore"/> or earlier by its down record (so a node that came back and
     /// died again gets a grace period of its own), and the epoch is as read. Returns false, and the
@@ -71,7 +73,7 @@ public sealed partial class EtcdCatalog
                 || marks.Reads is not [[var member, ..], [var down, ..]]
                 || ParseDown(down).Since > downBefore)
                 return false;
-            if (WhyNotTakeOut(format, snapshot.View.Members, id) is { } why)
+            if (WhyNotTakeOut(format, snapshot.View, id) is { } why)
             {
                 CatalogLog.TakeOutRefused(Logger, id, Cluster, why);
                 return false;
@@ -82,7 +84,8 @@ public sealed partial class EtcdCatalog
             var result = await Client.TxnAsync(
                 [EtcdCompare.Absent(Keys.Node(id)), EtcdCompare.CreatedAt(Keys.Member(id), member.CreateRevision),
                  EtcdCompare.ModifiedAt(Keys.DownMark(id), down.ModRevision), EpochUnchanged(snapshot)],
-                [new EtcdOp.Delete(Keys.Member(id)), new EtcdOp.Delete(Keys.StaleMark(id)), new EtcdOp.Delete(Keys.DownMark(id)), EpochPut(next)],
+                [new EtcdOp.Delete(Keys.Member(id)), new EtcdOp.Delete(Keys.StaleMark(id)), new EtcdOp.Delete(Keys.DownMark(id)),
+                 new EtcdOp.Delete(Keys.DrainMark(id)), EpochPut(next)],
                 cancellationToken: cancellationToken).ConfigureAwait(false);
             if (result.Succeeded)
             {

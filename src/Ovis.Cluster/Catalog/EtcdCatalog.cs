@@ -92,7 +92,8 @@ public sealed partial class EtcdCatalog
         // A transaction without conditions: both ranges at the same revision.
         var result = await Client.TxnAsync([],
             [new EtcdOp.Range(Keys.Nodes, Prefix: true), new EtcdOp.Range(Keys.Epoch),
-             new EtcdOp.Range(Keys.Members, Prefix: true), new EtcdOp.Range(Keys.Stale, Prefix: true)],
+             new EtcdOp.Range(Keys.Members, Prefix: true), new EtcdOp.Range(Keys.Stale, Prefix: true),
+             new EtcdOp.Range(Keys.Draining, Prefix: true)],
             cancellationToken: cancellationToken).ConfigureAwait(false);
         var nodes = result.Reads[0]
             .Select(kv => (Kv: kv, Node: JsonSerializer.Deserialize(kv.Value, CatalogJson.Default.NodeInfo)!))
@@ -104,7 +105,13 @@ public sealed partial class EtcdCatalog
             .Select(kv => JsonSerializer.Deserialize(kv.Value, CatalogJson.Default.NodeInfo)!)
             .OrderBy(n => n.Id, StringComparer.Ordinal)];
         string[] stale = [.. result.Reads[3].Select(kv => kv.Key[Keys.Stale.Length..]).Order(StringComparer.Ordinal)];
-        var view = new MembershipView(epoch.Epoch, [.. nodes.Select(n => n.Node)], result.Revision) { Members = members, Stale = stale };
+        string[] draining = [.. result.Reads[4].Select(kv => kv.Key[Keys.Draining.Length..]).Order(StringComparer.Ordinal)];
+        var view = new MembershipView(epoch.Epoch, [.. nodes.Select(n => n.Node)], result.Revision)
+        {
+            Members = members,
+            Stale = stale,
+            Draining = draining,
+        };
         return new MembershipSnapshot(view, epoch, epochKv?.ModRevision ?? 0, [.. nodes.Select(n => n.Kv)]);
     }
 
@@ -171,7 +178,8 @@ public sealed partial class EtcdCatalog
                     }
                     string key = events.Current.Kv.Key;
                     if (key != Keys.Epoch && !key.StartsWith(Keys.Nodes, StringComparison.Ordinal)
-                        && !key.StartsWith(Keys.Members, StringComparison.Ordinal) && !key.StartsWith(Keys.Stale, StringComparison.Ordinal))
+                        && !key.StartsWith(Keys.Members, StringComparison.Ordinal) && !key.StartsWith(Keys.Stale, StringComparison.Ordinal)
+                        && !key.StartsWith(Keys.Draining, StringComparison.Ordinal))
                         continue;
                     await ReconcileEpochAsync(cancellationToken).ConfigureAwait(false);
                     snapshot = await SnapshotAsync(cancellationToken).ConfigureAwait(false);

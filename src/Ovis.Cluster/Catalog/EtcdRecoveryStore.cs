@@ -117,6 +117,23 @@ public sealed class EtcdRecoveryStore(EtcdCatalog catalog) : IDirtyLogStore
     }
 
     /// <summary>
+    /// Whether every volume in <paramref name="volumes"/> has its copies known complete where
+    /// <paramref name="placement"/> puts them: its baseline is over the same members with the same
+    /// weights. A volume without a baseline does not count as complete (its first pass, which the
+    /// node recovering idle volumes also runs, has not finished). This is what makes a draining
+    /// member drained: no volume still needs a copy from it.
+    /// </summary>
+    public async Task<bool> CompleteOverAsync(IReadOnlyCollection<string> volumes, Placement placement, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(volumes);
+        ArgumentNullException.ThrowIfNull(placement);
+        var range = await catalog.Client.RangePrefixAsync(Baselines, cancellationToken).ConfigureAwait(false);
+        var baselines = range.Kvs.ToDictionary(kv => kv.Key[Baselines.Length..],
+            kv => JsonSerializer.Deserialize(kv.Value, RecoveryJson.Default.RecoveryBaseline)!, StringComparer.Ordinal);
+        return volumes.All(v => baselines.TryGetValue(v, out RecoveryBaseline? b) && b.Placement().SameAs(placement));
+    }
+
+    /// <summary>
     /// A node's store came back empty: no baseline may count it as holding its copies any more,
     /// so the next pass of every volume fills it.
     /// </summary>

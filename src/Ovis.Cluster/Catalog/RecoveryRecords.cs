@@ -4,7 +4,23 @@ using Ovis.Cluster.Recovery;
 namespace Ovis.Cluster.Catalog;
 
 /// <summary>A member as a volume's placement baseline remembers it.</summary>
-public sealed record BaselineMember(string Id, string Zone);
+public sealed record BaselineMember(string Id, string Zone)
+{
+    /// <summary>The member was being drained: placement gave it weight 0 (absent in baselines
+    /// written before drains existed, which had none).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool Draining { get; init; }
+
+    /// <summary>The member as this baseline's placement counts it.</summary>
+    public ClusterNode Node() => new(Id, Zone, Draining ? 0 : 1);
+
+    /// <summary>The baseline entry of a node of a placement.</summary>
+    public static BaselineMember Of(ClusterNode node)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        return new(node.Id, node.Zone) { Draining = node.Weight == 0 };
+    }
+}
 
 /// <summary>
 /// Where a volume's objects are known to be complete: the members its copies were placed over when
@@ -15,7 +31,7 @@ public sealed record BaselineMember(string Id, string Zone);
 /// </summary>
 public sealed record RecoveryBaseline(BaselineMember[] Members, string[] Synced)
 {
-    public Placement Placement() => new(Members.Select(m => new ClusterNode(m.Id, m.Zone)));
+    public Placement Placement() => new(Members.Select(m => m.Node()));
 }
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]

@@ -102,8 +102,11 @@ public sealed class ClusterView
         int copies = format.Copies;
         if (membership.Members.Count > MaxMembers)
             throw new CatalogException($"cluster '{format.Name}' has {membership.Members.Count} members; this version supports at most {MaxMembers}");
+        // A draining member has weight 0: placement names it for no object, yet it stays one of
+        // the view's nodes, live and reachable, so recovery can copy from it (a former holder).
+        var draining = membership.Draining.ToHashSet(StringComparer.Ordinal);
         var placement = membership.Members.Count == 0 ? null
-            : new Placement(membership.Members.Select(m => new ClusterNode(m.Id, m.Zone)));
+            : new Placement(membership.Members.Select(m => new ClusterNode(m.Id, m.Zone, draining.Contains(m.Id) ? 0 : 1)));
         string? error = null;
         if (placement is null || placement.Zones.Count < copies)
         {

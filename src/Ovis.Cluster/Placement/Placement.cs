@@ -35,13 +35,15 @@ public sealed class Placement
     private readonly ClusterNode[] _nodes;
     private readonly ulong[] _nodeHashes;
     private readonly double[] _inverseWeights;
-    private readonly string[] _zones;
-    // Zone z holds nodes [_zoneStarts[z], _zoneStarts[z + 1]).
+    // Every zone of the nodes, weight 0 or not: zone z holds nodes [_zoneStarts[z], _zoneStarts[z + 1]).
+    private readonly string[] _allZones;
     private readonly int[] _zoneStarts;
+    // The zones with a node of positive weight: the only ones a copy can go to.
+    private readonly string[] _zones;
 
     /// <summary>Builds the placement of one membership epoch.</summary>
-    /// <exception cref="ArgumentException">A node has an empty id or zone, a weight that is not
-    /// positive and finite, or an id that another node already has.</exception>
+    /// <exception cref="ArgumentException">A node has an empty id or zone, a weight that is negative
+    /// or not finite, or an id that another node already has.</exception>
     public Placement(IEnumerable<ClusterNode> nodes)
     {
         ArgumentNullException.ThrowIfNull(nodes);
@@ -53,8 +55,8 @@ public sealed class Placement
                 throw new ArgumentException("A node id must not be empty.", nameof(nodes));
             if (string.IsNullOrEmpty(node.Zone))
                 throw new ArgumentException($"Node '{node.Id}' has an empty zone.", nameof(nodes));
-            if (!(node.Weight > 0) || double.IsInfinity(node.Weight))
-                throw new ArgumentException($"Node '{node.Id}' has weight {node.Weight}; a weight must be positive and finite.", nameof(nodes));
+            if (!(node.Weight >= 0) || double.IsInfinity(node.Weight))
+                throw new ArgumentException($"Node '{node.Id}' has weight {node.Weight}; a weight must be finite and not negative.", nameof(nodes));
         }
         Array.Sort(sorted, static (a, b) =>
         {
@@ -64,6 +66,7 @@ public sealed class Placement
 
         var seen = new HashSet<string>(sorted.Length, StringComparer.Ordinal);
         var zones = new List<string>();
+        var eligible = new List<string>();
         var zoneStarts = new List<int>();
         _nodeHashes = new ulong[sorted.Length];
         _inverseWeights = new double[sorted.Length];
@@ -77,12 +80,17 @@ public sealed class Placement
                 zones.Add(node.Zone);
                 zoneStarts.Add(i);
             }
+            if (node.Weight > 0 && (eligible.Count == 0 || !string.Equals(eligible[^1], node.Zone, StringComparison.Ordinal)))
+                eligible.Add(node.Zone);
             _nodeHashes[i] = PlacementHash.OfNode(node.Id);
+            // Weight 0 gives +∞: every key of that node is +∞, never below a zone's best (which
+            // starts at +∞), so it is never chosen and a zone of such nodes only has no winner.
             _inverseWeights[i] = 1 / node.Weight;
         }
         zoneStarts.Add(sorted.Length);
         _nodes = sorted;
-        _zones = [.. zones];
+        _allZones = [.. zones];
+        _zones = [.. eligible];
         _zoneStarts = [.. zoneStarts];
     }
 
@@ -90,8 +98,14 @@ public sealed class Placement
     /// indexes into this list.</summary>
     public IReadOnlyList<ClusterNode> Nodes => _nodes;
 
-    /// <summary>The distinct zones, sorted (ordinal). Their number is the most copies an object can have.</summary>
+    /// <summary>The distinct zones with a node of positive weight, sorted (ordinal). Their number
+    /// is the most copies an object can have.</summary>
     public IReadOnlyList<string> Zones => _zones;
+
+    /// <summary>Whether <paramref name="other"/> places every object where this one does: the same
+    /// nodes, zones and weights (both lists are sorted the same way, so they compare in order).</summary>
+    public bool SameAs(Placement? other) =>
+        other is not null && other._nodes.AsSpan().SequenceEqual(_nodes);
 
     /// <summary>Throws the error <see cref="Choose(ulong, int)"/> would throw for this many copies;
     /// for checking a configuration (such as <c>cluster format --copies N</c>) up front.</summary>
@@ -131,7 +145,7 @@ public sealed class Placement
         if (copies < 1 || copies > _zones.Length)
             EnsureCanPlace(copies);
 
-        int zoneCount = _zones.Length;
+        int zoneCount = _allZones.Length;
         double[]? rentedKeys = null;
         int[]? rentedBest = null;
         Span<double> zoneKey = zoneCount <= StackZones

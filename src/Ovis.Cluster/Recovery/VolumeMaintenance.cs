@@ -195,12 +195,10 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
             LogQueued(_logger, _volume, queued);
     }
 
-    private static bool SameMembers(Placement a, Placement b) =>
-        a.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal).SequenceEqual(b.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal), StringComparer.Ordinal);
+    // Members and their weights: a drain started or cancelled moves objects as a join or leave does.
+    private static bool SameMembers(Placement a, Placement b) => a.SameAs(b);
 
-    private static bool SameMembers(RecoveryBaseline baseline, Placement placement) =>
-        baseline.Members.Select(m => m.Id).Order(StringComparer.Ordinal)
-            .SequenceEqual(placement.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal), StringComparer.Ordinal);
+    private static bool SameMembers(RecoveryBaseline baseline, Placement placement) => baseline.Placement().SameAs(placement);
 
     private async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -262,7 +260,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         string[] members = [.. placement.Nodes.Select(n => n.Id).Order(StringComparer.Ordinal)];
         string[] live = [.. Enumerable.Range(0, view.Replicas.Length).Where(n => view.Live[n]).Select(n => view.Replicas[n].NodeId)];
         string[] synced = [.. (_baseline?.Synced ?? members).Where(members.Contains).Union(live).Order(StringComparer.Ordinal)];
-        var next = new RecoveryBaseline([.. placement.Nodes.Select(n => new BaselineMember(n.Id, n.Zone))], synced);
+        var next = new RecoveryBaseline([.. placement.Nodes.Select(BaselineMember.Of)], synced);
         await _records.WriteBaselineAsync(_volume, next, cancellationToken).ConfigureAwait(false);
         _baseline = next;
         _before = null;

@@ -43,6 +43,8 @@ public static partial class AdminApi
         api.MapGet("/cluster", GetClusterAsync);
         api.MapGet("/nodes", ListNodesAsync);
         api.MapDelete("/nodes/{id}", RemoveNodeAsync);
+        api.MapPost("/nodes/{id}/drain", StartDrainAsync);
+        api.MapDelete("/nodes/{id}/drain", CancelDrainAsync);
         api.MapPost("/volumes/{name}/check", CheckVolumeAsync);
     }
 
@@ -85,10 +87,14 @@ public static partial class AdminApi
 
         if (view.Nodes.Any(n => n.Id == id))
         {
-            throw new AdminRequestException($"node '{id}' is up: stop it first (only a down node can be removed)", StatusCodes.Status409Conflict);
+            // A drained node too: taking out is the down-out transaction, which holds only for a node
+            // that is not live (docs/operations.md, "Draining and removing a node").
+            throw new AdminRequestException(view.Draining.Contains(id, StringComparer.Ordinal)
+                ? $"node '{id}' is up: stop it first (only a down node can be removed; once drained, stopping it costs no copy)"
+                : $"node '{id}' is up: stop it first (only a down node can be removed)", StatusCodes.Status409Conflict);
         }
 
-        if (EtcdCatalog.WhyNotTakeOut(membership.Format!, view.Members, id) is { } why)
+        if (EtcdCatalog.WhyNotTakeOut(membership.Format!, view, id) is { } why)
         {
             throw new AdminRequestException($"node '{id}' cannot be removed: {why}", StatusCodes.Status409Conflict);
         }
@@ -98,6 +104,50 @@ public static partial class AdminApi
         if (!await catalog.TakeOutAsync(id, DateTimeOffset.MaxValue, cancellationToken))
         {
             throw new AdminRequestException($"node '{id}' was not removed: it came back up, or another node took it out first", StatusCodes.Status409Conflict);
+        }
+
+        var after = await membership.ReadMembershipAsync(cancellationToken);
+        return TypedResults.Ok(await MembersAsync(membership, after, services.GetService(typeof(ClusterRuntime)) as ClusterRuntime,
+            services.GetService(typeof(PeerRoundTrips)) as PeerRoundTrips, cancellationToken));
+    }
+
+    /// <summary>
+    /// Starts (or, with <paramref name="draining"/> false, cancels) the drain of a member: placement
+    /// stops naming it, and recovery copies each of its objects to the node that takes its place
+    /// while it keeps serving as a source; <c>GET /nodes</c> shows it <c>draining</c>, then
+    /// <c>drained</c>. Refused (409) when the members left to hold copies would span fewer zones
+    /// than the copies. Doing it twice changes nothing.
+    /// </summary>
+    private static Task<Ok<IReadOnlyList<MemberInfo>>> StartDrainAsync(string id, ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
+        => DrainNodeAsync(id, draining: true, membership, services, cancellationToken);
+
+    private static Task<Ok<IReadOnlyList<MemberInfo>>> CancelDrainAsync(string id, ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
+        => DrainNodeAsync(id, draining: false, membership, services, cancellationToken);
+
+    private static async Task<Ok<IReadOnlyList<MemberInfo>>> DrainNodeAsync(string id, bool draining, ClusterMembership membership, IServiceProvider services,
+        CancellationToken cancellationToken)
+    {
+        var catalog = membership.Catalog ?? throw new AdminRequestException(NotClustered, StatusCodes.Status409Conflict);
+        var view = await membership.ReadMembershipAsync(cancellationToken);
+        // Looked up before the catalog validates the id: a malformed one is just no member.
+        if (!view.Members.Any(m => m.Id == id))
+        {
+            throw new AdminRequestException($"node '{id}' is not a member of cluster '{catalog.Cluster}'", StatusCodes.Status404NotFound);
+        }
+
+        try
+        {
+            await catalog.SetDrainingAsync(id, draining, cancellationToken);
+        }
+        catch (CatalogException ex)
+        {
+            throw new AdminRequestException(ex.Message, StatusCodes.Status409Conflict);
+        }
+
+        // This node's own view follows at once, so the list it answers shows the change.
+        if (services.GetService(typeof(ClusterRuntime)) is ClusterRuntime runtime)
+        {
+            await runtime.RefreshAsync(0);
         }
 
         var after = await membership.ReadMembershipAsync(cancellationToken);
@@ -159,6 +209,15 @@ public static partial class AdminApi
         var downSince = members.Count > live.Count
             ? await membership.Catalog!.ReadDownSinceAsync(cancellationToken)
             : new Dictionary<string, DateTimeOffset>();
+        var drained = new HashSet<string>(StringComparer.Ordinal);
+        foreach (string id in view.Draining)
+        {
+            if (runtime is not null && await runtime.DrainedAsync(id, cancellationToken))
+            {
+                drained.Add(id);
+            }
+        }
+
         return [.. members.Select((m, i) =>
         {
             DateTimeOffset? since = !live.Contains(m.Id) && downSince.TryGetValue(m.Id, out var at) ? at : null;
@@ -170,6 +229,7 @@ public static partial class AdminApi
                 OutIn = since is { } s ? runtime?.DownOut?.SecondsUntilOut(view, m.Id, s) : null,
                 RoundTripMs = roundTrips?.LastMilliseconds(m.Id),
                 Peer = m.Peer,
+                Drain = drained.Contains(m.Id) ? "drained" : view.Draining.Contains(m.Id, StringComparer.Ordinal) ? "draining" : null,
             };
         })];
     }

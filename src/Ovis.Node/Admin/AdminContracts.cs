@@ -179,6 +179,10 @@ public sealed record MemberInfo(string Id, string Address, string Zone, string S
     /// <summary>The peer-protocol address the node published, which the others dial (its
     /// <c>--advertise-peer</c>, or where it listens).</summary>
     public string? Peer { get; init; }
+
+    /// <summary><c>draining</c> while an operator drains the member and some volume still needs a
+    /// copy moved off it, <c>drained</c> once none does (it may be stopped and removed); null otherwise.</summary>
+    public string? Drain { get; init; }
 }
 
 /// <summary>Answer of <c>GET /api/v1/cluster</c>. <paramref name="PlacementError"/> says why objects cannot

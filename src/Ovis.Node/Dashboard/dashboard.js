@@ -131,7 +131,7 @@ function renderNodes(node, members) {
     const row = body.insertRow();
     cell(row, m.id);
     cell(row, m.zone);
-    stateCell(row, m.stale ? "stale" : m.state);
+    stateCell(row, m.stale ? "stale" : m.drain ?? m.state);
     const s = m.space;
     cell(row, s ? `${bytes(s.usedBytes)} of ${bytes(s.totalBytes)} (${s.state})` : "–");
     cell(row, m.objects == null ? "–" : String(m.objects), "num");
