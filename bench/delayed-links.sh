@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# delayed-links.sh — what latency between nodes costs the replicated write path today
+# (write-through; the baseline issue 12's writeback cache is measured against). An etcd and three
+# nodes in three zones, 3 copies; every node's peer port sits behind bench/tools/delay-proxy.py
+# and is published with --advertise-peer, so every copy crosses the delay. For each one-way delay
+# in DELAYS (ms, default "0 2"), through node a: fio 4k QD1 randwrite (mean and p99 latency),
+# 4k QD1 write + fsync (fio's fsync is NBD_CMD_FLUSH), and 4k QD32 randwrite (IOPS).
+# Environment: RT (seconds per job, default 10), SIZE (256M), DELAYS, BENCH_DIR.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${BENCH_DIR:-$root/artifacts/bench-delayed-links}
+rt=${RT:-10}; size=${SIZE:-256M}; delays=${DELAYS:-0 2}
+etcd_port=${ETCD_PORT:-23795}
+for cmd in fio python3 etcd curl; do
+  command -v "$cmd" >/dev/null || { echo "$cmd is missing: apt-get install -y fio etcd-server curl" >&2; exit 2; }
+done
+"$root/ovis" --version >/dev/null   # builds the Release binary once
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+fio_job() { # NAME ARGS... -> prints "IOPS MEAN_US P99_US"
+  fio --ioengine=nbd --uri="nbd://127.0.0.1:10850/bench" --name="$1" --bs=4k --size="$size" --time_based --runtime="$rt" \
+      --output-format=json "${@:2}" 2>/dev/null \
+    | python3 -c 'import json,sys; d=sys.stdin.read(); w=json.loads(d[d.index("{"):])["jobs"][0]["write"]; print("%.0f %.0f %.0f" % (w["iops"], w["clat_ns"]["mean"]/1000, w["clat_ns"]["percentile"]["99.000000"]/1000))'
+}
+
+echo "machine: $(nproc) cores, $(df -hT "$root" | awk 'NR==2 {print $2 " on " $1}'); date: $(date -u +%F); commit $(git -C "$root" rev-parse --short HEAD); 3 nodes, 3 copies, ${rt}s per job"
+printf '%-10s %-26s %10s %10s %10s\n' "one-way" job IOPS "mean us" "p99 us"
+for delay in $delays; do
+  cleanup; pids=()
+  rm -rf "$dir"; mkdir -p "$dir"
+  etcd --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
+    --initial-cluster "default=http://127.0.0.1:$((etcd_port + 1))" >"$dir/etcd.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1 && break; sleep 0.1; done
+  uri="etcd://127.0.0.1:$etcd_port/bench"
+  "$root/ovis" cluster format --copies 3 --etcd "$uri" >/dev/null
+  i=0
+  for zone in a b c; do
+    python3 "$root/bench/tools/delay-proxy.py" "$((7290 + i))" "$((7190 + i))" "$delay" &
+    pids+=("$!")
+    dotnet "$root/artifacts/bin/ovis.dll" serve --data "$dir/$zone" --nbd "127.0.0.1:$((10850 + i))" --admin "127.0.0.1:$((7095 + i))" \
+      --peer "127.0.0.1:$((7190 + i))" --advertise-peer "127.0.0.1:$((7290 + i))" --cluster "$uri" --zone "$zone" --node-id "n-$zone" \
+      >"$dir/$zone.out" 2>"$dir/$zone.err" &
+    pids+=("$!")
+    for _ in $(seq 200); do grep -q '^admin listening' "$dir/$zone.out" 2>/dev/null && break; sleep 0.1; done
+    grep -q '^admin listening' "$dir/$zone.out" || { cat "$dir/$zone.err" >&2; exit 1; }
+    i=$((i + 1))
+  done
+  "$root/ovis" vdi create bench "$size" --admin "http://127.0.0.1:7095" >/dev/null
+  fio --ioengine=nbd --uri="nbd://127.0.0.1:10850/bench" --name=fill --rw=write --bs=1M --iodepth=8 --size="$size" >/dev/null 2>&1
+  read -r iops mean p99 < <(fio_job qd1 --rw=randwrite --iodepth=1)
+  printf '%-10s %-26s %10s %10s %10s\n' "${delay} ms" "randwrite 4k QD1" "$iops" "$mean" "$p99"
+  read -r iops mean p99 < <(fio_job flush --rw=randwrite --iodepth=1 --fsync=1)
+  printf '%-10s %-26s %10s %10s %10s\n' "${delay} ms" "4k QD1 write + flush" "$iops" "$mean" "$p99"
+  read -r iops mean p99 < <(fio_job qd32 --rw=randwrite --iodepth=32)
+  printf '%-10s %-26s %10s %10s %10s\n' "${delay} ms" "randwrite 4k QD32" "$iops" "$mean" "$p99"
+done
