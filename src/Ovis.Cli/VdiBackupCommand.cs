@@ -22,14 +22,19 @@ internal static class VdiBackupCommand
         var resume = new Option<bool>("--resume") { Description = "Continue an interrupted backup to DEST where its target last confirmed" };
         var keep = new Option<bool>("--keep-snapshot") { Description = "Keep the backup's snapshot NAME@backup-... afterwards (to verify against it)" };
         var backing = new Option<string?>("--backing") { Description = "For an incremental to a qcow2 DEST: the chain's last link, which DEST reads through where nothing changed", HelpName = "PREV.qcow2" };
-        var command = new Command("backup", "Copy a point-in-time image of a volume in use to DEST; guest writes never wait for it") { name, dest, incremental, bitmap, rate, resume, keep, backing };
+        var targetTimeout = new Option<int?>("--target-timeout") { Description = "Seconds one write or flush to the target may take before the backup stops, resumable (0: wait for ever) [default: 60]", HelpName = "SECONDS" };
+        var command = new Command("backup", "Copy a point-in-time image of a volume in use to DEST; guest writes never wait for it") { name, dest, incremental, bitmap, rate, resume, keep, backing, targetTimeout };
         command.Subcommands.Add(Verify(client));
         command.SetAction(async (parseResult, cancellationToken) =>
         {
             long? limit = parseResult.GetValue(rate) is { } text ? ParseRate(text) : null;
+            if (parseResult.GetValue(targetTimeout) is { } seconds && seconds is < 0 or > 86400)
+            {
+                throw CliException.Usage($"--target-timeout: {seconds} is out of range: use 0 (wait for ever) to 86400 seconds");
+            }
             var volume = parseResult.GetRequiredValue(name);
             var request = new BackupRequest(Location(parseResult.GetRequiredValue(dest)), parseResult.GetValue(incremental), parseResult.GetValue(bitmap), limit, parseResult.GetValue(resume), parseResult.GetValue(keep),
-                parseResult.GetValue(backing) is { } prev ? Location(prev) : null);
+                parseResult.GetValue(backing) is { } prev ? Location(prev) : null, parseResult.GetValue(targetTimeout));
             using var admin = client.CreateClient(parseResult);
             var accepted = await admin.BackupVolumeAsync(volume, request, cancellationToken);
             var job = await FollowAsync(client, parseResult, admin, accepted.Job, $"backing up {volume}", cancellationToken);

@@ -33,6 +33,12 @@ public sealed class NbdClient : IAsyncDisposable
     public bool CanWriteZeroes => (_flags & (ushort)NbdTransmissionFlags.SendWriteZeroes) != 0;
 
     private ushort _flags;
+    private bool _gaveUp;
+
+    /// <summary>How long one request may wait for its reply; past it the request fails with an
+    /// <see cref="IOException"/> and so does every later one (the stream is out of step).
+    /// Infinite by default.</summary>
+    public TimeSpan RequestTimeout { get; set; } = Timeout.InfiniteTimeSpan;
 
     /// <summary>True for a URI this client can open.</summary>
     public static bool IsNbdUri(string text) => text.StartsWith("nbd://", StringComparison.Ordinal) || text.StartsWith("nbd+unix://", StringComparison.Ordinal);
@@ -134,6 +140,32 @@ public sealed class NbdClient : IAsyncDisposable
     /* Request: magic (32), flags (16), type (16), cookie (64), offset (64), length (32).
        Simple reply: magic (32), error (32), cookie (64), then data for a READ. */
     private async Task RequestAsync(NbdCommand command, ushort flags, long offset, int length, ReadOnlyMemory<byte> payload, Memory<byte> into, CancellationToken ct)
+    {
+        if (_gaveUp)
+        {
+            throw new IOException("the NBD server stopped answering earlier; this connection is given up");
+        }
+        if (RequestTimeout == Timeout.InfiniteTimeSpan)
+        {
+            await ExchangeAsync(command, flags, offset, length, payload, into, ct).ConfigureAwait(false);
+            return;
+        }
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(RequestTimeout);
+        try
+        {
+            await ExchangeAsync(command, flags, offset, length, payload, into, timeout.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            // A server that hangs (stopped, its disk stuck, a cut link with no reset) must not
+            // hold the caller forever: it gets an error it can act on (a backup stops resumable).
+            _gaveUp = true;
+            throw new IOException($"the NBD server did not answer {command} at {offset} (+{length}) within {(long)RequestTimeout.TotalSeconds} s");
+        }
+    }
+
+    private async Task ExchangeAsync(NbdCommand command, ushort flags, long offset, int length, ReadOnlyMemory<byte> payload, Memory<byte> into, CancellationToken ct)
     {
         ulong cookie = ++_cookie;
         BinaryPrimitives.WriteUInt32BigEndian(_header, NbdMagic.Request);

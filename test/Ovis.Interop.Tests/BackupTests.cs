@@ -230,6 +230,53 @@ public sealed class BackupTests(ITestOutputHelper output) : InteropTest(null, ou
         }
     }
 
+    /// <summary>A target that stops answering stops the backup by itself after --target-timeout, resumable, and the guest never waits.</summary>
+    [Fact]
+    public async Task A_backup_whose_target_hangs_stops_by_itself_after_the_target_timeout_and_resumes()
+    {
+        await using var daemon = await OvisDaemon.StartNewAsync();
+        Daemon = daemon;
+        var vol = await CreateVolume("bk-timeout", "32M");
+        await QemuIo(daemon.NbdUri(vol), "write -P 0x5a 0 32M");
+        var target = Path.Combine(ScratchDirectory(), "target.raw");
+        await using (var f = File.Create(target))
+        {
+            f.SetLength(32L * MiB);
+        }
+
+        int port = FreePort();
+        var dest = $"nbd://127.0.0.1:{port}/";
+        var nbdkit = await StartNbdkitAsync(port, target, "24M");
+        try
+        {
+            var backup = Cli("vdi", "backup", vol, dest, "--keep-snapshot", "--target-timeout", "3");
+            await Eventually(async () => ConfirmedBytes(await CliJson("vdi", "jobs")) > 0, TimeSpan.FromSeconds(60), "the target confirmed part of the backup");
+            await RunOk("kill", ["-STOP", nbdkit.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+            await QemuIo(daemon.NbdUri(vol), "write -P 0x66 2M 1M", "flush", "read -P 0x66 2M 1M");
+
+            var stopped = await backup;
+            Assert.Equal(1, stopped.ExitCode);
+            Assert.Contains("did not answer", stopped.Stderr, StringComparison.Ordinal);
+            Assert.Contains("within 3 s", stopped.Stderr, StringComparison.Ordinal);
+            Assert.Contains("--resume", stopped.Stderr, StringComparison.Ordinal);
+            Assert.Single(stopped.Stderr.Trim().Split('\n'));
+
+            await RunOk("kill", ["-CONT", nbdkit.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+            var done = await JobJson("vdi", "backup", vol, dest, "--resume", "--keep-snapshot");
+            Assert.True(done.GetProperty("backup").GetProperty("resumedFrom").GetInt64() > 0, done.ToString());
+            await JobJson("vdi", "backup", "verify", done.GetProperty("backup").GetProperty("snapshot").GetString()!, dest);
+        }
+        finally
+        {
+            nbdkit.Kill(entireProcessTree: true);
+            await nbdkit.WaitForExitAsync();
+        }
+
+        var r = await Cli("vdi", "backup", vol, dest, "--target-timeout", "-1");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Equal("ovis: --target-timeout: -1 is out of range: use 0 (wait for ever) to 86400 seconds", r.Stderr.Trim());
+    }
+
     /// <summary>
     /// Overwrites at block, granule and object edges once the backup's instant has passed (its
     /// manifest exists) and while it copies at 4 MB/s, as QEMU's image-fleecing iotest does: the

@@ -75,7 +75,7 @@ public sealed record JobInfo(string Id, string Kind, string Volume, JobState Sta
 }
 
 /// <summary>Body of <c>POST /api/v1/volumes/{name}/backup</c>.</summary>
-public sealed record BackupRequest(string Dest, bool Incremental = false, string? Bitmap = null, long? Rate = null, bool Resume = false, bool KeepSnapshot = false, string? Backing = null);
+public sealed record BackupRequest(string Dest, bool Incremental = false, string? Bitmap = null, long? Rate = null, bool Resume = false, bool KeepSnapshot = false, string? Backing = null, int? TargetTimeout = null);
 
 /// <summary>Body of <c>POST /api/v1/volumes/{name}/restore</c>: a full backup, then incrementals in order.</summary>
 public sealed record RestoreRequest(IReadOnlyList<string> Sources);

@@ -15,7 +15,7 @@ internal static class AdminRequestReader
     private static readonly string[] TagFields = ["tag"];
     private static readonly string[] CloneFields = ["name"];
     private static readonly string[] BitmapFields = ["name", "granularity"];
-    private static readonly string[] BackupFields = ["dest", "incremental", "bitmap", "rate", "resume", "keepSnapshot", "backing"];
+    private static readonly string[] BackupFields = ["dest", "incremental", "bitmap", "rate", "resume", "keepSnapshot", "backing", "targetTimeout"];
     private static readonly string[] SourcesFields = ["sources"];
 
     public static async Task<CreateVolumeRequest> ReadCreateVolumeAsync(HttpRequest request, CancellationToken cancellationToken)
@@ -73,7 +73,8 @@ internal static class AdminRequestReader
             OptionalInt64(body, "rate"),
             OptionalBoolean(body, "resume") ?? false,
             OptionalBoolean(body, "keepSnapshot") ?? false,
-            body.TryGetValue("backing", out var backing) && backing.ValueKind != JsonValueKind.Null ? RequiredString(body, "backing") : null);
+            body.TryGetValue("backing", out var backing) && backing.ValueKind != JsonValueKind.Null ? RequiredString(body, "backing") : null,
+            OptionalInt64(body, "targetTimeout") is { } seconds ? (int)Math.Clamp(seconds, -1, int.MaxValue) : null);
     }
 
     public static async Task<IReadOnlyList<string>> ReadSourcesAsync(HttpRequest request, CancellationToken cancellationToken)

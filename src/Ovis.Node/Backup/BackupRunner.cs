@@ -24,6 +24,17 @@ internal sealed class BackupRunner(VolumeManager volumes, string dataDirectory)
     // (bench/backup-throughput.sh); 64 MiB keeps a resume's re-copy small against a whole disk.
     private const long ConfirmEvery = 64L << 20;
     private static readonly TimeSpan ConfirmInterval = TimeSpan.FromSeconds(2);
+    // A target request (a write of a chunk, a flush) may take this long before the target counts
+    // as hung and the backup stops, resumable; a slow disk's flush stays well inside it.
+    private const int DefaultTargetTimeout = 60;
+    private const int MaxTargetTimeout = 86400;
+
+    private static TimeSpan TargetTimeout(BackupRequest request) => request.TargetTimeout switch
+    {
+        0 => Timeout.InfiniteTimeSpan,
+        { } seconds => TimeSpan.FromSeconds(seconds),
+        null => TimeSpan.FromSeconds(DefaultTargetTimeout),
+    };
 
     /// <summary>Checks what can be checked at once (so the request is refused rather than a job failing), then returns the work.</summary>
     public Func<JobContext, Task<JobOutcome>> Prepare(string volume, BackupRequest request)
@@ -31,6 +42,10 @@ internal sealed class BackupRunner(VolumeManager volumes, string dataDirectory)
         if (request.Rate is <= 0)
         {
             throw new AdminRequestException($"invalid rate {request.Rate}: a positive number of bytes per second");
+        }
+        if (request.TargetTimeout is < 0 or > MaxTargetTimeout)
+        {
+            throw new AdminRequestException($"invalid target timeout {request.TargetTimeout}: 0 (wait for ever) to {MaxTargetTimeout} seconds");
         }
         string dest = request.Dest;
         if (!NbdClient.IsNbdUri(dest) && !Path.IsPathFullyQualified(dest))
@@ -126,7 +141,7 @@ internal sealed class BackupRunner(VolumeManager volumes, string dataDirectory)
 
         try
         {
-            manifest = await CopyAsync(job, manifest, manifestPath, request.Rate, fresh: resumed is null, ct).ConfigureAwait(false);
+            manifest = await CopyAsync(job, manifest, manifestPath, request.Rate, TargetTimeout(request), fresh: resumed is null, ct).ConfigureAwait(false);
         }
         catch (VolumeException)
         {
@@ -149,11 +164,11 @@ internal sealed class BackupRunner(VolumeManager volumes, string dataDirectory)
         return new JobOutcome(null, manifest);
     }
 
-    private async Task<BackupManifest> CopyAsync(JobContext job, BackupManifest manifest, string manifestPath, long? rate, bool fresh, CancellationToken ct)
+    private async Task<BackupManifest> CopyAsync(JobContext job, BackupManifest manifest, string manifestPath, long? rate, TimeSpan targetTimeout, bool fresh, CancellationToken ct)
     {
         using Volume source = volumes.Open(manifest.Snapshot)
             ?? throw new AdminRequestException($"snapshot '{manifest.Snapshot}' of the backup is gone: start a new backup", StatusCodes.Status409Conflict);
-        await using BackupTarget target = await BackupTarget.OpenAsync(manifest.Dest, manifest.Size, fresh, manifest.Backing, ct).ConfigureAwait(false);
+        await using BackupTarget target = await BackupTarget.OpenAsync(manifest.Dest, manifest.Size, fresh, manifest.Backing, targetTimeout, ct).ConfigureAwait(false);
         var pacer = new Pacer(rate);
         // Two buffers: the snapshot's next chunk is read while the target writes the last one.
         byte[][] buffers = [new byte[Chunk], new byte[Chunk]];

@@ -19,8 +19,9 @@ internal abstract class BackupTarget : IAsyncDisposable
     public abstract ValueTask DisposeAsync();
 
     /// <summary>Opens <paramref name="dest"/>; <paramref name="fresh"/> truncates a file (a new backup, not a
-    /// resumed one), and creates a qcow2 one over <paramref name="backing"/> when given.</summary>
-    public static async Task<BackupTarget> OpenAsync(string dest, long size, bool fresh, string? backing, CancellationToken ct)
+    /// resumed one), and creates a qcow2 one over <paramref name="backing"/> when given.
+    /// <paramref name="requestTimeout"/> bounds each NBD request: a target that stops answering fails the backup, resumable.</summary>
+    public static async Task<BackupTarget> OpenAsync(string dest, long size, bool fresh, string? backing, TimeSpan requestTimeout, CancellationToken ct)
     {
         if (QemuNbdServer.IsQcow2(dest))
         {
@@ -29,11 +30,13 @@ internal abstract class BackupTarget : IAsyncDisposable
                 await QemuNbdServer.CreateAsync(dest, size, backing, ct).ConfigureAwait(false);
             }
             var server = await QemuNbdServer.StartAsync(dest, readOnly: false, ct).ConfigureAwait(false);
+            server.Client.RequestTimeout = requestTimeout;
             return new Qcow2Target(server);
         }
         if (NbdClient.IsNbdUri(dest))
         {
             var client = await NbdClient.ConnectAsync(dest, ct).ConfigureAwait(false);
+            client.RequestTimeout = requestTimeout;
             if (client.IsReadOnly || client.Size < size)
             {
                 await client.DisposeAsync().ConfigureAwait(false);
