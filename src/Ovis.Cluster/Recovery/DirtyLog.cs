@@ -36,6 +36,14 @@ public sealed partial class DirtyLog : IAsyncDisposable
         _clearer = Task.Run(() => ClearLoopAsync(_stop.Token));
     }
 
+    /// <summary>
+    /// Called before objects of the given layers are forgotten (cleared in the catalog): a dirty
+    /// bitmap relies on the log to name every object changed since its last save, so it is saved
+    /// here first (docs/backup.md). Only objects whose last write ended before the call are
+    /// cleared; when it throws, none is.
+    /// </summary>
+    public Func<IReadOnlyCollection<uint>, Task>? BeforeClear { get; set; }
+
     /// <summary>Objects marked now (durably or on their way).</summary>
     public int Count => _entries.Count;
 
@@ -301,7 +309,17 @@ public sealed partial class DirtyLog : IAsyncDisposable
         {
             while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
             {
-                if (ClearIdle() > 0)
+                long before = long.MaxValue;
+                HashSet<uint>? layers = null;
+                if (BeforeClear is not null)
+                {
+                    // Only the layers whose bitmaps were saved, and only what was written before.
+                    layers = ClearableLayers();
+                    before = Environment.TickCount64;
+                    if (layers.Count == 0 || !await RunBeforeClearAsync(layers).ConfigureAwait(false))
+                        continue;
+                }
+                if (ClearIdle(layers, before: before) > 0)
                 {
                     lock (_batchLock)
                     {
@@ -318,9 +336,49 @@ public sealed partial class DirtyLog : IAsyncDisposable
         }
     }
 
+    // Whether an entry may be cleared now: every copy took every write, a flush covered them,
+    // it is idle, and its last write ended before `before` (a bitmap save taken then has its bits).
+    private bool Clearable(ObjectId id, Entry entry, long now, long idle, long before)
+    {
+        LayerState layer = Layer(id.Volume);
+        return !entry.Missed && entry.Durable.IsCompletedSuccessfully && now - entry.LastWrite >= idle && entry.LastWrite < before
+            && (entry.Generation < Interlocked.Read(ref layer.Covered) || entry.Generation == long.MinValue);
+    }
+
+    private HashSet<uint> ClearableLayers()
+    {
+        long now = Environment.TickCount64;
+        long idle = (long)_clearAfter.TotalMilliseconds;
+        var layers = new HashSet<uint>();
+        foreach (var (id, entry) in _entries)
+        {
+            if (Clearable(id, entry, now, idle, long.MaxValue))
+                layers.Add(id.Volume);
+        }
+        return layers;
+    }
+
+    private async Task<bool> RunBeforeClearAsync(IReadOnlyCollection<uint> layers)
+    {
+        if (BeforeClear is not { } beforeClear)
+            return true;
+        try
+        {
+            await beforeClear(layers).ConfigureAwait(false);
+            return true;
+        }
+#pragma warning disable CA1031 // Nothing is cleared then: the objects stay logged, which only over-reports.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            LogBeforeClearFailed(_logger, ex);
+            return false;
+        }
+    }
+
     /// <summary>Drops the entries that may be cleared now (of <paramref name="only"/> layers, when
-    /// given); returns how many.</summary>
-    private int ClearIdle(IReadOnlyCollection<uint>? only = null, bool ignoreIdle = false)
+    /// given; whose last write ended before <paramref name="before"/>); returns how many.</summary>
+    private int ClearIdle(IReadOnlyCollection<uint>? only = null, bool ignoreIdle = false, long before = long.MaxValue)
     {
         long now = Environment.TickCount64;
         long idle = ignoreIdle ? long.MinValue : (long)_clearAfter.TotalMilliseconds;
@@ -330,8 +388,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
             if (only is not null && !only.Contains(id.Volume))
                 continue;
             LayerState layer = Layer(id.Volume);
-            if (entry.Missed || !entry.Durable.IsCompletedSuccessfully || now - entry.LastWrite < idle
-                || entry.Generation >= Interlocked.Read(ref layer.Covered) && entry.Generation != long.MinValue)
+            if (!Clearable(id, entry, now, idle, before))
                 continue;
             // No writer may be inside while it goes: a writer arriving now sees the sentinel and marks again.
             if (Interlocked.CompareExchange(ref entry.Writers, int.MinValue / 2, 0) != 0)
@@ -353,7 +410,9 @@ public sealed partial class DirtyLog : IAsyncDisposable
     /// </summary>
     public async Task ReleaseAsync(IReadOnlyCollection<uint> layers)
     {
-        ClearIdle(layers, ignoreIdle: true);
+        long before = Environment.TickCount64;
+        if (await RunBeforeClearAsync(layers).ConfigureAwait(false))
+            ClearIdle(layers, ignoreIdle: true, before);
         bool save;
         Task queued;
         lock (_batchLock)
@@ -407,6 +466,9 @@ public sealed partial class DirtyLog : IAsyncDisposable
 
         public Task Adopted => AdoptedSource.Task;
     }
+
+    [LoggerMessage(EventId = 69, Level = LogLevel.Warning, Message = "Could not save the dirty bitmaps before clearing the dirty-region log; the objects stay logged")]
+    private static partial void LogBeforeClearFailed(ILogger logger, Exception exception);
 
     [LoggerMessage(EventId = 60, Level = LogLevel.Error, Message = "Could not save the dirty-region log; the writes waiting for it fail")]
     private static partial void LogSaveFailed(ILogger logger, Exception exception);
