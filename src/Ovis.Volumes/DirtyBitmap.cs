@@ -52,6 +52,9 @@ internal sealed class DirtyBitmap
     public long Granularity { get; }
     public DateTimeOffset Created { get; }
 
+    /// <summary>Set when a catalog-kept bitmap is removed: a save that comes later writes nothing.</summary>
+    public bool Removed { get; set; }
+
     /// <summary>Bits a backup has taken at its snapshot and not yet confirmed on its target.</summary>
     public DirtyBits? Frozen { get; private set; }
 

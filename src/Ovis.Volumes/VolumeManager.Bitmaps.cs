@@ -40,7 +40,7 @@ public sealed partial class VolumeManager
         await _bitmapSaves.WaitAsync().ConfigureAwait(false);
         try
         {
-            if (bitmap.Encode(force) is not { } content)
+            if (bitmap.Removed || bitmap.Encode(force) is not { } content)
             {
                 return;
             }
@@ -77,7 +77,17 @@ public sealed partial class VolumeManager
         }
         else if (_bitmapStore is { } store)
         {
-            await store.DeleteAsync(bitmap.Volume, bitmap.Name, CancellationToken.None).ConfigureAwait(false);
+            // Among the saves: one that read the bitmap before it went must not bring it back.
+            await _bitmapSaves.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                bitmap.Removed = true;
+                await store.DeleteAsync(bitmap.Volume, bitmap.Name, CancellationToken.None).ConfigureAwait(false);
+            }
+            finally
+            {
+                _bitmapSaves.Release();
+            }
         }
     }
 
@@ -295,7 +305,16 @@ public sealed partial class VolumeManager
         }
         else if (_bitmapStore is { } store)
         {
-            await store.DeleteAsync(volume, null, CancellationToken.None).ConfigureAwait(false);
+            // After any save in progress; none starts later, the volume being gone from the maps.
+            await _bitmapSaves.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                await store.DeleteAsync(volume, null, CancellationToken.None).ConfigureAwait(false);
+            }
+            finally
+            {
+                _bitmapSaves.Release();
+            }
         }
     }
 }

@@ -77,11 +77,18 @@ public sealed partial class VolumeManager
             {
                 return null;
             }
-            IReadOnlyDictionary<string, byte[]> saved = await store.LoadAsync(volume, cancellationToken).ConfigureAwait(false);
+            (IReadOnlyDictionary<string, byte[]> saved, bool released) = await store.LoadAsync(volume, cancellationToken).ConfigureAwait(false);
             long size = v.Record.Size;
             DirtyBitmap[] loaded = [.. saved.OrderBy(s => s.Key, StringComparer.Ordinal)
                 .Select(s => DirtyBitmap.Decode(s.Value, null, s.Key, volume, size))];
-            if (loaded.Length > 0)
+            if (released)
+            {
+                // The last holder saved every bit after its last write, and what the log names
+                // now it had marked already (when it took the lock). Withdrawn before this
+                // holder's first write: should it die, the next one must mark from the log again.
+                await store.SetReleasedAsync(volume, released: false, cancellationToken).ConfigureAwait(false);
+            }
+            else if (loaded.Length > 0)
             {
                 IReadOnlyDictionary<uint, uint[]> logged = await readLog(layers, cancellationToken).ConfigureAwait(false);
                 foreach ((uint layer, uint[] indexes) in logged)
@@ -121,10 +128,15 @@ public sealed partial class VolumeManager
     /// <summary>
     /// This node lets go of the lock it loaded <paramref name="volume"/>'s bitmaps under
     /// (<paramref name="handle"/>): they are saved, if the lock still allows, and dropped. A save
-    /// refused here loses nothing: every bit not saved is in an object the dirty-region log still names.
+    /// refused here loses nothing: every bit not saved is in an object the dirty-region log still
+    /// names. Once saved, the release is recorded, so the next holder need not mark those objects.
     /// </summary>
     public async Task UnloadBitmapsAsync(string volume, object handle)
     {
+        if (_bitmapStore is null)
+        {
+            return;
+        }
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
@@ -145,6 +157,11 @@ public sealed partial class VolumeManager
             try
             {
                 await SaveBitmapsOfAsync(v).ConfigureAwait(false);
+                // No write is left under this lock: what the log still names is in the saved bits.
+                if (v.Bitmaps.Length > 0)
+                {
+                    await _bitmapStore.SetReleasedAsync(volume, released: true, CancellationToken.None).ConfigureAwait(false);
+                }
             }
             finally
             {

@@ -7,6 +7,7 @@ namespace Ovis.Cluster.Catalog;
 /// The volumes' dirty bitmaps in the catalog, one key each:
 /// <code>
 /// bitmap/&lt;volume&gt;/&lt;bitmap&gt;   the bitmap's saved form (DirtyBitmap)
+/// bitmap-released/&lt;volume&gt;      present while the lock's last holder let go with every bitmap saved
 /// </code>
 /// Written like recovery's records (docs/fencing.md): in a transaction on the condition that the
 /// writer's lock on the volume is still the one in etcd, so a gateway that lost the lock cannot
@@ -20,24 +21,34 @@ public sealed class EtcdBitmapStore(EtcdCatalog catalog, Func<string, long?> vol
 
     private string Prefix(string volume) => catalog.Keys.Root + "bitmap/" + volume + "/";
 
-    public async Task<IReadOnlyDictionary<string, byte[]>> LoadAsync(string volume, CancellationToken cancellationToken)
+    private string ReleasedKey(string volume) => catalog.Keys.Root + "bitmap-released/" + volume;
+
+    public async Task<(IReadOnlyDictionary<string, byte[]> Bitmaps, bool Released)> LoadAsync(string volume, CancellationToken cancellationToken)
     {
         string prefix = Prefix(volume);
-        EtcdRange range = await catalog.Client.RangePrefixAsync(prefix, cancellationToken).ConfigureAwait(false);
-        return range.Kvs.ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value, StringComparer.Ordinal);
+        var result = await catalog.Client.TxnAsync([], [new EtcdOp.Range(prefix, Prefix: true), new EtcdOp.Range(ReleasedKey(volume))],
+            cancellationToken: cancellationToken).ConfigureAwait(false);
+        return (result.Reads[0].ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value, StringComparer.Ordinal), result.Reads[1].Count > 0);
     }
+
+    public Task SetReleasedAsync(string volume, bool released, CancellationToken cancellationToken)
+        => GuardedAsync(volume, released ? new EtcdOp.Put(ReleasedKey(volume), [1]) : new EtcdOp.Delete(ReleasedKey(volume)), cancellationToken);
 
     public Task SaveAsync(string volume, string bitmap, byte[] content, CancellationToken cancellationToken)
         => GuardedAsync(volume, new EtcdOp.Put(Prefix(volume) + bitmap, content), cancellationToken);
 
     public Task DeleteAsync(string volume, string? bitmap, CancellationToken cancellationToken)
-        => GuardedAsync(volume, bitmap is null ? new EtcdOp.Delete(Prefix(volume), Prefix: true) : new EtcdOp.Delete(Prefix(volume) + bitmap), cancellationToken);
+        => bitmap is null
+            ? GuardedAsync(volume, [new EtcdOp.Delete(Prefix(volume), Prefix: true), new EtcdOp.Delete(ReleasedKey(volume))], cancellationToken)
+            : GuardedAsync(volume, new EtcdOp.Delete(Prefix(volume) + bitmap), cancellationToken);
 
-    private async Task GuardedAsync(string volume, EtcdOp op, CancellationToken cancellationToken)
+    private Task GuardedAsync(string volume, EtcdOp op, CancellationToken cancellationToken) => GuardedAsync(volume, [op], cancellationToken);
+
+    private async Task GuardedAsync(string volume, EtcdOp[] ops, CancellationToken cancellationToken)
     {
         long generation = volumeHolder(volume)
             ?? throw new CatalogException($"volume {volume}: this node holds no lock on it; its dirty bitmaps are not saved");
-        var result = await catalog.Client.TxnAsync([EtcdCompare.CreatedAt(catalog.Keys.Lock(volume), generation)], [op],
+        var result = await catalog.Client.TxnAsync([EtcdCompare.CreatedAt(catalog.Keys.Lock(volume), generation)], ops,
             cancellationToken: cancellationToken).ConfigureAwait(false);
         if (!result.Succeeded)
             throw new CatalogException($"volume {volume}: its dirty bitmaps were not saved: another node holds the volume's lock now (this node was fenced)");

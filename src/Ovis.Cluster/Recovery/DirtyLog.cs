@@ -26,6 +26,9 @@ public sealed partial class DirtyLog : IAsyncDisposable
     private readonly Task _clearer;
     private TaskCompletionSource _next = NewBatch();
     private bool _saveQueued;
+    // Counts the writes that ended; an entry keeps the count of its last one, so a clear can tell
+    // the writes that ended before a bitmap save from those after, whatever the clock's resolution.
+    private long _ends;
 
     /// <param name="clearAfter">How long an object stays marked after its last write (and a flush).</param>
     public DirtyLog(IDirtyLogStore store, ILogger logger, TimeSpan clearAfter)
@@ -187,6 +190,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
         LayerState layer = Layer(id.Volume);
         entry.Generation = Interlocked.Read(ref layer.Generation);
         entry.LastWrite = Environment.TickCount64;
+        entry.Ended = Interlocked.Increment(ref _ends);
         if (missed)
             entry.Missed = true;
         Interlocked.Decrement(ref entry.Writers);
@@ -315,7 +319,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
                 {
                     // Only the layers whose bitmaps were saved, and only what was written before.
                     layers = ClearableLayers();
-                    before = Environment.TickCount64;
+                    before = Interlocked.Read(ref _ends);
                     if (layers.Count == 0 || !await RunBeforeClearAsync(layers).ConfigureAwait(false))
                         continue;
                 }
@@ -337,11 +341,12 @@ public sealed partial class DirtyLog : IAsyncDisposable
     }
 
     // Whether an entry may be cleared now: every copy took every write, a flush covered them,
-    // it is idle, and its last write ended before `before` (a bitmap save taken then has its bits).
+    // it is idle, and its last write was among the first `before` to end (so a bitmap save
+    // started after counting them has its bits).
     private bool Clearable(ObjectId id, Entry entry, long now, long idle, long before)
     {
         LayerState layer = Layer(id.Volume);
-        return !entry.Missed && entry.Durable.IsCompletedSuccessfully && now - entry.LastWrite >= idle && entry.LastWrite < before
+        return !entry.Missed && entry.Durable.IsCompletedSuccessfully && now - entry.LastWrite >= idle && entry.Ended <= before
             && (entry.Generation < Interlocked.Read(ref layer.Covered) || entry.Generation == long.MinValue);
     }
 
@@ -377,7 +382,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
     }
 
     /// <summary>Drops the entries that may be cleared now (of <paramref name="only"/> layers, when
-    /// given; whose last write ended before <paramref name="before"/>); returns how many.</summary>
+    /// given; whose last write ended among the first <paramref name="before"/>); returns how many.</summary>
     private int ClearIdle(IReadOnlyCollection<uint>? only = null, bool ignoreIdle = false, long before = long.MaxValue)
     {
         long now = Environment.TickCount64;
@@ -410,7 +415,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
     /// </summary>
     public async Task ReleaseAsync(IReadOnlyCollection<uint> layers)
     {
-        long before = Environment.TickCount64;
+        long before = BeforeClear is null ? long.MaxValue : Interlocked.Read(ref _ends);
         if (await RunBeforeClearAsync(layers).ConfigureAwait(false))
             ClearIdle(layers, ignoreIdle: true, before);
         bool save;
@@ -451,6 +456,8 @@ public sealed partial class DirtyLog : IAsyncDisposable
         public Task Durable = Task.CompletedTask;
         public long Generation = long.MaxValue;
         public long LastWrite = Environment.TickCount64;
+        // DirtyLog._ends when its last write ended; 0 before any.
+        public long Ended;
         public bool Missed;
     }
 

@@ -39,7 +39,7 @@ public static partial class AdminApi
     {
         var sources = await AdminRequestReader.ReadSourcesAsync(request, cancellationToken);
         // In a cluster the volume is written under its lock, taken once it exists.
-        var runner = new RestoreRunner(volumes, services.GetService(typeof(VolumeLocks)) is null ? null : target => LockForChangeAsync(services, volumes, target));
+        var runner = new RestoreRunner(volumes, services.GetService(typeof(VolumeLocks)) is VolumeLocks locks ? target => LockForChangeAsync(locks, volumes, target) : null);
         var job = jobs.Start("restore", name, (JobContext context) => runner.RestoreAsync(context, name, sources));
         return TypedResults.Accepted($"{Prefix}/jobs/{job.Id}", new JobAccepted(job.Id));
     }
