@@ -102,7 +102,14 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         _locks = locks;
         _staleCheck = Task.Run(() => ClearOwnStaleMarkAsync(_stop.Token), CancellationToken.None);
         _idle = new IdleVolumeRecovery(this, locks, volumes, _logger);
+        if (Store.DirtyLog is { } log)
+            log.BeforeClear = layers => volumes.TryGet()?.SaveBitmapsOfLayersAsync(layers) ?? Task.CompletedTask;
     }
+
+    /// <summary>Where the volumes' dirty bitmaps are kept: the catalog, saved under the volume's
+    /// lock; null without the dirty-region log, which they rely on (docs/backup.md).</summary>
+    public Ovis.Volumes.IBitmapStore? Bitmaps => Store.DirtyLog is null ? null
+        : new EtcdBitmapStore(_catalog, volume => _locks?.GenerationOfVolumeOrRelease(volume));
 
     /// <summary>Stops recovering idle volumes: the first step of a stop, before the volumes close.</summary>
     public async Task StopIdleRecoveryAsync()

@@ -136,10 +136,13 @@ public sealed partial class OvisNode : IAsyncDisposable
                 {
                     await cluster.StartAsync(clusterOptions.DownOutInterval, cancellationToken);
                     await recovery!.StartAsync(membership.Registration!.LeaseId, cancellationToken);
-                    volumes.Set(await VolumeManager.OpenAsync(cluster.Store, registry, clusterLogger, cancellationToken));
+                    var manager = await VolumeManager.OpenAsync(cluster.Store, registry, cluster.Bitmaps, clusterLogger, cancellationToken);
+                    // Attached before the volumes are published: no volume's lock is taken before
+                    // its recovery (and its dirty bitmaps) start with it.
                     cluster.Attach(new VolumeRecovery(cluster.Store, cluster.Records, recovery.Counters, recovery,
                         volumes, clusterOptions.Recovery, clusterLogger), () => [.. volumes.Get().List().Where(v => !v.IsSnapshot).Select(v => v.Name)],
                         app.Services.GetRequiredService<VolumeLocks>(), volumes);
+                    volumes.Set(manager);
                     return true;
                 });
                 membership.KeepJoined(clusterOptions, cluster.NodeId, address, clusterOptions.AdvertisedPeer ?? status.PeerListener!, cluster.PrepareRejoinAsync, async rejoined =>

@@ -97,6 +97,12 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
             ? (held.Volume, generation)
             : null;
 
+    /// <summary>The generation of this node's valid lock on <paramref name="volume"/> — also while
+    /// it is being released, or after the volume left the registry under it — or null; for the
+    /// records kept under the lock that are written then (the dirty bitmaps' last save).</summary>
+    public long? GenerationOfVolumeOrRelease(string volume)
+        => GenerationOfVolume(volume) ?? _byLayer.Values.FirstOrDefault(h => h.Volume == volume && h.IsValid)?.Generation;
+
     /// <summary>The generation of this node's valid lock on <paramref name="volume"/>, or null.</summary>
     public long? GenerationOfVolume(string volume)
         => _held.TryGetValue(volume, out Held? held) && held.IsValid ? held.Generation : null;

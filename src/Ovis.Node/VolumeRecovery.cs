@@ -3,6 +3,7 @@ using Ovis.Cluster.Catalog;
 using Ovis.Cluster.Gateway;
 using Ovis.Cluster.Recovery;
 using Ovis.Store;
+using Ovis.Volumes;
 
 namespace Ovis.Node;
 
@@ -48,13 +49,26 @@ internal sealed class VolumeRecovery
     /// dispose the result before the lock is released.</summary>
     public async Task<IAsyncDisposable> StartAsync(string volume, CancellationToken cancellationToken)
     {
+        // The dirty bitmaps first, with what the log names marked in them: the recovery below may
+        // resync and clear those objects (docs/backup.md, "In a cluster").
+        VolumeManager? manager = _volumes.TryGet();
+        object? bitmaps = manager is null ? null : await manager.LoadBitmapsAsync(volume, _records.LoadAsync, cancellationToken).ConfigureAwait(false);
         var maintenance = new VolumeMaintenance(volume, () => Layout(volume), _store, new ObjectReconciler(_store, Counters, _throttle, _logger),
             _records, Counters, _throttle, _pause, _options.ScrubInterval,
             _scrubCursors.GetOrAdd(volume, static _ => new System.Runtime.CompilerServices.StrongBox<long>(-1)), _logger);
-        await maintenance.StartAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await maintenance.StartAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            if (bitmaps is not null)
+                await manager!.UnloadBitmapsAsync(volume, bitmaps).ConfigureAwait(false);
+            throw;
+        }
         lock (_lock)
             _running[volume] = maintenance;
-        return new Running(this, volume, maintenance);
+        return new Running(this, volume, maintenance, bitmaps);
     }
 
     /// <summary>The running recovery of a volume this node holds, or null.</summary>
@@ -79,7 +93,7 @@ internal sealed class VolumeRecovery
             ? new VolumeLayout(chain, size, objectSize)
             : null;
 
-    private sealed class Running(VolumeRecovery owner, string volume, VolumeMaintenance maintenance) : IAsyncDisposable
+    private sealed class Running(VolumeRecovery owner, string volume, VolumeMaintenance maintenance, object? bitmaps) : IAsyncDisposable
     {
         public async ValueTask DisposeAsync()
         {
@@ -96,6 +110,18 @@ internal sealed class VolumeRecovery
                     await log.ReleaseAsync(layout.Chain).ConfigureAwait(false);
                 }
 #pragma warning disable CA1031 // The next holder resyncs whatever stayed logged; releasing the lock matters more.
+                catch (Exception)
+#pragma warning restore CA1031
+                {
+                }
+            }
+            if (bitmaps is not null && owner._volumes.TryGet() is { } manager)
+            {
+                try
+                {
+                    await manager.UnloadBitmapsAsync(volume, bitmaps).ConfigureAwait(false);
+                }
+#pragma warning disable CA1031 // A bit not saved is in an object the log still names: the next holder marks it.
                 catch (Exception)
 #pragma warning restore CA1031
                 {

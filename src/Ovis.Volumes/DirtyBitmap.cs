@@ -14,7 +14,8 @@ public sealed record BitmapInfo(string Name, string Volume, long Granularity, Da
 /// the frozen bits are dropped only when the backup has them on its target, and merged back
 /// otherwise, so no change is ever lost between two backups of a chain.
 ///
-/// File <c>bitmaps/VOLUME/NAME</c>, written whole under a temporary name and renamed:
+/// Saved whole, in file <c>bitmaps/VOLUME/NAME</c> (under a temporary name, then renamed) or, on
+/// a cluster node, in the catalog (<see cref="IBitmapStore"/>):
 ///   +--------------------------------------------------------------+
 ///   | magic "OVISBMP1" (8) | flags u32 (1 = frozen part follows)   |
 ///   | granularity i64 | bit count i64 | created, unix ms i64       |
@@ -32,7 +33,7 @@ internal sealed class DirtyBitmap
     private int _shift;
     private long _bitCount;
 
-    public DirtyBitmap(string path, string name, string volume, long granularity, long volumeSize, DateTimeOffset created)
+    public DirtyBitmap(string? path, string name, string volume, long granularity, long volumeSize, DateTimeOffset created)
     {
         Path = path;
         Name = name;
@@ -44,11 +45,15 @@ internal sealed class DirtyBitmap
         _active = new DirtyBits(_bitCount);
     }
 
-    public string Path { get; }
+    /// <summary>Its file on a node with its own data directory; null when the cluster catalog keeps it.</summary>
+    public string? Path { get; }
     public string Name { get; }
     public string Volume { get; }
     public long Granularity { get; }
     public DateTimeOffset Created { get; }
+
+    /// <summary>Set when a catalog-kept bitmap is removed: a save that comes later writes nothing.</summary>
+    public bool Removed { get; set; }
 
     /// <summary>Bits a backup has taken at its snapshot and not yet confirmed on its target.</summary>
     public DirtyBits? Frozen { get; private set; }
@@ -138,66 +143,96 @@ internal sealed class DirtyBitmap
     {
         lock (_saveLock)
         {
-            DirtyBits active = _active;
-            // Taken before the bits are read: a bit set while they are copied marks it changed again.
-            if (!active.TakeChanged() && !force)
+            if (Encode(force) is not { } content)
             {
                 return;
             }
-            DirtyBits? frozen = Frozen;
-            long bitCount = Interlocked.Read(ref _bitCount);
-            byte[] a = active.ToBytes(bitCount);
-            byte[]? f = frozen?.ToBytes(bitCount);
-            byte[] header = new byte[HeaderSize];
-            Magic.CopyTo(header);
-            BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(8), f is null ? 0u : 1u);
-            BinaryPrimitives.WriteInt64LittleEndian(header.AsSpan(16), Granularity);
-            BinaryPrimitives.WriteInt64LittleEndian(header.AsSpan(24), bitCount);
-            BinaryPrimitives.WriteInt64LittleEndian(header.AsSpan(32), Created.ToUnixTimeMilliseconds());
-            string dir = System.IO.Path.GetDirectoryName(Path)!;
+            string path = Path ?? throw new InvalidOperationException("a bitmap kept in the cluster catalog has no file");
+            string dir = System.IO.Path.GetDirectoryName(path)!;
             Directory.CreateDirectory(dir);
-            string temp = Path + ".tmp";
+            string temp = path + ".tmp";
             try
             {
                 using (var file = new FileStream(temp, FileMode.Create, FileAccess.Write))
                 {
-                    file.Write(header);
-                    file.Write(a);
-                    if (f is not null)
-                    {
-                        file.Write(f);
-                    }
+                    file.Write(content);
                     file.Flush(flushToDisk: true);
                 }
-                File.Move(temp, Path, overwrite: true);
+                File.Move(temp, path, overwrite: true);
                 DirectorySync.Sync(dir);
             }
             catch
             {
                 // Not saved: the next checkpoint (which fails meanwhile, keeping the journal) tries again.
-                Volatile.Write(ref active.ChangedFlag, 1);
+                Unsaved();
                 throw;
             }
         }
     }
 
-    public static DirtyBitmap Load(string path, string volume, long volumeSize)
+    /// <summary>
+    /// The saved form (the layout above) if a bit changed since the last one was taken (or
+    /// <paramref name="force"/>); null otherwise. A caller that fails to store it calls
+    /// <see cref="Unsaved"/>. Callers serialise their saves, so an older form never lands after a newer one.
+    /// </summary>
+    public byte[]? Encode(bool force)
     {
-        byte[] all = File.ReadAllBytes(path);
+        lock (_saveLock)
+        {
+            DirtyBits active = _active;
+            // Taken before the bits are read: a bit set while they are copied marks it changed again.
+            if (!active.TakeChanged() && !force)
+            {
+                return null;
+            }
+            DirtyBits? frozen = Frozen;
+            long bitCount = Interlocked.Read(ref _bitCount);
+            byte[] a = active.ToBytes(bitCount);
+            byte[]? f = frozen?.ToBytes(bitCount);
+            byte[] content = new byte[HeaderSize + a.Length + (f?.Length ?? 0)];
+            Magic.CopyTo(content);
+            BinaryPrimitives.WriteUInt32LittleEndian(content.AsSpan(8), f is null ? 0u : 1u);
+            BinaryPrimitives.WriteInt64LittleEndian(content.AsSpan(16), Granularity);
+            BinaryPrimitives.WriteInt64LittleEndian(content.AsSpan(24), bitCount);
+            BinaryPrimitives.WriteInt64LittleEndian(content.AsSpan(32), Created.ToUnixTimeMilliseconds());
+            a.CopyTo(content.AsSpan(HeaderSize));
+            f?.CopyTo(content.AsSpan(HeaderSize + a.Length));
+            return content;
+        }
+    }
+
+    /// <summary>The last <see cref="Encode"/> was not stored: the next save must write again.</summary>
+    public void Unsaved() => Volatile.Write(ref _active.ChangedFlag, 1);
+
+    /// <summary>How many bytes the saved form of a bitmap with these bits takes, at most (with a frozen part).</summary>
+    public static long EncodedSize(long volumeSize, long granularity) => HeaderSize + (2 * (((volumeSize + granularity - 1) / granularity) + 63) / 64 * 8);
+
+    public static DirtyBitmap Load(string path, string volume, long volumeSize)
+        => Decode(File.ReadAllBytes(path), path, System.IO.Path.GetFileName(path), volume, volumeSize);
+
+    /// <summary>A bitmap from its saved form; <paramref name="path"/> is its file, null for one kept in the catalog.</summary>
+    public static DirtyBitmap Decode(byte[] all, string? path, string name, string volume, long volumeSize)
+    {
+        string where = path ?? $"of volume {volume}, bitmap {name},";
         if (all.Length < HeaderSize || !all.AsSpan(0, 8).SequenceEqual(Magic))
         {
-            throw new InvalidDataException($"dirty bitmap file {path} is not one");
+            throw new InvalidDataException($"dirty bitmap {where} is not one");
         }
         uint flags = BinaryPrimitives.ReadUInt32LittleEndian(all.AsSpan(8));
         long granularity = BinaryPrimitives.ReadInt64LittleEndian(all.AsSpan(16));
         long bitCount = BinaryPrimitives.ReadInt64LittleEndian(all.AsSpan(24));
-        var created = DateTimeOffset.FromUnixTimeMilliseconds(BinaryPrimitives.ReadInt64LittleEndian(all.AsSpan(32)));
+        long created = BinaryPrimitives.ReadInt64LittleEndian(all.AsSpan(32));
+        if (granularity < LocalStore.StoreBlockSize || granularity > (64L << 20) || (granularity & (granularity - 1)) != 0
+            || bitCount < 0 || bitCount > (all.Length - HeaderSize) * 8L || created < 0 || created > DateTimeOffset.MaxValue.ToUnixTimeMilliseconds())
+        {
+            throw new InvalidDataException($"dirty bitmap {where} has a header that makes no sense");
+        }
         int words = (int)((bitCount + 63) / 64) * 8;
         if (all.Length < HeaderSize + words * ((flags & 1) + 1))
         {
-            throw new InvalidDataException($"dirty bitmap file {path} is cut short");
+            throw new InvalidDataException($"dirty bitmap {where} is cut short");
         }
-        var bitmap = new DirtyBitmap(path, System.IO.Path.GetFileName(path), volume, granularity, Math.Max(volumeSize, bitCount * granularity), created);
+        var bitmap = new DirtyBitmap(path, name, volume, granularity, Math.Max(volumeSize, bitCount * granularity), DateTimeOffset.FromUnixTimeMilliseconds(created));
         bitmap._active = DirtyBits.FromBytes(all.AsSpan(HeaderSize, words), bitmap._bitCount);
         if ((flags & 1) != 0)
         {

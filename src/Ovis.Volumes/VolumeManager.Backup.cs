@@ -39,7 +39,7 @@ public sealed partial class VolumeManager
         if (bitmap is not null)
         {
             CheckName(bitmap, "bitmap name");
-            _ = BitmapDirectory;
+            CheckBitmapsHeld(volume);
         }
         await _control.WaitAsync().ConfigureAwait(false);
         try
@@ -57,8 +57,9 @@ public sealed partial class VolumeManager
             bool created = false;
             if (b is null && bitmap is not null)
             {
-                b = new DirtyBitmap(BitmapPath(volume, bitmap), bitmap, volume, DefaultBitmapGranularity, v.Record.Size, DateTimeOffset.UtcNow);
-                b.Save(force: true);
+                CheckBitmapFits(v.Record.Size, DefaultBitmapGranularity);
+                b = new DirtyBitmap(NewBitmapPath(volume, bitmap), bitmap, volume, DefaultBitmapGranularity, v.Record.Size, DateTimeOffset.UtcNow);
+                await SaveBitmapAsync(b, force: true).ConfigureAwait(false);
                 created = true;
             }
             DirtyBits? frozen = null;
@@ -88,7 +89,7 @@ public sealed partial class VolumeManager
                     {
                         v.Bitmaps = [.. v.Bitmaps.Where(x => x != b)];
                     }
-                    File.Delete(b!.Path);
+                    await DeleteBitmapAsync(b!).ConfigureAwait(false);
                 }
                 else
                 {
@@ -99,7 +100,7 @@ public sealed partial class VolumeManager
             if (b is not null)
             {
                 // The frozen bits are on disk before anything is copied: a crash now loses no change.
-                b.Save(force: true);
+                await SaveBitmapAsync(b, force: true).ConfigureAwait(false);
                 _runningBackups.Add(b);
             }
             IReadOnlyList<(long, long)>? changed = incremental ? [.. DirtyRuns.Dirty(frozen!, b!.Granularity, snapshot.Size)] : null;
@@ -161,7 +162,7 @@ public sealed partial class VolumeManager
                 {
                     b.Unfreeze();
                 }
-                b.Save(force: true);
+                await SaveBitmapAsync(b, force: true).ConfigureAwait(false);
                 _runningBackups.Remove(b);
             }
         }

@@ -7,8 +7,8 @@ namespace Ovis.Volumes;
 /// writes mark them inside the volume's gate before the store sees the write, and the local
 /// store's checkpoints save them before the journal forgets the records they cover, so a bitmap
 /// costs no sync on the data path and after any crash marks at least every block changed since it
-/// was created (replay marks what the journal held). Only a node with its own data directory has
-/// them; a cluster node refuses (docs/backup.md says why).
+/// was created (replay marks what the journal held). A cluster node keeps them in the catalog
+/// instead (VolumeManager.ClusterBitmaps.cs).
 /// </summary>
 public sealed partial class VolumeManager
 {
@@ -17,10 +17,79 @@ public sealed partial class VolumeManager
     // Bitmaps whose frozen bits a running backup is copying. Guarded by _control.
     private readonly HashSet<DirtyBitmap> _runningBackups = [];
 
-    private string BitmapDirectory => _bitmapDirectory
-        ?? throw new VolumeException(VolumeErrorCode.InvalidArgument, "dirty bitmaps need a node with its own data directory: a cluster node does not keep them yet");
+    private void CheckBitmaps()
+    {
+        if (_bitmapDirectory is null && _bitmapStore is null)
+        {
+            throw new VolumeException(VolumeErrorCode.InvalidArgument, "dirty bitmaps need a node with its own data directory, or a cluster node with the dirty-region log on (--dirty-log on)");
+        }
+    }
 
-    private string BitmapPath(string volume, string bitmap) => Path.Combine(BitmapDirectory, volume, bitmap);
+    // The file of a new bitmap; none on a cluster node, whose catalog keeps it.
+    private string? NewBitmapPath(string volume, string bitmap) => _bitmapDirectory is null ? null : Path.Combine(_bitmapDirectory, volume, bitmap);
+
+    /// <summary>Saves a bitmap where this node keeps it: its file, or the catalog.</summary>
+    private async Task SaveBitmapAsync(DirtyBitmap bitmap, bool force)
+    {
+        if (_bitmapStore is not { } store)
+        {
+            bitmap.Save(force);
+            return;
+        }
+        // One save at a time: an older form must never land in the catalog after a newer one.
+        await _bitmapSaves.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (bitmap.Removed || bitmap.Encode(force) is not { } content)
+            {
+                return;
+            }
+            try
+            {
+                await store.SaveAsync(bitmap.Volume, bitmap.Name, content, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch
+            {
+                bitmap.Unsaved();
+                throw;
+            }
+        }
+        finally
+        {
+            _bitmapSaves.Release();
+        }
+    }
+
+    private async Task SaveBitmapsOfAsync(VolumeState v)
+    {
+        foreach (DirtyBitmap bitmap in v.Bitmaps)
+        {
+            await SaveBitmapAsync(bitmap, force: false).ConfigureAwait(false);
+        }
+    }
+
+    private async Task DeleteBitmapAsync(DirtyBitmap bitmap)
+    {
+        if (bitmap.Path is { } path)
+        {
+            File.Delete(path);
+            DirectorySync.Sync(Path.GetDirectoryName(path)!);
+        }
+        else if (_bitmapStore is { } store)
+        {
+            // Among the saves: one that read the bitmap before it went must not bring it back.
+            await _bitmapSaves.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                bitmap.Removed = true;
+                await store.DeleteAsync(bitmap.Volume, bitmap.Name, CancellationToken.None).ConfigureAwait(false);
+            }
+            finally
+            {
+                _bitmapSaves.Release();
+            }
+        }
+    }
 
     /// <summary>Loads the saved bitmaps, marks in them what the journal replayed at this start, saves
     /// them and lets the store forget the replayed list; then keeps them saved at every checkpoint.</summary>
@@ -117,7 +186,7 @@ public sealed partial class VolumeManager
         long g = granularity ?? DefaultBitmapGranularity;
         CheckName(name, "bitmap name");
         CheckGranularity(g);
-        _ = BitmapDirectory;
+        CheckBitmapsHeld(volume);
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
@@ -126,8 +195,9 @@ public sealed partial class VolumeManager
             {
                 throw new VolumeException(VolumeErrorCode.AlreadyExists, $"bitmap '{name}' already exists on volume '{volume}'");
             }
-            var bitmap = new DirtyBitmap(BitmapPath(volume, name), name, volume, g, v.Record.Size, DateTimeOffset.UtcNow);
-            bitmap.Save(force: true);
+            CheckBitmapFits(v.Record.Size, g);
+            var bitmap = new DirtyBitmap(NewBitmapPath(volume, name), name, volume, g, v.Record.Size, DateTimeOffset.UtcNow);
+            await SaveBitmapAsync(bitmap, force: true).ConfigureAwait(false);
             // Writes in flight finish first: what a bitmap tracks starts at one instant.
             await v.Gate.FreezeAsync().ConfigureAwait(false);
             try
@@ -151,7 +221,7 @@ public sealed partial class VolumeManager
 
     public async Task RemoveBitmapAsync(string volume, string name)
     {
-        _ = BitmapDirectory;
+        CheckBitmapsHeld(volume);
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
@@ -165,8 +235,7 @@ public sealed partial class VolumeManager
             {
                 v.Bitmaps = [.. v.Bitmaps.Where(b => b != bitmap)];
             }
-            File.Delete(bitmap.Path);
-            DirectorySync.Sync(Path.GetDirectoryName(bitmap.Path)!);
+            await DeleteBitmapAsync(bitmap).ConfigureAwait(false);
         }
         finally
         {
@@ -176,16 +245,20 @@ public sealed partial class VolumeManager
 
     public IReadOnlyList<BitmapInfo> ListBitmaps(string volume)
     {
-        _ = BitmapDirectory;
+        CheckBitmapsHeld(volume);
         return [.. FindLive(volume).Bitmaps.Select(b => b.Describe())];
     }
 
-    public BitmapInfo GetBitmap(string volume, string name) => FindBitmap(FindLive(volume), name).Describe();
+    public BitmapInfo GetBitmap(string volume, string name)
+    {
+        CheckBitmapsHeld(volume);
+        return FindBitmap(FindLive(volume), name).Describe();
+    }
 
     /// <summary>Forgets what the bitmap marked: from now on it tracks changes from this instant.</summary>
     public async Task<BitmapInfo> ClearBitmapAsync(string volume, string name)
     {
-        _ = BitmapDirectory;
+        CheckBitmapsHeld(volume);
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
@@ -204,7 +277,7 @@ public sealed partial class VolumeManager
             {
                 v.Gate.Thaw();
             }
-            bitmap.Save(force: true);
+            await SaveBitmapAsync(bitmap, force: true).ConfigureAwait(false);
             return bitmap.Describe();
         }
         finally
@@ -222,21 +295,26 @@ public sealed partial class VolumeManager
         }
     }
 
-    private static void SaveBitmapsOf(VolumeState v)
-    {
-        foreach (DirtyBitmap bitmap in v.Bitmaps)
-        {
-            bitmap.Save(force: false);
-        }
-    }
-
     /// <summary>A volume is deleted: its bitmaps go with it.</summary>
-    private void DeleteBitmapsOf(string volume)
+    private async Task DeleteBitmapsOfAsync(string volume)
     {
         if (_bitmapDirectory is not null && Directory.Exists(Path.Combine(_bitmapDirectory, volume)))
         {
             Directory.Delete(Path.Combine(_bitmapDirectory, volume), recursive: true);
             DirectorySync.Sync(_bitmapDirectory);
+        }
+        else if (_bitmapStore is { } store)
+        {
+            // After any save in progress; none starts later, the volume being gone from the maps.
+            await _bitmapSaves.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                await store.DeleteAsync(volume, null, CancellationToken.None).ConfigureAwait(false);
+            }
+            finally
+            {
+                _bitmapSaves.Release();
+            }
         }
     }
 }

@@ -147,6 +147,16 @@ public sealed partial class VolumeManager
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
+            // Everything may read differently afterwards: marked and saved before the rollback is
+            // committed (one refused only over-reports).
+            VolumeState before = FindLive(name);
+            long targetSize = Find($"{name}@{tag}").Record.Size;
+            foreach (DirtyBitmap bitmap in before.Bitmaps)
+            {
+                bitmap.Grow(targetSize);
+            }
+            MarkAll(before, 0, Math.Max(before.Record.Size, targetSize));
+            await SaveBitmapsOfAsync(before).ConfigureAwait(false);
             VolumeRecord old = await CommitAsync<VolumeRecord>(state =>
             {
                 VolumeState v = FindLive(name);
@@ -161,13 +171,6 @@ public sealed partial class VolumeManager
                 // is no longer named and its objects go.
                 VolumeRecord top = v.Record;
                 VolumeRecord live = top with { Id = state.NextId, ParentId = target.Record.Id, Size = target.Record.Size };
-                // Everything may read differently now (no client is connected, so no write races this).
-                foreach (DirtyBitmap bitmap in v.Bitmaps)
-                {
-                    bitmap.Grow(live.Size);
-                }
-                MarkAll(v, 0, Math.Max(top.Size, live.Size));
-                SaveBitmapsOf(v);
                 return ([.. state.Volumes.Select(r => r.Id == top.Id ? live : r)], top);
             }).ConfigureAwait(false);
             await DeleteObjectsAsync(old.Id).ConfigureAwait(false);
@@ -226,7 +229,7 @@ public sealed partial class VolumeManager
             {
                 if (!deleted.IsSnapshot)
                 {
-                    DeleteBitmapsOf(deleted.Name);
+                    await DeleteBitmapsOfAsync(deleted.Name).ConfigureAwait(false);
                 }
                 await DeleteObjectsAsync(deleted.Id).ConfigureAwait(false);
                 return;

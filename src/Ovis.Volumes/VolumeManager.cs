@@ -80,7 +80,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         DataDirectory data = await DataDirectory.OpenAsync(dataDirectory, storeOptions, logger, cancellationToken).ConfigureAwait(false);
         try
         {
-            return await StartAsync(data.Store, EmbeddedRegistry.Open(dataDirectory), logger, data, cancellationToken).ConfigureAwait(false);
+            return await StartAsync(data.Store, EmbeddedRegistry.Open(dataDirectory), bitmaps: null, logger, data, cancellationToken).ConfigureAwait(false);
         }
         catch
         {
@@ -95,14 +95,19 @@ public sealed partial class VolumeManager : IAsyncDisposable
     /// disposing it leaves both open.
     /// </summary>
     public static Task<VolumeManager> OpenAsync(IObjectStore store, IVolumeRegistry registry, ILogger logger, CancellationToken cancellationToken = default)
+        => OpenAsync(store, registry, bitmaps: null, logger, cancellationToken);
+
+    /// <summary>As above, with the volumes' dirty bitmaps kept in <paramref name="bitmaps"/> (a
+    /// cluster node's catalog); without it, such a manager has no bitmaps.</summary>
+    public static Task<VolumeManager> OpenAsync(IObjectStore store, IVolumeRegistry registry, IBitmapStore? bitmaps, ILogger logger, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(registry);
         ArgumentNullException.ThrowIfNull(logger);
-        return StartAsync(store, registry, logger, owned: null, cancellationToken);
+        return StartAsync(store, registry, bitmaps, logger, owned: null, cancellationToken);
     }
 
-    private static async Task<VolumeManager> StartAsync(IObjectStore store, IVolumeRegistry registry, ILogger logger, DataDirectory? owned, CancellationToken cancellationToken)
+    private static async Task<VolumeManager> StartAsync(IObjectStore store, IVolumeRegistry registry, IBitmapStore? bitmaps, ILogger logger, DataDirectory? owned, CancellationToken cancellationToken)
     {
         // The objects are listed before the registry is read: an object listed then existed then,
         // so its layer was in the registry already (a layer is saved before any of its data is
@@ -110,7 +115,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
         // created in between would look like an orphan.
         IReadOnlyCollection<ObjectId> objects = store.ListObjects();
         VersionedCatalog loaded = await registry.LoadAsync(cancellationToken).ConfigureAwait(false);
-        var manager = new VolumeManager(store, registry, logger, owned, loaded);
+        var manager = new VolumeManager(store, registry, logger, owned, loaded) { _bitmapStore = bitmaps };
         await manager.RemoveOrphansAsync(objects, loaded.State).ConfigureAwait(false);
         manager.StartBitmaps();
         manager._watch = Task.Run(() => manager.FollowRegistryAsync(manager._stopping.Token), CancellationToken.None);
@@ -301,6 +306,24 @@ public sealed partial class VolumeManager : IAsyncDisposable
         await _control.WaitAsync().ConfigureAwait(false);
         try
         {
+            // Bits for the new end exist before any write can reach it; the range that appears or
+            // goes is a change for every bitmap (zeroes where a backup had data), saved before the
+            // resize is committed (one refused only over-reports).
+            VolumeState before = FindLive(name);
+            long oldSize = before.Record.Size;
+            if (newSize >= oldSize || allowShrink)
+            {
+                foreach (DirtyBitmap bitmap in before.Bitmaps)
+                {
+                    CheckBitmapFits(newSize, bitmap.Granularity);
+                }
+                foreach (DirtyBitmap bitmap in before.Bitmaps)
+                {
+                    bitmap.Grow(newSize);
+                }
+                MarkAll(before, Math.Min(newSize, oldSize), Math.Abs(newSize - oldSize));
+                await SaveBitmapsOfAsync(before).ConfigureAwait(false);
+            }
             (VolumeState v, VolumeRecord old) = await CommitAsync<(VolumeState, VolumeRecord)>(state =>
             {
                 VolumeState found = FindLive(name);
@@ -318,20 +341,12 @@ public sealed partial class VolumeManager : IAsyncDisposable
                         throw new VolumeException(VolumeErrorCode.InUse, $"volume '{name}' is exported to {found.Connections} connection(s): disconnect them before shrinking");
                     }
                 }
-                // Bits for the new end exist before any write can reach it; the range that
-                // appears or goes is a change for every bitmap (zeroes where a backup had data).
-                foreach (DirtyBitmap bitmap in found.Bitmaps)
-                {
-                    bitmap.Grow(newSize);
-                }
-                MarkAll(found, Math.Min(newSize, r.Size), Math.Abs(newSize - r.Size));
                 return (Replace(state, r with { Size = newSize }), (found, r));
             }).ConfigureAwait(false);
             if (newSize < old.Size)
             {
                 await DiscardBeyondAsync(v.Chain, old, newSize).ConfigureAwait(false);
             }
-            SaveBitmapsOf(v);
             return Describe(v);
         }
         finally

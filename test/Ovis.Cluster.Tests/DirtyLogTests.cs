@@ -166,4 +166,44 @@ public sealed class DirtyLogTests
         Assert.Equal([1u], store.Records[8]);
         Assert.False(log.IsMarked(new ObjectId(8, 1)));
     }
+
+    /// <summary>The step a dirty bitmap relies on (docs/backup.md): an object is forgotten only after
+    /// BeforeClear has run for its layer — while the save still names it — and never when it failed.</summary>
+    [Fact]
+    public async Task Objects_are_cleared_only_after_BeforeClear_ran_for_their_layer_and_never_when_it_failed()
+    {
+        var store = new MemoryLogStore();
+        await using var log = new DirtyLog(store, NullLogger.Instance, TimeSpan.FromMilliseconds(100));
+        var seen = new ConcurrentQueue<(uint Layer, bool StillLogged)>();
+        bool fail = true;
+        log.BeforeClear = layers =>
+        {
+            foreach (uint layer in layers)
+                seen.Enqueue((layer, store.Records.ContainsKey(layer)));
+            return fail ? throw new IOException("the bitmap could not be saved") : Task.CompletedTask;
+        };
+        var id = new ObjectId(9, 4);
+        await log.BeginWriteAsync(id);
+        log.EndWrite(id, missed: false);
+        long generation = log.FlushStarting(9);
+        log.FlushDone(9, generation);
+
+        await Eventually.TrueAsync(() => Task.FromResult(seen.Count >= 2), T, "BeforeClear was called, and failed, twice");
+        Assert.Equal([4u], store.Records[9]);
+        Assert.True(log.IsMarked(id));
+
+        fail = false;
+        await Eventually.TrueAsync(() => Task.FromResult(!store.Records.ContainsKey(9)), T, "the object was cleared");
+        Assert.All(seen, s => Assert.True(s.Layer == 9 && s.StillLogged));
+
+        // Release runs it too, before it clears.
+        fail = true;
+        var other = new ObjectId(10, 0);
+        await log.BeginWriteAsync(other);
+        log.EndWrite(other, missed: false);
+        generation = log.FlushStarting(10);
+        log.FlushDone(10, generation);
+        await log.ReleaseAsync([10u]).WaitAsync(T);
+        Assert.Equal([0u], store.Records[10]);
+    }
 }

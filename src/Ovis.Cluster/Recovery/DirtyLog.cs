@@ -26,6 +26,9 @@ public sealed partial class DirtyLog : IAsyncDisposable
     private readonly Task _clearer;
     private TaskCompletionSource _next = NewBatch();
     private bool _saveQueued;
+    // Counts the writes that ended; an entry keeps the count of its last one, so a clear can tell
+    // the writes that ended before a bitmap save from those after, whatever the clock's resolution.
+    private long _ends;
 
     /// <param name="clearAfter">How long an object stays marked after its last write (and a flush).</param>
     public DirtyLog(IDirtyLogStore store, ILogger logger, TimeSpan clearAfter)
@@ -35,6 +38,14 @@ public sealed partial class DirtyLog : IAsyncDisposable
         _clearAfter = clearAfter;
         _clearer = Task.Run(() => ClearLoopAsync(_stop.Token));
     }
+
+    /// <summary>
+    /// Called before objects of the given layers are forgotten (cleared in the catalog): a dirty
+    /// bitmap relies on the log to name every object changed since its last save, so it is saved
+    /// here first (docs/backup.md). Only objects whose last write ended before the call are
+    /// cleared; when it throws, none is.
+    /// </summary>
+    public Func<IReadOnlyCollection<uint>, Task>? BeforeClear { get; set; }
 
     /// <summary>Objects marked now (durably or on their way).</summary>
     public int Count => _entries.Count;
@@ -179,6 +190,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
         LayerState layer = Layer(id.Volume);
         entry.Generation = Interlocked.Read(ref layer.Generation);
         entry.LastWrite = Environment.TickCount64;
+        entry.Ended = Interlocked.Increment(ref _ends);
         if (missed)
             entry.Missed = true;
         Interlocked.Decrement(ref entry.Writers);
@@ -301,7 +313,17 @@ public sealed partial class DirtyLog : IAsyncDisposable
         {
             while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
             {
-                if (ClearIdle() > 0)
+                long before = long.MaxValue;
+                HashSet<uint>? layers = null;
+                if (BeforeClear is not null)
+                {
+                    // Only the layers whose bitmaps were saved, and only what was written before.
+                    layers = ClearableLayers();
+                    before = Interlocked.Read(ref _ends);
+                    if (layers.Count == 0 || !await RunBeforeClearAsync(layers).ConfigureAwait(false))
+                        continue;
+                }
+                if (ClearIdle(layers, before: before) > 0)
                 {
                     lock (_batchLock)
                     {
@@ -318,9 +340,50 @@ public sealed partial class DirtyLog : IAsyncDisposable
         }
     }
 
+    // Whether an entry may be cleared now: every copy took every write, a flush covered them,
+    // it is idle, and its last write was among the first `before` to end (so a bitmap save
+    // started after counting them has its bits).
+    private bool Clearable(ObjectId id, Entry entry, long now, long idle, long before)
+    {
+        LayerState layer = Layer(id.Volume);
+        return !entry.Missed && entry.Durable.IsCompletedSuccessfully && now - entry.LastWrite >= idle && entry.Ended <= before
+            && (entry.Generation < Interlocked.Read(ref layer.Covered) || entry.Generation == long.MinValue);
+    }
+
+    private HashSet<uint> ClearableLayers()
+    {
+        long now = Environment.TickCount64;
+        long idle = (long)_clearAfter.TotalMilliseconds;
+        var layers = new HashSet<uint>();
+        foreach (var (id, entry) in _entries)
+        {
+            if (Clearable(id, entry, now, idle, long.MaxValue))
+                layers.Add(id.Volume);
+        }
+        return layers;
+    }
+
+    private async Task<bool> RunBeforeClearAsync(IReadOnlyCollection<uint> layers)
+    {
+        if (BeforeClear is not { } beforeClear)
+            return true;
+        try
+        {
+            await beforeClear(layers).ConfigureAwait(false);
+            return true;
+        }
+#pragma warning disable CA1031 // Nothing is cleared then: the objects stay logged, which only over-reports.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            LogBeforeClearFailed(_logger, ex);
+            return false;
+        }
+    }
+
     /// <summary>Drops the entries that may be cleared now (of <paramref name="only"/> layers, when
-    /// given); returns how many.</summary>
-    private int ClearIdle(IReadOnlyCollection<uint>? only = null, bool ignoreIdle = false)
+    /// given; whose last write ended among the first <paramref name="before"/>); returns how many.</summary>
+    private int ClearIdle(IReadOnlyCollection<uint>? only = null, bool ignoreIdle = false, long before = long.MaxValue)
     {
         long now = Environment.TickCount64;
         long idle = ignoreIdle ? long.MinValue : (long)_clearAfter.TotalMilliseconds;
@@ -330,8 +393,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
             if (only is not null && !only.Contains(id.Volume))
                 continue;
             LayerState layer = Layer(id.Volume);
-            if (entry.Missed || !entry.Durable.IsCompletedSuccessfully || now - entry.LastWrite < idle
-                || entry.Generation >= Interlocked.Read(ref layer.Covered) && entry.Generation != long.MinValue)
+            if (!Clearable(id, entry, now, idle, before))
                 continue;
             // No writer may be inside while it goes: a writer arriving now sees the sentinel and marks again.
             if (Interlocked.CompareExchange(ref entry.Writers, int.MinValue / 2, 0) != 0)
@@ -353,7 +415,9 @@ public sealed partial class DirtyLog : IAsyncDisposable
     /// </summary>
     public async Task ReleaseAsync(IReadOnlyCollection<uint> layers)
     {
-        ClearIdle(layers, ignoreIdle: true);
+        long before = BeforeClear is null ? long.MaxValue : Interlocked.Read(ref _ends);
+        if (await RunBeforeClearAsync(layers).ConfigureAwait(false))
+            ClearIdle(layers, ignoreIdle: true, before);
         bool save;
         Task queued;
         lock (_batchLock)
@@ -392,6 +456,8 @@ public sealed partial class DirtyLog : IAsyncDisposable
         public Task Durable = Task.CompletedTask;
         public long Generation = long.MaxValue;
         public long LastWrite = Environment.TickCount64;
+        // DirtyLog._ends when its last write ended; 0 before any.
+        public long Ended;
         public bool Missed;
     }
 
@@ -407,6 +473,9 @@ public sealed partial class DirtyLog : IAsyncDisposable
 
         public Task Adopted => AdoptedSource.Task;
     }
+
+    [LoggerMessage(EventId = 69, Level = LogLevel.Warning, Message = "Could not save the dirty bitmaps before clearing the dirty-region log; the objects stay logged")]
+    private static partial void LogBeforeClearFailed(ILogger logger, Exception exception);
 
     [LoggerMessage(EventId = 60, Level = LogLevel.Error, Message = "Could not save the dirty-region log; the writes waiting for it fail")]
     private static partial void LogSaveFailed(ILogger logger, Exception exception);

@@ -35,10 +35,11 @@ public static partial class AdminApi
         return TypedResults.Accepted($"{Prefix}/jobs/{job.Id}", new JobAccepted(job.Id));
     }
 
-    private static async Task<Accepted<JobAccepted>> RestoreVolumeAsync(string name, HttpRequest request, VolumeManager volumes, JobRegistry jobs, CancellationToken cancellationToken)
+    private static async Task<Accepted<JobAccepted>> RestoreVolumeAsync(string name, HttpRequest request, VolumeManager volumes, JobRegistry jobs, IServiceProvider services, CancellationToken cancellationToken)
     {
         var sources = await AdminRequestReader.ReadSourcesAsync(request, cancellationToken);
-        var runner = new RestoreRunner(volumes);
+        // In a cluster the volume is written under its lock, taken once it exists.
+        var runner = new RestoreRunner(volumes, services.GetService(typeof(VolumeLocks)) is VolumeLocks locks ? target => LockForChangeAsync(locks, volumes, target) : null);
         var job = jobs.Start("restore", name, (JobContext context) => runner.RestoreAsync(context, name, sources));
         return TypedResults.Accepted($"{Prefix}/jobs/{job.Id}", new JobAccepted(job.Id));
     }

@@ -19,10 +19,14 @@ public static partial class AdminApi
     /// refused with 409 naming the holder while another node serves the volume. Null on an
     /// embedded node. The volume is looked up first, so a missing one is still a 404.
     /// </summary>
-    private static async Task<IAsyncDisposable?> LockForChangeAsync(IServiceProvider services, VolumeManager volumes, string name)
+    private static Task<IAsyncDisposable?> LockForChangeAsync(IServiceProvider services, VolumeManager volumes, string name)
+        => LockForChangeAsync(services.GetService(typeof(VolumeLocks)) as VolumeLocks, volumes, name);
+
+    /// <summary>As above, with the node's locks looked up already (a job runs after its request's services are gone).</summary>
+    private static async Task<IAsyncDisposable?> LockForChangeAsync(VolumeLocks? locks, VolumeManager volumes, string name)
     {
         volumes.Get(name);
-        if (services.GetService(typeof(VolumeLocks)) is not VolumeLocks locks)
+        if (locks is null)
         {
             return null;
         }

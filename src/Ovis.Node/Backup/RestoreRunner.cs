@@ -6,7 +6,8 @@ using Ovis.Volumes;
 namespace Ovis.Node.Backup;
 
 /// <summary>Restore of a backup chain into a volume, and verify of a volume or snapshot against one.</summary>
-internal sealed class RestoreRunner(VolumeManager volumes)
+/// <param name="lockFor">Takes a volume's lock before it is written (in a cluster; null elsewhere).</param>
+internal sealed class RestoreRunner(VolumeManager volumes, Func<string, Task<IAsyncDisposable?>>? lockFor = null)
 {
     private const int Chunk = 1 << 20;
 
@@ -38,6 +39,7 @@ internal sealed class RestoreRunner(VolumeManager volumes)
         {
             await volumes.CreateAsync(name, chain.Size).ConfigureAwait(false);
         }
+        await using IAsyncDisposable? held = lockFor is null ? null : await lockFor(name).ConfigureAwait(false);
         using Volume target = volumes.Open(name) ?? throw new VolumeException(VolumeErrorCode.NotFound, $"volume '{name}' not found");
         Check(await target.ZeroAsync(0, chain.Size, keepAllocated: false, fua: false).ConfigureAwait(false), name);
         byte[] buffer = new byte[Chunk];
