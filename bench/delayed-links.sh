@@ -3,13 +3,13 @@
 # (write-through; the baseline issue 12's writeback cache is measured against). An etcd and three
 # nodes in three zones, 3 copies; every node's peer port sits behind bench/tools/delay-proxy.py
 # and is published with --advertise-peer, so every copy crosses the delay. For each one-way delay
-# in DELAYS (ms, default "0 2"), through node a: fio 4k QD1 randwrite (mean and p99 latency),
+# in DELAYS (ms, default "none 0 2"; "none" is no proxy at all, to show the proxy's own cost), through node a: fio 4k QD1 randwrite (mean and p99 latency),
 # 4k QD1 write + fsync (fio's fsync is NBD_CMD_FLUSH), and 4k QD32 randwrite (IOPS).
 # Environment: RT (seconds per job, default 10), SIZE (256M), DELAYS, BENCH_DIR.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${BENCH_DIR:-$root/artifacts/bench-delayed-links}
-rt=${RT:-10}; size=${SIZE:-256M}; delays=${DELAYS:-0 2}
+rt=${RT:-10}; size=${SIZE:-256M}; delays=${DELAYS:-none 0 2}
 etcd_port=${ETCD_PORT:-23795}
 for cmd in fio python3 etcd curl; do
   command -v "$cmd" >/dev/null || { echo "$cmd is missing: apt-get install -y fio etcd-server curl" >&2; exit 2; }
@@ -39,10 +39,14 @@ for delay in $delays; do
   "$root/ovis" cluster format --copies 3 --etcd "$uri" >/dev/null
   i=0
   for zone in a b c; do
-    python3 "$root/bench/tools/delay-proxy.py" "$((7290 + i))" "$((7190 + i))" "$delay" &
-    pids+=("$!")
+    advertised=$((7190 + i))
+    if [ "$delay" != none ]; then
+      python3 "$root/bench/tools/delay-proxy.py" "$((7290 + i))" "$((7190 + i))" "$delay" &
+      pids+=("$!")
+      advertised=$((7290 + i))
+    fi
     dotnet "$root/artifacts/bin/ovis.dll" serve --data "$dir/$zone" --nbd "127.0.0.1:$((10850 + i))" --admin "127.0.0.1:$((7095 + i))" \
-      --peer "127.0.0.1:$((7190 + i))" --advertise-peer "127.0.0.1:$((7290 + i))" --cluster "$uri" --zone "$zone" --node-id "n-$zone" \
+      --peer "127.0.0.1:$((7190 + i))" --advertise-peer "127.0.0.1:$advertised" --cluster "$uri" --zone "$zone" --node-id "n-$zone" \
       >"$dir/$zone.out" 2>"$dir/$zone.err" &
     pids+=("$!")
     for _ in $(seq 200); do grep -q '^admin listening' "$dir/$zone.out" 2>/dev/null && break; sleep 0.1; done
@@ -50,11 +54,12 @@ for delay in $delays; do
     i=$((i + 1))
   done
   "$root/ovis" vdi create bench "$size" --admin "http://127.0.0.1:7095" >/dev/null
+  label=$([ "$delay" = none ] && echo "no proxy" || echo "${delay} ms")
   fio --ioengine=nbd --uri="nbd://127.0.0.1:10850/bench" --name=fill --rw=write --bs=1M --iodepth=8 --size="$size" >/dev/null 2>&1
   read -r iops mean p99 < <(fio_job qd1 --rw=randwrite --iodepth=1)
-  printf '%-10s %-26s %10s %10s %10s\n' "${delay} ms" "randwrite 4k QD1" "$iops" "$mean" "$p99"
+  printf '%-10s %-26s %10s %10s %10s\n' "$label" "randwrite 4k QD1" "$iops" "$mean" "$p99"
   read -r iops mean p99 < <(fio_job flush --rw=randwrite --iodepth=1 --fsync=1)
-  printf '%-10s %-26s %10s %10s %10s\n' "${delay} ms" "4k QD1 write + flush" "$iops" "$mean" "$p99"
+  printf '%-10s %-26s %10s %10s %10s\n' "$label" "4k QD1 write + flush" "$iops" "$mean" "$p99"
   read -r iops mean p99 < <(fio_job qd32 --rw=randwrite --iodepth=32)
-  printf '%-10s %-26s %10s %10s %10s\n' "${delay} ms" "randwrite 4k QD32" "$iops" "$mean" "$p99"
+  printf '%-10s %-26s %10s %10s %10s\n' "$label" "randwrite 4k QD32" "$iops" "$mean" "$p99"
 done
