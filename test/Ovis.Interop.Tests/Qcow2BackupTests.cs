@@ -62,6 +62,27 @@ public sealed class Qcow2BackupTests(ITestOutputHelper output) : InteropTest(nul
         Assert.Equal($"ovis: '{full}' is a qcow2 backup, which reads through its backing files: name only the chain's last link", r.Stderr.Trim());
     }
 
+    /// <summary>A raw backup whose first bytes are a qcow2 header (the volume holds a qcow2 image) restores as raw bytes, not as the image inside.</summary>
+    [Fact]
+    public async Task A_raw_backup_of_a_volume_holding_a_qcow2_image_restores_the_raw_bytes()
+    {
+        await using var daemon = await OvisDaemon.StartNewAsync();
+        Daemon = daemon;
+        var vol = await CreateVolume("bk-probe", "8M");
+        var dir = ScratchDirectory();
+        var inner = Path.Combine(dir, "inner.qcow2");
+        await RunOk("qemu-img", ["create", "-q", "-f", "qcow2", inner, "4M"]);
+        await RunOk("qemu-io", ["-f", "qcow2", "-c", "write -P 0x77 0 1M", inner]);
+        // The qcow2 file's bytes, as they are, at the start of the volume.
+        await RunOk("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", inner, daemon.NbdUri(vol)]);
+
+        var raw = Path.Combine(dir, "probe.raw");
+        await BackupJson(vol, raw);
+        var restored = UniqueName("bk-probe-restored");
+        await JobJson("vdi", "restore", raw, restored);
+        await Identical(daemon.NbdUri(restored), daemon.NbdUri(vol), "raw");
+    }
+
     private async Task Identical(string image, string snapshotUri, string format = "qcow2")
     {
         var compare = await RunOk("qemu-img", ["compare", "-f", format, "-F", "raw", image, snapshotUri], TimeSpan.FromSeconds(120));

@@ -13,8 +13,6 @@ namespace Ovis.Node.Backup;
 /// </summary>
 internal sealed class QemuNbdServer : IAsyncDisposable
 {
-    private static readonly byte[] Magic = [(byte)'Q', (byte)'F', (byte)'I', 0xfb];
-
     private readonly Process _process;
     private readonly string _socket;
 
@@ -27,28 +25,11 @@ internal sealed class QemuNbdServer : IAsyncDisposable
 
     public NbdClient Client { get; }
 
-    /// <summary>True when <paramref name="path"/> names a qcow2 file (by its name for one to create, by its magic for one that exists).</summary>
+    /// <summary>True when <paramref name="path"/> names a qcow2 file: by its name alone, never by its
+    /// first bytes — a raw backup of a volume that holds a qcow2 image starts with qcow2's magic,
+    /// and reading it as qcow2 would restore the image inside instead of the volume.</summary>
     public static bool IsQcow2(string path)
-    {
-        if (NbdClient.IsNbdUri(path))
-        {
-            return false;
-        }
-        if (path.EndsWith(".qcow2", StringComparison.OrdinalIgnoreCase))
-        {
-            return true;
-        }
-        try
-        {
-            using var file = File.OpenRead(path);
-            Span<byte> magic = stackalloc byte[4];
-            return file.Read(magic) == 4 && magic.SequenceEqual(Magic);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return false;
-        }
-    }
+        => !NbdClient.IsNbdUri(path) && path.EndsWith(".qcow2", StringComparison.OrdinalIgnoreCase);
 
     /// <summary>Creates a qcow2 image of <paramref name="size"/> bytes, reading through <paramref name="backing"/> (a qcow2 file) where it has not been written.</summary>
     public static async Task CreateAsync(string path, long size, string? backing, CancellationToken ct)
