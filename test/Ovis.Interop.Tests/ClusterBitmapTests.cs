@@ -154,17 +154,6 @@ public sealed class ClusterBitmapTests(EtcdCluster etcd, ITestOutputHelper outpu
         return job;
     }
 
-    /// <summary>A command that follows a job, with --json; returns the finished job (its last line).</summary>
-    private async Task<JsonElement> JobJson(OvisDaemon d, string[] args)
-    {
-        var r = await d.Cli([.. args, "--json"]);
-        Log(r.Describe());
-        Assert.True(r.Succeeded, $"ovis {string.Join(' ', args)} failed:\n{r.Describe()}\n{d.Log}");
-        using var doc = JsonDocument.Parse(r.Stdout.Trim().Split('\n')[^1]);
-        Assert.Equal("done", doc.RootElement.GetProperty("state").GetString());
-        return doc.RootElement.Clone();
-    }
-
     /// <summary>The object indexes the dirty-region log names now, in any layer (one volume per cluster here).</summary>
     private async Task<HashSet<long>> LoggedObjects(string cluster)
     {

@@ -31,7 +31,7 @@ internal abstract class BackupTarget : IAsyncDisposable
             }
             var server = await QemuNbdServer.StartAsync(dest, readOnly: false, ct).ConfigureAwait(false);
             server.Client.RequestTimeout = requestTimeout;
-            return new Qcow2Target(server);
+            return new NbdTarget(server.Client, server);
         }
         if (NbdClient.IsNbdUri(dest))
         {
@@ -81,11 +81,14 @@ internal sealed class FileTarget(SafeFileHandle file) : BackupTarget
     }
 }
 
-internal sealed class NbdTarget(NbdClient client) : BackupTarget
+/// <summary>An NBD export; or a qcow2 file through the private qemu-nbd <paramref name="qcow2"/>,
+/// which a fresh image (or its backing file, for an incremental) makes read what is not
+/// written, so nothing is zeroed there.</summary>
+internal sealed class NbdTarget(NbdClient client, QemuNbdServer? qcow2 = null) : BackupTarget
 {
     private static readonly byte[] Zeroes = new byte[1 << 20];
 
-    public override bool NeedsZeroes => true;
+    public override bool NeedsZeroes => qcow2 is null;
 
     public override Task WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken ct) => client.WriteAsync(offset, data, ct);
 
@@ -94,20 +97,7 @@ internal sealed class NbdTarget(NbdClient client) : BackupTarget
 
     public override Task FlushAsync(CancellationToken ct) => client.FlushAsync(ct);
 
-    public override ValueTask DisposeAsync() => client.DisposeAsync();
+    // The server's disposal closes its client too.
+    public override ValueTask DisposeAsync() => qcow2?.DisposeAsync() ?? client.DisposeAsync();
 }
 
-/// <summary>A qcow2 file through a private qemu-nbd: a fresh image (or its backing file, for an
-/// incremental) already reads what is not written, so nothing is zeroed.</summary>
-internal sealed class Qcow2Target(QemuNbdServer server) : BackupTarget
-{
-    public override bool NeedsZeroes => false;
-
-    public override Task WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken ct) => server.Client.WriteAsync(offset, data, ct);
-
-    public override Task ZeroAsync(long offset, int length, CancellationToken ct) => Task.CompletedTask;
-
-    public override Task FlushAsync(CancellationToken ct) => server.Client.FlushAsync(ct);
-
-    public override ValueTask DisposeAsync() => server.DisposeAsync();
-}

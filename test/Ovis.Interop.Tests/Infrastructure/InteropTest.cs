@@ -121,20 +121,24 @@ public abstract class InteropTest : IDisposable
         }
     }
 
-    /// <summary>`ovis vdi create NAME SIZE`, checked; returns the name.</summary>
     protected Task<JsonElement> BackupJson(string vol, string dest, params string[] options) => JobJson(["vdi", "backup", vol, dest, .. options]);
 
-    /// <summary>A command that follows a job, with --json; returns the finished job (its last line).</summary>
-    protected async Task<JsonElement> JobJson(params string[] args)
+    /// <summary>A command that follows a job on the test's daemon, with --json; returns the finished job.</summary>
+    protected Task<JsonElement> JobJson(params string[] args) => JobJson(Daemon, args);
+
+    /// <summary>A command that follows a job on <paramref name="daemon"/>, with --json; returns the finished job (its last line).</summary>
+    protected async Task<JsonElement> JobJson(OvisDaemon daemon, string[] args)
     {
-        var r = await Cli([.. args, "--json"]);
-        Assert.True(r.Succeeded, $"ovis {string.Join(' ', args)} failed:\n{r.Describe()}\n{DaemonState()}");
+        var r = await daemon.Cli([.. args, "--json"]);
+        Log(r.Describe());
+        Assert.True(r.Succeeded, $"ovis {string.Join(' ', args)} failed:\n{r.Describe()}\n{DaemonState(daemon)}");
         // --json prints the job once per poll; the last line is the finished job.
         using var doc = JsonDocument.Parse(r.Stdout.Trim().Split('\n')[^1]);
         Assert.Equal("done", doc.RootElement.GetProperty("state").GetString());
         return doc.RootElement.Clone();
     }
 
+    /// <summary>`ovis vdi create NAME SIZE`, checked; returns the name.</summary>
     protected async Task<string> CreateVolume(string name, string size, string? objectSize = null)
     {
         var args = new List<string> { "vdi", "create", name, size };
@@ -216,14 +220,9 @@ public abstract class InteropTest : IDisposable
         }
     }
 
-    protected string DaemonState()
-    {
-        if (DaemonOrNull is not { } d)
-        {
-            return "";
-        }
-        return (d.IsRunning ? "daemon: running\n" : "daemon: NOT RUNNING\n") + d.Log;
-    }
+    protected string DaemonState() => DaemonOrNull is { } d ? DaemonState(d) : "";
+
+    private static string DaemonState(OvisDaemon d) => (d.IsRunning ? "daemon: running\n" : "daemon: NOT RUNNING\n") + d.Log;
 
     public void Dispose()
     {
