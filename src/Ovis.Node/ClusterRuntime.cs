@@ -62,8 +62,22 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         PeerServer = new PeerServer(local, this, fences, new PeerServerOptions(), logger);
     }
 
-    /// <summary>The store volumes use: every object on its placement's nodes.</summary>
+    /// <summary>The gateway: every object on its placement's nodes.</summary>
     public ReplicatedStore Store { get; }
+
+    /// <summary>The writeback cache over the gateway; null until <see cref="OpenCache"/>.</summary>
+    public Ovis.Cluster.Cache.WritebackCache? Cache { get; private set; }
+
+    /// <summary>The store volumes use: the cache over the gateway.</summary>
+    public IObjectStore VolumeStore => Cache ?? (IObjectStore)Store;
+
+    /// <summary>Opens the node's cache log in <paramref name="directory"/> (creating it the first
+    /// time) and takes in what it held; before the volumes open.</summary>
+    public void OpenCache(string directory, long size, Func<uint, bool> writeback)
+    {
+        var log = CacheLog.Open(directory, size, _logger, out IReadOnlyList<CacheRecord> recovered);
+        Cache = new Ovis.Cluster.Cache.WritebackCache(Store, log, recovered, writeback, _logger);
+    }
 
     /// <summary>The recovery of the volumes this node writes; null until the volumes are open.</summary>
     public VolumeRecovery? Recovery => _recovery;
@@ -381,6 +395,8 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
         await _stop.CancelAsync().ConfigureAwait(false);
         await _watch.ConfigureAwait(false);
         await _staleCheck.ConfigureAwait(false);
+        if (Cache is { } cache)
+            await cache.DisposeAsync().ConfigureAwait(false);
         if (Store.DirtyLog is { } log)
             await log.DisposeAsync().ConfigureAwait(false);
         await _replicas.DisposeAsync().ConfigureAwait(false);

@@ -50,6 +50,7 @@ public sealed partial class OvisNode
         var locks = membership.Catalog is { } catalog && cluster is not null
             ? new VolumeLocks(catalog, () => membership.Registration, cluster.FenceAsync, cluster.StartRecoveryAsync,
                 volume => volumes.TryGet()?.LayersOf(volume) ?? [], layer => volumes.TryGet()?.VolumeOfLayer(layer), StoreLoggerFactory.CreateLogger("Ovis.Cluster"))
+            { Cache = cluster.Cache }
             : null;
         var connections = new NbdConnectionLimit(options.MaxNbdConnections);
         builder.Services.AddSingleton(services => new NodeMetrics(volumes, recovery, connections));

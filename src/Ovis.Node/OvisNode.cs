@@ -28,6 +28,7 @@ public sealed partial class OvisNode : IAsyncDisposable
     private readonly RecoveryControl? _recovery;
     private readonly DataDirectory? _data;
     private Task? _stopTask;
+    private CacheReplay? _cacheReplay;
 
     private OvisNode(WebApplication app, NodeVolumes volumes, NodeStatus status, ClusterMembership membership,
         ClusterRuntime? cluster, RecoveryControl? recovery, DataDirectory? data, TimeSpan shutdownTimeout, ILogger logger)
@@ -98,6 +99,12 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var nodeId = joining.NodeId ?? ClusterMembership.ReadOrCreateNodeId(dataDirectory);
                 var fences = await OpenDataAsync(dataDirectory, () => Task.FromResult(FenceTable.Open(Path.Combine(dataDirectory, FencesFile))));
                 cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, fences, joining.Recovery, clusterLogger, cancellationToken));
+                var cacheDirectory = Path.GetFullPath(options.CacheDirectory ?? Path.Combine(dataDirectory, "cache"));
+                await OpenDataAsync(cacheDirectory, () =>
+                {
+                    cluster.OpenCache(cacheDirectory, options.CacheSize, layer => volumes.TryGet()?.CacheModeOf(layer) == CacheMode.Writeback);
+                    return Task.FromResult(true);
+                });
                 recovery = new RecoveryControl(new RecoveryCatalog(membership.Catalog!), nodeId, clusterLogger);
             }
             else
@@ -136,7 +143,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                 {
                     await cluster.StartAsync(clusterOptions.DownOutInterval, cancellationToken);
                     await recovery!.StartAsync(membership.Registration!.LeaseId, cancellationToken);
-                    var manager = await VolumeManager.OpenAsync(cluster.Store, registry, cluster.Bitmaps, clusterLogger, cancellationToken);
+                    var manager = await VolumeManager.OpenAsync(cluster.VolumeStore, registry, cluster.Bitmaps, clusterLogger, cancellationToken);
                     // Attached before the volumes are published: no volume's lock is taken before
                     // its recovery (and its dirty bitmaps) start with it.
                     cluster.Attach(new VolumeRecovery(cluster.Store, cluster.Records, recovery.Counters, recovery,
@@ -145,6 +152,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                     volumes.Set(manager);
                     return true;
                 });
+                node._cacheReplay = CacheReplay.Start(cluster.Cache!, app.Services.GetRequiredService<VolumeLocks>(), volumes, membership.Catalog!, cluster.NodeId, clusterLogger);
                 membership.KeepJoined(clusterOptions, cluster.NodeId, address, clusterOptions.AdvertisedPeer ?? status.PeerListener!, cluster.PrepareRejoinAsync, async rejoined =>
                 {
                     recovery!.UseLease(rejoined.LeaseId);
@@ -233,6 +241,11 @@ public sealed partial class OvisNode : IAsyncDisposable
                 await _cluster.StopIdleRecoveryAsync();
             }
 
+            if (_cacheReplay is not null)
+            {
+                await _cacheReplay.DisposeAsync();
+            }
+
             await _app.StopAsync(CancellationToken.None);
         }
         finally
@@ -256,7 +269,7 @@ public sealed partial class OvisNode : IAsyncDisposable
             // store flushes when it closes): every copy this gateway wrote to syncs them now.
             if (_cluster is not null)
             {
-                await _cluster.Store.FlushAsync();
+                await _cluster.VolumeStore.FlushAsync();
             }
 
             await _membership.DisposeAsync();

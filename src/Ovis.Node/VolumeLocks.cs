@@ -53,6 +53,10 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
     /// fails it.</summary>
     public TimeSpan LeaseWait { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>The node's writeback cache, if it runs one: what it holds of a volume belongs to a
+    /// tenure of its lock (taken: adopted or dropped; let go of: pushed and flushed first).</summary>
+    public Ovis.Cluster.Cache.WritebackCache? Cache { get; init; }
+
     /// <summary>
     /// The generation changes of <paramref name="layer"/> go out with: that of this node's lock on
     /// the volume the layer belongs to, while the lock is valid; null otherwise (the change must
@@ -203,7 +207,7 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
                     return (null, null);
                 return (null, other);
             }
-            held = new Held(volume, taken);
+            held = new Held(volume, taken) { ForRecovery = forRecovery };
             try
             {
                 // Before any change goes out under this lock — the recovery's included — every
@@ -225,6 +229,10 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
                 // Before the first request: objects a predecessor may have left differing are queued first.
                 _held[volume] = held;
                 held.Recovery = await startRecovery(volume, held.Lost).ConfigureAwait(false);
+                // Before the first request: what the cache holds of the volume from an earlier
+                // tenure goes out under this one, or, if another node served it since, never.
+                if (!forRecovery && Cache is { } cache)
+                    await cache.AdoptAsync(layers, held.Generation, taken.LastServedHere).ConfigureAwait(false);
             }
             catch
             {
@@ -258,6 +266,10 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
         }
         if (held.Recovery is { } recovery)
             await recovery.DisposeAsync().ConfigureAwait(false);
+        // Still under the lock (it ends below): whoever takes the volume next must find every
+        // write this node acknowledged on the copies.
+        if (!held.ForRecovery && !held.Ended && Cache is { } cache)
+            await cache.ReleaseAsync(layersOf(held.Volume)).ConfigureAwait(false);
         held.End();
         try
         {
@@ -289,6 +301,9 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
         public long Generation => Lock.CreateRevision;
 
         public int Users { get; set; }
+
+        /// <summary>Taken only to recover the volume: nothing is written under it but copies.</summary>
+        public bool ForRecovery { get; init; }
 
         /// <summary>The volume's recovery, run while this node holds the lock.</summary>
         public IAsyncDisposable? Recovery { get; set; }

@@ -99,6 +99,7 @@ internal sealed partial class CatalogJson : JsonSerializerContext;
 /// down/&lt;id&gt;         DownRecord                the member is not live since; gone when it joins or is taken out
 /// draining/&lt;id&gt;     DrainRecord               placement names the member for no object; gone on cancel or when taken out
 /// locks/&lt;volume&gt;    LockRecord, holder lease  gone with the holder's lease
+/// served/&lt;volume&gt;   node id                   the node that last took the lock to serve it (a writeback cache replays only if that was itself)
 /// volumes           CatalogState              the volume registry, replaced by txn on its mod_revision
 /// recovery/paused   RecoveryPause             present while an operator has paused recovery
 /// recovery/progress/&lt;id&gt;  RecoveryProgress, node's lease  the node's recovery figures, gone with the node
@@ -135,6 +136,8 @@ internal sealed class CatalogKeys(string cluster)
     public string Locks => Root + "locks/";
 
     public string Lock(string volume) => Locks + volume;
+
+    public string Served(string volume) => Root + "served/" + volume;
 
     public string Volumes => Root + "volumes";
 

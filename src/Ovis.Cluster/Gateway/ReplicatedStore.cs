@@ -130,16 +130,28 @@ public sealed partial class ReplicatedStore : IObjectStore
     /// node may not change it (it does not hold the volume's lock, or its lease may be gone).</summary>
     internal long? GenerationOf(uint layer) => _control.GenerationOf(layer);
 
+    /// <summary>As <see cref="GenerationOf"/>, waiting for a lease renewal that is only late.</summary>
+    internal ValueTask<long?> WaitGenerationAsync(uint layer) => _control.WaitGenerationAsync(layer);
+
+    /// <summary>
+    /// A write sent only under lock generation <paramref name="generation"/>: when this node's lock
+    /// on the layer's volume is no longer that tenure (lost, fenced, or taken anew) it is not sent
+    /// and fails. The writeback cache pushes with it, so a write acknowledged under one tenure
+    /// never lands under a later one (a successor's data may be in between).
+    /// </summary>
+    internal ValueTask<StoreStatus> WriteUnderAsync(long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data)
+        => MutateAsync(id, new WriteOp(offset, data, false), generation);
+
     /// <summary>Sends a change to every copy of <paramref name="id"/> at once, after the object's
     /// recovery work (if any) and its mark in the dirty-region log.</summary>
-    private async ValueTask<StoreStatus> MutateAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
+    private async ValueTask<StoreStatus> MutateAsync<TOp>(ObjectId id, TOp op, long tenure = 0) where TOp : struct, IReplicaOp
     {
         if (!await Gate.EnterAsync(id, forWrite: true).ConfigureAwait(false))
             return StoreStatus.IoError;
         try
         {
             if (DirtyLog is null)
-                return await SendToCopiesAsync(id, op).ConfigureAwait(false);
+                return await SendToCopiesAsync(id, op, tenure).ConfigureAwait(false);
             try
             {
                 await DirtyLog.BeginWriteAsync(id).ConfigureAwait(false);
@@ -153,7 +165,7 @@ public sealed partial class ReplicatedStore : IObjectStore
             bool missed = true;
             try
             {
-                (StoreStatus status, missed) = await SendToCopiesCountingAsync(id, op).ConfigureAwait(false);
+                (StoreStatus status, missed) = await SendToCopiesCountingAsync(id, op, tenure).ConfigureAwait(false);
                 return status;
             }
             finally
@@ -167,11 +179,12 @@ public sealed partial class ReplicatedStore : IObjectStore
         }
     }
 
-    private async ValueTask<StoreStatus> SendToCopiesAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
-        => (await SendToCopiesCountingAsync(id, op).ConfigureAwait(false)).Status;
+    private async ValueTask<StoreStatus> SendToCopiesAsync<TOp>(ObjectId id, TOp op, long tenure = 0) where TOp : struct, IReplicaOp
+        => (await SendToCopiesCountingAsync(id, op, tenure).ConfigureAwait(false)).Status;
 
-    /// <summary>The change on every reachable copy; Missed when some copy did not take it (or it failed).</summary>
-    private async ValueTask<(StoreStatus Status, bool Missed)> SendToCopiesCountingAsync<TOp>(ObjectId id, TOp op) where TOp : struct, IReplicaOp
+    /// <summary>The change on every reachable copy; Missed when some copy did not take it (or it
+    /// failed). A <paramref name="tenure"/> other than 0 is the only lock generation it may go under.</summary>
+    private async ValueTask<(StoreStatus Status, bool Missed)> SendToCopiesCountingAsync<TOp>(ObjectId id, TOp op, long tenure = 0) where TOp : struct, IReplicaOp
     {
         for (int attempt = 1; ; attempt++)
         {
@@ -184,7 +197,8 @@ public sealed partial class ReplicatedStore : IObjectStore
             // Asked at every attempt, right before sending: after a pause or a lapsed lease the
             // change must not go out at all (the replicas' fences catch what slips through). A
             // renewal that is only late is waited for: nobody can take the lock meanwhile.
-            if ((_control.GenerationOf(id.Volume) ?? await _control.WaitGenerationAsync(id.Volume).ConfigureAwait(false)) is not { } generation)
+            if ((_control.GenerationOf(id.Volume) ?? await _control.WaitGenerationAsync(id.Volume).ConfigureAwait(false)) is not { } generation
+                || (tenure != 0 && generation != tenure))
             {
                 LogNotHolder(_logger, id.ToString());
                 return (StoreStatus.IoError, true);

@@ -1,0 +1,219 @@
+using Ovis.Store;
+
+namespace Ovis.Cluster.Cache;
+
+/// <summary>
+/// The pusher: sends a layer's cached writes to every copy as soon as they are acknowledged.
+/// Within an epoch up to <see cref="MaxInFlight"/> go out at once, one at a time per object (so
+/// overlapping writes land in order), and a write whose every block a newer write of the same
+/// epoch replaced is merged away unsent. Before the first write of an epoch goes out, every write
+/// of the epoch before is on every copy: the replicas never see a write from after a flush before
+/// all from before it. A failed push stops the stream until the pushes under way settle, then the
+/// queue is sent again from its oldest write; nothing acknowledged is ever skipped.
+/// </summary>
+internal sealed partial class LayerCache
+{
+    private const int MaxInFlight = 32;
+    private static readonly TimeSpan RetryAfter = TimeSpan.FromSeconds(1);
+    // When nothing new arrives for this long, the pusher flushes the replicas so the records can go.
+    private static readonly TimeSpan IdleFlushAfter = TimeSpan.FromMilliseconds(100);
+
+    private readonly WritebackCache _owner;
+    private readonly SemaphoreSlim _wake = new(0);
+    private readonly Dictionary<uint, CachedWrite> _lastSent = [];
+    private readonly List<CachedWrite> _sending = [];
+    private LinkedListNode<CachedWrite>? _cursor;
+    private TaskCompletionSource _failure = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private long _tenure;
+    private bool _stalled;
+    private Task? _loop;
+    private Task _flushing = Task.CompletedTask;
+
+    /// <summary>The lock generation the pushes go under; 0 until the layer's volume is taken by this node.</summary>
+    public long Tenure
+    {
+        get { lock (_lock) return _tenure; }
+    }
+
+    /// <summary>Pushes from now on under <paramref name="tenure"/> (this node took the volume's lock),
+    /// from the oldest write still held.</summary>
+    public void Adopt(long tenure)
+    {
+        lock (_lock)
+        {
+            _tenure = tenure;
+            _stalled = _sending.Count > 0;
+            if (!_stalled)
+                _cursor = _queue.First;
+            if (_loop is null || _loop.IsCompleted)
+                _loop = Task.Run(RunAsync);
+        }
+        Wake();
+    }
+
+    private void Wake()
+    {
+        if (_wake.CurrentCount == 0)
+            _wake.Release();
+    }
+
+    /// <summary>The node is stopping: the pusher ends, and flushes still waiting fail.</summary>
+    public Task StopAsync()
+    {
+        Wake();
+        lock (_lock)
+        {
+            _failure.TrySetResult();
+            return _loop ?? Task.CompletedTask;
+        }
+    }
+
+    private async Task RunAsync()
+    {
+        while (!_owner.Stopping)
+        {
+            Task? wait = null;
+            CachedWrite? send = null;
+            long tenure;
+            bool idle = false;
+            bool retry = false;
+            bool merged = false;
+            lock (_lock)
+            {
+                tenure = _tenure;
+                if (_stalled)
+                {
+                    if (_sending.Count > 0)
+                        wait = Task.WhenAll(_sending.Select(w => w.Attempt!));
+                    else
+                        retry = true;
+                }
+                else if (_cursor is null)
+                {
+                    idle = true;
+                }
+                else
+                {
+                    CachedWrite next = _cursor.Value;
+                    if (_sending.Count > 0 && next.Epoch != _sending[0].Epoch)
+                        wait = Task.WhenAll(_sending.Select(w => w.Attempt!)); // the barrier between epochs
+                    else if (_lastSent.TryGetValue(next.Id.Index, out CachedWrite? previous) && previous.Attempt is { IsCompleted: false } busy)
+                        wait = busy;
+                    else if (_sending.Count >= MaxInFlight)
+                        wait = Task.WhenAny(_sending.Select(w => w.Attempt!));
+                    else if (SupersededLocked(next))
+                    {
+                        RemovePushedLocked(next);
+                        merged = true;
+                        send = next;
+                    }
+                    else
+                    {
+                        _cursor = _cursor.Next;
+                        _sending.Add(next);
+                        _lastSent[next.Id.Index] = next;
+                        send = next;
+                    }
+                }
+            }
+            if (merged)
+            {
+                send!.Complete(true);
+                _owner.Freed(send.Data.Length);
+                continue;
+            }
+            if (send is not null)
+            {
+                send.Attempt = PushAsync(send, tenure);
+                MaybeFlushForSpace();
+                continue;
+            }
+            if (wait is not null)
+            {
+                await wait.ConfigureAwait(false);
+                continue;
+            }
+            if (retry)
+            {
+                await Task.Delay(RetryAfter).ConfigureAwait(false);
+                lock (_lock)
+                {
+                    _stalled = false;
+                    _cursor = _queue.First;
+                }
+                continue;
+            }
+            if (idle && !await _wake.WaitAsync(IdleFlushAfter).ConfigureAwait(false) && HasPushedUnflushed)
+                await FlushOnceAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Every block of <paramref name="write"/> has a newer write of the same epoch: it need not go out.</summary>
+    private bool SupersededLocked(CachedWrite write)
+    {
+        int first = write.FirstBlock(_blockSize);
+        for (int b = 0; b < write.BlockCount(_blockSize); b++)
+        {
+            if (!_index.TryGetValue((write.Id.Index, first + b), out CachedWrite? newest)
+                || ReferenceEquals(newest, write) || newest.Epoch != write.Epoch)
+                return false;
+        }
+        return true;
+    }
+
+    private async Task PushAsync(CachedWrite write, long tenure)
+    {
+        StoreStatus status;
+        try
+        {
+            status = await _owner.Inner.WriteUnderAsync(tenure, write.Id, write.Offset, write.Data).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // A push that throws failed like one that answered an error: it is sent again.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            status = StoreStatus.IoError;
+        }
+        TaskCompletionSource? failed = null;
+        bool pushed = false;
+        lock (_lock)
+        {
+            _sending.Remove(write);
+            if (_lastSent.TryGetValue(write.Id.Index, out CachedWrite? last) && ReferenceEquals(last, write))
+                _lastSent.Remove(write.Id.Index);
+            if (status != StoreStatus.Ok)
+            {
+                _stalled = true;
+                failed = _failure;
+                _failure = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+            else if (write.Node is not null) // not dropped meanwhile
+            {
+                RemovePushedLocked(write);
+                pushed = true;
+            }
+        }
+        if (pushed)
+        {
+            write.Complete(true);
+            _owner.Freed(write.Data.Length);
+        }
+        if (failed is not null)
+        {
+            _owner.PushFailed(Layer, status);
+            failed.TrySetResult();
+        }
+        Wake();
+    }
+
+    /// <summary>Under sustained writes the pusher is never idle: a replica flush is started when
+    /// the log wants room, so the records of pushed writes can go.</summary>
+    private void MaybeFlushForSpace()
+    {
+        if (!_owner.WantsSpace || !_flushing.IsCompleted || !HasPushedUnflushed)
+            return;
+        _flushing = FlushOnceAsync();
+    }
+
+    private async Task FlushOnceAsync() => await _owner.FlushReplicasAsync(this).ConfigureAwait(false);
+}

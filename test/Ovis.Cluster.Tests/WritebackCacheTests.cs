@@ -1,0 +1,372 @@
+using Microsoft.Extensions.Logging.Abstractions;
+using Ovis.Cluster.Cache;
+using Ovis.Cluster.Catalog;
+using Ovis.Cluster.Fencing;
+using Ovis.Cluster.Gateway;
+using Ovis.Cluster.Peer;
+using Ovis.Store;
+
+namespace Ovis.Cluster.Tests;
+
+/// <summary>
+/// The writeback cache over a real gateway and three real local stores; the two remote copies
+/// behind a wrapper that can hold their writes (a slow link) or refuse them (a cut one) and
+/// records the order they arrive in. The interop tests run the same with daemons and delayed links.
+/// </summary>
+// The gateway holds nothing to dispose (its DisposeAsync is a no-op); the stores are disposed below.
+#pragma warning disable CA1001
+public sealed class WritebackCacheTests : IAsyncLifetime
+#pragma warning restore CA1001
+{
+    private const uint Layer = 9;
+    private static readonly TimeSpan T = TimeSpan.FromSeconds(30);
+    private static readonly string[] Zones = ["a", "b", "c"];
+    private readonly List<(string Dir, LocalStore Store, FenceTable Fences)> _stores = [];
+    private readonly Dictionary<string, HeldReplica> _remote = new(StringComparer.Ordinal);
+    private readonly Control _control = new();
+    private readonly string _cacheDir = Path.Combine(Path.GetTempPath(), "ovis-wbc-" + Guid.NewGuid().ToString("N"));
+    private ReplicatedStore _gateway = null!;
+    private readonly List<WritebackCache> _caches = [];
+
+    public Task InitializeAsync()
+    {
+        foreach (var zone in Zones)
+        {
+            var dir = Path.Combine(Path.GetTempPath(), "ovis-wbc-" + Guid.NewGuid().ToString("N"));
+            var store = LocalStore.Open(dir, new LocalStoreOptions { JournalSize = 32L << 20, BatchSize = 1 << 20, BatchCount = 8 }, NullLogger.Instance);
+            _stores.Add((dir, store, FenceTable.Open(Path.Combine(dir, "fences"))));
+        }
+        _remote["n-b"] = new HeldReplica(new LocalReplica("n-b", B, _stores[1].Fences));
+        _remote["n-c"] = new HeldReplica(new LocalReplica("n-c", C, _stores[2].Fences));
+        var replicas = new ReplicaSet(new LocalReplica("n-a", A, _stores[0].Fences), node => _remote[node.Id]);
+        NodeInfo[] members = [.. Zones.Select(z => new NodeInfo($"n-{z}", $"127.0.0.1:{z[0]}", z))];
+        var view = new MembershipView(5, members, 100) { Members = members };
+        _gateway = new ReplicatedStore(A, ClusterView.Build(view, new ClusterFormat("t", 3, DateTimeOffset.UtcNow), "n-a", replicas), _control, NullLogger.Instance);
+        return Task.CompletedTask;
+    }
+
+    public async Task DisposeAsync()
+    {
+        foreach (var r in _remote.Values)
+            r.Release();
+        foreach (var cache in _caches)
+            await cache.DisposeAsync();
+        foreach (var (dir, store, _) in _stores)
+        {
+            await store.DisposeAsync();
+            Directory.Delete(dir, recursive: true);
+        }
+        Directory.Delete(_cacheDir, recursive: true);
+    }
+
+    private LocalStore A => _stores[0].Store;
+
+    private LocalStore B => _stores[1].Store;
+
+    private LocalStore C => _stores[2].Store;
+
+    private IEnumerable<HeldReplica> Remotes => _remote.Values;
+
+    /// <summary>A cache over the gateway on the log in the test's directory (reopened: what it held comes back).</summary>
+    private WritebackCache OpenCache(long logSize = 8L << 20, bool adopt = true)
+    {
+        var log = CacheLog.Open(_cacheDir, logSize, NullLogger.Instance, out var recovered);
+        var cache = new WritebackCache(_gateway, log, recovered, layer => layer == Layer, NullLogger.Instance);
+        _caches.Add(cache);
+        return cache;
+    }
+
+    private async Task CloseAsync(WritebackCache cache)
+    {
+        _caches.Remove(cache);
+        await cache.DisposeAsync();
+    }
+
+    private static byte[] Block(int seed, int blocks = 1)
+    {
+        var b = new byte[4096 * blocks];
+        new Random(seed).NextBytes(b);
+        return b;
+    }
+
+    private static async Task<byte[]> Read(IObjectStore store, ObjectId id, long offset, int length)
+    {
+        var buffer = new byte[length];
+        Assert.Equal(StoreStatus.Ok, await store.ReadAsync(id, offset, buffer).AsTask().WaitAsync(T));
+        return buffer;
+    }
+
+    private static async Task Ok(ValueTask<StoreStatus> pending) => Assert.Equal(StoreStatus.Ok, await pending.AsTask().WaitAsync(T));
+
+    [Fact]
+    public async Task A_write_is_acknowledged_before_the_copies_have_it_read_from_the_cache_and_a_flush_waits_for_them()
+    {
+        var cache = OpenCache();
+        var id = new ObjectId(Layer, 0);
+        foreach (var r in Remotes)
+            r.Hold();
+        byte[] data = Block(1);
+        await Ok(cache.WriteAsync(id, 8192, data, fua: false));
+        Assert.Equal(data, await Read(cache, id, 8192, 4096));
+        // Read a range around it: the rest from the copies (zeroes), the block from the cache.
+        byte[] wide = await Read(cache, id, 4096, 3 * 4096);
+        Assert.Equal(data, wide[4096..8192]);
+        Assert.All(wide[..4096], b => Assert.Equal(0, b));
+        var states = new BlockState[3];
+        await Ok(cache.GetAllocationAsync(id, 4096, states));
+        Assert.Equal([BlockState.Hole, BlockState.Data, BlockState.Hole], states);
+
+        Task<StoreStatus> flush = cache.FlushAsync(Layer).AsTask();
+        await Task.Delay(200);
+        Assert.False(flush.IsCompleted, "a flush completed while the copies did not have the write");
+        Assert.True(cache.StatsOf(Layer).DirtyBytes > 0);
+        foreach (var r in Remotes)
+            r.Release();
+        Assert.Equal(StoreStatus.Ok, await flush.WaitAsync(T));
+        foreach (var store in new[] { A, B, C })
+            Assert.Equal(data, await Read(store, id, 8192, 4096));
+        Assert.Equal(0, cache.StatsOf(Layer).DirtyBytes);
+        Assert.True(cache.StatsOf(Layer).ReadHits >= 2);
+    }
+
+    [Fact]
+    public async Task Nothing_written_after_a_flush_reaches_a_copy_before_everything_written_before_it()
+    {
+        var cache = OpenCache();
+        foreach (var r in Remotes)
+            r.Hold();
+        // Epoch 1: objects 0..3; a flush; epoch 2: objects 4..7 (other objects, so only the epoch orders them).
+        for (uint i = 0; i < 4; i++)
+            await Ok(cache.WriteAsync(new ObjectId(Layer, i), 0, Block((int)i), fua: false));
+        Task<StoreStatus> flush = cache.FlushAsync(Layer).AsTask();
+        for (uint i = 4; i < 8; i++)
+            await Ok(cache.WriteAsync(new ObjectId(Layer, i), 0, Block((int)i), fua: false));
+        await Task.Delay(200);
+        foreach (var r in Remotes)
+            Assert.All(r.Arrived, a => Assert.True(a.Index < 4, $"object {a.Index} of epoch 2 reached {r.NodeId} while epoch 1 was not on every copy"));
+        foreach (var r in Remotes)
+            r.Release();
+        Assert.Equal(StoreStatus.Ok, await flush.WaitAsync(T));
+        await Ok(cache.FlushAsync(Layer));
+        foreach (var r in Remotes)
+        {
+            var order = r.Arrived.Select(a => a.Index).ToList();
+            Assert.Equal(8, order.Count);
+            Assert.True(order.Take(4).All(i => i < 4) && order.Skip(4).All(i => i >= 4), $"{r.NodeId} got {string.Join(",", order)}");
+        }
+    }
+
+    [Fact]
+    public async Task Overwrites_within_an_epoch_are_merged_and_land_in_order()
+    {
+        var cache = OpenCache();
+        var id = new ObjectId(Layer, 1);
+        foreach (var r in Remotes)
+            r.Hold();
+        for (int i = 0; i < 20; i++)
+            await Ok(cache.WriteAsync(id, 0, Block(100 + i), fua: false));
+        Assert.Equal(Block(119), await Read(cache, id, 0, 4096));
+        foreach (var r in Remotes)
+            r.Release();
+        await Ok(cache.FlushAsync(Layer));
+        foreach (var store in new[] { A, B, C })
+            Assert.Equal(Block(119), await Read(store, id, 0, 4096));
+        // The first went out before the others were written; of the 19 after it only the last.
+        foreach (var r in Remotes)
+            Assert.True(r.Arrived.Count <= 2, $"{r.NodeId} got {r.Arrived.Count} writes of one block");
+    }
+
+    [Fact]
+    public async Task After_a_restart_the_logged_writes_go_out_once_the_lock_is_this_nodes_again()
+    {
+        var cache = OpenCache();
+        var id = new ObjectId(Layer, 2);
+        foreach (var r in Remotes)
+            r.Refuse = true;
+        byte[] first = Block(7, 2);
+        byte[] second = Block(8);
+        await Ok(cache.WriteAsync(id, 0, first, fua: false));
+        await Ok(cache.WriteAsync(id, 4096, second, fua: false));
+        Assert.NotEqual(StoreStatus.Ok, await cache.FlushAsync(Layer).AsTask().WaitAsync(T));
+        await CloseAsync(cache);
+
+        foreach (var r in Remotes)
+            r.Refuse = false;
+        var reopened = OpenCache();
+        Assert.Equal(new[] { Layer }, reopened.RecoveredLayers);
+        // Before the lock is taken, nothing goes out; reads already see the writes.
+        byte[] expected = [.. first[..4096], .. second];
+        Assert.Equal(expected, await Read(reopened, id, 0, 8192));
+        await reopened.AdoptAsync([Layer], tenure: 1, lastServedHere: true);
+        await Ok(reopened.FlushAsync(Layer));
+        foreach (var store in new[] { A, B, C })
+            Assert.Equal(expected, await Read(store, id, 0, 8192));
+        Assert.True(await reopened.ReleaseAsync([Layer]));
+        await CloseAsync(reopened);
+        // Pushed, flushed and voided: a restart finds nothing to send again.
+        Assert.Empty(OpenCache().RecoveredLayers);
+    }
+
+    [Fact]
+    public async Task Writes_from_before_another_nodes_tenure_are_dropped_for_good()
+    {
+        var cache = OpenCache();
+        var id = new ObjectId(Layer, 3);
+        foreach (var r in Remotes)
+            r.Refuse = true;
+        await Ok(cache.WriteAsync(id, 0, Block(9), fua: false));
+        await CloseAsync(cache);
+        foreach (var r in Remotes)
+            r.Refuse = false;
+
+        var reopened = OpenCache();
+        Assert.Equal(Block(9), await Read(reopened, id, 0, 4096));
+        _control.Generation = 5;
+        Assert.Equal(4096, reopened.StatsOf(Layer).DirtyBytes);
+        await reopened.AdoptAsync([Layer], tenure: 5, lastServedHere: false);
+        // Served from the cache no more (the local copy may hold it from the failed pushes, as
+        // after any write that failed; the remote ones never got it).
+        Assert.Equal(0, reopened.StatsOf(Layer).DirtyBytes);
+        await Ok(reopened.FlushAsync(Layer));
+        Assert.Equal(new byte[4096], await Read(B, id, 0, 4096));
+        Assert.Equal(new byte[4096], await Read(C, id, 0, 4096));
+        await CloseAsync(reopened);
+        Assert.Empty(OpenCache().RecoveredLayers);
+    }
+
+    [Fact]
+    public async Task A_change_that_bypasses_the_cache_is_never_undone_by_a_replay()
+    {
+        var cache = OpenCache();
+        var id = new ObjectId(Layer, 4);
+        await Ok(cache.WriteAsync(id, 0, Block(10), fua: false));
+        await Ok(cache.FlushAsync(Layer));
+        // Pushed and flushed, but its record may stay in the log until the space is reused;
+        // the zero goes straight to the copies, after a tombstone for it.
+        await Ok(cache.ZeroAsync(id, 0, 4096, keepAllocated: false, fua: false));
+        await Ok(cache.WriteAsync(id, 4096, Block(11), fua: false)); // partial of nothing: cached again
+        await CloseAsync(cache);
+
+        var reopened = OpenCache();
+        await reopened.AdoptAsync([Layer], tenure: 1, lastServedHere: true);
+        await Ok(reopened.FlushAsync(Layer));
+        Assert.Equal(new byte[4096], await Read(B, id, 0, 4096));
+        Assert.Equal(Block(11), await Read(B, id, 4096, 4096));
+    }
+
+    [Fact]
+    public async Task At_the_bound_a_write_waits_for_pushes_instead_of_failing()
+    {
+        // A 1 MiB log: half of it may be unpushed.
+        var cache = OpenCache(logSize: 1L << 20);
+        foreach (var r in Remotes)
+            r.Hold();
+        var writes = new List<Task<StoreStatus>>();
+        for (uint i = 0; i < 40; i++)
+            writes.Add(cache.WriteAsync(new ObjectId(Layer, 10 + i), 0, Block((int)i, 4), fua: false).AsTask());
+        await Task.Delay(300);
+        int done = writes.Count(w => w.IsCompleted);
+        Assert.True(done < writes.Count, "every write was taken with nothing pushed: the bound did not hold");
+        Assert.True(cache.DirtyBytes <= 512 * 1024, $"{cache.DirtyBytes} bytes unpushed over a 512 KiB bound");
+        foreach (var r in Remotes)
+            r.Release();
+        Assert.All(await Task.WhenAll(writes).WaitAsync(T), s => Assert.Equal(StoreStatus.Ok, s));
+        await Ok(cache.FlushAsync(Layer));
+        for (uint i = 0; i < 40; i++)
+            Assert.Equal(Block((int)i, 4), await Read(C, new ObjectId(Layer, 10 + i), 0, 4 * 4096));
+    }
+
+    [Fact]
+    public async Task A_push_under_a_lock_generation_that_ended_never_goes_out()
+    {
+        var cache = OpenCache();
+        var id = new ObjectId(Layer, 5);
+        foreach (var r in Remotes)
+            r.Refuse = true;
+        await Ok(cache.WriteAsync(id, 0, Block(12), fua: false));
+        Assert.NotEqual(StoreStatus.Ok, await cache.FlushAsync(Layer).AsTask().WaitAsync(T));
+        // The lock is lost and taken anew meanwhile (say, after a pause): the push, sent again,
+        // must not go out under the new tenure unless the cache is told to adopt it.
+        _control.Generation = 2;
+        foreach (var r in Remotes)
+            r.Refuse = false;
+        await Task.Delay(2500);
+        Assert.Equal(new byte[4096], await Read(B, id, 0, 4096));
+        Assert.NotEqual(StoreStatus.Ok, await cache.FlushAsync(Layer).AsTask().WaitAsync(T));
+        await cache.AdoptAsync([Layer], tenure: 2, lastServedHere: false);
+        await Ok(cache.FlushAsync(Layer));
+        Assert.Equal(new byte[4096], await Read(B, id, 0, 4096));
+    }
+
+    private sealed class Control : IGatewayControl
+    {
+        public long? Generation { get; set; } = 1;
+
+        public long? GenerationOf(uint layer) => Generation;
+
+        public ValueTask<long?> WaitGenerationAsync(uint layer) => new(Generation);
+
+        public void OnFenced(uint layer, long generation)
+        {
+        }
+
+        public ValueTask RefreshAsync(long seen) => ValueTask.CompletedTask;
+
+        public ValueTask MarkStaleAsync(string nodeId, long epoch) => ValueTask.CompletedTask;
+    }
+
+    /// <summary>A copy whose writes can be held back (a slow link) or refused (a cut one); it
+    /// records the order writes reach it in.</summary>
+    private sealed class HeldReplica(IReplica inner) : IReplica
+    {
+        private TaskCompletionSource _open = Opened();
+
+        public bool Refuse { get; set; }
+
+        public List<ObjectId> Arrived { get; } = [];
+
+        public string NodeId => inner.NodeId;
+
+        private static TaskCompletionSource Opened()
+        {
+            var t = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            t.SetResult();
+            return t;
+        }
+
+        public void Hold() => _open = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void Release() => _open.TrySetResult();
+
+        public async ValueTask<PeerResult> WriteAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+        {
+            if (Refuse)
+                return PeerResult.Unreachable;
+            await _open.Task;
+            lock (Arrived)
+                Arrived.Add(id);
+            return await inner.WriteAsync(epoch, generation, id, offset, data, fua);
+        }
+
+        public ValueTask<PeerResult> ReadAsync(long epoch, ObjectId id, long offset, Memory<byte> buffer) => inner.ReadAsync(epoch, id, offset, buffer);
+
+        public ValueTask<PeerResult> ZeroAsync(long epoch, long generation, ObjectId id, long offset, long length, bool keepAllocated, bool fua)
+            => Refuse ? new(PeerResult.Unreachable) : inner.ZeroAsync(epoch, generation, id, offset, length, keepAllocated, fua);
+
+        public ValueTask<PeerResult> FillHolesAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool zeroes, bool fromReserve = false)
+            => Refuse ? new(PeerResult.Unreachable) : inner.FillHolesAsync(epoch, generation, id, offset, data, zeroes, fromReserve);
+
+        public ValueTask<PeerResult> DeleteAsync(long epoch, long generation, ObjectId id)
+            => Refuse ? new(PeerResult.Unreachable) : inner.DeleteAsync(epoch, generation, id);
+
+        public ValueTask<PeerResult> FenceAsync(long epoch, uint layer, long generation) => inner.FenceAsync(epoch, layer, generation);
+
+        public ValueTask<PeerResult> FlushAsync(long epoch) => Refuse ? new(PeerResult.Unreachable) : inner.FlushAsync(epoch);
+
+        public ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states) => inner.GetAllocationAsync(epoch, id, offset, states);
+
+        public ValueTask<PeerResult> GetBlockSumsAsync(long epoch, ObjectId id, long offset, Memory<BlockSum> sums, bool verify) => inner.GetBlockSumsAsync(epoch, id, offset, sums, verify);
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
