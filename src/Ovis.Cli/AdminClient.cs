@@ -97,6 +97,14 @@ public sealed partial class AdminClient : IDisposable
             AdminJsonContext.Default.VolumeInfo,
             cancellationToken);
 
+    public Task<VolumeInfo> SetVolumeSettingsAsync(string name, VolumeSettingsRequest request, CancellationToken cancellationToken)
+        => SendAsync(
+            HttpMethod.Post,
+            VolumePath(name) + "/settings",
+            JsonContent.Create(request, AdminJsonContext.Default.VolumeSettingsRequest),
+            AdminJsonContext.Default.VolumeInfo,
+            cancellationToken);
+
     /// <summary>Deletes a volume, or a snapshot when <paramref name="name"/> is <c>NAME@TAG</c>.</summary>
     public Task DeleteVolumeAsync(string name, CancellationToken cancellationToken)
         => SendAsync<object>(HttpMethod.Delete, VolumePath(name), null, null, cancellationToken);

@@ -181,6 +181,7 @@ internal sealed class ConsoleOutput(TextWriter writer)
         ("Used", SizeWithBytes(volume.UsedBytes)),
         ("Object size", Sizes.Format(volume.ObjectSize)),
         ("Connections", volume.Connections.ToString(CultureInfo.InvariantCulture)),
+        ("Cache", CacheModes.Name(volume.Cache)),
         ("Created", Time(volume.Created)),
     ]);
 

@@ -88,6 +88,18 @@ internal static class ServeCommand
             DefaultValueFactory = _ => 0.95,
         };
 
+        var cacheDir = new Option<string?>("--cache-dir")
+        {
+            Description = "Directory of the gateway writeback cache's log, for volumes set to cache=writeback (docs/writeback-cache.md) [default: DIR/cache]",
+            HelpName = "DIR",
+        };
+        var cacheSize = new Option<string>("--cache-size")
+        {
+            Description = "Acknowledged writes the writeback cache may hold before they are on the replicas (at least 16M)",
+            HelpName = "SIZE",
+            DefaultValueFactory = _ => "256M",
+        };
+
         var cluster = new Option<string?>("--cluster")
         {
             Description = "Join this cluster, formatted with 'ovis cluster format': objects are replicated over its nodes and volumes registered in its etcd",
@@ -149,7 +161,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API")
         {
-            data, nbd, nbdSocket, admin, tokenFile, noToken, insecure, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, advertisePeer, dirtyLog, recoveryBandwidth, scrubInterval,
+            data, nbd, nbdSocket, admin, tokenFile, noToken, insecure, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cacheDir, cacheSize, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, advertisePeer, dirtyLog, recoveryBandwidth, scrubInterval,
         };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
@@ -165,6 +177,8 @@ internal static class ServeCommand
             JournalSize = ParseJournalSize(parseResult.GetRequiredValue(journalSize)),
             NearFullRatio = ParseRatios(parseResult.GetValue(nearFullRatio), parseResult.GetValue(fullRatio)).NearFull,
             FullRatio = parseResult.GetValue(fullRatio),
+            CacheDirectory = ParseCacheDirectory(parseResult.GetValue(cacheDir)),
+            CacheSize = ParseCacheSize(parseResult.GetRequiredValue(cacheSize)),
             Cluster = WithRecovery(
                 ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl),
                     parseResult.GetValue(downOutInterval), ParseAddress("--peer", parseResult.GetRequiredValue(peer)), parseResult.GetValue(advertisePeer)),
@@ -359,6 +373,24 @@ internal static class ServeCommand
         if (bytes < 16L << 20 || bytes % 4096 != 0)
         {
             throw CliException.Usage($"--journal-size: {text} is too small or not a multiple of 4 KiB: use at least 16M");
+        }
+        return bytes;
+    }
+
+    // Null keeps NodeOptions' default, which follows --data.
+    private static string? ParseCacheDirectory(string? text) => text is not null && string.IsNullOrWhiteSpace(text)
+        ? throw CliException.Usage("--cache-dir: the directory is empty: give one, or leave the option out for DIR/cache in the data directory")
+        : text;
+
+    private static long ParseCacheSize(string text)
+    {
+        if (!Sizes.TryParse(text, out long bytes, out string? error))
+        {
+            throw CliException.Usage($"--cache-size: {error}");
+        }
+        if (bytes < NodeOptions.MinCacheSize)
+        {
+            throw CliException.Usage($"--cache-size: {text} is too small: use at least 16M");
         }
         return bytes;
     }

@@ -5,7 +5,7 @@ using Ovis.Volumes;
 namespace Ovis.Cli;
 
 /// <summary>
-/// <c>ovis vdi ...</c>: create, list, inspect, resize and delete volumes (VDIs, in Sheepdog's
+/// <c>ovis vdi ...</c>: create, list, inspect, resize, set and delete volumes (VDIs, in Sheepdog's
 /// word); snapshot, clone, roll back and flatten them, and draw their tree.
 /// </summary>
 internal static class VdiCommand
@@ -19,6 +19,7 @@ internal static class VdiCommand
         vdi.Subcommands.Add(ListCommand(client));
         vdi.Subcommands.Add(InfoCommand(client));
         vdi.Subcommands.Add(ResizeCommand(client));
+        vdi.Subcommands.Add(VdiSetCommand.Create(client));
         vdi.Subcommands.Add(DeleteCommand(client));
         vdi.Subcommands.Add(SnapshotCommand(client));
         vdi.Subcommands.Add(CloneCommand(client));

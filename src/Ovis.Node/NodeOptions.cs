@@ -1,3 +1,5 @@
+using System.Diagnostics.CodeAnalysis;
+
 namespace Ovis.Node;
 
 /// <summary>What one node serves and where; the defaults are those of <c>ovis serve</c>.</summary>
@@ -7,6 +9,10 @@ public sealed class NodeOptions
     public const int DefaultAdminPort = 7070;
     public const int DefaultPeerPort = 7071;
     public const int DefaultMaxConnections = 1024;
+
+    /// <summary>The smallest <see cref="CacheSize"/>, as for the journal: a smaller cache would be
+    /// full after one burst of writes, and they would wait for the replicas anyway.</summary>
+    public const long MinCacheSize = 16L << 20;
 
     /// <summary>The data directory; relative paths are resolved against the current directory.</summary>
     public string DataDirectory { get; set; } = "ovis-data";
@@ -47,6 +53,21 @@ public sealed class NodeOptions
     /// <summary>Share of the file system in use from which the node reports <c>full</c> and refuses
     /// writes that need new space with ENOSPC (docs/store.md, "Full disks").</summary>
     public double FullRatio { get; set; } = new Ovis.Store.LocalStoreOptions().FullRatio;
+
+    /// <summary>Where the gateway writeback cache keeps its log (docs/writeback-cache.md);
+    /// <c>cache</c> in <see cref="DataDirectory"/> unless set (null sets it back to that).</summary>
+    [AllowNull]
+    public string CacheDirectory
+    {
+        get => _cacheDirectory ?? Path.Combine(DataDirectory, "cache");
+        set => _cacheDirectory = value;
+    }
+
+    private string? _cacheDirectory;
+
+    /// <summary>Bytes of acknowledged writes the writeback cache may hold before they are on the
+    /// replicas; at least <see cref="MinCacheSize"/>. Whether the file system has room is the cache's check.</summary>
+    public long CacheSize { get; set; } = 256L << 20;
 
     /// <summary>How long a stop waits for NBD clients to finish before their connections are cut.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);

@@ -21,6 +21,11 @@ public sealed record VolumeRecord(uint Id, string Name, long Size, long ObjectSi
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public bool Deleting { get; init; }
 
+    /// <summary>How gateways acknowledge the volume's writes; always writethrough for a snapshot.
+    /// Left out of the JSON when writethrough, so registries from before it read and stay the same.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public CacheMode Cache { get; init; }
+
     [JsonIgnore]
     public bool IsSnapshot => Tag is not null;
 

@@ -21,4 +21,7 @@ public sealed record VolumeInfo(
 
     /// <summary>A snapshot whose delete (a merge into the layer over it) has begun and not finished.</summary>
     public bool Deleting { get; init; }
+
+    /// <summary>How gateways acknowledge the volume's writes (<c>vdi set NAME cache=...</c>).</summary>
+    public CacheMode Cache { get; init; }
 }

@@ -104,7 +104,8 @@ public sealed partial class VolumeManager
                 CheckNotPinned(v.Record, name);
                 CheckFree(full);
                 VolumeRecord top = v.Record;
-                VolumeRecord snapshot = top with { Tag = tag, Created = DateTimeOffset.UtcNow };
+                // The mode goes on with the live volume's new layer; a snapshot takes no writes.
+                VolumeRecord snapshot = top with { Tag = tag, Created = DateTimeOffset.UtcNow, Cache = CacheMode.Writethrough };
                 VolumeRecord live = top with { Id = state.NextId, ParentId = top.Id };
                 return [.. state.Volumes.Select(r => r.Id == top.Id ? snapshot : r), live];
             }).ConfigureAwait(false);

@@ -294,6 +294,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
             Parent = parent,
             IsSnapshot = r.IsSnapshot,
             Deleting = r.Deleting,
+            Cache = r.Cache,
         };
     }
 
@@ -517,6 +518,7 @@ public sealed partial class VolumeManager : IAsyncDisposable
                 _byName[v.Record.DisplayName] = v;
             }
             RebuildChains();
+            IndexCacheModes(records);
             _current = next;
         }
     }

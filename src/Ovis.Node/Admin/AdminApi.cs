@@ -21,6 +21,7 @@ public static partial class AdminApi
         api.MapPost("/volumes", CreateVolumeAsync);
         api.MapGet("/volumes/{name}", GetVolume);
         api.MapPost("/volumes/{name}/resize", ResizeVolumeAsync);
+        api.MapPost("/volumes/{name}/settings", SetVolumeSettingsAsync);
         api.MapDelete("/volumes/{name}", DeleteVolumeAsync);
 
         // Snapshots are named NAME@TAG and addressed like volumes; the router sees the path
@@ -83,6 +84,22 @@ public static partial class AdminApi
         var body = await AdminRequestReader.ReadResizeVolumeAsync(request, cancellationToken);
         await using var held = await LockForChangeAsync(services, volumes, name);
         return TypedResults.Ok(await volumes.ResizeAsync(name, body.Size, body.AllowShrink));
+    }
+
+    private static async Task<Ok<VolumeInfo>> SetVolumeSettingsAsync(string name, HttpRequest request, VolumeManager volumes, ClusterMembership membership, IServiceProvider services, CancellationToken cancellationToken)
+    {
+        var body = await AdminRequestReader.ReadVolumeSettingsAsync(request, cancellationToken);
+        // Alone, a node acknowledges a write once its own journal has it: that is the local
+        // disk's speed already, which is all a cache log would give.
+        if (body.Cache == CacheMode.Writeback && !membership.IsClustered)
+        {
+            throw new AdminRequestException(
+                "cache=writeback is for cluster gateways: a single node's journal already acknowledges writes at local-disk speed",
+                StatusCodes.Status409Conflict);
+        }
+
+        await using var held = await LockForChangeAsync(services, volumes, name);
+        return TypedResults.Ok(await volumes.SetCacheAsync(name, body.Cache));
     }
 
     private static async Task<NoContent> DeleteVolumeAsync(string name, VolumeManager volumes, IServiceProvider services)

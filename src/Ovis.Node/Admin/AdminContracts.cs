@@ -15,6 +15,9 @@ public sealed record CreateVolumeRequest(string Name, long Size, long? ObjectSiz
 /// <summary>Body of <c>POST /api/v1/volumes/{name}/resize</c>.</summary>
 public sealed record ResizeVolumeRequest(long Size, bool AllowShrink = false);
 
+/// <summary>Body of <c>POST /api/v1/volumes/{name}/settings</c>: <c>{"cache": "writeback"}</c> or <c>"writethrough"</c>.</summary>
+public sealed record VolumeSettingsRequest(CacheMode Cache);
+
 /// <summary>Body of <c>POST /api/v1/volumes/{name}/snapshots</c>: the snapshot is <c>NAME@TAG</c>.</summary>
 public sealed record SnapshotRequest(string Tag);
 
@@ -234,6 +237,7 @@ public sealed record HealthStatus(string Status);
 [JsonSerializable(typeof(List<VolumeInfo>))]
 [JsonSerializable(typeof(CreateVolumeRequest))]
 [JsonSerializable(typeof(ResizeVolumeRequest))]
+[JsonSerializable(typeof(VolumeSettingsRequest))]
 [JsonSerializable(typeof(SnapshotRequest))]
 [JsonSerializable(typeof(CloneRequest))]
 [JsonSerializable(typeof(RollbackRequest))]

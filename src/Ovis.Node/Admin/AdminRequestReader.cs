@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
+using Ovis.Volumes;
 
 namespace Ovis.Node.Admin;
 
@@ -12,6 +13,7 @@ internal static class AdminRequestReader
 {
     private static readonly string[] CreateFields = ["name", "size", "objectSize"];
     private static readonly string[] ResizeFields = ["size", "allowShrink"];
+    private static readonly string[] SettingsFields = ["cache"];
     private static readonly string[] TagFields = ["tag"];
     private static readonly string[] CloneFields = ["name"];
     private static readonly string[] BitmapFields = ["name", "granularity"];
@@ -35,6 +37,15 @@ internal static class AdminRequestReader
         return new ResizeVolumeRequest(
             RequiredInt64(body, "size"),
             OptionalBoolean(body, "allowShrink") ?? false);
+    }
+
+    public static async Task<VolumeSettingsRequest> ReadVolumeSettingsAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        using var document = await ParseAsync(request, """{"cache": "writeback"}""", cancellationToken);
+        var cache = RequiredString(Fields(document.RootElement, SettingsFields), "cache");
+        return CacheModes.TryParse(cache, out var mode)
+            ? new VolumeSettingsRequest(mode)
+            : throw new AdminRequestException($"field 'cache' must be writeback or writethrough, not '{cache}'");
     }
 
     public static async Task<SnapshotRequest> ReadSnapshotAsync(HttpRequest request, CancellationToken cancellationToken)
