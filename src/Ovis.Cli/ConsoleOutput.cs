@@ -181,9 +181,13 @@ internal sealed class ConsoleOutput(TextWriter writer)
         ("Used", SizeWithBytes(volume.UsedBytes)),
         ("Object size", Sizes.Format(volume.ObjectSize)),
         ("Connections", volume.Connections.ToString(CultureInfo.InvariantCulture)),
-        ("Cache", CacheModes.Name(volume.Cache)),
+        ("Cache", CacheModes.Name(volume.Cache) + (volume.CacheStats is { } c ? CacheStats(c) : "")),
         ("Created", Time(volume.Created)),
     ]);
+
+    // What the node asked holds of the volume unpushed, how far behind the copies are, and how many reads it answered.
+    private static string CacheStats(VolumeCacheStats c) => string.Create(CultureInfo.InvariantCulture,
+        $" (dirty {Sizes.Format(c.DirtyBytes)}, push lag {c.PushLagSeconds * 1000:0} ms, hit ratio {c.HitRatio:P0} of {c.ReadBlocks} blocks read)");
 
     public void Node(NodeInfo node) => KeyValues(
     [

@@ -71,13 +71,10 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
     /// <summary>The store volumes use: the cache over the gateway.</summary>
     public IObjectStore VolumeStore => Cache ?? (IObjectStore)Store;
 
-    /// <summary>Opens the node's cache log in <paramref name="directory"/> (creating it the first
-    /// time) and takes in what it held; before the volumes open.</summary>
+    /// <summary>Opens the node's writeback cache (its log in <paramref name="directory"/>) and takes
+    /// in what a log left there held; before the volumes open.</summary>
     public void OpenCache(string directory, long size, Func<uint, bool> writeback)
-    {
-        var log = CacheLog.Open(directory, size, _logger, out IReadOnlyList<CacheRecord> recovered);
-        Cache = new Ovis.Cluster.Cache.WritebackCache(Store, log, recovered, writeback, _logger);
-    }
+        => Cache = Ovis.Cluster.Cache.WritebackCache.Open(Store, directory, size, writeback, _logger);
 
     /// <summary>The recovery of the volumes this node writes; null until the volumes are open.</summary>
     public VolumeRecovery? Recovery => _recovery;

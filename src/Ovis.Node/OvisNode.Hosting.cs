@@ -53,7 +53,7 @@ public sealed partial class OvisNode
             { Cache = cluster.Cache }
             : null;
         var connections = new NbdConnectionLimit(options.MaxNbdConnections);
-        builder.Services.AddSingleton(services => new NodeMetrics(volumes, recovery, connections));
+        builder.Services.AddSingleton(services => new NodeMetrics(volumes, recovery, connections, cluster?.Cache));
         builder.Services.AddSingleton<IExportProvider>(services => new VolumeExports(volumes, locks, services.GetRequiredService<NodeMetrics>()));
         builder.Services.AddOpenTelemetry().ConfigureResource(r => r.AddService("ovis", serviceVersion: NodeStatus.Version)).WithMetrics(metrics => metrics
             .AddMeter(NodeMetrics.MeterName)

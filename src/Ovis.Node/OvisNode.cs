@@ -99,7 +99,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var nodeId = joining.NodeId ?? ClusterMembership.ReadOrCreateNodeId(dataDirectory);
                 var fences = await OpenDataAsync(dataDirectory, () => Task.FromResult(FenceTable.Open(Path.Combine(dataDirectory, FencesFile))));
                 cluster = await ClusterMembership.Describe(joining, () => ClusterRuntime.CreateAsync(membership, nodeId, data.Store, fences, joining.Recovery, clusterLogger, cancellationToken));
-                var cacheDirectory = Path.GetFullPath(options.CacheDirectory ?? Path.Combine(dataDirectory, "cache"));
+                var cacheDirectory = Path.GetFullPath(options.CacheDirectory);
                 await OpenDataAsync(cacheDirectory, () =>
                 {
                     cluster.OpenCache(cacheDirectory, options.CacheSize, layer => volumes.TryGet()?.CacheModeOf(layer) == CacheMode.Writeback);

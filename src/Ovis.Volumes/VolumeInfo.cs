@@ -24,4 +24,17 @@ public sealed record VolumeInfo(
 
     /// <summary>How gateways acknowledge the volume's writes (<c>vdi set NAME cache=...</c>).</summary>
     public CacheMode Cache { get; init; }
+
+    /// <summary>What the writeback cache of the node asked holds of the volume; null where none runs.</summary>
+    public VolumeCacheStats? CacheStats { get; init; }
+}
+
+/// <summary>One node's writeback cache for one volume (docs/writeback-cache.md).</summary>
+/// <param name="DirtyBytes">Acknowledged bytes not yet on every copy.</param>
+/// <param name="PushLagSeconds">Age of the oldest of them: how far the copies are behind.</param>
+/// <param name="ReadHits">Blocks read from the cache since the node started.</param>
+/// <param name="ReadBlocks">Blocks read in all since the node started.</param>
+public sealed record VolumeCacheStats(long DirtyBytes, double PushLagSeconds, long ReadHits, long ReadBlocks)
+{
+    public double HitRatio => ReadBlocks == 0 ? 0 : (double)ReadHits / ReadBlocks;
 }

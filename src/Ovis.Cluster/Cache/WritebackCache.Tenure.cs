@@ -53,7 +53,8 @@ public sealed partial class WritebackCache
 
     private void Release(IEnumerable<long> lsns)
     {
-        _log.ReleaseBefore(_live.Release(lsns));
+        long before = _live.Release(lsns);
+        _log?.ReleaseBefore(before);
         _wantsSpace = false;
     }
 
@@ -73,7 +74,8 @@ public sealed partial class WritebackCache
         long? lsn = null;
         try
         {
-            lsn = await _log.AppendAsync(layer, 0, voidBefore, TombstoneEpoch, ReadOnlyMemory<byte>.Empty).ConfigureAwait(false);
+            CacheLog log = await LogAsync().ConfigureAwait(false);
+            lsn = await log.AppendAsync(layer, 0, voidBefore, TombstoneEpoch, ReadOnlyMemory<byte>.Empty).ConfigureAwait(false);
             return true;
         }
         catch (Exception ex) when (ex is IOException or ObjectDisposedException)
@@ -96,6 +98,9 @@ public sealed partial class WritebackCache
     public async Task AdoptAsync(IReadOnlyList<uint> layers, long tenure, bool lastServedHere)
     {
         ArgumentNullException.ThrowIfNull(layers);
+        // The first writeback volume opened here creates the log, before its first write.
+        if (layers.Any(_writeback))
+            await LogAsync().ConfigureAwait(false);
         foreach (uint layer in layers)
         {
             if (!_layers.TryGetValue(layer, out LayerCache? cache))
@@ -177,7 +182,7 @@ public sealed partial class WritebackCache
         lock (_budgetLock)
             _dirty += bytes;
         // Voided records may go as soon as nothing older is needed.
-        _log.ReleaseBefore(_live.Release([]));
+        _log!.ReleaseBefore(_live.Release([]));
     }
 
     /// <summary>A layer found in the log at start whose volume no longer exists, or is served by
@@ -203,7 +208,9 @@ public sealed partial class WritebackCache
         _stopping = true;
         foreach (LayerCache cache in _layers.Values)
             await cache.StopAsync().ConfigureAwait(false);
-        await _log.DisposeAsync().ConfigureAwait(false);
+        if (_log is not null)
+            await _log.DisposeAsync().ConfigureAwait(false);
+        _opening.Dispose();
     }
 
     [LoggerMessage(EventId = 121, Level = LogLevel.Error, Message = "Layer {Layer}: could not log a tombstone in the writeback cache")]

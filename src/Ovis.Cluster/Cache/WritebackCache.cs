@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using Ovis.Cluster.Gateway;
 using Ovis.Store;
+using Ovis.Volumes;
 
 namespace Ovis.Cluster.Cache;
 
@@ -19,33 +20,72 @@ namespace Ovis.Cluster.Cache;
 /// </summary>
 public sealed partial class WritebackCache : IObjectStore
 {
-    private readonly CacheLog _log;
+    private const string LogFile = "cache.log";
+
+    private readonly string _directory;
+    private readonly long _size;
     private readonly Func<uint, bool> _writeback;
     private readonly ILogger _logger;
     private readonly ConcurrentDictionary<uint, LayerCache> _layers = new();
     private readonly LiveRecords _live = new();
-    private readonly long _bound;
     private readonly Lock _budgetLock = new();
+    private readonly SemaphoreSlim _opening = new(1, 1);
     private TaskCompletionSource _budgetFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private CacheLog? _log;
     private long _dirty;
     private volatile bool _wantsSpace;
     private volatile bool _stopping;
 
-    /// <param name="inner">The gateway every write ends up on.</param>
-    /// <param name="log">The cache log, opened; <paramref name="recovered"/> what it held.</param>
-    /// <param name="writeback">Whether a layer's volume is in writeback mode now.</param>
-    public WritebackCache(ReplicatedStore inner, CacheLog log, IReadOnlyList<CacheRecord> recovered, Func<uint, bool> writeback, ILogger logger)
+    private WritebackCache(ReplicatedStore inner, string directory, long size, Func<uint, bool> writeback, ILogger logger)
     {
-        ArgumentNullException.ThrowIfNull(log);
-        ArgumentNullException.ThrowIfNull(recovered);
         Inner = inner;
-        _log = log;
+        _directory = directory;
+        _size = size;
         _writeback = writeback;
         _logger = logger;
-        // Half the log may be unpushed; the other half holds pushed writes until a replica flush.
-        _bound = log.Capacity / 2;
+    }
+
+    /// <summary>
+    /// The cache of a node whose log is in <paramref name="directory"/>: what a log left there holds
+    /// is taken in now; a node that never had a writeback volume creates none until one is opened.
+    /// </summary>
+    /// <param name="inner">The gateway every write ends up on.</param>
+    /// <param name="size">Unpushed bytes the cache may hold; the log is twice that (the other half
+    /// holds pushed writes until a replica flush lets their records go).</param>
+    /// <param name="writeback">Whether a layer's volume is in writeback mode now.</param>
+    public static WritebackCache Open(ReplicatedStore inner, string directory, long size, Func<uint, bool> writeback, ILogger logger)
+    {
+        var cache = new WritebackCache(inner, directory, size, writeback, logger);
+        if (File.Exists(Path.Combine(directory, LogFile)))
+            cache.Recover(cache.OpenLog());
+        return cache;
+    }
+
+    private IReadOnlyList<CacheRecord> OpenLog()
+    {
+        var log = CacheLog.Open(_directory, 2 * _size, _logger, out IReadOnlyList<CacheRecord> recovered);
         log.SpaceWanted += () => _wantsSpace = true;
-        Recover(recovered);
+        _log = log;
+        return recovered;
+    }
+
+    /// <summary>The log, created the first time a writeback volume is opened here (it is
+    /// preallocated, which takes a moment once).</summary>
+    private async ValueTask<CacheLog> LogAsync()
+    {
+        if (Volatile.Read(ref _log) is { } log)
+            return log;
+        await _opening.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (_log is null)
+                await Task.Run(OpenLog).ConfigureAwait(false);
+            return _log!;
+        }
+        finally
+        {
+            _opening.Release();
+        }
     }
 
     internal ReplicatedStore Inner { get; }
@@ -72,17 +112,17 @@ public sealed partial class WritebackCache : IObjectStore
     /// <summary>Unpushed bytes over every layer.</summary>
     public long DirtyBytes => Interlocked.Read(ref _dirty);
 
-    public long LogUsedBytes => _log.UsedBytes;
+    public long LogUsedBytes => _log?.UsedBytes ?? 0;
 
-    public long LogCapacity => _log.Capacity;
+    public long LogCapacity => _log?.Capacity ?? 2 * _size;
 
     /// <summary>Dirty bytes, push lag (age of the oldest unpushed write) and the read hit counts of one layer.</summary>
-    public CacheStats StatsOf(uint layer)
+    public VolumeCacheStats StatsOf(uint layer)
     {
         if (!_layers.TryGetValue(layer, out LayerCache? cache))
-            return new CacheStats(0, 0, 0, 0);
+            return new VolumeCacheStats(0, 0, 0, 0);
         (long dirty, double lag, long hits, long blocks) = cache.Stats();
-        return new CacheStats(dirty, lag, hits, blocks);
+        return new VolumeCacheStats(dirty, lag, hits, blocks);
     }
 
     private bool Cacheable(uint layer, long offset, int length)
@@ -142,7 +182,8 @@ public sealed partial class WritebackCache : IObjectStore
         long? lsn = null;
         try
         {
-            lsn = await _log.AppendAsync(id.Volume, id.Index, offset, cache.CurrentEpoch, copy).ConfigureAwait(false);
+            CacheLog log = await LogAsync().ConfigureAwait(false);
+            lsn = await log.AppendAsync(id.Volume, id.Index, offset, cache.CurrentEpoch, copy).ConfigureAwait(false);
             cache.Add(id, offset, copy, lsn.Value);
         }
         catch (Exception ex) when (ex is IOException or ObjectDisposedException)
@@ -168,7 +209,7 @@ public sealed partial class WritebackCache : IObjectStore
             Task freed;
             lock (_budgetLock)
             {
-                if (_dirty == 0 || _dirty + bytes <= _bound)
+                if (_dirty == 0 || _dirty + bytes <= _size)
                 {
                     _dirty += bytes;
                     return;
@@ -238,10 +279,4 @@ public sealed partial class WritebackCache : IObjectStore
 
     [LoggerMessage(EventId = 120, Level = LogLevel.Error, Message = "Object {Object}: the write could not be logged in the writeback cache: EIO")]
     private static partial void LogAppendFailed(ILogger logger, string @object, Exception exception);
-}
-
-/// <summary>What the writeback cache holds of one volume, for the admin API and metrics.</summary>
-public readonly record struct CacheStats(long DirtyBytes, double PushLagSeconds, long ReadHits, long ReadBlocks)
-{
-    public double HitRatio => ReadBlocks == 0 ? 0 : (double)ReadHits / ReadBlocks;
 }

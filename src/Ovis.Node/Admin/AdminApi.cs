@@ -76,8 +76,14 @@ public static partial class AdminApi
         return TypedResults.Created(VolumeUri(info.Name), info);
     }
 
-    private static Ok<VolumeInfo> GetVolume(string name, VolumeManager volumes)
-        => TypedResults.Ok(volumes.Get(name));
+    private static Ok<VolumeInfo> GetVolume(string name, VolumeManager volumes, IServiceProvider services)
+    {
+        VolumeInfo info = volumes.Get(name);
+        // The cache is this node's: what it holds of the volume (all of it when this node serves it).
+        return TypedResults.Ok(services.GetService(typeof(ClusterRuntime)) is ClusterRuntime { Cache: { } cache } && !info.IsSnapshot
+            ? info with { CacheStats = cache.StatsOf(info.Id) }
+            : info);
+    }
 
     private static async Task<Ok<VolumeInfo>> ResizeVolumeAsync(string name, HttpRequest request, VolumeManager volumes, IServiceProvider services, CancellationToken cancellationToken)
     {

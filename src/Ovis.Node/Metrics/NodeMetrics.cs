@@ -28,7 +28,7 @@ internal sealed class NodeMetrics : IDisposable
     private readonly Meter _meter = new(MeterName, NodeStatus.Version);
     private readonly ConcurrentDictionary<string, VolumeMetrics> _volumes = new(StringComparer.Ordinal);
 
-    public NodeMetrics(NodeVolumes volumes, RecoveryControl? recovery, NbdConnectionLimit connections)
+    public NodeMetrics(NodeVolumes volumes, RecoveryControl? recovery, NbdConnectionLimit connections, Ovis.Cluster.Cache.WritebackCache? cache = null)
     {
         Reads = _meter.CreateCounter<long>("ovis_volume_reads", "{request}", "NBD reads completed without error");
         ReadBytes = _meter.CreateCounter<long>("ovis_volume_read_bytes", "By", "Bytes returned by NBD reads");
@@ -47,6 +47,24 @@ internal sealed class NodeMetrics : IDisposable
         PeerPingsMissed = _meter.CreateCounter<long>("ovis_peer_pings_missed", "{ping}", "PINGs to another member that got no answer within 2 s, by peer");
 
         LocalStore? Local() => volumes.LocalStore;
+
+        if (cache is not null)
+        {
+            // Per writeback volume this node holds something of: what the copies still miss, and how far behind they are.
+            IEnumerable<(string Volume, Ovis.Volumes.VolumeCacheStats Stats)> Cached() =>
+                (volumes.TryGet()?.List() ?? []).Where(v => !v.IsSnapshot && v.Cache == Ovis.Volumes.CacheMode.Writeback)
+                    .Select(v => (v.Name, cache.StatsOf(v.Id)));
+            _meter.CreateObservableGauge("ovis_cache_dirty_bytes", () => Cached().Select(c => new Measurement<long>(c.Stats.DirtyBytes, new KeyValuePair<string, object?>("volume", c.Volume))),
+                "By", "Writes acknowledged from the writeback cache and not yet on every copy");
+            _meter.CreateObservableGauge("ovis_cache_push_lag", () => Cached().Select(c => new Measurement<double>(c.Stats.PushLagSeconds, new KeyValuePair<string, object?>("volume", c.Volume))),
+                "s", "Age of the oldest write not yet on every copy");
+            _meter.CreateObservableCounter("ovis_cache_read_hit_blocks", () => Cached().Select(c => new Measurement<long>(c.Stats.ReadHits, new KeyValuePair<string, object?>("volume", c.Volume))),
+                "{block}", "Blocks reads got from the writeback cache");
+            _meter.CreateObservableCounter("ovis_cache_read_blocks", () => Cached().Select(c => new Measurement<long>(c.Stats.ReadBlocks, new KeyValuePair<string, object?>("volume", c.Volume))),
+                "{block}", "Blocks read from writeback volumes in all");
+            _meter.CreateObservableGauge("ovis_cache_log_used_bytes", () => cache.LogUsedBytes, "By", "Cache log bytes holding records still needed");
+            _meter.CreateObservableGauge("ovis_cache_log_capacity_bytes", () => cache.LogCapacity, "By", "Size of the cache log ring (twice --cache-size)");
+        }
 
         _meter.CreateObservableGauge("ovis_node_space_total_bytes", () => Observe(Local(), s => s.Space.TotalBytes), "By", "Size of the data directory's file system");
         _meter.CreateObservableGauge("ovis_node_space_used_bytes", () => Observe(Local(), s => s.Space.UsedBytes), "By", "Space in use there, writes in the journal included");

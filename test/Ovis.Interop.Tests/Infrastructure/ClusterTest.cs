@@ -1,3 +1,4 @@
+using System.Net;
 using System.Globalization;
 using System.Text.Json;
 using Ovis.Cluster.Tests.Infrastructure;
@@ -63,6 +64,36 @@ public abstract class ClusterTest(EtcdCluster etcd, ITestOutputHelper output) : 
         }
     }
 
+    /// <summary>
+    /// A formatted cluster whose peer links have latency: a <see cref="DelayProxy"/> in front of each
+    /// node's peer port, published as its <c>--advertise-peer</c> address, so copies to it cross the
+    /// delay (as behind NAT or across sites). The proxies stop with the returned nodes.
+    /// </summary>
+    protected async Task<ClusterNodes> StartDelayedCluster(int copies, TimeSpan oneWay, int nodes = 3, params string[] extra)
+    {
+        var name = await Format(copies);
+        var started = new ClusterNodes(name);
+        try
+        {
+            for (int i = 0; i < nodes; i++)
+            {
+                int port = OvisDaemon.FreePort();
+                var proxy = new DelayProxy(new IPEndPoint(IPAddress.Loopback, port), oneWay);
+                started.Proxies.Add(proxy);
+                var node = NewNode(i, NodeArguments(name, Zones[i], ["--peer", $"127.0.0.1:{port}", "--advertise-peer", proxy.EndPoint.ToString(), .. extra]));
+                started.Add(node);
+                await node.StartAsync();
+            }
+            await Eventually(async () => (await Json(started[0], "node", "list")).GetArrayLength() == nodes, LeaseMargin, "every node is up");
+            return started;
+        }
+        catch
+        {
+            await started.DisposeAsync();
+            throw;
+        }
+    }
+
     protected static async Task<JsonElement> Json(OvisDaemon d, params string[] args)
     {
         var r = await d.Cli([.. args, "--json"]);
@@ -104,11 +135,18 @@ public sealed class ClusterNodes(string cluster) : List<OvisDaemon>, IAsyncDispo
 {
     public string Cluster { get; } = cluster;
 
+    /// <summary>Delaying proxies in front of the nodes' peer ports, stopped after the nodes.</summary>
+    public List<DelayProxy> Proxies { get; } = [];
+
     public async ValueTask DisposeAsync()
     {
         foreach (var d in this)
         {
             await d.DisposeAsync();
+        }
+        foreach (var p in Proxies)
+        {
+            await p.DisposeAsync();
         }
     }
 }

@@ -15,7 +15,7 @@ public sealed class DelayProxy : IAsyncDisposable
 {
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
     private readonly IPEndPoint _upstream;
-    private readonly TimeSpan _delay;
+    private long _delayTicks;
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _accepting;
     private long _bytes;
@@ -23,13 +23,20 @@ public sealed class DelayProxy : IAsyncDisposable
     public DelayProxy(IPEndPoint upstream, TimeSpan delay)
     {
         _upstream = upstream;
-        _delay = delay;
+        Delay = delay;
         _listener.Start();
         _accepting = AcceptAsync();
     }
 
     /// <summary>Where clients connect instead of the upstream.</summary>
     public IPEndPoint EndPoint => (IPEndPoint)_listener.LocalEndpoint;
+
+    /// <summary>The delay each way; a change applies to what arrives from then on.</summary>
+    public TimeSpan Delay
+    {
+        get => TimeSpan.FromTicks(Interlocked.Read(ref _delayTicks));
+        set => Interlocked.Exchange(ref _delayTicks, value.Ticks);
+    }
 
     /// <summary>Bytes carried so far, both ways.</summary>
     public long Bytes => Interlocked.Read(ref _bytes);
@@ -72,7 +79,7 @@ public sealed class DelayProxy : IAsyncDisposable
 
     private async Task PumpAsync(Socket from, Socket to)
     {
-        var held = Channel.CreateUnbounded<(long Received, byte[] Data)>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        var held = Channel.CreateUnbounded<(long Due, byte[] Data)>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         var sending = SendAsync(held.Reader, to);
         try
         {
@@ -82,7 +89,7 @@ public sealed class DelayProxy : IAsyncDisposable
                 int n = await from.ReceiveAsync(buffer, SocketFlags.None, _stop.Token);
                 if (n == 0)
                     break;
-                held.Writer.TryWrite((Stopwatch.GetTimestamp(), buffer[..n]));
+                held.Writer.TryWrite((Stopwatch.GetTimestamp() + (long)(Delay.TotalSeconds * Stopwatch.Frequency), buffer[..n]));
                 Interlocked.Add(ref _bytes, n);
             }
         }
@@ -93,13 +100,13 @@ public sealed class DelayProxy : IAsyncDisposable
         await sending;
     }
 
-    private async Task SendAsync(ChannelReader<(long Received, byte[] Data)> held, Socket to)
+    private async Task SendAsync(ChannelReader<(long Due, byte[] Data)> held, Socket to)
     {
         try
         {
-            await foreach (var (received, data) in held.ReadAllAsync(_stop.Token))
+            await foreach (var (due, data) in held.ReadAllAsync(_stop.Token))
             {
-                var wait = _delay - Stopwatch.GetElapsedTime(received);
+                var wait = Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), due);
                 if (wait > TimeSpan.Zero)
                     await Task.Delay(wait, _stop.Token);
                 await to.SendAsync(data, SocketFlags.None, _stop.Token);
