@@ -90,7 +90,7 @@ internal static class ServeCommand
 
         var cacheDir = new Option<string?>("--cache-dir")
         {
-            Description = "Directory of the gateway writeback cache's log, for volumes set to cache=writeback (docs/writeback-cache.md) [default: DIR/cache]",
+            Description = "Directory of the gateway writeback cache's log, for volumes set to cache=writeback (docs/writeback-cache.md) [default: cache in the --data directory]",
             HelpName = "DIR",
         };
         var cacheSize = new Option<string>("--cache-size")

@@ -158,7 +158,7 @@ public sealed partial class CacheLog : IAsyncDisposable
             ThrowIfUnusable();
             _pending.Enqueue(append);
         }
-        _wake.Set();
+        Wake();
         return new ValueTask<long>(append.Task);
     }
 
@@ -187,7 +187,21 @@ public sealed partial class CacheLog : IAsyncDisposable
         }
         if (wake)
         {
+            Wake();
+        }
+    }
+
+    /// <summary>Wakes the committer. After dispose there is none: an append, release or checkpoint
+    /// racing with dispose may still get here.</summary>
+    private void Wake()
+    {
+        try
+        {
             _wake.Set();
+        }
+        catch (ObjectDisposedException)
+        {
+            // Closed: the committer has exited and waits for nothing.
         }
     }
 
@@ -208,7 +222,7 @@ public sealed partial class CacheLog : IAsyncDisposable
             done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             _checkpointWaiters.Add(done);
         }
-        _wake.Set();
+        Wake();
         return new ValueTask(done.Task.WaitAsync(cancellationToken));
     }
 
@@ -222,7 +236,10 @@ public sealed partial class CacheLog : IAsyncDisposable
             first = !_stopping;
             _stopping = true;
         }
-        _wake.Set();
+        if (first)
+        {
+            Wake();
+        }
         await _stopped.Task.ConfigureAwait(false);
         if (first)
         {

@@ -94,6 +94,27 @@ public sealed class SharedRegistryTests(EtcdCluster etcd) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_cache_mode_set_on_one_node_is_what_the_other_answers_for_the_volume_s_layer()
+    {
+        VolumeInfo created = await _a.Manager.CreateAsync("vm", 64 * MiB).WaitAsync(T);
+        await Eventually.TrueAsync(() => Task.FromResult(_b.Manager.List().Count == 1), T, "B lists the volume");
+        Assert.Equal(CacheMode.Writethrough, _b.Manager.CacheModeOf(created.Id));
+
+        await _a.Manager.SetCacheAsync("vm", CacheMode.Writeback).WaitAsync(T);
+        await Eventually.TrueAsync(() => Task.FromResult(_b.Manager.CacheModeOf(created.Id) == CacheMode.Writeback), T, "B answers writeback for A's volume");
+        Assert.Equal(CacheMode.Writeback, _b.Manager.Get("vm").Cache);
+
+        // A snapshot on B moves the volume to a new layer: A follows, the frozen layer is writethrough.
+        VolumeInfo snapshot = await _b.Manager.SnapshotAsync("vm", "s1").WaitAsync(T);
+        uint live = _b.Manager.Get("vm").Id;
+        await Eventually.TrueAsync(() => Task.FromResult(_a.Manager.CacheModeOf(live) == CacheMode.Writeback), T, "A answers writeback for the volume's new layer");
+        Assert.Equal(CacheMode.Writethrough, _a.Manager.CacheModeOf(snapshot.Id));
+
+        await _b.Manager.SetCacheAsync("vm", CacheMode.Writethrough).WaitAsync(T);
+        await Eventually.TrueAsync(() => Task.FromResult(_a.Manager.CacheModeOf(live) == CacheMode.Writethrough), T, "A answers writethrough again");
+    }
+
+    [Fact]
     public async Task A_snapshot_taken_on_one_node_is_visible_on_the_other()
     {
         VolumeInfo created = await _a.Manager.CreateAsync("vm", 64 * MiB).WaitAsync(T);

@@ -372,7 +372,7 @@ public sealed class CacheLogTests : IDisposable
         Task<long> waiting = log.AppendAsync(0, 0, 0, 0, new byte[4096], cts.Token).AsTask();
         await cts.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting.WaitAsync(StoreFixture.Timeout));
-        Assert.Throws<ArgumentException>(() => log.AppendAsync(0, 0, 0, 0, new byte[capacity]));
+        await Assert.ThrowsAsync<ArgumentException>(() => log.AppendAsync(0, 0, 0, 0, new byte[capacity]).AsTask());
     }
 
     [Fact]
