@@ -85,7 +85,7 @@ internal sealed partial class CacheReplay : IAsyncDisposable
         _stop.Dispose();
     }
 
-    [LoggerMessage(EventId = 130, Level = LogLevel.Information, Message = "Volume {Volume}: the writes the cache log held from before the restart are on every copy")]
+    [LoggerMessage(EventId = 130, Level = LogLevel.Information, Message = "Volume {Volume}: the writes the cache log held from before the restart are pushed, or dropped if another node served it since")]
     private static partial void LogReplayed(ILogger logger, string volume);
 
     [LoggerMessage(EventId = 131, Level = LogLevel.Warning, Message = "Volume {Volume}: the cached writes from before the restart cannot go out yet ({Reason}); trying again")]
