@@ -284,7 +284,7 @@ public sealed partial class ReplicatedStore : IObjectStore
     private static int BitCount(ulong bits) => System.Numerics.BitOperations.PopCount(bits);
 
     /// <summary>Marks a copy that missed a change stale, once per node; false when the catalog could not be told.</summary>
-    private async ValueTask<bool> EnsureStaleAsync(ClusterView view, int node)
+    internal async ValueTask<bool> EnsureStaleAsync(ClusterView view, int node)
     {
         if (view.Stale[node])
             return true;

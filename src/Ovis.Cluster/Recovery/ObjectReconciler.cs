@@ -84,6 +84,20 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
             return (ReconcileResult.Failed, 0);
         }
 
+        // A holder that is down may keep a change no other copy got — its own last writes as the
+        // gateway that died, a push that reached only it. Compared later, after the live copies
+        // were read, it must not win (the old value would come back with no write in between):
+        // marked stale, it is neither read nor a source until a round that reaches it has made
+        // it agree.
+        if (reason == ReconcileReason.Resync)
+        {
+            foreach (int n in holders)
+            {
+                if (!view.Live[n] && !await store.EnsureStaleAsync(view, n).ConfigureAwait(false))
+                    return (ReconcileResult.Failed, 0);
+            }
+        }
+
         BlockSum[] reference = sums[source]!;
         var written = new List<int>();
         long total = 0;
