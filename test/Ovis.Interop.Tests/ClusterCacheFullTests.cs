@@ -1,0 +1,101 @@
+using System.Text.Json;
+using Ovis.Cluster.Tests.Infrastructure;
+using Ovis.Interop.Tests.Infrastructure;
+using Xunit.Abstractions;
+
+namespace Ovis.Interop.Tests;
+
+/// <summary>
+/// A writer that outruns slow replica links fills the writeback cache: at the bound writes wait
+/// for pushes, never fail, never stall for seconds, and dirty bytes never exceed the bound.
+/// </summary>
+public sealed class ClusterCacheFullTests(EtcdCluster etcd, ITestOutputHelper output)
+    : ClusterTest(etcd, output), IClassFixture<EtcdCluster>
+{
+    private static readonly TimeSpan OneWay = TimeSpan.FromMilliseconds(20);
+    private const long Bound = 16L * 1024 * 1024;
+
+    [Fact]
+    public async Task A_full_cache_makes_writes_wait_for_pushes_never_fail_and_never_exceed_the_bound()
+    {
+        await using var nodes = await StartDelayedCluster(copies: 3, OneWay, extra: ["--cache-size", "16M"]);
+        await Create(nodes[0], "v", "64M");
+        var uri = nodes[0].NbdUri("v");
+
+        var through = await Fio(uri, seconds: 5);
+        double throughMax = ClatMaxMs(through);
+
+        await Json(nodes[0], "vdi", "set", "v", "cache=writeback");
+        foreach (var node in nodes)
+            await Eventually(async () => (await Json(node, "vdi", "info", "v")).GetProperty("cache").GetString() == "writeback", LeaseMargin, $"{node} has v in writeback");
+
+        var samples = new List<long>();
+        using var stop = new CancellationTokenSource();
+        var sampler = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                samples.Add((await Json(nodes[0], "vdi", "info", "v")).GetProperty("cacheStats").GetProperty("dirtyBytes").GetInt64());
+                await Task.Delay(250);
+            }
+        });
+        var back = await Fio(uri, seconds: 15);
+        stop.Cancel();
+        await sampler;
+
+        double backMax = ClatMaxMs(back);
+        long written = back.GetProperty("write").GetProperty("io_bytes").GetInt64();
+        Output.WriteLine($"writethrough clat max {throughMax:F1} ms; writeback clat max {backMax:F1} ms, {back.GetProperty("write").GetProperty("iops").GetDouble():F0} IOPS, {written >> 20} MiB; dirty max {samples.Max() >> 10} KiB over {samples.Count} samples");
+        Assert.True(written >= 2 * Bound, $"fio wrote only {written} bytes: the bound was never challenged");
+        // TakeBudgetAsync admits a write only if it fits under the bound (or nothing is dirty): with
+        // 4 KiB writes and a 16 MiB bound, dirty bytes never exceed the bound itself.
+        Assert.All(samples, s => Assert.True(s <= Bound, $"dirty {s} over the bound {Bound}"));
+        Assert.True(samples.Max() >= Bound / 2, $"dirty never came near the bound (max {samples.Max()}): the test proves nothing");
+        // A stall at the bound would be seconds long; write-through with 20 ms links completes in
+        // ~40–100 ms, and waiting for a push is one such round, so 3× (or +2 s on a loaded machine) is generous.
+        Assert.True(backMax <= Math.Max(3 * throughMax, throughMax + 2000), $"writeback clat max {backMax} ms vs write-through {throughMax} ms");
+
+        await using (var client = await Ovis.Nbd.NbdClient.ConnectAsync(uri, CancellationToken.None))
+            await client.FlushAsync(CancellationToken.None);
+        Assert.Equal(0, (await Json(nodes[0], "vdi", "info", "v")).GetProperty("cacheStats").GetProperty("dirtyBytes").GetInt64());
+        byte[] viaA = await Read(nodes[0], 4 * 1024 * 1024);
+        byte[] viaB = await Read(nodes[1], 4 * 1024 * 1024);
+        Assert.True(viaA.AsSpan().SequenceEqual(viaB), "node b reads other data than node a after the flush");
+    }
+
+    /// <summary>4 KiB random writes at queue depth 32 over the whole volume; returns fio's job.</summary>
+    private async Task<JsonElement> Fio(string uri, int seconds)
+    {
+        var r = await Run("fio", ["--ioengine=nbd", $"--uri={uri}", "--output-format=json", "--name=full", "--rw=randwrite", "--bs=4k",
+            "--iodepth=32", "--size=64M", "--time_based", $"--runtime={seconds}"], TimeSpan.FromSeconds(seconds + 30));
+        Assert.True(r.Succeeded, $"fio failed:\n{r.Describe()}\n{DaemonState()}");
+        // fio prints "fio: connected to NBD server" before the JSON document.
+        using var doc = JsonDocument.Parse(r.Stdout[r.Stdout.IndexOf('{', StringComparison.Ordinal)..]);
+        var job = doc.RootElement.GetProperty("jobs")[0].Clone();
+        Assert.True(job.GetProperty("error").GetInt32() == 0, $"fio error {job.GetProperty("error")}:\n{r.Describe()}");
+        return job;
+    }
+
+    private static double ClatMaxMs(JsonElement job) => job.GetProperty("write").GetProperty("clat_ns").GetProperty("max").GetDouble() / 1e6;
+
+    /// <summary>Reads the first <paramref name="length"/> bytes of <c>v</c> through <paramref name="node"/> once its lock is free.</summary>
+    private async Task<byte[]> Read(OvisDaemon node, int length)
+    {
+        var deadline = DateTime.UtcNow + LeaseMargin + TimeSpan.FromSeconds(10);
+        while (true)
+        {
+            try
+            {
+                await using var client = await Ovis.Nbd.NbdClient.ConnectAsync(node.NbdUri("v"), CancellationToken.None);
+                var data = new byte[length];
+                await client.ReadAsync(0, data, CancellationToken.None);
+                return data;
+            }
+            catch (Exception ex) when (DateTime.UtcNow < deadline)
+            {
+                Output.WriteLine($"not yet: {ex.Message}");
+                await Task.Delay(500);
+            }
+        }
+    }
+}
