@@ -264,12 +264,13 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
         {
             _gate.Release();
         }
-        if (held.Recovery is { } recovery)
-            await recovery.DisposeAsync().ConfigureAwait(false);
         // Still under the lock (it ends below): whoever takes the volume next must find every
-        // write this node acknowledged on the copies.
+        // write this node acknowledged on the copies. Before the recovery and its dirty-region
+        // log let go of the layers: the drain's pushes are writes like any other, logged there.
         if (!held.ForRecovery && !held.Ended && Cache is { } cache)
             await cache.ReleaseAsync(layersOf(held.Volume)).ConfigureAwait(false);
+        if (held.Recovery is { } recovery)
+            await recovery.DisposeAsync().ConfigureAwait(false);
         held.End();
         try
         {

@@ -65,9 +65,9 @@ public sealed class DirtyLogTests
 
         // An object already marked: no save at all, and the call completes synchronously.
         store.Hold = null;
-        ValueTask again = log.BeginWriteAsync(new ObjectId(1, 5));
+        ValueTask<DirtyLog.WriteMark> again = log.BeginWriteAsync(new ObjectId(1, 5));
         Assert.True(again.IsCompletedSuccessfully);
-        log.EndWrite(new ObjectId(1, 5), missed: false);
+        log.EndWrite(await again, missed: false);
         Assert.Equal(2, store.Saves);
     }
 
@@ -90,10 +90,8 @@ public sealed class DirtyLogTests
         await using var log = new DirtyLog(store, NullLogger.Instance, TimeSpan.FromMilliseconds(200));
         var clean = new ObjectId(3, 1);
         var missed = new ObjectId(3, 2);
-        await log.BeginWriteAsync(clean);
-        log.EndWrite(clean, missed: false);
-        await log.BeginWriteAsync(missed);
-        log.EndWrite(missed, missed: true);
+        log.EndWrite(await log.BeginWriteAsync(clean), missed: false);
+        log.EndWrite(await log.BeginWriteAsync(missed), missed: true);
 
         // Idle, but not flushed: both stay.
         await Task.Delay(700);
@@ -116,9 +114,9 @@ public sealed class DirtyLogTests
         var store = new MemoryLogStore();
         await using var log = new DirtyLog(store, NullLogger.Instance, TimeSpan.FromMilliseconds(100));
         var id = new ObjectId(4, 0);
-        await log.BeginWriteAsync(id);
+        DirtyLog.WriteMark mark = await log.BeginWriteAsync(id);
         long generation = log.FlushStarting(4);
-        log.EndWrite(id, missed: false); // completed after the flush started: not covered by it
+        log.EndWrite(mark, missed: false); // completed after the flush started: not covered by it
         log.FlushDone(4, generation);
         await Task.Delay(600);
         Assert.True(log.IsMarked(id));
@@ -135,8 +133,7 @@ public sealed class DirtyLogTests
         Assert.Equal([new ObjectId(5, 3), new ObjectId(5, 9)], inherited.OrderBy(i => i.Index));
         Assert.True(log.IsMissed(new ObjectId(5, 3)));
 
-        await log.BeginWriteAsync(new ObjectId(5, 4));
-        log.EndWrite(new ObjectId(5, 4), missed: false);
+        log.EndWrite(await log.BeginWriteAsync(new ObjectId(5, 4)), missed: false);
         Assert.Equal([3u, 4u, 9u], store.Records[5]);
     }
 
@@ -155,16 +152,35 @@ public sealed class DirtyLogTests
     {
         var store = new MemoryLogStore();
         await using var log = new DirtyLog(store, NullLogger.Instance, TimeSpan.FromHours(1));
-        await log.BeginWriteAsync(new ObjectId(8, 0));
-        log.EndWrite(new ObjectId(8, 0), missed: false);
-        await log.BeginWriteAsync(new ObjectId(8, 1));
-        log.EndWrite(new ObjectId(8, 1), missed: true);
+        log.EndWrite(await log.BeginWriteAsync(new ObjectId(8, 0)), missed: false);
+        log.EndWrite(await log.BeginWriteAsync(new ObjectId(8, 1)), missed: true);
         long generation = log.FlushStarting(8);
         log.FlushDone(8, generation);
 
         await log.ReleaseAsync([8u]).WaitAsync(T);
         Assert.Equal([1u], store.Records[8]);
         Assert.False(log.IsMarked(new ObjectId(8, 1)));
+    }
+
+    /// <summary>A write still on its way when its layer is released ends on the entry it began on,
+    /// not on the one a later write created: a writer count gone below zero made every later
+    /// write of the object spin in BeginWriteAsync forever (a writeback cache still draining).</summary>
+    [Fact]
+    public async Task A_write_that_outlives_a_release_does_not_wedge_the_next_writes_of_its_object()
+    {
+        var store = new MemoryLogStore();
+        await using var log = new DirtyLog(store, NullLogger.Instance, TimeSpan.FromHours(1));
+        var id = new ObjectId(11, 3);
+        DirtyLog.WriteMark early = await log.BeginWriteAsync(id);
+        await log.ReleaseAsync([11u]).WaitAsync(T);
+
+        DirtyLog.WriteMark late = await log.BeginWriteAsync(id).AsTask().WaitAsync(T);
+        log.EndWrite(early, missed: false);
+        log.EndWrite(late, missed: false);
+        // Run elsewhere: the old bug spun synchronously, and the test must fail, not hang.
+        DirtyLog.WriteMark next = await Task.Run(() => log.BeginWriteAsync(id).AsTask()).WaitAsync(T);
+        log.EndWrite(next, missed: false);
+        Assert.True(log.IsMarked(id));
     }
 
     /// <summary>The step a dirty bitmap relies on (docs/backup.md): an object is forgotten only after
@@ -183,8 +199,7 @@ public sealed class DirtyLogTests
             return fail ? throw new IOException("the bitmap could not be saved") : Task.CompletedTask;
         };
         var id = new ObjectId(9, 4);
-        await log.BeginWriteAsync(id);
-        log.EndWrite(id, missed: false);
+        log.EndWrite(await log.BeginWriteAsync(id), missed: false);
         long generation = log.FlushStarting(9);
         log.FlushDone(9, generation);
 
@@ -199,8 +214,7 @@ public sealed class DirtyLogTests
         // Release runs it too, before it clears.
         fail = true;
         var other = new ObjectId(10, 0);
-        await log.BeginWriteAsync(other);
-        log.EndWrite(other, missed: false);
+        log.EndWrite(await log.BeginWriteAsync(other), missed: false);
         generation = log.FlushStarting(10);
         log.FlushDone(10, generation);
         await log.ReleaseAsync([10u]).WaitAsync(T);

@@ -152,9 +152,10 @@ public sealed partial class ReplicatedStore : IObjectStore
         {
             if (DirtyLog is null)
                 return await SendToCopiesAsync(id, op, tenure).ConfigureAwait(false);
+            DirtyLog.WriteMark mark;
             try
             {
-                await DirtyLog.BeginWriteAsync(id).ConfigureAwait(false);
+                mark = await DirtyLog.BeginWriteAsync(id).ConfigureAwait(false);
             }
 #pragma warning disable CA1031 // The log could not be saved: the change must not go out unlogged.
             catch (Exception)
@@ -170,7 +171,7 @@ public sealed partial class ReplicatedStore : IObjectStore
             }
             finally
             {
-                DirtyLog.EndWrite(id, missed);
+                DirtyLog.EndWrite(mark, missed);
             }
         }
         finally

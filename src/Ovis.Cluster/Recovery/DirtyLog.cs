@@ -117,9 +117,11 @@ public sealed partial class DirtyLog : IAsyncDisposable
 
     /// <summary>
     /// Called before a change to <paramref name="id"/> goes to its copies; completes when the
-    /// object is logged durably. Pair every call with <see cref="EndWrite"/>.
+    /// object is logged durably. Pass the mark it returns to <see cref="EndWrite"/>: the entry
+    /// this write counted in may be dropped meanwhile (a release, a new tenure) and another
+    /// created, and ending the write on that other one would leave it counting a writer forever.
     /// </summary>
-    public ValueTask BeginWriteAsync(ObjectId id)
+    public ValueTask<WriteMark> BeginWriteAsync(ObjectId id)
     {
         while (true)
         {
@@ -132,7 +134,7 @@ public sealed partial class DirtyLog : IAsyncDisposable
                 if (Interlocked.Increment(ref entry.Writers) > 0)
                 {
                     Task durable = entry.Durable;
-                    return durable.IsCompletedSuccessfully ? default : AwaitDurableAsync(entry, id, durable);
+                    return durable.IsCompletedSuccessfully ? new(new WriteMark(id, entry)) : AwaitDurableAsync(entry, id, durable);
                 }
                 // Being cleared this instant: mark it again.
                 Interlocked.Decrement(ref entry.Writers);
@@ -158,13 +160,13 @@ public sealed partial class DirtyLog : IAsyncDisposable
         }
     }
 
-    private async ValueTask AdoptThenBeginAsync(ObjectId id)
+    private async ValueTask<WriteMark> AdoptThenBeginAsync(ObjectId id)
     {
         await AdoptAsync([id.Volume], _stop.Token).ConfigureAwait(false);
-        await BeginWriteAsync(id).ConfigureAwait(false);
+        return await BeginWriteAsync(id).ConfigureAwait(false);
     }
 
-    private async ValueTask AwaitDurableAsync(Entry entry, ObjectId id, Task durable)
+    private async ValueTask<WriteMark> AwaitDurableAsync(Entry entry, ObjectId id, Task durable)
     {
         try
         {
@@ -175,15 +177,12 @@ public sealed partial class DirtyLog : IAsyncDisposable
             EndWrite(id, entry, missed: false);
             throw;
         }
+        return new WriteMark(id, entry);
     }
 
     /// <summary>The change is done: <paramref name="missed"/> when some copy did not take it (the
     /// object stays logged until that copy is resynced).</summary>
-    public void EndWrite(ObjectId id, bool missed)
-    {
-        if (_entries.TryGetValue(id, out Entry? entry))
-            EndWrite(id, entry, missed);
-    }
+    public void EndWrite(WriteMark mark, bool missed) => EndWrite(mark.Id, mark.Entry, missed);
 
     private void EndWrite(ObjectId id, Entry entry, bool missed)
     {
@@ -450,7 +449,21 @@ public sealed partial class DirtyLog : IAsyncDisposable
         _stop.Dispose();
     }
 
-    private sealed class Entry
+    /// <summary>A write counted in the log by <see cref="BeginWriteAsync"/>, for <see cref="EndWrite(WriteMark, bool)"/>.</summary>
+    public readonly struct WriteMark
+    {
+        internal WriteMark(ObjectId id, Entry entry)
+        {
+            Id = id;
+            Entry = entry;
+        }
+
+        internal ObjectId Id { get; }
+
+        internal Entry Entry { get; }
+    }
+
+    internal sealed class Entry
     {
         public int Writers;
         public Task Durable = Task.CompletedTask;

@@ -368,8 +368,7 @@ public sealed partial class VolumeMaintenance : IAsyncDisposable
         }
         else if (result == ReconcileResult.Partial)
         {
-            await log.BeginWriteAsync(id).ConfigureAwait(false);
-            log.EndWrite(id, missed: true);
+            log.EndWrite(await log.BeginWriteAsync(id).ConfigureAwait(false), missed: true);
         }
     }
 
