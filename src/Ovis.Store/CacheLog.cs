@@ -184,6 +184,8 @@ public sealed partial class CacheLog : IAsyncDisposable
             // The tail is always a record's start (or the head), where a scan can begin.
             _tail = _live.TryPeek(out long next) ? next : _head;
             wake = _waitingForRoom;
+            // If this release is not enough, the appender starts waiting anew and says so again.
+            _waitingForRoom = false;
         }
         if (wake)
         {

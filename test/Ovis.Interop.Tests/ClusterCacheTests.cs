@@ -148,7 +148,10 @@ public sealed class ClusterCacheTests(EtcdCluster etcd, ITestOutputHelper output
         // a serves the volume again: its cache from the old tenure is dropped, never read.
         byte[] viaA = await ReadAll(nodes[0], Blocks * 4096);
         for (int b = 0; b < Blocks; b++)
-            Assert.True(viaA.AsSpan(b * 4096, 4096).SequenceEqual(Block(2, b)), $"block {b}: node a served a stale cached block after the takeover");
+        {
+            if (!viaA.AsSpan(b * 4096, 4096).SequenceEqual(Block(2, b)))
+                Assert.Fail($"block {b}: node a served a stale block after the takeover (its own {(viaA.AsSpan(b * 4096, 4096).SequenceEqual(Block(1, b)) ? "cached write" : "unknown data")}); node a:\n{nodes[0].Log}\nnode b:\n{nodes[1].Log}");
+        }
     }
 
     /// <summary>The first 4 KiB block where <paramref name="b"/> differs from <paramref name="a"/>, or null.</summary>

@@ -23,9 +23,8 @@ internal sealed class CachedWrite(ObjectId id, long offset, byte[] data, long ep
 
     public long AckedAt { get; } = Stopwatch.GetTimestamp();
 
-    public int FirstBlock(int blockSize) => (int)(Offset / blockSize);
-
-    public int BlockCount(int blockSize) => Data.Length / blockSize;
+    /// <summary>The numbers of the blocks it covers in its object.</summary>
+    public IEnumerable<int> Blocks(int blockSize) => Enumerable.Range((int)(Offset / blockSize), Data.Length / blockSize);
 
     // Guarded by the layer's lock from here on.
 

@@ -4,8 +4,8 @@ namespace Ovis.Cluster.Cache;
 
 /// <summary>
 /// The pusher: sends a layer's cached writes to every copy as soon as they are acknowledged.
-/// Within an epoch up to <see cref="MaxInFlight"/> go out at once, one at a time per object (so
-/// overlapping writes land in order), and a write whose every block a newer write of the same
+/// Within an epoch up to <see cref="MaxInFlight"/> go out at once, one at a time per block (so
+/// overlapping writes land in order; writes to other blocks of the same object go side by side), and a write whose every block a newer write of the same
 /// epoch replaced is merged away unsent. Before the first write of an epoch goes out, every write
 /// of the epoch before is on every copy: the replicas never see a write from after a flush before
 /// all from before it. A failed push stops the stream until the pushes under way settle, then the
@@ -20,7 +20,8 @@ internal sealed partial class LayerCache
 
     private readonly WritebackCache _owner;
     private readonly SemaphoreSlim _wake = new(0);
-    private readonly Dictionary<uint, CachedWrite> _lastSent = [];
+    // The push under way per block, so a write waits only for an earlier one it overlaps.
+    private readonly Dictionary<(uint Index, int Block), CachedWrite> _lastSent = [];
     private readonly List<CachedWrite> _sending = [];
     private LinkedListNode<CachedWrite>? _cursor;
     private TaskCompletionSource _failure = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -97,7 +98,7 @@ internal sealed partial class LayerCache
                     CachedWrite next = _cursor.Value;
                     if (_sending.Count > 0 && next.Epoch != _sending[0].Epoch)
                         wait = Task.WhenAll(_sending.Select(w => w.Attempt!)); // the barrier between epochs
-                    else if (_lastSent.TryGetValue(next.Id.Index, out CachedWrite? previous) && previous.Attempt is { IsCompleted: false } busy)
+                    else if (OverlappedPushLocked(next) is { } busy)
                         wait = busy;
                     else if (_sending.Count >= MaxInFlight)
                         wait = Task.WhenAny(_sending.Select(w => w.Attempt!));
@@ -111,7 +112,8 @@ internal sealed partial class LayerCache
                     {
                         _cursor = _cursor.Next;
                         _sending.Add(next);
-                        _lastSent[next.Id.Index] = next;
+                        foreach (int block in next.Blocks(_blockSize))
+                            _lastSent[(next.Id.Index, block)] = next;
                         send = next;
                     }
                 }
@@ -148,13 +150,23 @@ internal sealed partial class LayerCache
         }
     }
 
+    /// <summary>A push under way of an earlier write to one of <paramref name="write"/>'s blocks, or null.</summary>
+    private Task? OverlappedPushLocked(CachedWrite write)
+    {
+        foreach (int block in write.Blocks(_blockSize))
+        {
+            if (_lastSent.TryGetValue((write.Id.Index, block), out CachedWrite? previous) && previous.Attempt is { IsCompleted: false } busy)
+                return busy;
+        }
+        return null;
+    }
+
     /// <summary>Every block of <paramref name="write"/> has a newer write of the same epoch: it need not go out.</summary>
     private bool SupersededLocked(CachedWrite write)
     {
-        int first = write.FirstBlock(_blockSize);
-        for (int b = 0; b < write.BlockCount(_blockSize); b++)
+        foreach (int block in write.Blocks(_blockSize))
         {
-            if (!_index.TryGetValue((write.Id.Index, first + b), out CachedWrite? newest)
+            if (!_index.TryGetValue((write.Id.Index, block), out CachedWrite? newest)
                 || ReferenceEquals(newest, write) || newest.Epoch != write.Epoch)
                 return false;
         }
@@ -179,8 +191,11 @@ internal sealed partial class LayerCache
         lock (_lock)
         {
             _sending.Remove(write);
-            if (_lastSent.TryGetValue(write.Id.Index, out CachedWrite? last) && ReferenceEquals(last, write))
-                _lastSent.Remove(write.Id.Index);
+            foreach (int block in write.Blocks(_blockSize))
+            {
+                if (_lastSent.TryGetValue((write.Id.Index, block), out CachedWrite? last) && ReferenceEquals(last, write))
+                    _lastSent.Remove((write.Id.Index, block));
+            }
             if (status != StoreStatus.Ok)
             {
                 _stalled = true;
@@ -207,10 +222,12 @@ internal sealed partial class LayerCache
     }
 
     /// <summary>Under sustained writes the pusher is never idle: a replica flush is started when
-    /// the log wants room, so the records of pushed writes can go.</summary>
+    /// the log wants room, or once a quarter of the bound is pushed and unflushed (well before
+    /// the log is full: appends waiting for room would stall for a replica flush and a checkpoint),
+    /// so the records of pushed writes can go. One at a time; a flush costs each copy one journal sync.</summary>
     private void MaybeFlushForSpace()
     {
-        if (!_owner.WantsSpace || !_flushing.IsCompleted || !HasPushedUnflushed)
+        if (!_flushing.IsCompleted || !HasPushedUnflushed || !(_owner.WantsSpace || PushedUnflushedBytes >= _owner.FlushEveryBytes))
             return;
         _flushing = FlushOnceAsync();
     }

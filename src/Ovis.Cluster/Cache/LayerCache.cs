@@ -22,6 +22,7 @@ internal sealed partial class LayerCache
     private readonly SortedDictionary<long, EpochState> _epochs = [];
     // Pushed since the last replica flush of the layer: their records go once one covers them.
     private List<long> _pushedUnflushed = [];
+    private long _pushedUnflushedBytes;
     private long _epoch = 1;
     private long _dirtyBytes;
     private long _readHits;
@@ -101,9 +102,8 @@ internal sealed partial class LayerCache
             _epoch = Math.Max(_epoch, loggedEpoch);
             var write = new CachedWrite(id, offset, data, _epoch, lsn);
             write.Node = _queue.AddLast(write);
-            int first = write.FirstBlock(_blockSize);
-            for (int b = 0; b < write.BlockCount(_blockSize); b++)
-                _index[(write.Id.Index, first + b)] = write;
+            foreach (int block in write.Blocks(_blockSize))
+                _index[(write.Id.Index, block)] = write;
             EpochOf(write.Epoch).Pending++;
             _dirtyBytes += write.Data.Length;
             _added++;
@@ -153,26 +153,36 @@ internal sealed partial class LayerCache
     }
 
     /// <summary>Pushed writes a replica flush starting now covers: their records may go once it succeeds.</summary>
-    public List<long> TakePushedUnflushed()
+    public (List<long> Lsns, long Bytes) TakePushedUnflushed()
     {
         lock (_lock)
         {
-            List<long> taken = _pushedUnflushed;
+            (List<long>, long) taken = (_pushedUnflushed, _pushedUnflushedBytes);
             _pushedUnflushed = [];
+            _pushedUnflushedBytes = 0;
             return taken;
         }
     }
 
-    /// <summary>A replica flush that took <paramref name="lsns"/> failed: the next one covers them.</summary>
-    public void ReturnPushedUnflushed(List<long> lsns)
+    /// <summary>A replica flush that took these records failed: the next one covers them.</summary>
+    public void ReturnPushedUnflushed((List<long> Lsns, long Bytes) taken)
     {
         lock (_lock)
-            _pushedUnflushed.AddRange(lsns);
+        {
+            _pushedUnflushed.AddRange(taken.Lsns);
+            _pushedUnflushedBytes += taken.Bytes;
+        }
     }
 
     public bool HasPushedUnflushed
     {
         get { lock (_lock) return _pushedUnflushed.Count > 0; }
+    }
+
+    /// <summary>Bytes of the writes pushed since the last replica flush: their records still take log space.</summary>
+    public long PushedUnflushedBytes
+    {
+        get { lock (_lock) return _pushedUnflushedBytes; }
     }
 
     /// <summary>
@@ -226,6 +236,7 @@ internal sealed partial class LayerCache
             _lastSent.Clear();
             lsns = [.. dropped.Select(w => w.Lsn), .. _pushedUnflushed];
             _pushedUnflushed = [];
+            _pushedUnflushedBytes = 0;
             foreach (EpochState state in _epochs.Values)
                 state.Drained.TrySetResult(false);
             _epochs.Clear();
@@ -247,11 +258,10 @@ internal sealed partial class LayerCache
             _queue.Remove(node);
             write.Node = null;
         }
-        int first = write.FirstBlock(_blockSize);
-        for (int b = 0; b < write.BlockCount(_blockSize); b++)
+        foreach (int block in write.Blocks(_blockSize))
         {
-            if (_index.TryGetValue((write.Id.Index, first + b), out CachedWrite? current) && ReferenceEquals(current, write))
-                _index.Remove((write.Id.Index, first + b));
+            if (_index.TryGetValue((write.Id.Index, block), out CachedWrite? current) && ReferenceEquals(current, write))
+                _index.Remove((write.Id.Index, block));
         }
         // Nobody waits for an epoch still open, and later writes of it start a new count.
         if (_epochs.TryGetValue(write.Epoch, out EpochState? state) && --state.Pending == 0)
@@ -261,6 +271,7 @@ internal sealed partial class LayerCache
         }
         _dirtyBytes -= write.Data.Length;
         _pushedUnflushed.Add(write.Lsn);
+        _pushedUnflushedBytes += write.Data.Length;
     }
 
     private sealed class EpochState

@@ -39,23 +39,24 @@ public sealed partial class WritebackCache
     /// <summary>Flushes the layer's copies; the records of the writes pushed before it started may go.</summary>
     internal async ValueTask<StoreStatus> FlushReplicasAsync(LayerCache cache)
     {
-        List<long> pushed = cache.TakePushedUnflushed();
+        (List<long> Lsns, long Bytes) pushed = cache.TakePushedUnflushed();
         StoreStatus s = await Inner.FlushAsync(cache.Layer).ConfigureAwait(false);
         if (s != StoreStatus.Ok)
         {
             cache.ReturnPushedUnflushed(pushed);
             return s;
         }
-        if (pushed.Count > 0)
-            Release(pushed);
+        if (pushed.Lsns.Count > 0)
+            Release(pushed.Lsns);
         return s;
     }
 
     private void Release(IEnumerable<long> lsns)
     {
         long before = _live.Release(lsns);
-        _log?.ReleaseBefore(before);
+        // Before the release: the log may say at once that it still wants room, and that must stick.
         _wantsSpace = false;
+        _log?.ReleaseBefore(before);
     }
 
     /// <summary>Voids the layer's records of writes already pushed: from here on a change may bypass the cache.</summary>

@@ -30,7 +30,9 @@ public sealed partial class WritebackCache : IObjectStore
     private readonly LiveRecords _live = new();
     private readonly Lock _budgetLock = new();
     private readonly SemaphoreSlim _opening = new(1, 1);
-    private TaskCompletionSource _budgetFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Writes waiting for room under the bound, served in arrival order: with a broadcast wake the
+    // unlucky ones lost every race and waited seconds at the bound.
+    private readonly Queue<(int Bytes, TaskCompletionSource Admitted)> _budgetWaiters = new();
     private CacheLog? _log;
     private long _dirty;
     private volatile bool _wantsSpace;
@@ -93,6 +95,9 @@ public sealed partial class WritebackCache : IObjectStore
     internal bool Stopping => _stopping;
 
     internal bool WantsSpace => _wantsSpace;
+
+    /// <summary>Pushed, unflushed bytes of a layer past which its pusher flushes the copies.</summary>
+    internal long FlushEveryBytes => _size / 4;
 
     /// <summary>Layers holding writes found in the log at start, not yet taken over by a lock of this node.</summary>
     public IReadOnlyCollection<uint> RecoveredLayers => [.. _layers.Values.Where(l => l.Tenure == 0 && !l.IsEmpty).Select(l => l.Layer)];
@@ -201,35 +206,41 @@ public sealed partial class WritebackCache : IObjectStore
     }
 
     /// <summary>Waits until <paramref name="bytes"/> more unpushed bytes fit under the bound (one
-    /// write alone always fits, so a write larger than the bound still goes).</summary>
-    private async ValueTask TakeBudgetAsync(int bytes)
+    /// write alone always fits, so a write larger than the bound still goes), after every write
+    /// that waited before it.</summary>
+    private ValueTask TakeBudgetAsync(int bytes)
     {
-        while (true)
+        TaskCompletionSource admitted;
+        lock (_budgetLock)
         {
-            Task freed;
-            lock (_budgetLock)
+            if (_budgetWaiters.Count == 0 && Fits(bytes))
             {
-                if (_dirty == 0 || _dirty + bytes <= _size)
-                {
-                    _dirty += bytes;
-                    return;
-                }
-                freed = _budgetFreed.Task;
+                _dirty += bytes;
+                return ValueTask.CompletedTask;
             }
-            await freed.ConfigureAwait(false);
+            admitted = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            _budgetWaiters.Enqueue((bytes, admitted));
         }
+        return new ValueTask(admitted.Task);
     }
+
+    // Caller holds _budgetLock.
+    private bool Fits(int bytes) => _dirty == 0 || _dirty + bytes <= _size;
 
     internal void Freed(long bytes)
     {
-        TaskCompletionSource freed;
+        List<TaskCompletionSource>? admitted = null;
         lock (_budgetLock)
         {
             _dirty -= bytes;
-            freed = _budgetFreed;
-            _budgetFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            while (_budgetWaiters.TryPeek(out var waiter) && Fits(waiter.Bytes))
+            {
+                _budgetWaiters.Dequeue();
+                _dirty += waiter.Bytes;
+                (admitted ??= []).Add(waiter.Admitted);
+            }
         }
-        freed.TrySetResult();
+        admitted?.ForEach(a => a.TrySetResult());
     }
 
     public ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer)
