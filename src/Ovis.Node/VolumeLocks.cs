@@ -257,8 +257,6 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
         {
             if (--held.Users > 0)
                 return;
-            if (_held.TryGetValue(held.Volume, out Held? current) && ReferenceEquals(current, held))
-                _held.TryRemove(held.Volume, out _);
         }
         finally
         {
@@ -267,8 +265,25 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
         // Still under the lock (it ends below): whoever takes the volume next must find every
         // write this node acknowledged on the copies. Before the recovery and its dirty-region
         // log let go of the layers: the drain's pushes are writes like any other, logged there.
+        // The lock stays in the table meanwhile, so a client that reconnects here is served at
+        // once (qemu-img after a guest, a restarted qemu) instead of waiting for the drain.
         if (!held.ForRecovery && !held.Ended && Cache is { } cache)
             await cache.ReleaseAsync(layersOf(held.Volume)).ConfigureAwait(false);
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            // Taken up again by a connection that opened the volume during the drain, or let go
+            // of already by a release that drained after this one began.
+            if (held.Users > 0 || held.Released)
+                return;
+            held.Released = true;
+            if (_held.TryGetValue(held.Volume, out Held? current) && ReferenceEquals(current, held))
+                _held.TryRemove(held.Volume, out _);
+        }
+        finally
+        {
+            _gate.Release();
+        }
         if (held.Recovery is { } recovery)
             await recovery.DisposeAsync().ConfigureAwait(false);
         held.End();
@@ -302,6 +317,9 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
         public long Generation => Lock.CreateRevision;
 
         public int Users { get; set; }
+
+        /// <summary>Let go of (under the gate): no later release of it does it again.</summary>
+        public bool Released { get; set; }
 
         /// <summary>Taken only to recover the volume: nothing is written under it but copies.</summary>
         public bool ForRecovery { get; init; }
