@@ -194,10 +194,13 @@ public sealed class WritebackCacheTests : IAsyncLifetime
             r.Refuse = false;
         var reopened = OpenCache();
         Assert.Equal(new[] { Layer }, reopened.RecoveredLayers);
-        // Before the lock is taken, nothing goes out; reads already see the writes.
+        // Before the lock is taken, nothing goes out, and nothing is read from the cache (another
+        // node may have served the volume since); once it is, reads see the writes.
         byte[] expected = [.. first[..4096], .. second];
-        Assert.Equal(expected, await Read(reopened, id, 0, 8192));
+        await Read(reopened, id, 0, 8192);
+        Assert.Equal(0, reopened.StatsOf(Layer).ReadHits);
         await reopened.AdoptAsync([Layer], tenure: 1, lastServedHere: true);
+        Assert.Equal(expected, await Read(reopened, id, 0, 8192));
         await Ok(reopened.FlushAsync(Layer));
         foreach (var store in new[] { A, B, C })
             Assert.Equal(expected, await Read(store, id, 0, 8192));
@@ -291,6 +294,11 @@ public sealed class WritebackCacheTests : IAsyncLifetime
             r.Refuse = false;
         await Task.Delay(2500);
         Assert.Equal(new byte[4096], await Read(B, id, 0, 4096));
+        // Nor is it read under the new tenure (a lock taken only to recover the volume adopts
+        // nothing): the read goes to the copies, not one block from the cache.
+        long hits = cache.StatsOf(Layer).ReadHits;
+        await Read(cache, id, 0, 4096);
+        Assert.Equal(hits, cache.StatsOf(Layer).ReadHits);
         Assert.NotEqual(StoreStatus.Ok, await cache.FlushAsync(Layer).AsTask().WaitAsync(T));
         await cache.AdoptAsync([Layer], tenure: 2, lastServedHere: false);
         await Ok(cache.FlushAsync(Layer));

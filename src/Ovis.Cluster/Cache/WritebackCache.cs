@@ -243,9 +243,15 @@ public sealed partial class WritebackCache : IObjectStore
         admitted?.ForEach(a => a.TrySetResult());
     }
 
+    /// <summary>The layer's cache, when what it holds may be read: it belongs to the tenure of the
+    /// lock this node holds now (a lock taken anew adopts or drops it before the first request; a
+    /// lock taken only to recover the volume never does, and must not see it).</summary>
+    private LayerCache? Readable(uint layer)
+        => _layers.TryGetValue(layer, out LayerCache? cache) && (Inner.GenerationOf(layer) ?? cache.Tenure) == cache.Tenure ? cache : null;
+
     public ValueTask<StoreStatus> ReadAsync(ObjectId id, long offset, Memory<byte> buffer)
     {
-        if (!_layers.TryGetValue(id.Volume, out LayerCache? cache) || buffer.Length == 0
+        if (buffer.Length == 0 || Readable(id.Volume) is not { } cache
             || cache.Lookup(id.Index, offset, buffer.Length) is not { } cached)
             return Inner.ReadAsync(id, offset, buffer);
         return ReadOverAsync(id, offset, buffer, cached);
@@ -278,7 +284,7 @@ public sealed partial class WritebackCache : IObjectStore
     public async ValueTask<StoreStatus> GetAllocationAsync(ObjectId id, long offset, Memory<BlockState> states)
     {
         StoreStatus s = await Inner.GetAllocationAsync(id, offset, states).ConfigureAwait(false);
-        if (s != StoreStatus.Ok || !_layers.TryGetValue(id.Volume, out LayerCache? cache)
+        if (s != StoreStatus.Ok || Readable(id.Volume) is not { } cache
             || cache.Lookup(id.Index, offset, (long)states.Length * BlockSize, isRead: false) is not { } cached)
             return s;
         // An unpushed block is data, whatever the copies say yet (a copy tool skips holes).
