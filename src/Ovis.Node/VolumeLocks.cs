@@ -188,6 +188,14 @@ internal sealed partial class VolumeLocks(EtcdCatalog catalog, Func<NodeRegistra
             {
                 if (forRecovery)
                     return (null, null); // served or recovered here already
+                // A recovery's hold is no serving tenure: it did not record this node as the
+                // volume's last server nor adopt the cache, and its release does not drain the
+                // cache. A client that shared it served the volume with served/VOLUME still naming
+                // the gateway before; that one, taking the volume back, replayed its old cache over
+                // the writes flushed here (the crash oracle read them lost). The slice ends within
+                // seconds: the caller waits and takes the lock afresh.
+                if (held.ForRecovery)
+                    return (null, null);
                 held.Users++;
                 return (new Share(this, held), null);
             }

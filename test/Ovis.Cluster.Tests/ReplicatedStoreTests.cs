@@ -222,6 +222,25 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_replica_that_dies_between_two_writes_fails_no_flush_while_every_write_has_two_copies()
+    {
+        var gw = Gateway(copies: 3, out _);
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(new ObjectId(5, 0), 0, Data(5), fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(new ObjectId(6, 0), 0, Data(6), fua: false).AsTask().WaitAsync(T));
+        // b dies: the next write reaches a and c only, and b's flush fails. The first write is
+        // still on two copies, the second never counted on b: the flush succeeds (the crash
+        // oracle's replica kill found it failing with EIO, for good, while b was down).
+        _remote["n-b"].Unreachable = true;
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(new ObjectId(6, 1), 0, Data(7), fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(6).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(6).AsTask().WaitAsync(T));
+
+        // c dies too: the unflushed write of layer 5 has one copy left, and its flush fails.
+        _remote["n-c"].Unreachable = true;
+        Assert.Equal(StoreStatus.IoError, await gw.FlushAsync(5).AsTask().WaitAsync(T));
+    }
+
+    [Fact]
     public async Task Below_the_minimum_of_copies_a_write_fails_and_so_does_a_failed_stale_mark()
     {
         var gw = Gateway(copies: 3, out _);

@@ -168,24 +168,6 @@ public sealed class ClusterCacheTests(EtcdCluster etcd, ITestOutputHelper output
     /// <summary>A block whose content names its epoch and index.</summary>
     private static byte[] Block(int epoch, int index) => TestData.RandomBytes(4096, seed: epoch * 100_000 + index);
 
-    /// <summary>Connects to <paramref name="node"/> for <c>v</c> once its lock is free (the last holder gone or its lease lapsed).</summary>
-    private async Task<Ovis.Nbd.NbdClient> ConnectWhenFree(OvisDaemon node)
-    {
-        var deadline = DateTime.UtcNow + LeaseMargin + TimeSpan.FromSeconds(10);
-        while (true)
-        {
-            try
-            {
-                return await Ovis.Nbd.NbdClient.ConnectAsync(node.NbdUri("v"), CancellationToken.None);
-            }
-            catch (Exception ex) when (DateTime.UtcNow < deadline)
-            {
-                Output.WriteLine($"not yet: {ex.Message}");
-                await Task.Delay(500);
-            }
-        }
-    }
-
     private async Task<byte[]> ReadAll(OvisDaemon node, int length)
     {
         await using var client = await ConnectWhenFree(node);

@@ -45,8 +45,9 @@ public sealed partial class ReplicatedStore
     }
 
     /// <summary>Flushes the nodes in <paramref name="mask"/> (slots); how many copies each write
-    /// still has durably decides whether losing a node on the way fails the flush.</summary>
-    private async Task<StoreStatus> FlushNodesAsync(uint layer, ulong mask, int minReached)
+    /// still has durably decides whether losing a node on the way fails the flush.
+    /// <paramref name="minReached"/> is, per slot, the fewest copies any write that node took reached.</summary>
+    private async Task<StoreStatus> FlushNodesAsync(uint layer, ulong mask, int[] minReached)
     {
         for (int attempt = 1; ; attempt++)
         {
@@ -92,59 +93,113 @@ public sealed partial class ReplicatedStore
                 if (!await EnsureStaleAsync(view, n).ConfigureAwait(false))
                     return StoreStatus.IoError;
             }
-            return minReached - lost >= view.MinCopies || lost == 0 ? StoreStatus.Ok : StoreStatus.IoError;
+            // Only the writes a failed node took can have lost copies, each at worst every failed
+            // node: a write the node missed (it died before it, as a replica does before the
+            // flush that finds it gone) keeps every copy it reached, and it reached MinCopies or
+            // it was not acknowledged. Counting the fewest copies of any write against every lost
+            // node failed such a flush for good, with every write on two durable copies.
+            foreach (int n in failed)
+            {
+                if (minReached[view.Slots[n]] - lost < view.MinCopies)
+                    return StoreStatus.IoError;
+            }
+            return StoreStatus.Ok;
         }
     }
 
     /// <summary>
     /// The nodes holding unflushed writes of one layer, as a mask over <see cref="ReplicaSet"/>
-    /// slots, and the fewest copies any of those writes reached. A flush takes the mask and waits
+    /// slots, and per slot the fewest copies any of its writes reached. A flush takes them and waits
     /// for the flush before it, so a flush never answers while an earlier one, which took writes
     /// it must cover, is still on its way.
     /// </summary>
     private sealed class DirtyNodes(uint layer)
     {
+        private const int MaxSlots = 64;
         private readonly Lock _lock = new();
         private ulong _mask;
-        private int _minReached = int.MaxValue;
+        private int[] _minReached = NoWrites();
+        // The largest of the set slots' minima: a change that reached at least that many copies,
+        // on nodes already set, changes nothing.
+        private int _floor = int.MaxValue;
         private Task<StoreStatus> _last = Task.FromResult(StoreStatus.Ok);
+
+        private static int[] NoWrites()
+        {
+            var minima = new int[MaxSlots];
+            Array.Fill(minima, int.MaxValue);
+            return minima;
+        }
 
         /// <summary>Called when a change is on the nodes in <paramref name="mask"/>, before it is acknowledged.
         /// When the bits are set already a flush that takes them later syncs those nodes after
         /// this change reached them, so the common case takes no lock.</summary>
         public void Add(ulong mask, int reached)
         {
-            if ((Volatile.Read(ref _mask) & mask) == mask && reached >= Volatile.Read(ref _minReached))
+            if ((Volatile.Read(ref _mask) & mask) == mask && reached >= Volatile.Read(ref _floor))
                 return;
             lock (_lock)
             {
-                _mask |= mask;
-                _minReached = Math.Min(_minReached, reached);
+                Merge(mask, reached);
             }
+        }
+
+        // Under the lock. The floor is out of the way while the mask grows: an Add that sees the
+        // new mask never pairs it with the old floor (a new slot's minimum may be above it).
+        private void Merge(ulong mask, int reached)
+        {
+            Volatile.Write(ref _floor, int.MaxValue);
+            for (ulong bits = mask; bits != 0; bits &= bits - 1)
+            {
+                int slot = System.Numerics.BitOperations.TrailingZeroCount(bits);
+                _minReached[slot] = Math.Min(_minReached[slot], reached);
+            }
+            Volatile.Write(ref _mask, _mask | mask);
+            int floor = 0;
+            for (ulong bits = _mask; bits != 0; bits &= bits - 1)
+                floor = Math.Max(floor, _minReached[System.Numerics.BitOperations.TrailingZeroCount(bits)]);
+            Volatile.Write(ref _floor, floor);
+        }
+
+        // Under the lock: gives a flush's nodes back to the next one.
+        private void Merge(ulong mask, int[] minReached)
+        {
+            for (ulong bits = mask; bits != 0; bits &= bits - 1)
+            {
+                int slot = System.Numerics.BitOperations.TrailingZeroCount(bits);
+                Merge(1UL << slot, minReached[slot]);
+            }
+        }
+
+        // Under the lock: what a flush takes.
+        private (ulong Mask, int[] MinReached) Take()
+        {
+            var taken = (_mask, _minReached);
+            Volatile.Write(ref _floor, int.MaxValue);
+            Volatile.Write(ref _mask, 0UL);
+            _minReached = NoWrites();
+            return taken;
         }
 
         public ValueTask<StoreStatus> FlushAsync(ReplicatedStore store)
         {
             ulong mask;
-            int minReached;
+            int[] minReached;
             Task<StoreStatus> previous;
             var done = new TaskCompletionSource<StoreStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
             lock (_lock)
             {
-                mask = _mask;
-                minReached = _minReached;
                 previous = _last;
-                if (mask == 0 && previous.IsCompletedSuccessfully && previous.Result == StoreStatus.Ok)
+                if (_mask == 0 && previous.IsCompletedSuccessfully && previous.Result == StoreStatus.Ok)
                     return new(StoreStatus.Ok);
-                _mask = 0;
-                _minReached = int.MaxValue;
+                (mask, minReached) = Take();
                 _last = done.Task;
             }
             _ = RunAsync(store, mask, minReached, previous, done);
             return new(done.Task);
         }
 
-        private async Task RunAsync(ReplicatedStore store, ulong mask, int minReached, Task<StoreStatus> previous, TaskCompletionSource<StoreStatus> done)
+        private async Task RunAsync(ReplicatedStore store, ulong mask, int[] minReached, Task<StoreStatus> previous, TaskCompletionSource<StoreStatus> done)
         {
             try
             {
@@ -153,20 +208,15 @@ public sealed partial class ReplicatedStore
                     // The earlier flush gave its nodes back (below): this one covers them too.
                     lock (_lock)
                     {
-                        mask |= _mask;
-                        minReached = Math.Min(minReached, _minReached);
-                        _mask = 0;
-                        _minReached = int.MaxValue;
+                        Merge(mask, minReached);
+                        (mask, minReached) = Take();
                     }
                 }
                 StoreStatus result = mask == 0 ? StoreStatus.Ok : await store.FlushNodesAsync(layer, mask, minReached).ConfigureAwait(false);
                 if (result != StoreStatus.Ok)
                 {
                     lock (_lock)
-                    {
-                        _mask |= mask;
-                        _minReached = Math.Min(_minReached, minReached);
-                    }
+                        Merge(mask, minReached);
                 }
                 done.SetResult(result);
             }
@@ -175,7 +225,7 @@ public sealed partial class ReplicatedStore
 #pragma warning restore CA1031
             {
                 lock (_lock)
-                    _mask |= mask;
+                    Merge(mask, minReached);
                 done.SetResult(StoreStatus.IoError);
             }
         }

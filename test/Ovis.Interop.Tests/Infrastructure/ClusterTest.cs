@@ -94,6 +94,24 @@ public abstract class ClusterTest(EtcdCluster etcd, ITestOutputHelper output) : 
         }
     }
 
+    /// <summary>Connects to <paramref name="node"/> for <paramref name="volume"/> once its lock is free (the last holder gone or its lease lapsed).</summary>
+    protected async Task<Ovis.Nbd.NbdClient> ConnectWhenFree(OvisDaemon node, string volume = "v")
+    {
+        var deadline = DateTime.UtcNow + LeaseMargin + TimeSpan.FromSeconds(10);
+        while (true)
+        {
+            try
+            {
+                return await Ovis.Nbd.NbdClient.ConnectAsync(node.NbdUri(volume), CancellationToken.None);
+            }
+            catch (Exception ex) when (DateTime.UtcNow < deadline)
+            {
+                Output.WriteLine($"not yet: {ex.Message}");
+                await Task.Delay(500);
+            }
+        }
+    }
+
     protected static async Task<JsonElement> Json(OvisDaemon d, params string[] args)
     {
         var r = await d.Cli([.. args, "--json"]);
