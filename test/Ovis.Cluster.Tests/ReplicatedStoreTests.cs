@@ -3,6 +3,7 @@ using Ovis.Cluster.Catalog;
 using Ovis.Cluster.Fencing;
 using Ovis.Cluster.Gateway;
 using Ovis.Cluster.Peer;
+using Ovis.Cluster.Recovery;
 using Ovis.Store;
 
 namespace Ovis.Cluster.Tests;
@@ -325,6 +326,27 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
     }
 
     /// <summary>The node's side of the gateway: refreshes install the next view, stale marks are recorded.</summary>
+    /// <summary>The crash oracle's unfixed case (docs/writeback-cache.md): a node joined while an
+    /// object's recovery ran, a copy answered from the newer epoch, and the recovery gave up —
+    /// failing the client write that waited for it. It now refreshes its view and runs again.</summary>
+    [Fact]
+    public async Task A_recovery_that_meets_a_newer_epoch_runs_again_in_it_instead_of_failing()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(21, 0);
+        byte[] data = Data(21);
+        _remote["n-c"].Unreachable = true;
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, data, fua: false).AsTask().WaitAsync(T));
+        _remote["n-c"].Unreachable = false;
+        _remote["n-c"].StaleEpochOnceOnWrite = 6; // the copy's write meets the new epoch
+
+        var reconciler = new ObjectReconciler(gw, new RecoveryCounters(), new Throttle(1L << 30), NullLogger.Instance);
+        (ReconcileResult result, _) = await reconciler.ReconcileAsync(id, 1L << 20, before: null, ReconcileReason.Resync, throttled: false, CancellationToken.None).WaitAsync(T);
+        Assert.Equal(ReconcileResult.Complete, result);
+        Assert.Contains(6L, _control.Refreshes);
+        Assert.Equal(data, await Read(C, id, 4096));
+    }
+
     private sealed class Control : IGatewayControl
     {
         public Func<long, string[], ClusterView>? Next { get; set; }
@@ -388,6 +410,9 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
 
         public long StaleEpochOnce { get; set; }
 
+        /// <summary>As <see cref="StaleEpochOnce"/>, for the next write only.</summary>
+        public long StaleEpochOnceOnWrite { get; set; }
+
         public int Reads;
 
         public string NodeId => inner.NodeId;
@@ -415,7 +440,15 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
         }
 
         public ValueTask<PeerResult> WriteAsync(long epoch, long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
-            => Refuse(out var r) ? new(r) : inner.WriteAsync(epoch, generation, id, offset, data, fua);
+        {
+            if (StaleEpochOnceOnWrite > 0)
+            {
+                var stale = new PeerResult(PeerStatus.StaleEpoch, StaleEpochOnceOnWrite);
+                StaleEpochOnceOnWrite = 0;
+                return new(stale);
+            }
+            return Refuse(out var r) ? new(r) : inner.WriteAsync(epoch, generation, id, offset, data, fua);
+        }
 
         public ValueTask<PeerResult> ReadAsync(long epoch, ObjectId id, long offset, Memory<byte> buffer)
         {

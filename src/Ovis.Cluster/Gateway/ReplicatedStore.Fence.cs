@@ -15,21 +15,23 @@ public sealed partial class ReplicatedStore
     /// the fence at acquisition (unreachable then) may still take an old holder's late change;
     /// compared before its fence, the copy could look equal and then change behind recovery's back.
     /// Fenced after, whatever an old holder landed there is on an object its dirty log names, and
-    /// is compared after. False when the node did not take the fence.
+    /// is compared after. Not OK when the node did not take the fence (its reply says why).
     /// </summary>
-    internal async ValueTask<bool> EnsureFencedAsync(ClusterView view, int node, uint layer, long generation)
+    internal async ValueTask<PeerResult> EnsureFencedAsync(ClusterView view, int node, uint layer, long generation)
     {
         string id = view.Replicas[node].NodeId;
         if (_fencedAt.TryGetValue((id, layer), out long seen) && seen >= generation)
-            return true;
+            return new PeerResult(PeerStatus.Ok, view.Epoch);
         PeerResult r = await view.Replicas[node].FenceAsync(view.Epoch, layer, generation).ConfigureAwait(false);
         if (r.Status == PeerStatus.Fenced)
             _control.OnFenced(layer, generation);
-        if (!r.IsOk)
-            return false;
-        _fencedAt.AddOrUpdate((id, layer), generation, (_, old) => Math.Max(old, generation));
-        return true;
+        if (r.IsOk)
+            _fencedAt.AddOrUpdate((id, layer), generation, (_, old) => Math.Max(old, generation));
+        return r;
     }
+
+    /// <summary>A copy answered from <paramref name="seen"/>, newer than this gateway's view: the view is brought up to it.</summary>
+    internal ValueTask RefreshViewAsync(long seen) => _control.RefreshAsync(seen);
 
     /// <summary>
     /// Makes every live member know <paramref name="generation"/> for each of

@@ -41,6 +41,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
     private const int Chunk = 1 << 20;
     private const long SourceFailed = -1;
     private const long TargetFailed = -2;
+    private const int MaxAttempts = 3;
 
     /// <param name="before">The placement the object's copies were complete in (before a membership
     /// change), or null when it is the current one.</param>
@@ -49,7 +50,23 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
     public async Task<(ReconcileResult Result, long Bytes)> ReconcileAsync(ObjectId id, long objectSize, Placement? before, ReconcileReason reason,
         bool throttled, CancellationToken cancellationToken)
     {
-        ClusterView view = store.View;
+        for (int attempt = 1; ; attempt++)
+        {
+            ClusterView view = store.View;
+            var round = new Round(view.Epoch);
+            (ReconcileResult Result, long Bytes) outcome = await ReconcileInViewAsync(view, round, id, objectSize, before, reason, throttled, cancellationToken).ConfigureAwait(false);
+            // A membership change under the round (a node joined or left, and a copy answered
+            // from the newer epoch) is no failure of the object: it runs again in the new view.
+            // Giving up failed the client write waiting for it, and the guest's flush with it.
+            if (outcome.Result == ReconcileResult.Complete || round.Newest <= view.Epoch || attempt == MaxAttempts)
+                return outcome;
+            await store.RefreshViewAsync(round.Newest).ConfigureAwait(false);
+        }
+    }
+
+    private async Task<(ReconcileResult Result, long Bytes)> ReconcileInViewAsync(ClusterView view, Round round, ObjectId id, long objectSize, Placement? before,
+        ReconcileReason reason, bool throttled, CancellationToken cancellationToken)
+    {
         if (view.Placement is not { } placement)
             return (ReconcileResult.Failed, 0);
         // Recovery's copies are changes like a client's: they carry the lock's generation, and a
@@ -65,13 +82,13 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
 
         var sums = new Dictionary<int, BlockSum[]?>();
         foreach (int n in holders.Where(n => view.Live[n]))
-            sums[n] = await SumsAsync(view, generation, n, id, blocks, verify).ConfigureAwait(false);
+            sums[n] = await SumsAsync(view, round, generation, n, id, blocks, verify).ConfigureAwait(false);
 
         int source = -1;
         foreach (int n in SourceOrder(view, holders, former))
         {
             if (!sums.TryGetValue(n, out BlockSum[]? s))
-                sums[n] = s = await SumsAsync(view, generation, n, id, blocks, verify).ConfigureAwait(false);
+                sums[n] = s = await SumsAsync(view, round, generation, n, id, blocks, verify).ConfigureAwait(false);
             if (s is not null)
             {
                 source = n;
@@ -110,7 +127,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
             if (target is not null && target.AsSpan().SequenceEqual(reference))
                 continue;
             // An unreadable copy (a checksum failed) is rewritten whole: its stored sums cannot be trusted.
-            long bytes = await CopyAsync(view, generation, source, n, id, reference, target, throttled, cancellationToken).ConfigureAwait(false);
+            long bytes = await CopyAsync(view, round, generation, source, n, id, reference, target, throttled, cancellationToken).ConfigureAwait(false);
             if (bytes == SourceFailed)
                 return (ReconcileResult.Failed, total);
             if (bytes == TargetFailed)
@@ -137,7 +154,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
             // Durable on every copy before anyone counts on it (a log clear, a stale mark lifted).
             foreach (int n in written.Append(source))
             {
-                if (!(await view.Replicas[n].FlushAsync(view.Epoch).ConfigureAwait(false)).IsOk)
+                if (!round.Saw(await view.Replicas[n].FlushAsync(view.Epoch).ConfigureAwait(false)).IsOk)
                     allHolders = false;
             }
         }
@@ -179,19 +196,19 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
     }
 
     // A copy is compared only once its node refuses older holders' changes (ReplicatedStore.EnsureFencedAsync).
-    private async Task<BlockSum[]?> SumsAsync(ClusterView view, long generation, int node, ObjectId id, int blocks, bool verify)
+    private async Task<BlockSum[]?> SumsAsync(ClusterView view, Round round, long generation, int node, ObjectId id, int blocks, bool verify)
     {
-        if (!await store.EnsureFencedAsync(view, node, id.Volume, generation).ConfigureAwait(false))
+        if (!round.Saw(await store.EnsureFencedAsync(view, node, id.Volume, generation).ConfigureAwait(false)).IsOk)
             return null;
         var sums = new BlockSum[blocks];
-        PeerResult r = await view.Replicas[node].GetBlockSumsAsync(view.Epoch, id, 0, sums, verify).ConfigureAwait(false);
+        PeerResult r = round.Saw(await view.Replicas[node].GetBlockSumsAsync(view.Epoch, id, 0, sums, verify).ConfigureAwait(false));
         return r.IsOk ? sums : null;
     }
 
     /// <summary>Copies the runs of blocks where <paramref name="target"/> differs from
     /// <paramref name="reference"/> (all of them when the target's sums are unknown); returns the
     /// data bytes written, or which side failed.</summary>
-    private async Task<long> CopyAsync(ClusterView view, long generation, int from, int to, ObjectId id, BlockSum[] reference, BlockSum[]? target,
+    private async Task<long> CopyAsync(ClusterView view, Round round, long generation, int from, int to, ObjectId id, BlockSum[] reference, BlockSum[]? target,
         bool throttled, CancellationToken cancellationToken)
     {
         IReplica source = view.Replicas[from];
@@ -222,7 +239,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
                     case BlockState.Data:
                         if (throttled)
                             await throttle.WaitAsync(length, cancellationToken).ConfigureAwait(false);
-                        r = await source.ReadAsync(view.Epoch, id, offset, buffer.AsMemory(0, length)).ConfigureAwait(false);
+                        r = round.Saw(await source.ReadAsync(view.Epoch, id, offset, buffer.AsMemory(0, length)).ConfigureAwait(false));
                         if (!r.IsOk)
                         {
                             LogCopyFailed(logger, id.ToString(), source.NodeId, r.Status);
@@ -238,7 +255,7 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
                         r = await destination.ZeroAsync(view.Epoch, generation, id, offset, length, keepAllocated: false, fua: false).ConfigureAwait(false);
                         break;
                 }
-                if (!r.IsOk)
+                if (!round.Saw(r).IsOk)
                 {
                     LogCopyFailed(logger, id.ToString(), destination.NodeId, r.Status);
                     return TargetFailed;
@@ -250,6 +267,19 @@ public sealed partial class ObjectReconciler(ReplicatedStore store, RecoveryCoun
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>The newest epoch a copy answered from during one round (a StaleEpoch reply).</summary>
+    private sealed class Round(long epoch)
+    {
+        public long Newest { get; private set; } = epoch;
+
+        public PeerResult Saw(PeerResult r)
+        {
+            if (r.Status == PeerStatus.StaleEpoch && r.Epoch > Newest)
+                Newest = r.Epoch;
+            return r;
         }
     }
 
