@@ -5,8 +5,8 @@ namespace Ovis.Cluster.Cache;
 /// <summary>
 /// The pusher: sends a layer's cached writes to every copy as soon as they are acknowledged.
 /// Within an epoch up to <see cref="MaxInFlight"/> go out at once, one at a time per block (so
-/// overlapping writes land in order; writes to other blocks of the same object go side by side), and a write whose every block a newer write of the same
-/// epoch replaced is merged away unsent. Before the first write of an epoch goes out, every write
+/// overlapping writes land in order; writes to other blocks of the same object go side by side),
+/// and a write whose every block a newer write of the same epoch replaced is merged away unsent. Before the first write of an epoch goes out, every write
 /// of the epoch before is on every copy: the replicas never see a write from after a flush before
 /// all from before it. A failed push stops the stream until the pushes under way settle, then the
 /// queue is sent again from its oldest write; nothing acknowledged is ever skipped.
