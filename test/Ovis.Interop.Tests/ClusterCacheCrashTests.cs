@@ -103,22 +103,24 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
                     int sleepMs = rng.Next(0, 31);
                     int victim = replicaCycle ? partner : gateway;
                     var cycleWrites = new List<Write>();
-                    var run = new Writer(client, rng, seed, cycle, writes, cycleWrites, seq, flushes, killAfter,
-                        stopAfter: replicaCycle ? killAfter + rng.Next(10, 60) : int.MaxValue);
-                    // The node killed last is back before the writer starts. It could come back
-                    // while the writer runs (two copies take a write), but a node joining while a
-                    // push waits for its object's recovery fails that push when the recovery's copy
-                    // meets the new epoch (StaleEpoch), and the flush after it with EIO: a bug of
-                    // its own, found here, not the cache's contract.
-                    await restarted;
+                    // A replica cycle's writer goes on for a few writes after the kill, then flushes.
+                    int afterKill = replicaCycle ? rng.Next(10, 60) : 0;
+                    var run = new Writer(client, rng, seed, cycle, writes, cycleWrites, seq, flushes, killAfter);
+                    // The node killed last comes back while the writer runs (two copies take a
+                    // write meanwhile, and its joining changes the epoch under pushes waiting for
+                    // their objects' recovery); it is up before the next kill, so at most one node
+                    // is ever down.
                     var writing = Task.Run(run.RunAsync);
                     await Task.WhenAny(run.Reached.Task, writing);
+                    await restarted;
                     if (writing.IsFaulted)
                         Assert.Fail($"seed {seed}, cycle {cycle}: the writer failed before the kill: {writing.Exception}\n{NodeLogs(nodes)}");
                     if (sleepMs > 0)
                         await Task.Delay(sleepMs);
                     // Only a dead gateway may fail a request: a dead replica is the cluster's business.
                     run.Killing = !replicaCycle;
+                    if (replicaCycle)
+                        run.StopAfter = run.Issued + afterKill;
                     await nodes[victim].KillAsync();
                     string killed = $"{Name(nodes, nodes[victim])} ({(replicaCycle ? "replica" : "gateway")}) killed after {run.Issued} writes + {sleepMs} ms, "
                         + $"slow link to {Name(nodes, nodes[slow])} {nodes.Proxies[slow].Delay.TotalMilliseconds:F0} ms";
@@ -246,9 +248,18 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
     /// 32 hot blocks (overwrites within an epoch, which the pusher merges). It runs until a request
     /// fails once <see cref="Killing"/> is set (that request is in doubt), or to its end.</summary>
     private sealed class Writer(NbdClient client, Random rng, int seed, int cycle, Dictionary<int, Write> all, List<Write> mine,
-        int seq, int flushes, int reachAfter, int stopAfter)
+        int seq, int flushes, int reachAfter)
     {
+        private int _stopAfter = int.MaxValue;
+
         public TaskCompletionSource Reached { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>Once this many writes are issued, a flush, and the writer ends (set at a replica's kill).</summary>
+        public int StopAfter
+        {
+            get => Volatile.Read(ref _stopAfter);
+            set => Volatile.Write(ref _stopAfter, value);
+        }
 
         public volatile bool Killing;
 
@@ -268,7 +279,7 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
             {
                 if (Issued == reachAfter)
                     Reached.TrySetResult();
-                if (Issued >= stopAfter)
+                if (Issued >= StopAfter)
                 {
                     await client.FlushAsync(CancellationToken.None);
                     flushes++;
