@@ -223,7 +223,9 @@ public sealed class WritebackCacheTests : IAsyncLifetime
             r.Refuse = false;
 
         var reopened = OpenCache();
-        Assert.Equal(Block(9), await Read(reopened, id, 0, 4096));
+        // Not adopted by any lock yet: never read from the cache (the copies answer).
+        await Read(reopened, id, 0, 4096);
+        Assert.Equal(0, reopened.StatsOf(Layer).ReadHits);
         _control.Generation = 5;
         Assert.Equal(4096, reopened.StatsOf(Layer).DirtyBytes);
         await reopened.AdoptAsync([Layer], tenure: 5, lastServedHere: false);
