@@ -130,6 +130,38 @@ public sealed class WritebackCacheTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_lone_push_goes_with_FUA_so_the_flush_behind_it_sends_no_flush_of_its_own()
+    {
+        var cache = OpenCache();
+        var id = new ObjectId(Layer, 0);
+        long storeFlushes = B.FlushRequestCount;
+        // Queue depth 1: each write's push is the only one under way.
+        for (int i = 0; i < 3; i++)
+        {
+            await Ok(cache.WriteAsync(id, i * 4096, Block(i), fua: false));
+            await Ok(cache.FlushAsync(Layer));
+        }
+        foreach (var r in Remotes)
+        {
+            Assert.Equal(3, r.FuaWrites);
+            Assert.Equal(0, r.Flushes);
+        }
+        // Pushes that overlap go without: one replica flush covers them all.
+        foreach (var r in Remotes)
+            r.Hold();
+        for (int i = 0; i < 4; i++)
+            await Ok(cache.WriteAsync(id, (8 + i) * 4096, Block(10 + i), fua: false));
+        foreach (var r in Remotes)
+            r.Release();
+        await Ok(cache.FlushAsync(Layer));
+        foreach (var r in Remotes)
+        {
+            Assert.Equal(4, r.FuaWrites); // only the first of the four went alone
+            Assert.Equal(1, r.Flushes);
+        }
+    }
+
+    [Fact]
     public async Task Nothing_written_after_a_flush_reaches_a_copy_before_everything_written_before_it()
     {
         var cache = OpenCache();
@@ -334,6 +366,10 @@ public sealed class WritebackCacheTests : IAsyncLifetime
 
         public List<ObjectId> Arrived { get; } = [];
 
+        /// <summary>Writes that asked for FUA, and FLUSH requests, that reached the copy.</summary>
+        public int FuaWrites;
+        public int Flushes;
+
         public string NodeId => inner.NodeId;
 
         private static TaskCompletionSource Opened()
@@ -354,6 +390,8 @@ public sealed class WritebackCacheTests : IAsyncLifetime
             await _open.Task;
             lock (Arrived)
                 Arrived.Add(id);
+            if (fua)
+                Interlocked.Increment(ref FuaWrites);
             return await inner.WriteAsync(epoch, generation, id, offset, data, fua);
         }
 
@@ -370,7 +408,13 @@ public sealed class WritebackCacheTests : IAsyncLifetime
 
         public ValueTask<PeerResult> FenceAsync(long epoch, uint layer, long generation) => inner.FenceAsync(epoch, layer, generation);
 
-        public ValueTask<PeerResult> FlushAsync(long epoch) => Refuse ? new(PeerResult.Unreachable) : inner.FlushAsync(epoch);
+        public ValueTask<PeerResult> FlushAsync(long epoch)
+        {
+            if (Refuse)
+                return new(PeerResult.Unreachable);
+            Interlocked.Increment(ref Flushes);
+            return inner.FlushAsync(epoch);
+        }
 
         public ValueTask<PeerResult> GetAllocationAsync(long epoch, ObjectId id, long offset, Memory<BlockState> states) => inner.GetAllocationAsync(epoch, id, offset, states);
 

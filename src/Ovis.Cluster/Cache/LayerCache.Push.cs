@@ -75,6 +75,7 @@ internal sealed partial class LayerCache
         {
             Task? wait = null;
             CachedWrite? send = null;
+            bool fua = false;
             long tenure;
             bool idle = false;
             bool retry = false;
@@ -111,6 +112,7 @@ internal sealed partial class LayerCache
                     else
                     {
                         _cursor = _cursor.Next;
+                        fua = _sending.Count == 0;
                         _sending.Add(next);
                         foreach (int block in next.Blocks(_blockSize))
                             _lastSent[(next.Id.Index, block)] = next;
@@ -126,7 +128,7 @@ internal sealed partial class LayerCache
             }
             if (send is not null)
             {
-                send.Attempt = PushAsync(send, tenure);
+                send.Attempt = PushAsync(send, tenure, fua);
                 MaybeFlushForSpace();
                 continue;
             }
@@ -173,12 +175,17 @@ internal sealed partial class LayerCache
         return true;
     }
 
-    private async Task PushAsync(CachedWrite write, long tenure)
+    /// <summary>One attempt to put <paramref name="write"/> on every copy. With <paramref name="fua"/>
+    /// (the pusher sends it when no other push is under way, as at queue depth 1) the copies make
+    /// it durable before they answer, so it needs no replica flush: a FLUSH behind it waits one
+    /// round trip and one journal sync, not the push's round trip and then a flush's. Under load
+    /// pushes go without, and one replica flush covers many of them.</summary>
+    private async Task PushAsync(CachedWrite write, long tenure, bool fua)
     {
         StoreStatus status;
         try
         {
-            status = await _owner.Inner.WriteUnderAsync(tenure, write.Id, write.Offset, write.Data).ConfigureAwait(false);
+            status = await _owner.Inner.WriteUnderAsync(tenure, write.Id, write.Offset, write.Data, fua).ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // A push that throws failed like one that answered an error: it is sent again.
         catch (Exception)

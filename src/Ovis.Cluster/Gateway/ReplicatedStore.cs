@@ -139,8 +139,8 @@ public sealed partial class ReplicatedStore : IObjectStore
     /// and fails. The writeback cache pushes with it, so a write acknowledged under one tenure
     /// never lands under a later one (a successor's data may be in between).
     /// </summary>
-    internal ValueTask<StoreStatus> WriteUnderAsync(long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data)
-        => MutateAsync(id, new WriteOp(offset, data, false), generation);
+    internal ValueTask<StoreStatus> WriteUnderAsync(long generation, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+        => MutateAsync(id, new WriteOp(offset, data, fua), generation);
 
     /// <summary>Sends a change to every copy of <paramref name="id"/> at once, after the object's
     /// recovery work (if any) and its mark in the dirty-region log.</summary>
@@ -275,9 +275,10 @@ public sealed partial class ReplicatedStore : IObjectStore
                     return (StoreStatus.IoError, true);
             }
             // Recorded after the copies took the change and before the reply: a flush that starts
-            // after the reply finds these nodes (one that starts earlier need not cover it).
-            DirtyNodes dirty = _dirty.GetOrAdd(id.Volume, static layer => new DirtyNodes(layer));
-            dirty.Add(holding, reached);
+            // after the reply finds these nodes (one that starts earlier need not cover it). A
+            // durable change is on every copy that answered already: no flush needs those nodes.
+            if (!op.Durable)
+                _dirty.GetOrAdd(id.Volume, static layer => new DirtyNodes(layer)).Add(holding, reached);
             return (StoreStatus.Ok, missed != 0);
         }
     }
