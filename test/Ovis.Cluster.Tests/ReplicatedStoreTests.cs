@@ -106,6 +106,29 @@ public sealed class ReplicatedStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_FUA_write_is_durable_on_every_copy_when_answered_and_leaves_no_node_for_the_next_flush()
+    {
+        var gw = Gateway(copies: 3, out _);
+        var id = new ObjectId(7, 0);
+        long[] before = [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount];
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 0, Data(1), fua: true).AsTask().WaitAsync(T));
+        long[] synced = [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount];
+        Assert.All(Enumerable.Range(0, 3), n => Assert.True(synced[n] > before[n], $"copy {n} did not sync before the reply"));
+
+        // The flush asks no node: the copies answered the write durable (FlushRequestCount counts the
+        // requests, since a journal sync with nothing new is not counted as one).
+        long[] asked = [A.FlushRequestCount, B.FlushRequestCount, C.FlushRequestCount];
+        Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(7).AsTask().WaitAsync(T));
+        Assert.Equal(asked, new[] { A.FlushRequestCount, B.FlushRequestCount, C.FlushRequestCount });
+
+        // A write without FUA after it is the next flush's again.
+        Assert.Equal(StoreStatus.Ok, await gw.WriteAsync(id, 4096, Data(2), fua: false).AsTask().WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await gw.FlushAsync(7).AsTask().WaitAsync(T));
+        Assert.Equal([asked[0] + 1, asked[1] + 1, asked[2] + 1], [A.FlushRequestCount, B.FlushRequestCount, C.FlushRequestCount]);
+        Assert.Equal([synced[0] + 1, synced[1] + 1, synced[2] + 1], [A.JournalSyncCount, B.JournalSyncCount, C.JournalSyncCount]);
+    }
+
+    [Fact]
     public async Task After_a_newer_holder_fences_the_layer_an_older_gateway_changes_no_copy_and_marks_none_stale()
     {
         var gw = Gateway(copies: 3, out _);

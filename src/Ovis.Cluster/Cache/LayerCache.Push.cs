@@ -150,7 +150,7 @@ internal sealed partial class LayerCache
                 }
                 continue;
             }
-            if (idle && !await _wake.WaitAsync(IdleFlushAfter).ConfigureAwait(false) && HasPushedUnflushed)
+            if (idle && !await _wake.WaitAsync(IdleFlushAfter).ConfigureAwait(false) && PushedUnflushedBytes > 0)
                 await FlushOnceAsync().ConfigureAwait(false);
         }
     }
@@ -237,7 +237,10 @@ internal sealed partial class LayerCache
     /// so the records of pushed writes can go. One at a time; a flush costs each copy one journal sync.</summary>
     private void MaybeFlushForSpace()
     {
-        if (!_flushing.IsCompleted || !HasPushedUnflushed || !(_owner.WantsSpace || PushedUnflushedBytes >= _owner.FlushEveryBytes))
+        if (!_flushing.IsCompleted)
+            return;
+        long unflushed = PushedUnflushedBytes;
+        if (unflushed == 0 || !(_owner.WantsSpace || unflushed >= _owner.FlushEveryBytes))
             return;
         _flushing = FlushOnceAsync();
     }

@@ -174,12 +174,8 @@ internal sealed partial class LayerCache
         }
     }
 
-    public bool HasPushedUnflushed
-    {
-        get { lock (_lock) return _pushedUnflushed.Count > 0; }
-    }
-
-    /// <summary>Bytes of the writes pushed since the last replica flush: their records still take log space.</summary>
+    /// <summary>Bytes of the writes pushed since the last replica flush: their records still take
+    /// log space. Above 0 exactly when there are such writes (a cached write is never empty).</summary>
     public long PushedUnflushedBytes
     {
         get { lock (_lock) return _pushedUnflushedBytes; }

@@ -106,7 +106,7 @@ public sealed partial class WritebackCache
         {
             if (!_layers.TryGetValue(layer, out LayerCache? cache))
                 continue;
-            if (!lastServedHere && (!cache.IsEmpty || cache.NeedsTombstone || cache.HasPushedUnflushed))
+            if (!lastServedHere && (!cache.IsEmpty || cache.NeedsTombstone || cache.PushedUnflushedBytes > 0))
             {
                 (long bytes, List<long> lsns) = cache.Drop();
                 if (bytes > 0)
