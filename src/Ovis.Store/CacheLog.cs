@@ -264,7 +264,9 @@ public sealed partial class CacheLog : IAsyncDisposable
 
     /// <summary>An append on its way: waiting in <see cref="_pending"/>, then in a batch.</summary>
     private sealed class Append(CacheLog log, uint layer, uint index, long offset, long epoch, ReadOnlyMemory<byte> data, long size)
-        : TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously)
+        // Continuations run where the append completes (see FinishBatch); a cancellation or failure
+        // completes it off the committer too, so no caller's code runs under the log's lock.
+        : TaskCompletionSource<long>
     {
         public uint Layer { get; } = layer;
         public uint Index { get; } = index;
@@ -289,7 +291,7 @@ public sealed partial class CacheLog : IAsyncDisposable
                 // Left in the queue; the committer drops it.
                 Cancelled = true;
             }
-            TrySetCanceled(token);
+            ThreadPool.UnsafeQueueUserWorkItem(static s => s.Append.TrySetCanceled(s.token), (Append: this, token), preferLocal: false);
         }
 
         public void Finish(long lsn)
@@ -301,7 +303,7 @@ public sealed partial class CacheLog : IAsyncDisposable
         public void Fail(Exception e)
         {
             Registration.Unregister();
-            TrySetException(e);
+            ThreadPool.UnsafeQueueUserWorkItem(static s => s.Append.TrySetException(s.e), (Append: this, e), preferLocal: false);
         }
     }
 }

@@ -413,6 +413,35 @@ public sealed class CacheLogTests : IDisposable
     }
 
     [Fact]
+    public async Task A_lone_append_continues_on_the_committer_which_serves_appends_made_from_there()
+    {
+        string dir = NewDir();
+        var lsns = new List<long>();
+        var onCommitter = new List<bool>();
+        await using (CacheLog log = Open(dir, 4L << 20, out _))
+        {
+            // Each append is awaited alone, so each continues on the committer (no pool hop, which
+            // is what a write at queue depth one saves) and makes the next append from there: the
+            // committer must pick that up after the continuation returns, not deadlock on itself.
+            await Task.Run(async () =>
+            {
+                for (int i = 0; i < 200; i++)
+                {
+                    lsns.Add(await log.AppendAsync(1, (uint)i, 0, 1, Bytes.Random(4096, i)).ConfigureAwait(false));
+                    onCommitter.Add(Thread.CurrentThread.Name == "ovis-cachelog-commit");
+                }
+            }).WaitAsync(StoreFixture.Timeout);
+        }
+        // An append made from a pool thread may be durable before its caller awaits it, and then
+        // the caller simply goes on; one made from the committer cannot be (the committer is busy
+        // running the caller), so from the first continuation there on, every one is there.
+        int first = onCommitter.IndexOf(true);
+        Assert.InRange(first, 0, 9);
+        Assert.All(onCommitter.Skip(first), Assert.True);
+        Assert.Equal(lsns, Reopen(dir, 4L << 20).Select(r => r.Lsn));
+    }
+
+    [Fact]
     public async Task An_append_is_in_the_file_when_it_completes()
     {
         const long capacity = 1L << 20;
