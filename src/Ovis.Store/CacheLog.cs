@@ -264,8 +264,9 @@ public sealed partial class CacheLog : IAsyncDisposable
 
     /// <summary>An append on its way: waiting in <see cref="_pending"/>, then in a batch.</summary>
     private sealed class Append(CacheLog log, uint layer, uint index, long offset, long epoch, ReadOnlyMemory<byte> data, long size)
-        // Continuations run where the append completes (see FinishBatch); a cancellation or failure
-        // completes it off the committer too, so no caller's code runs under the log's lock.
+        // Continuations run where the append completes (see FinishBatch). A failure completes it
+        // through the pool, since FailQueuedLocked runs under the log's lock; so does a cancellation,
+        // so that the thread cancelling the token never runs the writer's code (as before).
         : TaskCompletionSource<long>
     {
         public uint Layer { get; } = layer;
