@@ -14,7 +14,7 @@ public sealed class NbdServerOptions
     /// Payload bytes (read buffers and write payloads) one connection may hold at once. A single
     /// request larger than this is still admitted when nothing else is in flight.
     /// </summary>
-    public long MaxInFlightBytes { get; init; } = 64L << 20;
+    public long MaxInFlightBytes { get; init; } = 8L << 20;
 
     /// <summary>Requests one connection may have between being read and their reply being written.</summary>
     public int MaxInFlightRequests { get; init; } = 256;

@@ -10,7 +10,7 @@ public sealed record LocalStoreOptions
     public int BatchSize { get; init; } = 4 << 20;
 
     /// <summary>Batches that may be in memory at once; bounds unapplied data (BatchSize × BatchCount).</summary>
-    public int BatchCount { get; init; } = 16;
+    public int BatchCount { get; init; } = 8;
 
     /// <summary>Longest time an acknowledged write stays only in memory when no client flushes.</summary>
     public TimeSpan CommitInterval { get; init; } = TimeSpan.FromSeconds(1);
