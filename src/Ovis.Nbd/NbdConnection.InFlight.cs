@@ -1,37 +1,13 @@
 namespace Ovis.Nbd;
 
-public sealed partial class NbdConnection
+public sealed partial class NbdConnection : IRequestProtocol<NbdOperation>
 {
-    private readonly Lock _sync = new();
-
-    // Guarded by _sync: the in-flight budget, finished operations waiting for the output loop,
-    // and idle operation objects.
-    private readonly Queue<NbdOperation> _completed;
-    private readonly Stack<NbdOperation> _operationPool;
-    private int _inFlightRequests;
-    private long _inFlightBytes;
-    private bool _writerBusy;       // someone is writing replies into the transport (see WriteRepliesIfIdle)
-
-    // The output loop waits for work handed to it; the read loop (and the final drain) for budget.
-    private readonly AsyncSignal _repliesReady = new();
-    private readonly AsyncSignal _capacityFreed = new();
-
     /// <summary>Takes a request slot and <paramref name="bytes"/> of budget, or says to wait for a reply to free some.</summary>
     private bool TryAdmit(in NbdRequest request, long bytes, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out NbdOperation? operation)
     {
-        lock (_sync)
+        if (!_loops.TryAdmit(bytes, out operation))
         {
-            // A request larger than the whole byte budget is admitted alone rather than never.
-            if (_inFlightRequests >= _options.MaxInFlightRequests
-                || (_inFlightBytes != 0 && _inFlightBytes + bytes > _options.MaxInFlightBytes))
-            {
-                operation = null;
-                return false;
-            }
-
-            _inFlightRequests++;
-            _inFlightBytes += bytes;
-            _operationPool.TryPop(out operation);
+            return false;
         }
 
         operation ??= new NbdOperation(this);
@@ -50,49 +26,13 @@ public sealed partial class NbdConnection
 
         long bytes = operation.ChargedBytes;
         operation.Reset();
-        lock (_sync)
-        {
-            _inFlightRequests--;
-            _inFlightBytes -= bytes;
-            _operationPool.Push(operation);
-        }
-
-        _capacityFreed.Set();
+        _loops.Release(operation, bytes);
     }
 
-    /// <summary>Hands a finished operation to the output loop.</summary>
-    private void Complete(NbdOperation operation, bool onReadLoop)
-    {
-        lock (_sync)
-        {
-            _completed.Enqueue(operation);
-        }
+    /// <summary>Hands a finished operation's reply to the writer.</summary>
+    private void Complete(NbdOperation operation, bool onReadLoop) => _loops.Complete(operation, onReadLoop);
 
-        // The read loop writes once per batch (so its replies share a flush); a device
-        // completion writes its reply at once unless someone is writing already.
-        if (onReadLoop)
-        {
-            _replySignalPending = true;
-        }
-        else
-        {
-            WriteRepliesIfIdle();
-        }
-    }
+    void IRequestProtocol<NbdOperation>.ReleaseOperation(NbdOperation operation) => ReleaseOperation(operation);
 
-    private async ValueTask DrainAsync()
-    {
-        while (true)
-        {
-            lock (_sync)
-            {
-                if (_inFlightRequests == 0)
-                {
-                    return;
-                }
-            }
-
-            await _capacityFreed.WaitAsync();
-        }
-    }
+    void IRequestProtocol<NbdOperation>.OutputClosed(Exception? exception) => NbdLog.OutputClosed(_logger, _connectionId, exception);
 }

@@ -17,93 +17,12 @@ public sealed partial class NbdConnection
     // last payload byte has been read. libnbd files a request as in flight only after sending all
     // of it, so a reply that overtakes the payload matches no cookie and ends the session.
     private NbdOperation? _skipOperation;
-    private bool _replySignalPending;
 
-    private enum ReceiveStatus
-    {
-        NeedData,
-        NeedCapacity,
-        Disconnect,
-        ProtocolError,
-    }
+    // Whatever ends the read loop, requests already started run to completion and their buffers
+    // go back exactly once before the device is disposed (ConnectionLoops.RunAsync).
+    private Task TransmitAsync(CancellationToken cancellationToken) => _loops.RunAsync(cancellationToken);
 
-    private async Task TransmitAsync(CancellationToken cancellationToken)
-    {
-        Task output = OutputLoopAsync();
-        try
-        {
-            await ReadLoopAsync(cancellationToken);
-        }
-        finally
-        {
-            // Whatever ended the read loop, requests already started run to completion and
-            // their buffers go back exactly once before the device is disposed.
-            AbandonPartialPayload();
-            WriteRepliesIfIdle();
-            await DrainAsync();
-            lock (_sync)
-            {
-                _outputStopping = true;
-            }
-
-            _repliesReady.Set();
-            await output;
-        }
-    }
-
-    private async Task ReadLoopAsync(CancellationToken cancellationToken)
-    {
-        PipeReader input = _transport.Input;
-        while (true)
-        {
-            ReadResult result = await input.ReadAsync(cancellationToken);
-            ReadOnlySequence<byte> buffer = result.Buffer;
-            ReceiveStatus status = ReceiveRequests(ref buffer);
-
-            // The replies the batch completed synchronously go out together, from this thread.
-            if (_replySignalPending)
-            {
-                _replySignalPending = false;
-                WriteRepliesIfIdle();
-            }
-
-            switch (status)
-            {
-                case ReceiveStatus.NeedData:
-                    input.AdvanceTo(buffer.Start, buffer.End);
-                    if (result.IsCompleted || result.IsCanceled)
-                    {
-                        if (!buffer.IsEmpty || _payloadOperation is not null || _skipOperation is not null)
-                        {
-                            NbdLog.ClientVanished(_logger, _connectionId);
-                        }
-
-                        return;
-                    }
-
-                    break;
-
-                case ReceiveStatus.NeedCapacity:
-                    // Leave the unadmitted header in the pipe (examined == consumed, so the next
-                    // read returns at once) and stop reading until a reply frees budget.
-                    input.AdvanceTo(buffer.Start);
-                    if (result.IsCanceled)
-                    {
-                        return;
-                    }
-
-                    await _capacityFreed.WaitAsync();
-                    break;
-
-                default:
-                    input.AdvanceTo(buffer.Start);
-                    return;
-            }
-        }
-    }
-
-    /// <summary>Parses, checks and starts every whole request in <paramref name="buffer"/>, consuming what it used.</summary>
-    private ReceiveStatus ReceiveRequests(ref ReadOnlySequence<byte> buffer)
+    ReceiveStatus IRequestProtocol<NbdOperation>.ReceiveRequests(ref ReadOnlySequence<byte> buffer)
     {
         while (true)
         {
@@ -143,13 +62,13 @@ public sealed partial class NbdConnection
             if (request.Magic != NbdMagic.Request)
             {
                 NbdLog.ProtocolError(_logger, _connectionId, "bad request magic");
-                return ReceiveStatus.ProtocolError;
+                return ReceiveStatus.Close;
             }
 
             if (request.Command == NbdCommand.Disconnect)
             {
                 buffer = buffer.Slice(NbdRequest.Size);
-                return ReceiveStatus.Disconnect;
+                return ReceiveStatus.Close;
             }
 
             // Checked before any payload is buffered, so a bad request costs no memory.
@@ -175,7 +94,7 @@ public sealed partial class NbdConnection
                     {
                         Complete(operation, onReadLoop: true);
                         NbdLog.ProtocolError(_logger, _connectionId, "rejected write payload too large to skip");
-                        return ReceiveStatus.ProtocolError;
+                        return ReceiveStatus.Close;
                     }
 
                     // Replied to once the payload has been read and dropped (see _skipOperation).
@@ -211,7 +130,15 @@ public sealed partial class NbdConnection
         return _payloadReceived == length;
     }
 
-    private void AbandonPartialPayload()
+    void IRequestProtocol<NbdOperation>.InputEnded(bool bytesLeft)
+    {
+        if (bytesLeft || _payloadOperation is not null || _skipOperation is not null)
+        {
+            NbdLog.ClientVanished(_logger, _connectionId);
+        }
+    }
+
+    void IRequestProtocol<NbdOperation>.AbandonPartialRequest()
     {
         _skipRemaining = 0;
         if (_skipOperation is { } rejected)

@@ -10,14 +10,13 @@ namespace Ovis.Nbd;
 /// <see cref="RunAsync"/> once.
 /// </summary>
 /// <remarks>
-/// Transmission runs two loops. The read loop parses requests, checks them, and starts their
-/// device calls without waiting for them. Finished requests are queued, and one thread at a time
-/// holds the transport's writer: the thread that finished them when nobody else is writing (the
-/// read loop once per batch, a device completion at once), which encodes the queued replies in
-/// completion order and flushes once; the output loop only takes over a flush the client has not
-/// drained (so no writer ever waits) and ends the connection. Requests and payload bytes in flight
-/// are bounded; when the budget is spent the read loop stops reading, which pushes back on the
-/// client through TCP.
+/// Transmission runs on <see cref="ConnectionLoops{TOperation}"/>, the skeleton it shares with the
+/// peer protocol: a read loop that parses requests, checks them and starts their device calls
+/// without waiting for them; replies written in completion order by the thread that finished them
+/// when nobody else is writing (the read loop once per batch, a device completion at once), with an
+/// output loop only for a flush the client has not drained; and a bound on requests and payload
+/// bytes in flight, past which the read loop stops reading and TCP pushes back on the client. This
+/// class holds the NBD half: parsing, validation, the commands and the reply encoding.
 /// </remarks>
 public sealed partial class NbdConnection : IAsyncDisposable
 {
@@ -29,6 +28,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly long _connectionId;
     private readonly CancellationTokenSource _stopping = new();
+    private readonly ConnectionLoops<NbdOperation> _loops;
     private Task? _running;
     private int _started;
     private int _tornDown;
@@ -60,8 +60,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
         _logger = logger;
         _connectionId = Interlocked.Increment(ref _lastConnectionId);
         _maxSkippedPayload = Math.Max(NbdLimits.SkippedPayloadFactor * (long)options.MaxPayloadSize, NbdLimits.MinSkippedPayloadLength);
-        _completed = new Queue<NbdOperation>(Math.Min(options.MaxInFlightRequests, 1024));
-        _operationPool = new Stack<NbdOperation>(Math.Min(options.MaxInFlightRequests, 1024));
+        _loops = new ConnectionLoops<NbdOperation>(transport, this, options.MaxInFlightRequests, options.MaxInFlightBytes);
     }
 
     /// <summary>Where payload buffers come from; tests swap in a counting pool.</summary>
@@ -146,8 +145,7 @@ public sealed partial class NbdConnection : IAsyncDisposable
 
     // A reset socket, a stop request or an aborted Kestrel connection: the ordinary ways for a
     // connection to end abruptly, none of them a server bug.
-    private static bool IsTransportFailure(Exception ex)
-        => ex is IOException or OperationCanceledException or ObjectDisposedException;
+    private static bool IsTransportFailure(Exception ex) => ConnectionLoops<NbdOperation>.IsTransportFailure(ex);
 
     /// <summary>The one teardown path: runs after the loops have finished and nothing is in flight.</summary>
     private async ValueTask TeardownAsync()

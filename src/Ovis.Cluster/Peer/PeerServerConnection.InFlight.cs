@@ -4,38 +4,14 @@ using Ovis.Store;
 
 namespace Ovis.Cluster.Peer;
 
-internal sealed partial class PeerServerConnection
+internal sealed partial class PeerServerConnection : IRequestProtocol<PeerOperation>
 {
-    private readonly Lock _sync = new();
-
-    // Guarded by _sync: the in-flight budget, finished operations waiting for the output loop,
-    // and idle operation objects.
-    private readonly Queue<PeerOperation> _completed;
-    private readonly Stack<PeerOperation> _operationPool;
-    private int _inFlightRequests;
-    private long _inFlightBytes;
-
-    // The output loop waits for replies; the read loop (and the final drain) for budget.
-    private readonly AsyncSignal _repliesReady = new();
-    private readonly AsyncSignal _capacityFreed = new();
-
     /// <summary>Takes a request slot and <paramref name="bytes"/> of budget, or says to wait for a reply to free some.</summary>
     private bool TryAdmit(in PeerRequestHeader request, long bytes, [NotNullWhen(true)] out PeerOperation? operation)
     {
-        PeerServerOptions options = _server.Options;
-        lock (_sync)
+        if (!_loops.TryAdmit(bytes, out operation))
         {
-            // A request larger than the whole byte budget is admitted alone rather than never.
-            if (_inFlightRequests >= options.MaxInFlightRequests
-                || (_inFlightBytes != 0 && _inFlightBytes + bytes > options.MaxInFlightBytes))
-            {
-                operation = null;
-                return false;
-            }
-
-            _inFlightRequests++;
-            _inFlightBytes += bytes;
-            _operationPool.TryPop(out operation);
+            return false;
         }
 
         operation ??= new PeerOperation(this);
@@ -63,17 +39,10 @@ internal sealed partial class PeerServerConnection
 
         long bytes = operation.ChargedBytes;
         operation.Reset();
-        lock (_sync)
-        {
-            _inFlightRequests--;
-            _inFlightBytes -= bytes;
-            _operationPool.Push(operation);
-        }
-
-        _capacityFreed.Set();
+        _loops.Release(operation, bytes);
     }
 
-    /// <summary>Hands a finished operation to the output loop.</summary>
+    /// <summary>Hands a finished operation's reply to the writer.</summary>
     private void Complete(PeerOperation operation, bool onReadLoop)
     {
         // The change is applied (or failed): a raise of its layer's fence need not wait for it any more.
@@ -83,35 +52,10 @@ internal sealed partial class PeerServerConnection
             _fences.Exit(ObjectId.FromPacked(operation.Request.ObjectId).Volume, (long)operation.Request.Generation);
         }
 
-        lock (_sync)
-        {
-            _completed.Enqueue(operation);
-        }
-
-        // The read loop wakes the output loop once per batch of input; store completions at once.
-        if (onReadLoop)
-        {
-            _replySignalPending = true;
-        }
-        else
-        {
-            _repliesReady.Set();
-        }
+        _loops.Complete(operation, onReadLoop);
     }
 
-    private async ValueTask DrainAsync()
-    {
-        while (true)
-        {
-            lock (_sync)
-            {
-                if (_inFlightRequests == 0)
-                {
-                    return;
-                }
-            }
+    void IRequestProtocol<PeerOperation>.ReleaseOperation(PeerOperation operation) => ReleaseOperation(operation);
 
-            await _capacityFreed.WaitAsync();
-        }
-    }
+    void IRequestProtocol<PeerOperation>.OutputClosed(Exception? exception) => PeerLog.TransportClosed(_logger, _connectionId, exception);
 }

@@ -12,68 +12,8 @@ internal sealed partial class PeerServerConnection
     private PeerOperation? _payloadOperation;
     private int _payloadReceived;
     private long _skipRemaining;
-    private bool _replySignalPending;
 
-    private enum ReceiveStatus
-    {
-        NeedData,
-        NeedCapacity,
-        Close,
-    }
-
-    private async Task ReadLoopAsync(CancellationToken cancellationToken)
-    {
-        PipeReader input = _transport.Input;
-        while (true)
-        {
-            ReadResult result = await input.ReadAsync(cancellationToken);
-            ReadOnlySequence<byte> buffer = result.Buffer;
-            ReceiveStatus status = ReceiveRequests(ref buffer);
-
-            // One wake-up for every reply this batch completed synchronously, so they share a flush.
-            if (_replySignalPending)
-            {
-                _replySignalPending = false;
-                _repliesReady.Set();
-            }
-
-            switch (status)
-            {
-                case ReceiveStatus.NeedData:
-                    input.AdvanceTo(buffer.Start, buffer.End);
-                    if (result.IsCompleted || result.IsCanceled)
-                    {
-                        if (!buffer.IsEmpty || _payloadOperation is not null || _skipRemaining > 0)
-                        {
-                            PeerLog.SenderVanished(_logger, _connectionId);
-                        }
-
-                        return;
-                    }
-
-                    break;
-
-                case ReceiveStatus.NeedCapacity:
-                    // Leave the unadmitted header in the pipe (examined == consumed, so the next
-                    // read returns at once) and stop reading until a reply frees budget.
-                    input.AdvanceTo(buffer.Start);
-                    if (result.IsCanceled)
-                    {
-                        return;
-                    }
-
-                    await _capacityFreed.WaitAsync();
-                    break;
-
-                default:
-                    input.AdvanceTo(buffer.Start);
-                    return;
-            }
-        }
-    }
-
-    /// <summary>Parses, checks and starts every whole request in <paramref name="buffer"/>, consuming what it used.</summary>
-    private ReceiveStatus ReceiveRequests(ref ReadOnlySequence<byte> buffer)
+    ReceiveStatus IRequestProtocol<PeerOperation>.ReceiveRequests(ref ReadOnlySequence<byte> buffer)
     {
         while (true)
         {
@@ -172,7 +112,15 @@ internal sealed partial class PeerServerConnection
         return _payloadReceived == length;
     }
 
-    private void AbandonPartialPayload()
+    void IRequestProtocol<PeerOperation>.InputEnded(bool bytesLeft)
+    {
+        if (bytesLeft || _payloadOperation is not null || _skipRemaining > 0)
+        {
+            PeerLog.SenderVanished(_logger, _connectionId);
+        }
+    }
+
+    void IRequestProtocol<PeerOperation>.AbandonPartialRequest()
     {
         _skipRemaining = 0;
         if (_payloadOperation is { } operation)

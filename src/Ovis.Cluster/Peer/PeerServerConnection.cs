@@ -10,11 +10,12 @@ namespace Ovis.Cluster.Peer;
 /// The server side of one peer connection.
 /// </summary>
 /// <remarks>
-/// Two loops. The read loop parses and checks requests and starts their store calls without
-/// waiting for them. Finished requests are queued for the output loop, the only writer of the
-/// transport, which encodes replies in completion order and flushes once per batch. Requests and
-/// payload bytes in flight are bounded; when the budget is spent the read loop stops reading,
-/// which pushes back on the sender through TCP.
+/// Runs on <see cref="ConnectionLoops{TOperation}"/>, the skeleton it shares with the NBD front:
+/// the read loop parses and checks requests and starts their store calls without waiting for them;
+/// replies go out in completion order, written by the thread that finished them when nobody else is
+/// writing; requests and payload bytes in flight are bounded, and when the budget is spent the read
+/// loop stops reading, which pushes back on the sender through TCP. This class holds the peer
+/// protocol's half: parsing, validation, fencing, the operations and the reply encoding.
 /// </remarks>
 internal sealed partial class PeerServerConnection
 {
@@ -37,6 +38,7 @@ internal sealed partial class PeerServerConnection
     // pool keeps only a few arrays per size and core, so hundreds of 4 KiB requests in flight would
     // turn into a new array each. This pool never holds more than the connection once had in flight.
     private readonly ArrayPool<byte> _bufferPool;
+    private readonly ConnectionLoops<PeerOperation> _loops;
 
     public PeerServerConnection(PeerServer server, IDuplexPipe transport, long connectionId)
     {
@@ -52,8 +54,7 @@ internal sealed partial class PeerServerConnection
         _maxObjectIndex = server.Store.MaxObjectIndex;
         _blockSize = server.Store.BlockSize;
         _bufferPool = ArrayPool<byte>.Create(PeerProtocol.MaxPayloadLength, server.Options.MaxInFlightRequests);
-        _completed = new Queue<PeerOperation>(Math.Min(server.Options.MaxInFlightRequests, 1024));
-        _operationPool = new Stack<PeerOperation>(Math.Min(server.Options.MaxInFlightRequests, 1024));
+        _loops = new ConnectionLoops<PeerOperation>(transport, this, server.Options.MaxInFlightRequests, server.Options.MaxInFlightBytes);
     }
 
     public async Task RunAsync(CancellationToken cancellationToken)
@@ -77,28 +78,11 @@ internal sealed partial class PeerServerConnection
 
     // A reset socket, a stop request or an aborted Kestrel connection: the ordinary ways for a
     // connection to end abruptly, none of them a server bug.
-    private static bool IsTransportFailure(Exception ex)
-        => ex is IOException or OperationCanceledException or ObjectDisposedException;
+    private static bool IsTransportFailure(Exception ex) => ConnectionLoops<PeerOperation>.IsTransportFailure(ex);
 
-    private async Task TransmitAsync(CancellationToken cancellationToken)
-    {
-        Task output = OutputLoopAsync();
-        try
-        {
-            await ReadLoopAsync(cancellationToken);
-        }
-        finally
-        {
-            // Whatever ended the read loop, requests already started run to completion (their
-            // replies still go out if the peer is listening) and every buffer goes back once.
-            AbandonPartialPayload();
-            _repliesReady.Set();
-            await DrainAsync();
-            _outputStopping = true;
-            _repliesReady.Set();
-            await output;
-        }
-    }
+    // Whatever ends the read loop, requests already started run to completion (their replies still
+    // go out if the peer is listening) and every buffer goes back once (ConnectionLoops.RunAsync).
+    private Task TransmitAsync(CancellationToken cancellationToken) => _loops.RunAsync(cancellationToken);
 
     /// <summary>The one teardown path: runs after both loops have ended and nothing is in flight.</summary>
     private async ValueTask TeardownAsync()
