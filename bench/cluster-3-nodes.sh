@@ -4,7 +4,8 @@
 # volume written through node a; qemu-nbd serves a raw file. Alternates A B A B via
 # shared/tools/compare-fio.sh and prints medians and A/B ratios.
 # Environment: RT (seconds per job, default 10), SIZE (1G), JOBS (default randwrite4k_qd32),
-# BENCH_DIR (default artifacts/bench-cluster), COMPARE_FIO (path of compare-fio.sh).
+# BENCH_DIR (default artifacts/bench-cluster), COMPARE_FIO (path of compare-fio.sh). Ends with each
+# node's peak resident memory.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${1:-3}
@@ -33,10 +34,11 @@ uri="etcd://127.0.0.1:$etcd_port/bench"
 "$root/ovis" cluster format --copies 3 --etcd "$uri" >/dev/null
 
 i=0
+declare -A node_pid
 for zone in a b c; do
   dotnet "$root/artifacts/bin/ovis.dll" serve --data "$dir/$zone" --nbd "127.0.0.1:$((10840 + i))" --admin "127.0.0.1:$((7090 + i))" \
     --peer "127.0.0.1:$((7190 + i))" --cluster "$uri" --zone "$zone" --node-id "n-$zone" >"$dir/$zone.out" 2>"$dir/$zone.err" &
-  pids+=("$!")
+  pids+=("$!"); node_pid[$zone]=$!
   for _ in $(seq 200); do grep -q '^admin listening' "$dir/$zone.out" 2>/dev/null && break; sleep 0.1; done
   grep -q '^admin listening' "$dir/$zone.out" || { cat "$dir/$zone.err" >&2; exit 1; }
   i=$((i + 1))
@@ -52,3 +54,5 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 echo "A = Ovis, 3 nodes on this machine, 3 copies (nbd://127.0.0.1:10840/bench), B = qemu-nbd (raw file), RT=${RT:-10}s, rounds=$rounds"
 SIZE="$size" bash "$compare" "nbd://127.0.0.1:10840/bench" "nbd://127.0.0.1:$qemu_port" "$rounds"
 "$root/ovis" node list --admin "http://127.0.0.1:7090"
+# Peak resident memory of each node over the whole run (the kernel's high-water mark).
+echo "peak RSS: $(for zone in a b c; do printf 'n-%s %s MiB  ' "$zone" "$(awk '/^VmHWM/ {print int($2 / 1024)}' "/proc/${node_pid[$zone]}/status")"; done)"
