@@ -235,6 +235,71 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
         Assert.Equal(data, all.AsSpan(2 * PeerProtocol.ReplyHeaderSize).ToArray());
     }
 
+    [Fact]
+    public async Task A_sender_slow_to_read_replies_gets_every_reply_once_and_in_full()
+    {
+        // The reply pipe takes 64 KiB before a flush waits, so the thread that finished a read
+        // cannot write its reply through and hands the flush to the output loop; a 1 MiB budget
+        // makes the read loop stop for capacity too. Reads and writes race for the writer.
+        await using var f = new PeerFixture(epoch: 3, serverOptions: new PeerServerOptions { MaxInFlightBytes = 1 << 20 });
+        byte[] data = RandomBytes(64 << 10, 23);
+        await Ok(f.Client.WriteAsync(f.Epoch, 0, A, 0, data, fua: false));
+        var toServer = new Pipe();
+        var fromServer = new Pipe(new PipeOptions(pauseWriterThreshold: 64 << 10, resumeWriterThreshold: 32 << 10));
+        Task serving = f.Server.RunAsync(new TestDuplexPipe(toServer.Reader, fromServer.Writer), CancellationToken.None);
+
+        // The sender goes on sending while it does not read (as a TCP peer would): once the budget
+        // is spent the server stops reading, and the sender waits in turn.
+        const int Requests = 200;
+        byte[] block = RandomBytes(4096, 24);
+        Task sending = Task.Run(async () =>
+        {
+            for (ulong handle = 1; handle <= Requests; handle++)
+            {
+                if (handle % 4 == 0)
+                {
+                    await toServer.Writer.WriteAsync(RawPeer.Request(PeerOpcode.Write, PeerRequestFlags.None, 3, handle, B.Packed, handle * 4096, 4096));
+                    await toServer.Writer.WriteAsync(block);
+                }
+                else
+                {
+                    await toServer.Writer.WriteAsync(RawPeer.Request(PeerOpcode.Read, PeerRequestFlags.None, 3, handle, A.Packed, 0, (uint)data.Length));
+                }
+            }
+        });
+
+        // Nobody reads the replies for a while: the server must neither lose nor repeat any.
+        await Task.Delay(200);
+        var seen = new HashSet<ulong>();
+        while (seen.Count < Requests)
+        {
+            ReadResult result = await fromServer.Reader.ReadAsync().AsTask().WaitAsync(Timeout);
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            while (buffer.Length >= PeerProtocol.ReplyHeaderSize)
+            {
+                PeerReplyHeader header = PeerReplyHeader.Read(buffer.Slice(0, PeerProtocol.ReplyHeaderSize).ToArray());
+                if (buffer.Length < PeerProtocol.ReplyHeaderSize + header.Length)
+                {
+                    break;
+                }
+
+                Assert.Equal(PeerStatus.Ok, header.Status);
+                Assert.True(seen.Add(header.Handle), $"reply {header.Handle} arrived twice");
+                byte[] payload = buffer.Slice(PeerProtocol.ReplyHeaderSize, header.Length).ToArray();
+                Assert.Equal(header.Handle % 4 == 0 ? [] : data, payload);
+                buffer = buffer.Slice(PeerProtocol.ReplyHeaderSize + header.Length);
+            }
+
+            fromServer.Reader.AdvanceTo(buffer.Start, buffer.End);
+            Assert.False(result.IsCompleted && seen.Count < Requests, $"the server ended after {seen.Count} replies");
+        }
+
+        await sending.WaitAsync(Timeout);
+        await toServer.Writer.CompleteAsync();
+        await serving.WaitAsync(Timeout);
+        Assert.Equal(block, await ReadAsync(f, B, Requests / 4 * 4 * 4096, 4096));
+    }
+
     private sealed class TestDuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
     {
         public PipeReader Input { get; } = input;
