@@ -143,8 +143,6 @@ public sealed partial class NbdConnection : IAsyncDisposable
         }
     }
 
-    // A reset socket, a stop request or an aborted Kestrel connection: the ordinary ways for a
-    // connection to end abruptly, none of them a server bug.
     private static bool IsTransportFailure(Exception ex) => ConnectionLoops<NbdOperation>.IsTransportFailure(ex);
 
     /// <summary>The one teardown path: runs after the loops have finished and nothing is in flight.</summary>

@@ -76,8 +76,6 @@ internal sealed partial class PeerServerConnection
         }
     }
 
-    // A reset socket, a stop request or an aborted Kestrel connection: the ordinary ways for a
-    // connection to end abruptly, none of them a server bug.
     private static bool IsTransportFailure(Exception ex) => ConnectionLoops<PeerOperation>.IsTransportFailure(ex);
 
     // Whatever ends the read loop, requests already started run to completion (their replies still
