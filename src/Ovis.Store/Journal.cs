@@ -12,6 +12,10 @@ internal interface IJournalSink
 
     /// <summary>After <see cref="Apply"/> (whether it succeeded or not), before the buffer is reused.</summary>
     void Applied(BatchBuffer batch);
+
+    /// <summary>In a round that serves a flush, before the journal's own write and sync: makes
+    /// durable what the journal's records point at outside it (direct writes).</summary>
+    void BeforeFlush();
 }
 
 /// <summary>Outcome of asking the journal for room for a record.</summary>
@@ -316,6 +320,7 @@ internal sealed partial class Journal : IDisposable
             List<FlushWaiter> inline;
             StoreStatus roundStatus = StoreStatus.IoError;
             bool stop;
+            bool flushing;
             lock (_lock)
             {
                 if (_aborted)
@@ -329,6 +334,7 @@ internal sealed partial class Journal : IDisposable
                 {
                     SealCurrent();
                 }
+                flushing = _flushRequested || _stopping;
                 _flushRequested = false;
                 round = _round;
                 _round = NewTcs();
@@ -344,6 +350,10 @@ internal sealed partial class Journal : IDisposable
                 if (_failure is not null)
                 {
                     throw new IOException("journal failed", _failure);
+                }
+                if (flushing)
+                {
+                    _sink!.BeforeFlush();
                 }
                 for (int i = 0; i < _writing.Count; i++)
                 {

@@ -26,7 +26,11 @@ namespace Ovis.Store;
 /// Record:
 ///   0 u32 magic 'OVRC' | 4 u8 type | 8 u64 batch seq | 16 u64 object id
 ///  24 u32 first block | 28 u32 block count | 32 u32 crc32c(0..32 + block crcs) | 36 reserved
-///  40 u32 block crcs[count] (Write only), then count × 4096 bytes of data (Write only)
+///  40 u32 block crcs[count] (Write and Direct), then count × 4096 bytes of data (Write only)
+///
+/// A Direct record holds no data: its blocks were written straight into holes of the object
+/// file (LocalStore.Direct.cs), and replay keeps a block only where the file's content matches
+/// the record's checksum.
 ///
 /// Replay walks batches from the tail while each has the expected LSN and seq and each
 /// record names its batch's seq and passes its checksums; the first failure is the end of
@@ -45,10 +49,16 @@ internal static class JournalFormat
     public const uint RecordMagic = 0x4352564F;     // "OVRC"
     public const uint Version = 1;
 
-    public static int RecordSize(RecordType type, int blockCount)
-        => type == RecordType.Write
-            ? Align8(RecordHeaderSize + blockCount * 4 + blockCount * BlockSize)
-            : RecordHeaderSize;
+    public static int RecordSize(RecordType type, int blockCount) => type switch
+    {
+        RecordType.Write => Align8(RecordHeaderSize + blockCount * 4 + blockCount * BlockSize),
+        RecordType.Direct => Align8(RecordHeaderSize + blockCount * 4),
+        _ => RecordHeaderSize,
+    };
+
+    /// <summary>Bytes of block checksums a record of this type carries.</summary>
+    public static int CrcBytes(RecordType type, int blockCount)
+        => type is RecordType.Write or RecordType.Direct ? blockCount * 4 : 0;
 
     public static int Align8(int n) => (n + 7) & ~7;
 
@@ -111,6 +121,8 @@ internal enum RecordType : byte
     ZeroAllocated = 3,
     /// <summary>The whole object is removed.</summary>
     Delete = 4,
+    /// <summary>Whole blocks written into holes of the object file itself; the record has their checksums only.</summary>
+    Direct = 5,
 }
 
 /// <summary>A parsed record, pointing into the batch that holds it.</summary>
@@ -157,13 +169,13 @@ internal ref struct JournalRecordReader(ReadOnlySpan<byte> batch, long seq, int 
         var id = ObjectId.FromPacked(BinaryPrimitives.ReadUInt64LittleEndian(rest[16..]));
         int first = BinaryPrimitives.ReadInt32LittleEndian(rest[24..]);
         int count = BinaryPrimitives.ReadInt32LittleEndian(rest[28..]);
-        if (first < 0 || count <= 0 || count > (1 << 20) || type is < RecordType.Write or > RecordType.Delete)
+        if (first < 0 || count <= 0 || count > (1 << 20) || type is < RecordType.Write or > RecordType.Direct)
         {
             Corrupt = true;
             return false;
         }
         int size = JournalFormat.RecordSize(type, count);
-        int crcBytes = type == RecordType.Write ? count * 4 : 0;
+        int crcBytes = JournalFormat.CrcBytes(type, count);
         if (size > rest.Length
             || BinaryPrimitives.ReadUInt32LittleEndian(rest[32..]) != JournalFormat.RecordHeaderCrc(rest, crcBytes))
         {

@@ -101,6 +101,9 @@ public sealed partial class LocalStore
                     }
                     break;
                 }
+            case RecordType.Direct:
+                ApplyDirect(meta, in r, seq);
+                break;
             case RecordType.ZeroHole:
             case RecordType.ZeroAllocated:
             case RecordType.Delete:

@@ -206,25 +206,36 @@ public sealed partial class LocalStore
         // writes after it took): replaying those writes would allocate their blocks once more
         // before the later record frees them. So a first pass finds each object's last delete and
         // its zeroed ranges, and the second skips what they undo.
+        // Direct records (LocalStore.Direct.cs) have their data in the object file only, so no
+        // earlier record may touch their blocks before they are checked: the first pass also notes
+        // each object's direct ranges and every record after its first one, and the second keeps
+        // earlier records off blocks a later direct record covers.
         var lastDelete = new Dictionary<ulong, long>();
-        var zeroed = new Dictionary<ulong, List<(long Ordinal, int First, int Count)>>();
+        var zeroed = new Dictionary<ulong, List<RecordRange>>();
+        var direct = new Dictionary<ulong, List<RecordRange>>();
+        var afterDirect = new Dictionary<ulong, List<RecordRange>>();
         var changes = new List<StoreChange>();
         long ordinal = 0;
         _journal.Scan((in JournalRecord r) =>
         {
             // A delete's block count is not the object's size: it changes every block.
             changes.Add(r.Type == RecordType.Delete ? new StoreChange(r.Id, 0, MaxBlocks) : new StoreChange(r.Id, r.FirstBlock, r.BlockCount));
+            var range = new RecordRange(ordinal, r.Type == RecordType.Delete ? 0 : r.FirstBlock, r.Type == RecordType.Delete ? MaxBlocks : r.BlockCount);
+            if (direct.ContainsKey(r.Id.Packed))
+            {
+                AddRange(afterDirect, r.Id, range);
+            }
             if (r.Type == RecordType.Delete)
             {
                 lastDelete[r.Id.Packed] = ordinal;
             }
             else if (r.Type is RecordType.ZeroHole or RecordType.ZeroAllocated)
             {
-                if (!zeroed.TryGetValue(r.Id.Packed, out var ranges))
-                {
-                    zeroed[r.Id.Packed] = ranges = [];
-                }
-                ranges.Add((ordinal, r.FirstBlock, r.BlockCount));
+                AddRange(zeroed, r.Id, range);
+            }
+            else if (r.Type == RecordType.Direct)
+            {
+                AddRange(direct, r.Id, range);
             }
             ordinal++;
         });
@@ -236,10 +247,34 @@ public sealed partial class LocalStore
             {
                 return;
             }
-            if (r.Type == RecordType.Write && zeroed.TryGetValue(r.Id.Packed, out var ranges))
+            direct.TryGetValue(r.Id.Packed, out List<RecordRange>? directRanges);
+            zeroed.TryGetValue(r.Id.Packed, out List<RecordRange>? zeroRanges);
+            afterDirect.TryGetValue(r.Id.Packed, out List<RecordRange>? laterRanges);
+            int count = r.Type == RecordType.Delete ? MaxBlocks : r.BlockCount;
+            Span<bool> covered = count <= 256 ? stackalloc bool[count] : new bool[count];
+            int first = r.Type == RecordType.Delete ? 0 : r.FirstBlock;
+            bool any = MarkCoveredLater(covered, first, at, directRanges);
+            switch (r.Type)
             {
-                ReplayWriteNotZeroedLater(in r, at, ranges);
-                return;
+                case RecordType.Direct:
+                    MarkCoveredLater(covered, first, at, laterRanges);
+                    ReplayDirect(in r, covered);
+                    return;
+                case RecordType.Write:
+                    if (MarkCoveredLater(covered, first, at, zeroRanges) || any)
+                    {
+                        ReplayWriteParts(in r, covered);
+                        return;
+                    }
+                    break;
+                case RecordType.ZeroHole or RecordType.ZeroAllocated when any:
+                    ReplayZeroParts(in r, r.Type, covered);
+                    return;
+                case RecordType.Delete when any:
+                    // The object is rebuilt after this delete with direct data in its file: empty
+                    // it block by block instead of removing the file.
+                    ReplayZeroParts(new JournalRecord(RecordType.ZeroHole, r.Id, 0, MaxBlocks, default, default, r.Offset), RecordType.ZeroHole, covered);
+                    return;
             }
             ApplyRecord(in r, 0);
         });
@@ -254,23 +289,63 @@ public sealed partial class LocalStore
         LogRecovered(_logger, objects, batches);
     }
 
-    /// <summary>Replays the blocks of a write record that no later zeroing record of the journal covers.</summary>
-    private void ReplayWriteNotZeroedLater(in JournalRecord r, long ordinal, List<(long Ordinal, int First, int Count)> ranges)
+    /// <summary>A record's blocks [First, First + Count) and its place in the journal.</summary>
+    private readonly record struct RecordRange(long Ordinal, int First, int Count);
+
+    private static void AddRange(Dictionary<ulong, List<RecordRange>> map, ObjectId id, RecordRange range)
     {
-        Span<bool> undone = r.BlockCount <= 256 ? stackalloc bool[r.BlockCount] : new bool[r.BlockCount];
-        foreach ((long at, int first, int count) in ranges)
+        if (!map.TryGetValue(id.Packed, out List<RecordRange>? ranges))
         {
-            if (at <= ordinal)
+            map[id.Packed] = ranges = [];
+        }
+        ranges.Add(range);
+    }
+
+    /// <summary>Marks in <paramref name="covered"/> (blocks from <paramref name="first"/>) those a
+    /// range after <paramref name="ordinal"/> covers; true if it marked any.</summary>
+    private static bool MarkCoveredLater(Span<bool> covered, int first, long ordinal, List<RecordRange>? ranges)
+    {
+        bool any = false;
+        foreach (RecordRange later in ranges ?? [])
+        {
+            if (later.Ordinal <= ordinal)
             {
                 continue;
             }
-            int from = Math.Max(first, r.FirstBlock) - r.FirstBlock;
-            int to = Math.Min(first + count, r.FirstBlock + r.BlockCount) - r.FirstBlock;
+            int from = Math.Max(later.First, first) - first;
+            int to = Math.Min(later.First + later.Count, first + covered.Length) - first;
             if (from < to)
             {
-                undone[from..to].Fill(true);
+                covered[from..to].Fill(true);
+                any = true;
             }
         }
+        return any;
+    }
+
+    /// <summary>Replays a zeroing record on the blocks no later direct record covers.</summary>
+    private void ReplayZeroParts(in JournalRecord r, RecordType type, ReadOnlySpan<bool> covered)
+    {
+        for (int i = 0; i < covered.Length;)
+        {
+            if (covered[i])
+            {
+                i++;
+                continue;
+            }
+            int end = i + 1;
+            while (end < covered.Length && !covered[end])
+            {
+                end++;
+            }
+            ApplyRecord(new JournalRecord(type, r.Id, r.FirstBlock + i, end - i, default, default, r.Offset), 0);
+            i = end;
+        }
+    }
+
+    /// <summary>Replays the blocks of a write record that no later zeroing or direct record of the journal covers.</summary>
+    private void ReplayWriteParts(in JournalRecord r, ReadOnlySpan<bool> undone)
+    {
         for (int i = 0; i < r.BlockCount;)
         {
             if (undone[i])

@@ -100,7 +100,7 @@ public sealed partial class LocalStore
     }
 
     private static bool IsFileBlock(ObjectMeta meta, int block)
-        => block < meta.Blocks && meta.Pending[block] == ObjectMeta.NotPending && meta.States[block] == BlockState.Data;
+        => block < meta.Blocks && (meta.Pending[block] == ObjectMeta.NotPending ? meta.States[block] == BlockState.Data : ObjectMeta.IsDirect(meta.Pending[block]));
 
     private void CopyNonFileBlock(ObjectMeta meta, int block, Span<byte> dest)
     {

@@ -82,7 +82,7 @@ public sealed partial class LocalStore
             return new(state, 0);
         }
         long p = meta.Pending[block];
-        if (p == ObjectMeta.NotPending)
+        if (p == ObjectMeta.NotPending || ObjectMeta.IsDirect(p))
         {
             return new(state, meta.Crcs[block]);
         }

@@ -9,6 +9,14 @@ public sealed partial class LocalStore
         CheckRange(id, offset, data.Length);
         ObjectMeta meta = GetOrAdd(id);
         int done = 0;
+        if (MayWriteDirect(offset, data.Length, fua) && TryWriteDirect(meta, offset, data.Span, out StoreStatus direct, out bool directWait))
+        {
+            if (!directWait)
+            {
+                return new(direct);
+            }
+            return WriteSlowAsync(meta, offset, data, done, fua, underlay);
+        }
         while (done < data.Length)
         {
             StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], underlay, out int consumed, out bool wait);

@@ -157,6 +157,8 @@ public sealed partial class LocalStore : IObjectStore, IJournalSink
         return used;
     }
 
+    private string ObjectsDirectory => Path.Combine(_directory, "objects");
+
     private string ObjectDirectory(uint volume) => Path.Combine(_directory, "objects", volume.ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
 
     private string ObjectPath(ObjectId id) => Path.Combine(ObjectDirectory(id.Volume), id.Index.ToString("x8", System.Globalization.CultureInfo.InvariantCulture));

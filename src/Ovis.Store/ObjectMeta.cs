@@ -16,6 +16,10 @@ internal sealed class ObjectMeta(ObjectId id)
     public const uint ZeroBit = 0x8000_0000;
     /// <summary>With <see cref="ZeroBit"/>: the zeroed blocks stay allocated.</summary>
     public const uint AllocatedBit = 0x4000_0000;
+    /// <summary>Low-word bit of a pending value set by a direct record (its offset in the batch
+    /// below): the block's data is in the object file already and <see cref="Crcs"/> holds its
+    /// checksum; the record makes it applied state once durable.</summary>
+    public const uint DirectBit = 0x2000_0000;
 
     public ObjectId Id { get; } = id;
 
@@ -45,6 +49,11 @@ internal sealed class ObjectMeta(ObjectId id)
 
     public static long PendingZeroValue(long seq, int recordOffset, bool allocated)
         => PendingValue(seq, (uint)recordOffset | ZeroBit | (allocated ? AllocatedBit : 0));
+
+    public static long PendingDirectValue(long seq, int recordOffset) => PendingValue(seq, (uint)recordOffset | DirectBit);
+
+    /// <summary>The pending value of a direct record: the block reads from the object file.</summary>
+    public static bool IsDirect(long pending) => ((uint)pending & (ZeroBit | DirectBit)) == DirectBit;
 
     public void EnsureBlocks(int blocks)
     {

@@ -29,6 +29,13 @@ internal sealed class StoreFixture : IAsyncDisposable
         Store = LocalStore.Open(Directory, Options, NullLogger.Instance);
     }
 
+    /// <summary>Opens the store again after the test crashed it itself (to change its files in between).</summary>
+    public void Reopen()
+    {
+        Store = null!;
+        Store = LocalStore.Open(Directory, Options, NullLogger.Instance);
+    }
+
     /// <summary>Closes the store cleanly and opens it again.</summary>
     public async Task ReopenAsync()
     {
