@@ -6,7 +6,7 @@
 # the job, divided by the I/Os fio counted) and peak resident memory, the flush latency of the
 # QD1 write+flush job and the disk's own O_DIRECT 4k write + fdatasync floor (fio on a file).
 # Environment: RT (seconds per fio job, default 8), SIZE (1G), JOBS (fio job names), COPY=0 to
-# skip the copies, BENCH_DIR (default artifacts/bench3 on this repository's disk), OVIS_ARGS,
+# skip the copies, FRESH=0 to copy into the filled volume instead of an emptied one, BENCH_DIR (default artifacts/bench3 on this repository's disk), OVIS_ARGS,
 # OVIS_BASE (a directory holding another build's ovis.dll, e.g. a copy of artifacts/bin made before
 # a change: it runs as a fourth server B, alternated with the others, for a before/after in one run).
 set -euo pipefail
@@ -123,10 +123,21 @@ if [ "${COPY:-1}" != 0 ]; then
   head -c "$size" /dev/urandom > "$dir/random.img" 2>/dev/null || dd if=/dev/urandom of="$dir/random.img" bs=1M count=1024 status=none
   bytes=$(stat -c %s "$dir/random.img")
   echo "$bytes" > "$dir/out/copy-bytes"
+  # A copy in goes to an empty disk, as a new user's first import does: a volume trimmed whole
+  # (its blocks holes again), a raw file with its blocks punched out. FRESH=0 copies over the data.
+  empty() {
+    [ "${FRESH:-1}" = 0 ] && return 0
+    case $1 in
+      O|B) qemu-io -f raw -c "discard 0 $bytes" "${uri[$1]}" >/dev/null ;;
+      Q) fallocate --punch-hole -o 0 -l "$bytes" "$dir/qemu.raw" ;;
+      K) fallocate --punch-hole -o 0 -l "$bytes" "$dir/nbdkit.raw" ;;
+    esac
+    sleep 1
+  }
   for r in $(seq 1 "$rounds"); do
-    for s in $servers; do timed "$s" "$dir/out/$s.nbdcopy_in.$r" nbdcopy "$dir/random.img" "${uri[$s]}"; done
+    for s in $servers; do empty "$s"; timed "$s" "$dir/out/$s.nbdcopy_in.$r" nbdcopy "$dir/random.img" "${uri[$s]}"; done
     for s in $servers; do rm -f "$dir/copy.out"; timed "$s" "$dir/out/$s.nbdcopy_out.$r" nbdcopy "${uri[$s]}" "$dir/copy.out"; done
-    for s in $servers; do timed "$s" "$dir/out/$s.convert_in.$r" qemu-img convert -n -f raw -O raw "$dir/random.img" "${uri[$s]}"; done
+    for s in $servers; do empty "$s"; timed "$s" "$dir/out/$s.convert_in.$r" qemu-img convert -n -f raw -O raw "$dir/random.img" "${uri[$s]}"; done
   done
   # The copy out of each server holds what went in.
   for s in $servers; do
