@@ -41,6 +41,30 @@ public sealed partial class MetricsTests(OvisDaemon daemon, ITestOutputHelper ou
     }
 
     [Fact]
+    public async Task A_large_write_into_a_fresh_volume_counts_as_direct_and_its_flush_as_one_data_sync()
+    {
+        var name = await CreateVolume(UniqueName("direct"), "16M");
+        var before = await Scrape();
+        // nbdcopy, not qemu-io: qemu-io's default writethrough cache sends every write with FUA,
+        // which the journal takes (a FUA write needs its own sync either way).
+        var dir = ScratchDirectory();
+        var image = Path.Combine(dir, "image.raw");
+        await File.WriteAllBytesAsync(image, RandomBytes(MiB, seed: 3));
+        await RunOk("nbdcopy", ["--flush", image, Daemon.NbdUri(name)]);
+        var fresh = await Scrape();
+        Assert.True(Value(fresh, "ovis_node_direct_writes_total", []) - Value(before, "ovis_node_direct_writes_total", []) >= 1, fresh);
+        Assert.True(Value(fresh, "ovis_node_data_syncs_total", []) - Value(before, "ovis_node_data_syncs_total", []) >= 1, fresh);
+
+        // An overwrite of the same blocks goes through the journal, and its flush syncs nothing more.
+        await File.WriteAllBytesAsync(image, RandomBytes(MiB, seed: 4));
+        await RunOk("nbdcopy", ["--flush", image, Daemon.NbdUri(name)]);
+        var over = await Scrape();
+        await RunOk("qemu-img", ["compare", "-f", "raw", "-F", "raw", image, Daemon.NbdUri(name)]);
+        Assert.Equal(Value(fresh, "ovis_node_direct_writes_total", []), Value(over, "ovis_node_direct_writes_total", []));
+        Assert.Equal(Value(fresh, "ovis_node_data_syncs_total", []), Value(over, "ovis_node_data_syncs_total", []));
+    }
+
+    [Fact]
     public async Task Metrics_need_no_token()
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(15) };

@@ -75,6 +75,8 @@ internal sealed class NodeMetrics : IDisposable
         _meter.CreateObservableGauge("ovis_node_journal_used_bytes", () => Observe(Local(), s => s.JournalUsedBytes), "By", "Journal bytes not yet freed by a checkpoint");
         _meter.CreateObservableGauge("ovis_node_journal_capacity_bytes", () => Observe(Local(), s => s.JournalCapacity), "By", "Size of the journal ring");
         _meter.CreateObservableCounter("ovis_node_journal_syncs", () => Observe(Local(), s => s.JournalSyncCount), "{sync}", "Syncs of the journal (group commits)");
+        _meter.CreateObservableCounter("ovis_node_direct_writes", () => Observe(Local(), s => s.DirectWriteCount), "{write}", "Large writes into holes written straight into object files");
+        _meter.CreateObservableCounter("ovis_node_data_syncs", () => Observe(Local(), s => s.DataSyncCount), "{sync}", "File-system syncs by flushes that covered direct writes");
         _meter.CreateObservableGauge("ovis_nbd_connections", () => (long)connections.Connections.Open, "{connection}", "NBD connections open");
         _meter.CreateObservableGauge("ovis_nbd_connections_max", () => (long)connections.Connections.Max, "{connection}", "NBD connections served at once (--max-connections)");
 
