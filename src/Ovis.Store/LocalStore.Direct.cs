@@ -109,6 +109,8 @@ public sealed partial class LocalStore
             Journal.Commit(batch);
         }
         Interlocked.Increment(ref _directWrites);
+        // This write may have opened the file (an import opens one per object): keep to the budget.
+        EvictFilesIfNeeded();
         return true;
     }
 

@@ -65,6 +65,33 @@ public sealed class DirectWriteTests
     }
 
     [Fact]
+    public async Task An_import_into_more_objects_than_the_open_file_budget_keeps_to_it()
+    {
+        var options = QuietTimers();
+        await using var f = new StoreFixture(new LocalStoreOptions
+        {
+            JournalSize = options.JournalSize,
+            BatchSize = options.BatchSize,
+            BatchCount = options.BatchCount,
+            CommitInterval = options.CommitInterval,
+            CheckpointInterval = options.CheckpointInterval,
+            MaxOpenFiles = 8,
+        });
+        byte[] data = Bytes.Random(16 * Bs, 8);
+        for (uint i = 0; i < 40; i++)
+        {
+            await Ok(f.Store.WriteAsync(new ObjectId(Volume, i), 0, data, fua: false));
+            Assert.InRange(f.Store.OpenFileCount, 0, 8);
+        }
+        Assert.Equal(40, f.Store.DirectWriteCount);
+        await Ok(f.Store.FlushAsync());
+        for (uint i = 0; i < 40; i += 13)
+        {
+            Assert.Equal(data, await Bytes.ReadAsync(f.Store, new ObjectId(Volume, i), 0, data.Length));
+        }
+    }
+
+    [Fact]
     public async Task A_direct_write_whose_data_did_not_reach_the_disk_reads_as_the_hole_it_was()
     {
         await using var f = new StoreFixture(QuietTimers());
