@@ -45,6 +45,10 @@ public sealed partial class LocalStore
         int first = (int)(offset / StoreBlockSize);
         int blocks = data.Length / StoreBlockSize;
         int size = JournalFormat.RecordSize(RecordType.Direct, blocks);
+        if (size > _journal.BatchSize - JournalFormat.BatchHeaderSize)
+        {
+            return false; // batches configured smaller than the checksums of a whole object
+        }
         // Checksums outside the lock: they depend on the caller's data only.
         uint[] crcs = new uint[blocks];
         Crc32C.ComputeBlocks(data, StoreBlockSize, crcs);
