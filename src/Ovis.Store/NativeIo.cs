@@ -177,28 +177,12 @@ internal static partial class NativeDirectory
 
     /// <summary>Makes everything written to the file system holding <paramref name="path"/> durable
     /// (syncfs: all its files' data and metadata, one call).</summary>
-    public static void SyncFileSystem(string path)
-    {
-        int fd = Open(path, ORdOnly | ODirectory | OCloexec, 0);
-        if (fd < 0)
-        {
-            throw new IOException($"open {path}: errno {Marshal.GetLastPInvokeError()}");
-        }
-        try
-        {
-            if (SyncFs(fd) != 0)
-            {
-                throw new IOException($"syncfs {path}: errno {Marshal.GetLastPInvokeError()}");
-            }
-        }
-        finally
-        {
-            _ = Close(fd);
-        }
-    }
+    public static void SyncFileSystem(string path) => CallOnDirectory(path, SyncFs, "syncfs");
 
     /// <summary>Makes a directory's entries (files created or removed in it) durable.</summary>
-    public static void Sync(string path)
+    public static void Sync(string path) => CallOnDirectory(path, FSync, "fsync");
+
+    private static void CallOnDirectory(string path, Func<int, int> call, string name)
     {
         int fd = Open(path, ORdOnly | ODirectory | OCloexec, 0);
         if (fd < 0)
@@ -207,9 +191,9 @@ internal static partial class NativeDirectory
         }
         try
         {
-            if (FSync(fd) != 0)
+            if (call(fd) != 0)
             {
-                throw new IOException($"fsync {path}: errno {Marshal.GetLastPInvokeError()}");
+                throw new IOException($"{name} {path}: errno {Marshal.GetLastPInvokeError()}");
             }
         }
         finally

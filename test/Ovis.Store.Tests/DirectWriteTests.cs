@@ -15,22 +15,13 @@ public sealed class DirectWriteTests
 
     private static async Task Ok(ValueTask<StoreStatus> op) => Assert.Equal(StoreStatus.Ok, await op.AsTask().WaitAsync(StoreFixture.Timeout));
 
-    private static LocalStoreOptions QuietTimers() => new()
-    {
-        JournalSize = 64L << 20,
-        BatchSize = 1 << 20,
-        BatchCount = 8,
-        CommitInterval = TimeSpan.FromMinutes(10),
-        CheckpointInterval = TimeSpan.FromMinutes(10),
-    };
-
     private static string ObjectFile(StoreFixture f, ObjectId id)
         => Path.Combine(f.Directory, "objects", id.Volume.ToString("x8"), id.Index.ToString("x8"));
 
     [Fact]
     public async Task Large_writes_into_holes_skip_the_journal_and_one_flush_makes_them_durable_with_one_data_sync()
     {
-        await using var f = new StoreFixture(QuietTimers());
+        await using var f = new StoreFixture(StoreFixture.QuietTimers());
         var data = new byte[16][];
         for (uint i = 0; i < 16; i++)
         {
@@ -67,16 +58,7 @@ public sealed class DirectWriteTests
     [Fact]
     public async Task An_import_into_more_objects_than_the_open_file_budget_keeps_to_it()
     {
-        var options = QuietTimers();
-        await using var f = new StoreFixture(new LocalStoreOptions
-        {
-            JournalSize = options.JournalSize,
-            BatchSize = options.BatchSize,
-            BatchCount = options.BatchCount,
-            CommitInterval = options.CommitInterval,
-            CheckpointInterval = options.CheckpointInterval,
-            MaxOpenFiles = 8,
-        });
+        await using var f = new StoreFixture(StoreFixture.QuietTimers() with { MaxOpenFiles = 8 });
         byte[] data = Bytes.Random(16 * Bs, 8);
         for (uint i = 0; i < 40; i++)
         {
@@ -94,7 +76,7 @@ public sealed class DirectWriteTests
     [Fact]
     public async Task A_direct_write_whose_data_did_not_reach_the_disk_reads_as_the_hole_it_was()
     {
-        await using var f = new StoreFixture(QuietTimers());
+        await using var f = new StoreFixture(StoreFixture.QuietTimers());
         var id = new ObjectId(Volume, 1);
         byte[] data = Bytes.Random(64 * Bs, 5);
         await Ok(f.Store.WriteAsync(id, 0, data, fua: false));
@@ -131,7 +113,7 @@ public sealed class DirectWriteTests
     [Fact]
     public async Task Replay_keeps_earlier_records_off_the_blocks_a_later_direct_write_holds()
     {
-        await using var f = new StoreFixture(QuietTimers());
+        await using var f = new StoreFixture(StoreFixture.QuietTimers());
         var trimmed = new ObjectId(Volume, 1);
         var deleted = new ObjectId(Volume, 2);
         var overwritten = new ObjectId(Volume, 3);
@@ -182,12 +164,8 @@ public sealed class DirectWriteTests
     {
         // Checkpoints every 20 ms race the writes too: a slot written while a direct record is
         // pending must not claim data the file may not hold yet.
-        var options = QuietTimers();
-        await using var f = new StoreFixture(new LocalStoreOptions
+        await using var f = new StoreFixture(StoreFixture.QuietTimers() with
         {
-            JournalSize = options.JournalSize,
-            BatchSize = options.BatchSize,
-            BatchCount = options.BatchCount,
             CommitInterval = TimeSpan.FromMilliseconds(5),
             CheckpointInterval = TimeSpan.FromMilliseconds(20),
         });

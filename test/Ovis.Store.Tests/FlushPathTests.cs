@@ -14,19 +14,10 @@ public sealed class FlushPathTests
 
     private static async Task Ok(ValueTask<StoreStatus> op) => Assert.Equal(StoreStatus.Ok, await op.AsTask().WaitAsync(StoreFixture.Timeout));
 
-    private static LocalStoreOptions QuietTimers() => new()
-    {
-        JournalSize = 64L << 20,
-        BatchSize = 1 << 20,
-        BatchCount = 8,
-        CommitInterval = TimeSpan.FromMinutes(10),
-        CheckpointInterval = TimeSpan.FromMinutes(10),
-    };
-
     [Fact]
     public async Task A_volume_flush_costs_one_journal_sync_and_what_it_covers_survives_a_crash()
     {
-        await using var f = new StoreFixture(QuietTimers());
+        await using var f = new StoreFixture(StoreFixture.QuietTimers());
         byte[] block = Bytes.Random(4096, 1);
         long before = f.Store.JournalSyncCount;
         for (uint i = 0; i < 100; i++)
@@ -63,7 +54,7 @@ public sealed class FlushPathTests
     [Fact]
     public async Task Concurrent_volume_and_store_flushes_share_syncs_and_each_covers_the_writes_before_it()
     {
-        await using var f = new StoreFixture(QuietTimers());
+        await using var f = new StoreFixture(StoreFixture.QuietTimers());
         const int Tasks = 16, Rounds = 40;
         LocalStore store = f.Store;
         var flushed = new ConcurrentDictionary<(int Task, int Block), byte[]>();
@@ -93,7 +84,7 @@ public sealed class FlushPathTests
     [Fact]
     public async Task Volume_flushes_racing_a_crash_all_complete_and_every_acknowledged_one_holds()
     {
-        var f = new StoreFixture(QuietTimers());
+        var f = new StoreFixture(StoreFixture.QuietTimers());
         try
         {
             const int Tasks = 8;

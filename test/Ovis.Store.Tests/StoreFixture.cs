@@ -14,6 +14,17 @@ internal sealed class StoreFixture : IAsyncDisposable
         Store = LocalStore.Open(Directory, Options, NullLogger.Instance);
     }
 
+    /// <summary>Options whose timers never fire during a test: only the test's own flushes commit,
+    /// and no checkpoint runs unless the journal fills.</summary>
+    public static LocalStoreOptions QuietTimers() => new()
+    {
+        JournalSize = 64L << 20,
+        BatchSize = 1 << 20,
+        BatchCount = 8,
+        CommitInterval = TimeSpan.FromMinutes(10),
+        CheckpointInterval = TimeSpan.FromMinutes(10),
+    };
+
     public string Directory { get; }
 
     public LocalStoreOptions Options { get; }
