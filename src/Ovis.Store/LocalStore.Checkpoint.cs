@@ -249,6 +249,11 @@ public sealed partial class LocalStore
             }
             direct.TryGetValue(r.Id.Packed, out List<RecordRange>? directRanges);
             zeroed.TryGetValue(r.Id.Packed, out List<RecordRange>? zeroRanges);
+            if (directRanges is null && (r.Type != RecordType.Write || zeroRanges is null))
+            {
+                ApplyRecord(in r, 0); // nothing later can cover its blocks
+                return;
+            }
             afterDirect.TryGetValue(r.Id.Packed, out List<RecordRange>? laterRanges);
             int count = r.Type == RecordType.Delete ? MaxBlocks : r.BlockCount;
             Span<bool> covered = count <= 256 ? stackalloc bool[count] : new bool[count];
@@ -263,17 +268,17 @@ public sealed partial class LocalStore
                 case RecordType.Write:
                     if (MarkCoveredLater(covered, first, at, zeroRanges) || any)
                     {
-                        ReplayWriteParts(in r, covered);
+                        ReplayUncovered(in r, covered);
                         return;
                     }
                     break;
                 case RecordType.ZeroHole or RecordType.ZeroAllocated when any:
-                    ReplayZeroParts(in r, r.Type, covered);
+                    ReplayUncovered(in r, covered);
                     return;
                 case RecordType.Delete when any:
                     // The object is rebuilt after this delete with direct data in its file: empty
                     // it block by block instead of removing the file.
-                    ReplayZeroParts(new JournalRecord(RecordType.ZeroHole, r.Id, 0, MaxBlocks, default, default, r.Offset), RecordType.ZeroHole, covered);
+                    ReplayUncovered(new JournalRecord(RecordType.ZeroHole, r.Id, 0, MaxBlocks, default, default, r.Offset), covered);
                     return;
             }
             ApplyRecord(in r, 0);
@@ -323,8 +328,9 @@ public sealed partial class LocalStore
         return any;
     }
 
-    /// <summary>Replays a zeroing record on the blocks no later direct record covers.</summary>
-    private void ReplayZeroParts(in JournalRecord r, RecordType type, ReadOnlySpan<bool> covered)
+    /// <summary>Replays the runs of a write or zeroing record's blocks that no later record
+    /// covers (a later zeroing of a write's blocks, a later direct record of either's).</summary>
+    private void ReplayUncovered(in JournalRecord r, ReadOnlySpan<bool> covered)
     {
         for (int i = 0; i < covered.Length;)
         {
@@ -338,28 +344,10 @@ public sealed partial class LocalStore
             {
                 end++;
             }
-            ApplyRecord(new JournalRecord(type, r.Id, r.FirstBlock + i, end - i, default, default, r.Offset), 0);
-            i = end;
-        }
-    }
-
-    /// <summary>Replays the blocks of a write record that no later zeroing or direct record of the journal covers.</summary>
-    private void ReplayWriteParts(in JournalRecord r, ReadOnlySpan<bool> undone)
-    {
-        for (int i = 0; i < r.BlockCount;)
-        {
-            if (undone[i])
-            {
-                i++;
-                continue;
-            }
-            int end = i + 1;
-            while (end < r.BlockCount && !undone[end])
-            {
-                end++;
-            }
-            var part = new JournalRecord(RecordType.Write, r.Id, r.FirstBlock + i, end - i,
-                r.Crcs.Slice(i * 4, (end - i) * 4), r.Data.Slice(i * StoreBlockSize, (end - i) * StoreBlockSize), r.Offset);
+            int n = end - i;
+            var part = r.Type == RecordType.Write
+                ? new JournalRecord(RecordType.Write, r.Id, r.FirstBlock + i, n, r.Crcs.Slice(i * 4, n * 4), r.Data.Slice(i * StoreBlockSize, n * StoreBlockSize), r.Offset)
+                : new JournalRecord(r.Type, r.Id, r.FirstBlock + i, n, default, default, r.Offset);
             ApplyRecord(in part, 0);
             i = end;
         }
