@@ -187,7 +187,7 @@ internal sealed class ConsoleOutput(TextWriter writer)
 
     // What the node asked holds of the volume unpushed, how far behind the copies are, and how many reads it answered.
     private static string CacheStats(VolumeCacheStats c) => string.Create(CultureInfo.InvariantCulture,
-        $" (dirty {Sizes.Format(c.DirtyBytes)}, push lag {c.PushLagSeconds * 1000:0} ms, hit ratio {c.HitRatio:P0} of {c.ReadBlocks} blocks read)");
+        $" (dirty {Sizes.Format(c.DirtyBytes)}, push lag {c.PushLagSeconds * 1000:0} ms, hit ratio {c.HitRatio:P0} of {c.ReadBlocks} blocks read, {(c.Around ? "writing around it" : "writing through it")}, {c.AroundWrites} writes around)");
 
     public void Node(NodeInfo node) => KeyValues(
     [

@@ -100,6 +100,11 @@ internal static class ServeCommand
             DefaultValueFactory = _ => "256M",
         };
 
+        var noWriteAround = new Option<bool>("--no-write-around")
+        {
+            Description = "Cache every write of a writeback volume, even while the replicas answer faster than the cache log syncs (by default those go around the cache)",
+        };
+
         var cluster = new Option<string?>("--cluster")
         {
             Description = "Join this cluster, formatted with 'ovis cluster format': objects are replicated over its nodes and volumes registered in its etcd",
@@ -161,7 +166,7 @@ internal static class ServeCommand
 
         var command = new Command("serve", "Run a node: serve its volumes over NBD and the admin HTTP API")
         {
-            data, nbd, nbdSocket, admin, tokenFile, noToken, insecure, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cacheDir, cacheSize, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, advertisePeer, dirtyLog, recoveryBandwidth, scrubInterval,
+            data, nbd, nbdSocket, admin, tokenFile, noToken, insecure, handshakeTimeout, maxConnections, journalSize, nearFullRatio, fullRatio, cacheDir, cacheSize, noWriteAround, cluster, zone, nodeId, leaseTtl, downOutInterval, peer, advertisePeer, dirtyLog, recoveryBandwidth, scrubInterval,
         };
         command.SetAction((parseResult, _) => RunAsync(new NodeOptions
         {
@@ -179,6 +184,7 @@ internal static class ServeCommand
             FullRatio = parseResult.GetValue(fullRatio),
             CacheDirectory = ParseCacheDirectory(parseResult.GetValue(cacheDir)),
             CacheSize = ParseCacheSize(parseResult.GetRequiredValue(cacheSize)),
+            CacheWriteAround = !parseResult.GetValue(noWriteAround),
             Cluster = WithRecovery(
                 ParseCluster(parseResult.GetValue(cluster), parseResult.GetValue(zone), parseResult.GetValue(nodeId), parseResult.GetValue(leaseTtl),
                     parseResult.GetValue(downOutInterval), ParseAddress("--peer", parseResult.GetRequiredValue(peer)), parseResult.GetValue(advertisePeer)),

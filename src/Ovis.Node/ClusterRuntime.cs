@@ -73,8 +73,8 @@ internal sealed partial class ClusterRuntime : IGatewayControl, IEpochSource, IA
 
     /// <summary>Opens the node's writeback cache (its log in <paramref name="directory"/>) and takes
     /// in what a log left there held; before the volumes open.</summary>
-    public void OpenCache(string directory, long size, Func<uint, bool> writeback)
-        => Cache = Ovis.Cluster.Cache.WritebackCache.Open(Store, directory, size, writeback, _logger);
+    public void OpenCache(string directory, long size, Func<uint, bool> writeback, bool writeAround)
+        => Cache = Ovis.Cluster.Cache.WritebackCache.Open(Store, directory, size, writeback, _logger, writeAround);
 
     /// <summary>The recovery of the volumes this node writes; null until the volumes are open.</summary>
     public VolumeRecovery? Recovery => _recovery;

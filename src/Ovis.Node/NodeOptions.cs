@@ -69,6 +69,10 @@ public sealed class NodeOptions
     /// replicas; at least <see cref="MinCacheSize"/>. Whether the file system has room is the cache's check.</summary>
     public long CacheSize { get; set; } = 256L << 20;
 
+    /// <summary>Whether a writeback volume's writes go around the cache while the replicas answer
+    /// faster than its log syncs (docs/writeback-cache.md, "Write-around"); off, every one is cached.</summary>
+    public bool CacheWriteAround { get; set; } = true;
+
     /// <summary>How long a stop waits for NBD clients to finish before their connections are cut.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
 

@@ -102,7 +102,7 @@ public sealed partial class OvisNode : IAsyncDisposable
                 var cacheDirectory = Path.GetFullPath(options.CacheDirectory);
                 await OpenDataAsync(cacheDirectory, () =>
                 {
-                    cluster.OpenCache(cacheDirectory, options.CacheSize, layer => volumes.TryGet()?.CacheModeOf(layer) == CacheMode.Writeback);
+                    cluster.OpenCache(cacheDirectory, options.CacheSize, layer => volumes.TryGet()?.CacheModeOf(layer) == CacheMode.Writeback, options.CacheWriteAround);
                     return Task.FromResult(true);
                 });
                 recovery = new RecoveryControl(new RecoveryCatalog(membership.Catalog!), nodeId, clusterLogger);

@@ -34,7 +34,10 @@ public sealed record VolumeInfo(
 /// <param name="PushLagSeconds">Age of the oldest of them: how far the copies are behind.</param>
 /// <param name="ReadHits">Blocks read from the cache since the node started.</param>
 /// <param name="ReadBlocks">Blocks read in all since the node started.</param>
-public sealed record VolumeCacheStats(long DirtyBytes, double PushLagSeconds, long ReadHits, long ReadBlocks)
+/// <param name="AroundWrites">Writes sent around the cache, straight to the copies, because they
+/// answered faster than the cache log syncs, since the node started.</param>
+/// <param name="Around">Whether writes go around the cache now.</param>
+public sealed record VolumeCacheStats(long DirtyBytes, double PushLagSeconds, long ReadHits, long ReadBlocks, long AroundWrites = 0, bool Around = false)
 {
     public double HitRatio => ReadBlocks == 0 ? 0 : (double)ReadHits / ReadBlocks;
 }

@@ -5,6 +5,7 @@ using Ovis.Cluster.Fencing;
 using Ovis.Cluster.Gateway;
 using Ovis.Cluster.Peer;
 using Ovis.Store;
+using Ovis.Volumes;
 
 namespace Ovis.Cluster.Tests;
 
@@ -69,9 +70,11 @@ public sealed class WritebackCacheTests : IAsyncLifetime
     private IEnumerable<HeldReplica> Remotes => _remote.Values;
 
     /// <summary>A cache over the gateway on the log in the test's directory (reopened: what it held comes back).</summary>
-    private WritebackCache OpenCache(long size = 4L << 20)
+    /// <summary>... with every write cached unless <paramref name="writeAround"/>: these copies answer
+    /// faster than the log syncs, so writes would go around it.</summary>
+    private WritebackCache OpenCache(long size = 4L << 20, bool writeAround = false)
     {
-        var cache = WritebackCache.Open(_gateway, _cacheDir, size, layer => layer == Layer, NullLogger.Instance);
+        var cache = WritebackCache.Open(_gateway, _cacheDir, size, layer => layer == Layer, NullLogger.Instance, writeAround);
         _caches.Add(cache);
         return cache;
     }
@@ -127,6 +130,141 @@ public sealed class WritebackCacheTests : IAsyncLifetime
             Assert.Equal(data, await Read(store, id, 8192, 4096));
         Assert.Equal(0, cache.StatsOf(Layer).DirtyBytes);
         Assert.True(cache.StatsOf(Layer).ReadHits >= 2);
+    }
+
+    [Fact]
+    public async Task Writes_go_around_the_cache_while_the_copies_answer_faster_than_its_log_and_every_block_keeps_its_last_write()
+    {
+        var cache = OpenCache(writeAround: true);
+        var last = new byte[4][][];
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(11));
+        int switches = 0;
+        // Sample the way in use: it starts cached, goes around, and every 5 s tries the cache again.
+        Task watch = Task.Run(async () =>
+        {
+            bool around = false;
+            while (!stop.IsCancellationRequested)
+            {
+                if (cache.StatsOf(Layer).Around != around)
+                {
+                    around = !around;
+                    switches++;
+                }
+                await Task.Delay(5);
+            }
+        });
+        // Four writers at once over their own blocks of four objects, each flushing now and then:
+        // the switches happen under concurrent writes, flushes and pushes.
+        Task[] writers = [.. Enumerable.Range(0, 4).Select(w => Task.Run(async () =>
+        {
+            var rng = new Random(w);
+            last[w] = new byte[64][];
+            for (int n = 0; !stop.IsCancellationRequested; n++)
+            {
+                int block = rng.Next(64);
+                byte[] data = Block(rng.Next());
+                await Ok(cache.WriteAsync(new ObjectId(Layer, (uint)(block % 4)), (w * 64 + block) * 4096L, data, fua: false));
+                last[w][block] = data;
+                if (n % 50 == 49)
+                    await Ok(cache.FlushAsync(Layer));
+            }
+        }))];
+        await Task.WhenAll(writers).WaitAsync(T);
+        await watch;
+        await Ok(cache.FlushAsync(Layer));
+
+        VolumeCacheStats stats = cache.StatsOf(Layer);
+        Assert.True(stats.AroundWrites > 0, "no write went around the cache with copies faster than its log");
+        Assert.True(switches >= 3, $"the way switched {switches} times in 11 s: around, and back to try the cache");
+        Assert.Equal(0, stats.DirtyBytes);
+        for (int w = 0; w < 4; w++)
+        {
+            for (int block = 0; block < 64; block++)
+            {
+                if (last[w][block] is not { } expected)
+                    continue;
+                var id = new ObjectId(Layer, (uint)(block % 4));
+                long offset = (w * 64 + block) * 4096L;
+                Assert.Equal(expected, await Read(cache, id, offset, 4096));
+                foreach (var store in new[] { A, B, C })
+                    Assert.Equal(expected, await Read(store, id, offset, 4096));
+            }
+        }
+    }
+
+    /// <summary>Feeds the layer's way a window of writes that took <paramref name="took"/>: the
+    /// real decision, with made-up latencies, so the test says when the way switches.</summary>
+    private static async Task FeedWindow(Action<long> sample, TimeSpan took)
+    {
+        long started() => System.Diagnostics.Stopwatch.GetTimestamp() - (long)(took.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+        sample(started());
+        await Task.Delay(120); // a window is at least 100 ms
+        for (int i = 0; i < 31; i++)
+            sample(started());
+    }
+
+    [Fact]
+    public async Task A_switch_either_way_never_lets_a_copy_take_an_older_write_of_a_block_after_a_newer_one()
+    {
+        var cache = OpenCache(writeAround: true);
+        var id = new ObjectId(Layer, 0);
+        WriteAround way = cache.LayerOf(Layer).Around;
+        byte[] cachedFirst = Block(1), aroundAfter = Block(2), aroundFirst = Block(3), cachedAfter = Block(4);
+
+        // Cached, its push held on the copies; then the way turns around (fast pushes, slow cache).
+        foreach (var r in Remotes)
+            r.HoldData(cachedFirst);
+        await Ok(cache.WriteAsync(id, 0, cachedFirst, fua: false));
+        for (int i = 0; i < 4; i++)
+            way.Pushed(System.Diagnostics.Stopwatch.GetTimestamp());
+        await FeedWindow(way.Cached, TimeSpan.FromMilliseconds(10));
+        Assert.True(way.IsAround);
+        // The write around waits for the cached one of the same block to be on the copies.
+        Task<StoreStatus> around = cache.WriteAsync(id, 0, aroundAfter, fua: false).AsTask();
+        await Task.Delay(300);
+        Assert.False(around.IsCompleted, "a write around the cache went out while an older cached write of its block was not on the copies");
+        foreach (var r in Remotes)
+            r.ReleaseData();
+        Assert.Equal(StoreStatus.Ok, await around.WaitAsync(T));
+        await Ok(cache.FlushAsync(Layer));
+        foreach (var store in new[] { A, B, C })
+            Assert.Equal(aroundAfter, await Read(store, id, 0, 4096));
+
+        // Around, held on one copy; then the way turns back to the cache (a slow window around it).
+        HeldReplica gate = _remote["n-b"];
+        gate.HoldData(aroundFirst);
+        Task<StoreStatus> aroundPending = cache.WriteAsync(id, 4096, aroundFirst, fua: false).AsTask();
+        await FeedWindow(way.SampledAround, TimeSpan.FromMilliseconds(100));
+        Assert.False(way.IsAround);
+        // A cached write of the same block is acknowledged only after the write around is done.
+        Task<StoreStatus> cached = cache.WriteAsync(id, 4096, cachedAfter, fua: false).AsTask();
+        await Task.Delay(300);
+        Assert.False(cached.IsCompleted, "a cached write was acknowledged while an older write around the cache of its block was on its way");
+        gate.ReleaseData();
+        Assert.Equal(StoreStatus.Ok, await aroundPending.WaitAsync(T));
+        Assert.Equal(StoreStatus.Ok, await cached.WaitAsync(T));
+        await Ok(cache.FlushAsync(Layer));
+        foreach (var store in new[] { A, B, C })
+            Assert.Equal(cachedAfter, await Read(store, id, 4096, 4096));
+    }
+
+    [Fact]
+    public async Task Behind_slow_copies_every_write_is_cached()
+    {
+        var cache = OpenCache(writeAround: true);
+        foreach (var r in Remotes)
+            r.Delay = TimeSpan.FromMilliseconds(20);
+        var id = new ObjectId(Layer, 0);
+        long maxDirty = 0;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        for (int i = 0; clock.Elapsed < TimeSpan.FromSeconds(1.5); i++)
+        {
+            await Ok(cache.WriteAsync(id, i % 256 * 4096L, Block(i), fua: false));
+            maxDirty = Math.Max(maxDirty, cache.StatsOf(Layer).DirtyBytes);
+        }
+        await Ok(cache.FlushAsync(Layer));
+        Assert.Equal(0, cache.StatsOf(Layer).AroundWrites);
+        Assert.True(maxDirty > 0);
     }
 
     [Fact]
@@ -364,6 +502,21 @@ public sealed class WritebackCacheTests : IAsyncLifetime
 
         public bool Refuse { get; set; }
 
+        /// <summary>Added before each write: a link's round trip.</summary>
+        public TimeSpan Delay { get; set; }
+
+        private byte[]? _heldData;
+        private TaskCompletionSource _dataGate = Opened();
+
+        /// <summary>A write of exactly these bytes waits until <see cref="ReleaseData"/>; others pass.</summary>
+        public void HoldData(byte[] data)
+        {
+            _dataGate = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            _heldData = data;
+        }
+
+        public void ReleaseData() => _dataGate.TrySetResult();
+
         public List<ObjectId> Arrived { get; } = [];
 
         /// <summary>Writes that asked for FUA, and FLUSH requests, that reached the copy.</summary>
@@ -388,6 +541,10 @@ public sealed class WritebackCacheTests : IAsyncLifetime
             if (Refuse)
                 return PeerResult.Unreachable;
             await _open.Task;
+            if (Delay > TimeSpan.Zero)
+                await Task.Delay(Delay);
+            if (_heldData is { } held && data.Span.SequenceEqual(held))
+                await _dataGate.Task;
             lock (Arrived)
                 Arrived.Add(id);
             if (fua)

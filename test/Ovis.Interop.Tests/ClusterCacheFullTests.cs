@@ -20,7 +20,7 @@ public sealed class ClusterCacheFullTests(EtcdCluster etcd, ITestOutputHelper ou
     [Fact]
     public async Task A_full_cache_makes_writes_wait_for_pushes_and_never_fail_nor_exceed_the_bound()
     {
-        await using var nodes = await StartDelayedCluster(copies: 3, OneWay, extra: ["--cache-size", "16M"]);
+        await using var nodes = await StartDelayedCluster(copies: 3, OneWay, extra: ["--cache-size", "16M", "--no-write-around"]);
         await Create(nodes[0], "v", "64M");
         var uri = nodes[0].NbdUri("v");
 

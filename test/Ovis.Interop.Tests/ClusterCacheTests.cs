@@ -16,10 +16,13 @@ public sealed class ClusterCacheTests(EtcdCluster etcd, ITestOutputHelper output
 {
     private static readonly TimeSpan OneWay = TimeSpan.FromMilliseconds(2);
 
-    /// <summary>Three nodes, three copies, delayed links; volume <c>v</c> (16 MiB) in writeback, known to every node.</summary>
-    private async Task<ClusterNodes> WritebackCluster()
+    /// <summary>Three nodes, three copies, links delayed by <paramref name="oneWay"/> (2 ms if not
+    /// given); volume <c>v</c> (16 MiB) in writeback, known to every node. Every write is cached
+    /// unless <paramref name="writeAround"/>.</summary>
+    private async Task<ClusterNodes> WritebackCluster(TimeSpan? oneWay = null, bool writeAround = false)
     {
-        var nodes = await StartDelayedCluster(copies: 3, OneWay, extra: ["--cache-size", "16M"]);
+        string[] extra = writeAround ? ["--cache-size", "16M"] : ["--cache-size", "16M", "--no-write-around"];
+        var nodes = await StartDelayedCluster(copies: 3, oneWay ?? OneWay, extra: extra);
         try
         {
             await Create(nodes[0], "v", "16M");
@@ -67,6 +70,52 @@ public sealed class ClusterCacheTests(EtcdCluster etcd, ITestOutputHelper output
         await QemuIo(nodes[1].NbdUri("v"), "read -P 0 1M 15M");
         var copy = await ReadAll(nodes[1], 1 * TestData.MiB);
         Assert.Equal(TestData.RandomBytes(1 * TestData.MiB, seed: 7), copy);
+    }
+
+    [Fact]
+    public async Task Writes_go_around_the_cache_while_the_links_are_fast_and_through_it_once_they_are_slow()
+    {
+        await using var nodes = await WritebackCluster(oneWay: TimeSpan.Zero, writeAround: true);
+        const int Blocks = 1024;
+        var last = new byte[Blocks][];
+        var rng = new Random(12);
+        async Task WriteFor(Ovis.Nbd.NbdClient client, TimeSpan time)
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            while (clock.Elapsed < time)
+            {
+                int b = rng.Next(Blocks);
+                last[b] = TestData.RandomBytes(4096, seed: rng.Next());
+                await client.WriteAsync(b * 4096L, last[b], CancellationToken.None);
+            }
+        }
+        JsonElement Stats(JsonElement info) => info.GetProperty("cacheStats");
+        await using (var client = await Ovis.Nbd.NbdClient.ConnectAsync(nodes[0].NbdUri("v"), CancellationToken.None))
+        {
+            // The copies answer in well under the cache log's sync: writes go straight to them.
+            await WriteFor(client, TimeSpan.FromSeconds(2));
+            var info = await Json(nodes[0], "vdi", "info", "v");
+            Assert.True(Stats(info).GetProperty("aroundWrites").GetInt64() > 0, $"no write went around the cache on fast links: {info}");
+            var metrics = await nodes[0].AdminHttp().GetStringAsync(new Uri(nodes[0].AdminUrl + "/metrics"));
+            Assert.Matches(@"ovis_cache_around_writes_total\{[^}]*volume=""v""[^}]*\} [1-9]", metrics);
+            Assert.Matches(@"(?m)^Cache:\s+writeback \(.*writes around\)", (await nodes[0].Cli("vdi", "info", "v")).Stdout);
+
+            // Slow links: a window of writes around costs their round trip, and the cache takes over.
+            foreach (var p in nodes.Proxies)
+                p.Delay = TimeSpan.FromMilliseconds(5);
+            await WriteFor(client, TimeSpan.FromSeconds(1));
+            info = await Json(nodes[0], "vdi", "info", "v");
+            Assert.False(Stats(info).GetProperty("around").GetBoolean(), $"writes still go around the cache behind 5 ms links: {info}");
+            long around = Stats(info).GetProperty("aroundWrites").GetInt64();
+            await WriteFor(client, TimeSpan.FromSeconds(1));
+            info = await Json(nodes[0], "vdi", "info", "v");
+            Assert.Equal(around, Stats(info).GetProperty("aroundWrites").GetInt64());
+            await client.FlushAsync(CancellationToken.None);
+        }
+        // Whatever way each write took, another node reads the last write of every block.
+        var copy = await ReadAll(nodes[1], Blocks * 4096);
+        for (int b = 0; b < Blocks; b++)
+            Assert.True(copy.AsSpan(b * 4096, 4096).SequenceEqual(last[b] ?? new byte[4096]), $"block {b} differs through node b");
     }
 
     [Fact]

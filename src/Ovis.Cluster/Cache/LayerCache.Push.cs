@@ -186,9 +186,12 @@ internal sealed partial class LayerCache
     private async Task PushAsync(CachedWrite write, long tenure, bool fua)
     {
         StoreStatus status;
+        long started = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
             status = await _owner.Inner.WriteUnderAsync(tenure, write.Id, write.Offset, write.Data, fua).ConfigureAwait(false);
+            if (status == StoreStatus.Ok)
+                Around.Pushed(started);
         }
 #pragma warning disable CA1031 // A push that throws failed like one that answered an error: it is sent again.
         catch (Exception)

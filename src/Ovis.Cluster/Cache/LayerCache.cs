@@ -38,7 +38,11 @@ internal sealed partial class LayerCache
         Layer = layer;
         _blockSize = blockSize;
         _owner = owner;
+        Around = new WriteAround(owner.WritesAround);
     }
+
+    /// <summary>Whether its writes go through the cache or around it now.</summary>
+    public WriteAround Around { get; }
 
     public uint Layer { get; }
 

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using Ovis.Cluster.Gateway;
 using Ovis.Store;
@@ -25,6 +26,7 @@ public sealed partial class WritebackCache : IObjectStore
     private readonly string _directory;
     private readonly long _size;
     private readonly Func<uint, bool> _writeback;
+    private readonly bool _writeAround;
     private readonly ILogger _logger;
     private readonly ConcurrentDictionary<uint, LayerCache> _layers = new();
     private readonly LiveRecords _live = new();
@@ -38,12 +40,13 @@ public sealed partial class WritebackCache : IObjectStore
     private volatile bool _wantsSpace;
     private volatile bool _stopping;
 
-    private WritebackCache(ReplicatedStore inner, string directory, long size, Func<uint, bool> writeback, ILogger logger)
+    private WritebackCache(ReplicatedStore inner, string directory, long size, Func<uint, bool> writeback, bool writeAround, ILogger logger)
     {
         Inner = inner;
         _directory = directory;
         _size = size;
         _writeback = writeback;
+        _writeAround = writeAround;
         _logger = logger;
     }
 
@@ -55,9 +58,11 @@ public sealed partial class WritebackCache : IObjectStore
     /// <param name="size">Unpushed bytes the cache may hold; the log is twice that (the other half
     /// holds pushed writes until a replica flush lets their records go).</param>
     /// <param name="writeback">Whether a layer's volume is in writeback mode now.</param>
-    public static WritebackCache Open(ReplicatedStore inner, string directory, long size, Func<uint, bool> writeback, ILogger logger)
+    /// <param name="writeAround">Whether a layer's writes go around the cache while the copies
+    /// answer faster than it (<see cref="WriteAround"/>); off, every write of it is cached.</param>
+    public static WritebackCache Open(ReplicatedStore inner, string directory, long size, Func<uint, bool> writeback, ILogger logger, bool writeAround = true)
     {
-        var cache = new WritebackCache(inner, directory, size, writeback, logger);
+        var cache = new WritebackCache(inner, directory, size, writeback, writeAround, logger);
         if (File.Exists(Path.Combine(directory, LogFile)))
             cache.Recover(cache.OpenLog());
         return cache;
@@ -94,6 +99,8 @@ public sealed partial class WritebackCache : IObjectStore
 
     internal bool Stopping => _stopping;
 
+    internal bool WritesAround => _writeAround;
+
     internal bool WantsSpace => _wantsSpace;
 
     /// <summary>Pushed, unflushed bytes of a layer past which its pusher flushes the copies.</summary>
@@ -127,7 +134,7 @@ public sealed partial class WritebackCache : IObjectStore
         if (!_layers.TryGetValue(layer, out LayerCache? cache))
             return new VolumeCacheStats(0, 0, 0, 0);
         (long dirty, double lag, long hits, long blocks) = cache.Stats();
-        return new VolumeCacheStats(dirty, lag, hits, blocks);
+        return new VolumeCacheStats(dirty, lag, hits, blocks, cache.Around.AroundWrites, cache.Around.IsAround);
     }
 
     private bool Cacheable(uint layer, long offset, int length)
@@ -137,7 +144,10 @@ public sealed partial class WritebackCache : IObjectStore
     {
         // A whole-block write needs nothing from the parents: the gateway never reads the underlay for it.
         if (Cacheable(id.Volume, offset, data.Length))
-            return WriteCachedAsync(id, offset, data, fua);
+        {
+            LayerCache cache = LayerOf(id.Volume);
+            return cache.Around.GoAround() ? WriteAroundAsync(cache, id, offset, data, fua) : WriteCachedAsync(cache, id, offset, data, fua);
+        }
         return Bypass(id.Volume, static (store, a) => store.WriteAsync(a.id, a.offset, a.data, a.fua, a.underlay), (id, offset, data, fua, underlay));
     }
 
@@ -166,13 +176,33 @@ public sealed partial class WritebackCache : IObjectStore
         return await change(Inner, args).ConfigureAwait(false);
     }
 
-    private async ValueTask<StoreStatus> WriteCachedAsync(ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+    internal LayerCache LayerOf(uint layer) => _layers.GetOrAdd(layer, static (layer, owner) => new LayerCache(layer, owner.BlockSize, owner), this);
+
+    /// <summary>A whole-block write sent straight to the copies, as a change that bypasses the
+    /// cache is (after the layer's cached writes and a tombstone, when it holds any).</summary>
+    private async ValueTask<StoreStatus> WriteAroundAsync(LayerCache cache, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
     {
+        long started = Stopwatch.GetTimestamp();
+        StoreStatus status = StoreStatus.IoError;
+        try
+        {
+            status = await Bypass(id.Volume, static (store, a) => store.WriteAsync(a.id, a.offset, a.data, a.fua), (id, offset, data, fua)).ConfigureAwait(false);
+            return status;
+        }
+        finally
+        {
+            cache.Around.AroundEnded(started, sample: status == StoreStatus.Ok && !fua);
+        }
+    }
+
+    private async ValueTask<StoreStatus> WriteCachedAsync(LayerCache cache, ObjectId id, long offset, ReadOnlyMemory<byte> data, bool fua)
+    {
+        long started = Stopwatch.GetTimestamp();
         // Acknowledged only under this node's valid lock: a write taken while the lock is gone could
         // never be pushed, and after a takeover it must not be served from here either.
         if ((Inner.GenerationOf(id.Volume) ?? await Inner.WaitGenerationAsync(id.Volume).ConfigureAwait(false)) is not { } generation)
             return StoreStatus.IoError;
-        LayerCache cache = _layers.GetOrAdd(id.Volume, static (layer, owner) => new LayerCache(layer, owner.BlockSize, owner), this);
+        await cache.Around.AroundDrained().ConfigureAwait(false);
         if (cache.Tenure != generation)
         {
             // A tenure this cache was not told of: only an empty layer may start one by itself.
@@ -202,6 +232,8 @@ public sealed partial class WritebackCache : IObjectStore
             cache.AppendEnded(floor);
             _live.EndAppend(floor, lsn);
         }
+        if (!fua)
+            cache.Around.Cached(started);
         return fua ? await FlushAsync(id.Volume).ConfigureAwait(false) : StoreStatus.Ok;
     }
 

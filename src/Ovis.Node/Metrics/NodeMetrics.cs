@@ -62,6 +62,8 @@ internal sealed class NodeMetrics : IDisposable
                 "{block}", "Blocks reads got from the writeback cache");
             _meter.CreateObservableCounter("ovis_cache_read_blocks", () => Cached().Select(c => new Measurement<long>(c.Stats.ReadBlocks, new KeyValuePair<string, object?>("volume", c.Volume))),
                 "{block}", "Blocks read from writeback volumes in all");
+            _meter.CreateObservableCounter("ovis_cache_around_writes", () => Cached().Select(c => new Measurement<long>(c.Stats.AroundWrites, new KeyValuePair<string, object?>("volume", c.Volume))),
+                "{write}", "Writes of writeback volumes sent around the cache, because the copies answered faster than its log syncs");
             _meter.CreateObservableGauge("ovis_cache_log_used_bytes", () => cache.LogUsedBytes, "By", "Cache log bytes holding records still needed");
             _meter.CreateObservableGauge("ovis_cache_log_capacity_bytes", () => cache.LogCapacity, "By", "Size of the cache log ring (twice --cache-size)");
         }
