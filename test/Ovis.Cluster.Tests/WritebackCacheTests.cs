@@ -217,7 +217,7 @@ public sealed class WritebackCacheTests : IAsyncLifetime
         await Ok(cache.WriteAsync(id, 0, cachedFirst, fua: false));
         for (int i = 0; i < 4; i++)
             way.Pushed(System.Diagnostics.Stopwatch.GetTimestamp());
-        await FeedWindow(way.Cached, TimeSpan.FromMilliseconds(10));
+        await FeedWindow(started => way.Cached(started, dirtyBytes: 0), TimeSpan.FromMilliseconds(10));
         Assert.True(way.IsAround);
         // The write around waits for the cached one of the same block to be on the copies.
         Task<StoreStatus> around = cache.WriteAsync(id, 0, aroundAfter, fua: false).AsTask();

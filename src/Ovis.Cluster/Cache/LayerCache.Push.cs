@@ -190,7 +190,7 @@ internal sealed partial class LayerCache
         try
         {
             status = await _owner.Inner.WriteUnderAsync(tenure, write.Id, write.Offset, write.Data, fua).ConfigureAwait(false);
-            if (status == StoreStatus.Ok)
+            if (status == StoreStatus.Ok && !fua)
                 Around.Pushed(started);
         }
 #pragma warning disable CA1031 // A push that throws failed like one that answered an error: it is sent again.

@@ -91,6 +91,12 @@ internal sealed partial class LayerCache
         }
     }
 
+    /// <summary>Bytes acknowledged and not yet on every copy.</summary>
+    public long DirtyBytes
+    {
+        get { lock (_lock) return _dirtyBytes; }
+    }
+
     public bool IsEmpty
     {
         get { lock (_lock) return _queue.Count == 0; }

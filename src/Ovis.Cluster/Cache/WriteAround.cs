@@ -19,20 +19,26 @@ internal sealed class WriteAround(bool enabled)
     internal static readonly TimeSpan ExploreEvery = TimeSpan.FromSeconds(5);
     // A switch needs the other way faster by this share, so two ways alike do not flap.
     private const double Margin = 0.95;
-    // Going around is tried only while the pushes take less than this many times a cached write.
-    // A push costs what a write sent around would, plus the copies' sync when it carries FUA (at
-    // queue depth one); far beyond, the round trip is what the cache hides (2 ms links: 17 times).
+    // Going around is tried only while the pushes without FUA (what a write sent around costs)
+    // take less than this many times a cached write; far beyond, the round trip is what the cache
+    // hides (2 ms links: 17 times). At queue depth one every push carries FUA, so pays the copies'
+    // sync as well and says nothing: then going around is tried.
     private const double PushesCouldWin = 4.0;
     private const double PushWeight = 1.0 / 32;
+    // Nor while the layer holds more unpushed bytes than this: the first write around waits for
+    // them all, and behind a slow link that must stay one round trip.
+    private const long MaxDirtyToTry = 1L << 20;
 
     private readonly Lock _lock = new();
     private readonly Way _cache = new();
     private readonly Way _around = new();
     private bool _goAround;
     private double _pushMicros;
+    private long _pushedAt;
     private int _aroundInFlight;
     private TaskCompletionSource? _aroundDrained;
     private long _aroundWrites;
+    private long _dirtyBytes;
 
     /// <summary>Writes sent around the cache so far.</summary>
     public long AroundWrites => Interlocked.Read(ref _aroundWrites);
@@ -95,22 +101,41 @@ internal sealed class WriteAround(bool enabled)
         }
     }
 
-    public void Cached(long startedAt)
+    /// <summary>A write through the cache that began at <paramref name="startedAt"/> is
+    /// acknowledged; the layer holds <paramref name="dirtyBytes"/> unpushed.</summary>
+    public void Cached(long startedAt, long dirtyBytes)
     {
         if (!enabled)
             return;
         lock (_lock)
+        {
+            _dirtyBytes = dirtyBytes;
             SampleLocked(_cache, startedAt);
+        }
     }
 
-    /// <summary>A push's round trip to every copy: what a write sent around would take, or a sync more.</summary>
+    /// <summary>A push without FUA went to every copy: what a write sent around would take.</summary>
     public void Pushed(long startedAt)
     {
         if (!enabled)
             return;
-        double micros = Stopwatch.GetElapsedTime(startedAt).TotalMicroseconds;
+        long now = Stopwatch.GetTimestamp();
+        double micros = Stopwatch.GetElapsedTime(startedAt, now).TotalMicroseconds;
         lock (_lock)
-            _pushMicros = _pushMicros == 0 ? micros : _pushMicros + (micros - _pushMicros) * PushWeight;
+        {
+            bool stale = _pushedAt == 0 || Stopwatch.GetElapsedTime(_pushedAt, now) > ExploreEvery;
+            _pushMicros = stale ? micros : _pushMicros + (micros - _pushMicros) * PushWeight;
+            _pushedAt = now;
+        }
+    }
+
+    // Caller holds _lock.
+    private bool AroundCouldWinLocked(double cachedMicros)
+    {
+        if (_dirtyBytes > MaxDirtyToTry)
+            return false;
+        bool known = _pushedAt != 0 && Stopwatch.GetElapsedTime(_pushedAt) <= ExploreEvery;
+        return !known || _pushMicros < PushesCouldWin * cachedMicros;
     }
 
     // Caller holds _lock.
@@ -121,7 +146,7 @@ internal sealed class WriteAround(bool enabled)
             return;
         Way other = _goAround ? _cache : _around;
         bool stale = other.MeasuredAt == 0 || Stopwatch.GetElapsedTime(other.MeasuredAt) > ExploreEvery;
-        bool worthTrying = _goAround || (_pushMicros > 0 && _pushMicros < PushesCouldWin * way.Micros);
+        bool worthTrying = _goAround || AroundCouldWinLocked(way.Micros);
         if (stale ? worthTrying : other.Micros < Margin * way.Micros)
             _goAround = !_goAround;
     }

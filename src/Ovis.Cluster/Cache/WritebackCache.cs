@@ -233,7 +233,7 @@ public sealed partial class WritebackCache : IObjectStore
             _live.EndAppend(floor, lsn);
         }
         if (!fua)
-            cache.Around.Cached(started);
+            cache.Around.Cached(started, cache.DirtyBytes);
         return fua ? await FlushAsync(id.Volume).ConfigureAwait(false) : StoreStatus.Ok;
     }
 
