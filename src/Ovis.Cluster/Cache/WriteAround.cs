@@ -9,7 +9,7 @@ namespace Ovis.Cluster.Cache;
 /// network), it only adds work, and writes go around it — as bcache bypasses a congested cache.
 /// Each way's latency is the mean of the guest writes of its last window; the way in use is
 /// measured all the time, the other by a short window every <see cref="ExploreEvery"/>, and only
-/// while the pushes (the copies' own latency) say it could win: behind slow links, never.
+/// while the quickest pushes (the copies' round trip) say it could win: behind slow links, never.
 /// Thread-safe.
 /// </summary>
 internal sealed class WriteAround(bool enabled)
@@ -19,12 +19,11 @@ internal sealed class WriteAround(bool enabled)
     internal static readonly TimeSpan ExploreEvery = TimeSpan.FromSeconds(5);
     // A switch needs the other way faster by this share, so two ways alike do not flap.
     private const double Margin = 0.95;
-    // Going around is tried only while the pushes without FUA (what a write sent around costs)
-    // take less than this many times a cached write; far beyond, the round trip is what the cache
-    // hides (2 ms links: 17 times). At queue depth one every push carries FUA, so pays the copies'
-    // sync as well and says nothing: then going around is tried.
-    private const double PushesCouldWin = 4.0;
-    private const double PushWeight = 1.0 / 32;
+    // Going around is tried only while the quickest push without FUA of the last second or two
+    // (what a write sent around costs at the least: the round trip, no queue) beats a cached write.
+    // At queue depth one every push carries FUA, so pays the copies' sync as well and says
+    // nothing: then going around is tried.
+    private static readonly TimeSpan PushPeriod = TimeSpan.FromSeconds(1);
     // Nor while the layer holds more unpushed bytes than this: the first write around waits for
     // them all, and behind a slow link that must stay one round trip.
     private const long MaxDirtyToTry = 1L << 20;
@@ -33,8 +32,10 @@ internal sealed class WriteAround(bool enabled)
     private readonly Way _cache = new();
     private readonly Way _around = new();
     private bool _goAround;
-    private double _pushMicros;
-    private long _pushedAt;
+    // The quickest push of this period and of the one before; 0 when none.
+    private double _pushMin;
+    private double _pushMinBefore;
+    private long _pushPeriodStart;
     private int _aroundInFlight;
     private TaskCompletionSource? _aroundDrained;
     private long _aroundWrites;
@@ -123,10 +124,20 @@ internal sealed class WriteAround(bool enabled)
         double micros = Stopwatch.GetElapsedTime(startedAt, now).TotalMicroseconds;
         lock (_lock)
         {
-            bool stale = _pushedAt == 0 || Stopwatch.GetElapsedTime(_pushedAt, now) > ExploreEvery;
-            _pushMicros = stale ? micros : _pushMicros + (micros - _pushMicros) * PushWeight;
-            _pushedAt = now;
+            RollPushPeriodLocked(now);
+            _pushMin = _pushMin == 0 ? micros : Math.Min(_pushMin, micros);
         }
+    }
+
+    // Caller holds _lock.
+    private void RollPushPeriodLocked(long now)
+    {
+        TimeSpan age = Stopwatch.GetElapsedTime(_pushPeriodStart, now);
+        if (age < PushPeriod)
+            return;
+        _pushMinBefore = age < 2 * PushPeriod ? _pushMin : 0;
+        _pushMin = 0;
+        _pushPeriodStart = now;
     }
 
     // Caller holds _lock.
@@ -134,8 +145,9 @@ internal sealed class WriteAround(bool enabled)
     {
         if (_dirtyBytes > MaxDirtyToTry)
             return false;
-        bool known = _pushedAt != 0 && Stopwatch.GetElapsedTime(_pushedAt) <= ExploreEvery;
-        return !known || _pushMicros < PushesCouldWin * cachedMicros;
+        RollPushPeriodLocked(Stopwatch.GetTimestamp());
+        double quickest = _pushMin == 0 ? _pushMinBefore : _pushMinBefore == 0 ? _pushMin : Math.Min(_pushMin, _pushMinBefore);
+        return quickest == 0 || quickest < cachedMicros;
     }
 
     // Caller holds _lock.
