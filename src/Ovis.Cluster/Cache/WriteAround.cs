@@ -16,7 +16,7 @@ internal sealed class WriteAround(bool enabled)
 {
     private const int WindowWrites = 32;
     private static readonly TimeSpan WindowTime = TimeSpan.FromMilliseconds(100);
-    internal static readonly TimeSpan ExploreEvery = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan ExploreEvery = TimeSpan.FromSeconds(5);
     // A switch needs the other way faster by this share, so two ways alike do not flap.
     private const double Margin = 0.95;
     // Going around is tried only while the quickest push without FUA of the last second or two
@@ -39,7 +39,6 @@ internal sealed class WriteAround(bool enabled)
     private int _aroundInFlight;
     private TaskCompletionSource? _aroundDrained;
     private long _aroundWrites;
-    private long _dirtyBytes;
 
     /// <summary>Writes sent around the cache so far.</summary>
     public long AroundWrites => Interlocked.Read(ref _aroundWrites);
@@ -86,7 +85,7 @@ internal sealed class WriteAround(bool enabled)
     public void SampledAround(long startedAt)
     {
         lock (_lock)
-            SampleLocked(_around, startedAt);
+            SampleLocked(_around, startedAt, dirtyBytes: 0);
     }
 
     /// <summary>Before a write goes through the cache: the writes sent around it are done, so no
@@ -109,10 +108,7 @@ internal sealed class WriteAround(bool enabled)
         if (!enabled)
             return;
         lock (_lock)
-        {
-            _dirtyBytes = dirtyBytes;
-            SampleLocked(_cache, startedAt);
-        }
+            SampleLocked(_cache, startedAt, dirtyBytes);
     }
 
     /// <summary>A push without FUA went to every copy: what a write sent around would take.</summary>
@@ -141,24 +137,25 @@ internal sealed class WriteAround(bool enabled)
     }
 
     // Caller holds _lock.
-    private bool AroundCouldWinLocked(double cachedMicros)
+    private bool AroundCouldWinLocked(double cachedMicros, long dirtyBytes)
     {
-        if (_dirtyBytes > MaxDirtyToTry)
+        if (dirtyBytes > MaxDirtyToTry)
             return false;
         RollPushPeriodLocked(Stopwatch.GetTimestamp());
         double quickest = _pushMin == 0 ? _pushMinBefore : _pushMinBefore == 0 ? _pushMin : Math.Min(_pushMin, _pushMinBefore);
         return quickest == 0 || quickest < cachedMicros;
     }
 
-    // Caller holds _lock.
-    private void SampleLocked(Way way, long startedAt)
+    // Caller holds _lock. dirtyBytes: what the layer holds unpushed (only a cached write's sample
+    // can switch to going around, and it says).
+    private void SampleLocked(Way way, long startedAt, long dirtyBytes)
     {
         // A write of the other way finishing after a switch says nothing of this one.
         if (way != (_goAround ? _around : _cache) || !way.Add(Stopwatch.GetElapsedTime(startedAt).TotalMicroseconds))
             return;
         Way other = _goAround ? _cache : _around;
         bool stale = other.MeasuredAt == 0 || Stopwatch.GetElapsedTime(other.MeasuredAt) > ExploreEvery;
-        bool worthTrying = _goAround || AroundCouldWinLocked(way.Micros);
+        bool worthTrying = _goAround || AroundCouldWinLocked(way.Micros, dirtyBytes);
         if (stale ? worthTrying : other.Micros < Margin * way.Micros)
             _goAround = !_goAround;
     }
