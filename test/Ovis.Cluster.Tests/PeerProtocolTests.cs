@@ -805,6 +805,27 @@ public sealed class PeerProtocolTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_silent_peer_that_answers_again_is_reached_by_the_first_call_after_a_quiet_spell()
+    {
+        var options = new PeerClientOptions { RequestTimeout = TimeSpan.FromMilliseconds(300), ProbeInterval = TimeSpan.FromMilliseconds(200) };
+        await using var f = new PeerFixture(epoch: 1, options);
+        await Ok(f.Client.WriteAsync(1, 0, A, 0, RandomBytes(4096, 19), fua: false));
+
+        // A newer epoch waits in catch-up until it times out: the client marks the peer silent.
+        var release = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+        f.Epochs.OnCatchUp = (_, _) => new ValueTask<long>(release.Task);
+        Assert.Equal(PeerResult.Unreachable, await Result(f.Client.WriteAsync(2, 0, A, 0, RandomBytes(4096, 20), fua: false)));
+        Assert.Equal(PeerResult.Unreachable, await Result(f.Client.PingAsync()));
+        output.WriteLine($"connected after the ping: {f.Client.IsConnected}");
+        f.Epochs.OnCatchUp = null;
+        release.SetResult(1);
+
+        // No call for several probe intervals: the client's own probes find the peer back.
+        await Eventually.TrueAsync(() => Task.FromResult(f.Client.IsConnected), Timeout, "a probe reconnected without a call");
+        Assert.Equal(new PeerResult(PeerStatus.Ok, 1), await Result(f.Client.PingAsync()));
+    }
+
+    [Fact]
     public async Task Nobody_listening_is_unreachable_at_once()
     {
         int port;

@@ -13,8 +13,8 @@ namespace Ovis.Cluster.Peer;
 /// <remarks>
 /// The connection is opened by the first call and reopened by the first call after it failed.
 /// A peer that went silent — a connect or a reply that timed out, as in a partition — is probed
-/// instead: calls get Unreachable at once while one connect attempt at a time goes out (at most
-/// every <see cref="PeerClientOptions.ProbeInterval"/>), until one succeeds. Without that, every
+/// instead: calls get Unreachable at once while one connect attempt at a time goes out (every
+/// <see cref="PeerClientOptions.ProbeInterval"/>, whether calls come or not), until one succeeds. Without that, every
 /// write to a copy cut off from its gateway waited a connect timeout. Failures are results, not exceptions: a peer that cannot be reached, a connection that breaks
 /// and a request that gets no reply within <see cref="PeerClientOptions.RequestTimeout"/> all give
 /// <see cref="PeerStatus.Unreachable"/> (and a broken connection gives it to every request on
@@ -27,7 +27,7 @@ public sealed class PeerClient : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly Lock _lock = new();
     private readonly CancellationTokenSource _disposing = new();
-    private readonly Timer? _heartbeat;
+    private readonly Timer _heartbeat;
     private readonly long _timeoutMs;
     // A dead peer refuses every connect at once, and each write tries again: one line per interval.
     private readonly LogThrottle<FailedConnect> _connectFailedLog = new(TimeSpan.FromSeconds(5), static (f, count) =>
@@ -57,14 +57,20 @@ public sealed class PeerClient : IAsyncDisposable
         Peer = peer;
         _options = options;
         _logger = logger;
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.ProbeInterval, TimeSpan.Zero, nameof(options));
+        TimeSpan period = options.ProbeInterval;
         if (options.RequestTimeout != Timeout.InfiniteTimeSpan)
         {
             ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.RequestTimeout, TimeSpan.Zero, nameof(options));
             _timeoutMs = (long)options.RequestTimeout.TotalMilliseconds;
-            // One timer per client, not per request: it checks the oldest waits a few times per timeout.
-            TimeSpan period = TimeSpan.FromMilliseconds(Math.Clamp(_timeoutMs / 4, 10, 1000));
-            _heartbeat = new Timer(static state => ((PeerClient)state!).CheckTimeouts(), this, period, period);
+            // It checks the oldest waits a few times per timeout.
+            period = TimeSpan.FromMilliseconds(Math.Min(Math.Clamp(_timeoutMs / 4, 10, 1000), period.TotalMilliseconds));
         }
+
+        // One timer per client, not per request. It also probes a silent peer when no call comes:
+        // else the first call after a long quiet (a check run after a partition healed) got
+        // Unreachable from a peer that had been back for minutes.
+        _heartbeat = new Timer(static state => ((PeerClient)state!).OnHeartbeat(), this, period, period);
     }
 
     /// <summary>The address requests go to.</summary>
@@ -213,12 +219,7 @@ public sealed class PeerClient : IAsyncDisposable
             }
             else if (_silent)
             {
-                long now = Environment.TickCount64;
-                if (_connecting is null && now >= _nextProbe)
-                {
-                    _nextProbe = now + (long)_options.ProbeInterval.TotalMilliseconds;
-                    _connecting = Task.Run(ConnectAsync, CancellationToken.None);
-                }
+                StartProbeIfDue();
                 return PeerResult.Unreachable;
             }
             else
@@ -305,11 +306,27 @@ public sealed class PeerClient : IAsyncDisposable
         }
     }
 
-    private void CheckTimeouts()
+    private void OnHeartbeat()
     {
-        if (_connection?.CheckTimeouts(Environment.TickCount64, _timeoutMs) == true)
+        if (_timeoutMs > 0 && _connection?.CheckTimeouts(Environment.TickCount64, _timeoutMs) == true)
         {
             BecomeSilent();
+        }
+
+        lock (_lock)
+        {
+            StartProbeIfDue();
+        }
+    }
+
+    // Guarded by _lock.
+    private void StartProbeIfDue()
+    {
+        long now = Environment.TickCount64;
+        if (_silent && _disposed == 0 && _connecting is null && now >= _nextProbe)
+        {
+            _nextProbe = now + (long)_options.ProbeInterval.TotalMilliseconds;
+            _connecting = Task.Run(ConnectAsync, CancellationToken.None);
         }
     }
 
@@ -335,10 +352,7 @@ public sealed class PeerClient : IAsyncDisposable
         }
 
         await _disposing.CancelAsync();
-        if (_heartbeat is not null)
-        {
-            await _heartbeat.DisposeAsync();
-        }
+        await _heartbeat.DisposeAsync();
 
         Task<PeerClientConnection?>? connecting;
         PeerClientConnection? connection;
