@@ -78,10 +78,10 @@ public sealed class EtcdOutageTests
         await etcd.InitializeAsync();
         using var client = new EtcdClient([etcd.ClientUrl], TimeSpan.FromSeconds(2));
         using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-        await using var events = client.WatchKeyAsync("/p/k", 0, cts.Token).GetAsyncEnumerator(cts.Token);
-        var first = events.NextAsync(T, "a put before the freeze");
-        await client.PutAsync("/p/k", "1").WaitAsync(T);
-        await first;
+        // From the put's revision: a watch from "now" (0) may open after the put and miss it.
+        long put = await client.PutAsync("/p/k", "1").WaitAsync(T);
+        await using var events = client.WatchKeyAsync("/p/k", put, cts.Token).GetAsyncEnumerator(cts.Token);
+        await events.NextAsync(T, "a put before the freeze");
 
         etcd.Pause();
         try

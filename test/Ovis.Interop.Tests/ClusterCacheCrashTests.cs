@@ -29,12 +29,18 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
     // 52 kills in 4 segments of 13 cycles: every 4th cycle a replica, the others the gateway.
     private const int Segments = 4;
     private const int CyclesPerSegment = 13;
+    // Odd segments write through this many connections at once, even ones through one: queue
+    // depth 1 gives FUA pushes and one epoch in flight, several writers overlap pushes, flushes
+    // and epochs (the pusher's epoch barrier) and test that a flush covers other connections' writes.
+    private const int Connections = 4;
     private static readonly TimeSpan OneWay = TimeSpan.FromMilliseconds(2);
 
     /// <summary>One write the writer issued: which block, its unique number (the block's content
-    /// names it), its flush epoch (flushes completed before it was issued) and whether its reply
-    /// came; one without a reply (the gateway died under it) is in doubt.</summary>
-    internal sealed record Write(int Seq, int Block, int Epoch, int Cycle, bool Acked);
+    /// names it), the bounds of its flush epoch and whether its reply came; one without a reply
+    /// (the gateway died under it) is in doubt. Its epoch is at least <paramref name="EMin"/>, the
+    /// flushes completed before it was issued, and at most <paramref name="EMax"/>, the flushes
+    /// issued before its reply came (the next one covers it); equal when nothing ran beside it.</summary>
+    internal sealed record Write(int Seq, int Block, int EMin, int EMax, int Cycle, bool Acked);
 
     /// <summary>What the oracle found: the flush epoch the volume is a prefix up to, or the
     /// blocks no such epoch explains (what each read as, what was allowed for k = F).</summary>
@@ -61,8 +67,8 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
         Task restarted = Task.CompletedTask;            // the one node down, coming back
         int gatewayKills = 0, replicaKills = 0;
 
-        var client = await ConnectWhenFree(nodes[gateway]);
-        var baseline = Identify(await ReadVolume(client), writes, seed, out _);
+        var clients = await ConnectAll(nodes[gateway]);
+        var baseline = Identify(await ReadVolume(clients[0]), writes, seed, out _);
         try
         {
             for (int segment = 0; segment < Segments; segment++)
@@ -83,10 +89,11 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
                 }
                 if (gateway == anchor)
                 {
-                    await client.DisposeAsync();
+                    await DisposeAll(clients);
                     gateway = (anchor + 1) % 3;
-                    client = await ConnectWhenFree(nodes[gateway]);
+                    clients = await ConnectAll(nodes[gateway]);
                 }
+                int writers = segment % 2 == 1 ? Connections : 1;
                 for (int i = 0; i < CyclesPerSegment; i++)
                 {
                     int cycle = segment * CyclesPerSegment + i;
@@ -105,7 +112,7 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
                     var cycleWrites = new List<Write>();
                     // A replica cycle's writer goes on for a few writes after the kill, then flushes.
                     int afterKill = replicaCycle ? rng.Next(10, 60) : 0;
-                    var run = new Writer(client, rng, seed, cycle, writes, cycleWrites, seq, flushes, killAfter);
+                    var run = new Writer(clients[..writers], rng.Next(), seed, cycle, writes, cycleWrites, seq, flushes, killAfter);
                     // The node killed last comes back while the writer runs (two copies take a
                     // write meanwhile, and its joining changes the epoch under pushes waiting for
                     // their objects' recovery); it is up before the next kill, so at most one node
@@ -148,14 +155,14 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
                         // The partner takes over once the dead gateway's lease is gone; it has not
                         // got the cache, so what was acknowledged and unflushed may be lost.
                         gatewayKills++;
-                        await client.DisposeAsync();
+                        await DisposeAll(clients);
                         gateway = partner;
-                        client = await ConnectWhenFree(nodes[gateway]);
+                        clients = await ConnectAll(nodes[gateway]);
                         // A flush without its reply may have closed its epoch: the prefix may end one later.
-                        if (run.InDoubt == "flush")
+                        if (run.FlushInDoubt)
                             highest++;
                     }
-                    var read = Identify(await ReadVolume(client), writes, seed, out var unknown);
+                    var read = Identify(await ReadVolume(clients[0]), writes, seed, out var unknown);
                     var verdict = Check(read, baseline, cycleWrites, flushes, highest);
                     if (verdict.K is not { } k)
                     {
@@ -166,9 +173,9 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
                             + $"\n{NodeLogs(nodes)}");
                         return;
                     }
-                    var unflushed = cycleWrites.Where(w => w.Epoch == flushes).Select(w => w.Block).ToHashSet();
-                    int landed = unflushed.Count(b => cycleWrites.Any(w => w.Block == b && w.Epoch == flushes && w.Seq == read[b]));
-                    Output.WriteLine($"cycle {cycle}: {killed}; {cycleWrites.Count} writes, F = {flushes}, in doubt: {run.InDoubt ?? "nothing"}; "
+                    var unflushed = cycleWrites.Where(w => w.EMax >= flushes).Select(w => w.Block).ToHashSet();
+                    int landed = unflushed.Count(b => cycleWrites.Any(w => w.Block == b && w.EMax >= flushes && w.Seq == read[b]));
+                    Output.WriteLine($"cycle {cycle}: {writers} writer(s), {killed}; {cycleWrites.Count} writes, F = {flushes}, in doubt: {run.InDoubt ?? "nothing"}; "
                         + $"prefix k = {k}, {landed} of {unflushed.Count} unflushed blocks landed ({clock.Elapsed.TotalSeconds:F0} s)");
                     baseline = read;
 
@@ -185,9 +192,24 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
         }
         finally
         {
-            await client.DisposeAsync();
+            await DisposeAll(clients);
         }
         Output.WriteLine($"{gatewayKills} gateway kills, {replicaKills} replica kills in {clock.Elapsed.TotalSeconds:F0} s");
+    }
+
+    private async Task<NbdClient[]> ConnectAll(OvisDaemon node)
+    {
+        var clients = new NbdClient[Connections];
+        clients[0] = await ConnectWhenFree(node);
+        for (int i = 1; i < clients.Length; i++)
+            clients[i] = await NbdClient.ConnectAsync(node.NbdUri("v"), CancellationToken.None);
+        return clients;
+    }
+
+    private static async Task DisposeAll(NbdClient[] clients)
+    {
+        foreach (var client in clients)
+            await client.DisposeAsync();
     }
 
     private static async Task<bool> AllCurrent(ClusterNodes nodes)
@@ -200,15 +222,14 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
     /// <summary>
     /// The oracle. A block may read as, for some flush epoch k from <paramref name="completed"/>
     /// (F, the flushes that were acknowledged) up to <paramref name="highest"/> (F + 1 when a
-    /// flush was in flight): the last write to it of an epoch before k (the in-doubt one too, if
-    /// it was that), else the baseline (what it held before the cycle) — or any write to it of
-    /// epoch k (the one being pushed: overwrites within an epoch merge, and a push may have reached
-    /// some copies only). The same k for every block: a prefix in flush order. For k = F this is
-    /// "flushed data exact". Returns the largest k that fits, or the blocks k = F (which allows the
-    /// most) does not explain.
-    /// With the writer at queue depth 1 a flush's reply means its epoch is on every copy, so at most
-    /// one epoch is unflushed at a kill and the prefix reduces to per-block checks; the function is
-    /// written for any number, for a writer that pipelines.
+    /// flush was in flight): the last write to it that is surely of an epoch before k (acknowledged
+    /// before flush k was issued), else the baseline (what it held before the cycle) — or any later
+    /// write to it that may be of epoch k or before (the one being pushed: overwrites within an
+    /// epoch merge, a push may have reached some copies only; and a write that ran beside a flush
+    /// may be on either side of it). The same k for every block: a prefix in flush order. For
+    /// k = F this is "flushed data exact". Returns the largest k that fits, or the blocks k = F
+    /// (which allows the most) does not explain. Each block is written by one writer at a time,
+    /// so its writes are ordered by number.
     /// </summary>
     internal static Verdict Check(int[] read, int[] baseline, IReadOnlyList<Write> cycleWrites, int completed, int highest)
     {
@@ -235,22 +256,35 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
         var allowed = new HashSet<int>();
         foreach (var w in writes)
         {
-            if (w.Epoch < k && w.Acked)
-                last = w.Seq;
-            else if (w.Epoch <= k)
-                allowed.Add(w.Seq);     // of epoch k, or in doubt: there or not
+            if (w.Acked && w.EMax < k)
+            {
+                last = w.Seq;       // covered by a flush of the prefix: what came before it is gone
+                allowed.Clear();
+            }
+            else if (w.EMin <= k)
+            {
+                allowed.Add(w.Seq); // of epoch k, or in doubt: there or not
+            }
         }
         allowed.Add(last);
         return allowed;
     }
 
-    /// <summary>The writer: one request at a time, a flush every 5 to 30 writes, half the writes on
-    /// 32 hot blocks (overwrites within an epoch, which the pusher merges). It runs until a request
-    /// fails once <see cref="Killing"/> is set (that request is in doubt), or to its end.</summary>
-    private sealed class Writer(NbdClient client, Random rng, int seed, int cycle, Dictionary<int, Write> all, List<Write> mine,
+    /// <summary>The writer: one request at a time on each of its connections, a flush every 5 to
+    /// 30 writes on the first (one flush at a time, so flushes are ordered), half the writes on 32
+    /// hot blocks (overwrites within an epoch, which the pusher merges). Each connection writes its
+    /// own share of the blocks (block mod connections), so a block's writes never race. It runs
+    /// until a request fails once <see cref="Killing"/> is set (that request is in doubt), or to
+    /// its end.</summary>
+    private sealed class Writer(NbdClient[] clients, int rngSeed, int seed, int cycle, Dictionary<int, Write> all, List<Write> mine,
         int seq, int flushes, int reachAfter)
     {
+        private readonly Lock _lock = new();
         private int _stopAfter = int.MaxValue;
+        private int _issued;
+        private int _flushesIssued = flushes;
+        private int _flushesCompleted = flushes;
+        private readonly List<string> _inDoubt = [];
 
         public TaskCompletionSource Reached { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -263,58 +297,88 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
 
         public volatile bool Killing;
 
-        public int Seq => seq;
+        public int Seq => Volatile.Read(ref seq);
 
-        public int Flushes => flushes;
+        public int Flushes => Volatile.Read(ref _flushesCompleted);
 
-        public int Issued { get; private set; }
+        public int Issued => Volatile.Read(ref _issued);
 
-        /// <summary>Null, "flush", or the in-doubt write.</summary>
-        public string? InDoubt { get; private set; }
+        public bool FlushInDoubt { get; private set; }
+
+        /// <summary>Null, or what was in flight when the gateway died.</summary>
+        public string? InDoubt
+        {
+            get
+            {
+                lock (_lock)
+                    return _inDoubt.Count == 0 ? null : string.Join(", ", _inDoubt);
+            }
+        }
 
         public async Task RunAsync()
         {
+            await Task.WhenAll(clients.Select((_, i) => Task.Run(() => WriteAsync(i))));
+            if (Issued >= StopAfter)
+            {
+                Interlocked.Increment(ref _flushesIssued);
+                await clients[0].FlushAsync(CancellationToken.None);
+                Interlocked.Increment(ref _flushesCompleted);
+            }
+        }
+
+        private async Task WriteAsync(int connection)
+        {
+            var rng = new Random(rngSeed + connection);
+            NbdClient client = clients[connection];
+            int share = clients.Length;
             int untilFlush = rng.Next(5, 31);
             while (true)
             {
-                if (Issued == reachAfter)
-                    Reached.TrySetResult();
                 if (Issued >= StopAfter)
-                {
-                    await client.FlushAsync(CancellationToken.None);
-                    flushes++;
                     return;
-                }
-                if (untilFlush-- == 0)
+                if (connection == 0 && untilFlush-- == 0)
                 {
                     untilFlush = rng.Next(5, 31);
+                    Interlocked.Increment(ref _flushesIssued);
                     try
                     {
                         await client.FlushAsync(CancellationToken.None);
                     }
                     catch (Exception e) when (Killing && IsLost(e))
                     {
-                        InDoubt = "flush";
+                        FlushInDoubt = true;
+                        lock (_lock)
+                            _inDoubt.Add("flush");
                         return;
                     }
-                    flushes++;
+                    Interlocked.Increment(ref _flushesCompleted);
                     continue;
                 }
-                int block = rng.Next(2) == 0 ? rng.Next(32) : rng.Next(Blocks);
-                var w = new Write(++seq, block, flushes, cycle, Acked: false);
-                Issued++;
-                all[w.Seq] = w;
-                mine.Add(w);
+                int block = (rng.Next(2) == 0 ? rng.Next(32 / share) : rng.Next(Blocks / share)) * share + connection;
+                var w = new Write(Interlocked.Increment(ref seq), block, EMin: Flushes, EMax: int.MaxValue, cycle, Acked: false);
+                lock (_lock)
+                {
+                    all[w.Seq] = w;
+                    mine.Add(w);
+                }
+                if (Interlocked.Increment(ref _issued) == reachAfter)
+                    Reached.TrySetResult();
                 try
                 {
                     await client.WriteAsync(block * (long)BlockSize, Content(seed, block, w.Seq), CancellationToken.None);
                 }
                 catch (Exception e) when (Killing && IsLost(e))
                 {
-                    InDoubt = $"write #{w.Seq} to block {block}";
+                    lock (_lock)
+                        _inDoubt.Add($"write #{w.Seq} to block {block}");
                     return;
                 }
-                all[w.Seq] = mine[^1] = w with { Acked = true };
+                var acked = w with { EMax = Volatile.Read(ref _flushesIssued), Acked = true };
+                lock (_lock)
+                {
+                    all[w.Seq] = acked;
+                    mine[mine.IndexOf(w)] = acked;
+                }
             }
         }
 
@@ -364,8 +428,10 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
     {
         0 => "zeros (never written)",
         -1 => unknown ?? "unidentified",
-        _ => $"write #{seq} (cycle {writes[seq].Cycle}, epoch {writes[seq].Epoch}{(writes[seq].Acked ? "" : ", in doubt")})",
+        _ => $"write #{seq} (cycle {writes[seq].Cycle}, epoch {Epochs(writes[seq])}{(writes[seq].Acked ? "" : ", in doubt")})",
     };
+
+    private static string Epochs(Write w) => w.EMin == w.EMax ? $"{w.EMin}" : w.Acked ? $"{w.EMin}..{w.EMax}" : $"{w.EMin} or later";
 
     private static async Task<byte[]> ReadVolume(NbdClient client)
     {

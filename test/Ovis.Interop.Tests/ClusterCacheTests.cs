@@ -42,11 +42,13 @@ public sealed class ClusterCacheTests(EtcdCluster etcd, ITestOutputHelper output
     public async Task Writes_acknowledged_from_the_cache_are_flushed_onto_every_copy_and_read_through_another_node()
     {
         await using var nodes = await WritebackCluster();
-        // Links to b and c so slow that nothing reaches them for a while: what the gateway
-        // acknowledged is in its cache only, and it says so.
-        nodes.Proxies[1].Delay = nodes.Proxies[2].Delay = TimeSpan.FromSeconds(4);
-        await using (var client = await Ovis.Nbd.NbdClient.ConnectAsync(nodes[0].NbdUri("v"), CancellationToken.None))
+        await using (var client = await ConnectWhenFree(nodes[0]))
         {
+            // Links to b and c so slow that nothing reaches them for a while: what the gateway
+            // acknowledged is in its cache only, and it says so. Slowed once the volume is open:
+            // a recovery slice that holds its lock (a node's background scan of idle volumes)
+            // would otherwise take longer than a client waits for it.
+            nodes.Proxies[1].Delay = nodes.Proxies[2].Delay = TimeSpan.FromSeconds(4);
             byte[] data = TestData.RandomBytes(1 * TestData.MiB, seed: 7);
             for (int off = 0; off < data.Length; off += 64 * 1024)
                 await client.WriteAsync(off, data.AsMemory(off, 64 * 1024), CancellationToken.None);
