@@ -9,12 +9,12 @@
 # "flush" line), and 4k QD32 randwrite (IOPS). First, the disk's floor for one durable 4 KiB
 # write: fio O_DIRECT write + fdatasync on a file beside the nodes' data, no NBD.
 # Environment: RT (seconds per job, default 10), SIZE (256M), DELAYS, CACHES, CACHE_SIZE (the
-# per-node --cache-size, default 128M), BENCH_DIR.
+# per-node --cache-size, default 128M), JOBS (any of "qd1 flush qd32", default all), BENCH_DIR.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${BENCH_DIR:-$root/artifacts/bench-delayed-links}
 rt=${RT:-10}; size=${SIZE:-256M}; delays=${DELAYS:-none 0 2}; caches=${CACHES:-writethrough writeback}
-cache_size=${CACHE_SIZE:-128M}
+cache_size=${CACHE_SIZE:-128M}; jobs=" ${JOBS:-qd1 flush qd32} "
 etcd_port=${ETCD_PORT:-23795}
 for cmd in fio python3 etcd curl; do
   command -v "$cmd" >/dev/null || { echo "$cmd is missing: apt-get install -y fio etcd-server curl" >&2; exit 2; }
@@ -74,12 +74,18 @@ for delay in $delays; do
   fio --ioengine=nbd --uri="nbd://127.0.0.1:10850/bench" --name=fill --rw=write --bs=1M --iodepth=8 --size="$size" >/dev/null 2>&1
   for cache in $caches; do
     "$root/ovis" vdi set bench "cache=$cache" --admin "http://127.0.0.1:7095" >/dev/null
-    read -r iops mean p99 _ < <(fio_job qd1 --rw=randwrite --iodepth=1)
-    row "$label" "$cache" "randwrite 4k QD1" "$iops" "$mean" "$p99"
-    read -r iops mean p99 syncs smean sp99 < <(fio_job flush --rw=randwrite --iodepth=1 --fsync=1)
-    row "$label" "$cache" "4k QD1 write + flush" "$iops" "$((mean + smean))" "-"
-    row "$label" "$cache" "  the flush alone" "$syncs" "$smean" "$sp99"
-    read -r iops mean p99 _ < <(fio_job qd32 --rw=randwrite --iodepth=32)
-    row "$label" "$cache" "randwrite 4k QD32" "$iops" "$mean" "$p99"
+    if [[ $jobs == *" qd1 "* ]]; then
+      read -r iops mean p99 _ < <(fio_job qd1 --rw=randwrite --iodepth=1)
+      row "$label" "$cache" "randwrite 4k QD1" "$iops" "$mean" "$p99"
+    fi
+    if [[ $jobs == *" flush "* ]]; then
+      read -r iops mean p99 syncs smean sp99 < <(fio_job flush --rw=randwrite --iodepth=1 --fsync=1)
+      row "$label" "$cache" "4k QD1 write + flush" "$iops" "$((mean + smean))" "-"
+      row "$label" "$cache" "  the flush alone" "$syncs" "$smean" "$sp99"
+    fi
+    if [[ $jobs == *" qd32 "* ]]; then
+      read -r iops mean p99 _ < <(fio_job qd32 --rw=randwrite --iodepth=32)
+      row "$label" "$cache" "randwrite 4k QD32" "$iops" "$mean" "$p99"
+    fi
   done
 done

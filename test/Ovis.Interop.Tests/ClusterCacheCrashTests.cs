@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net.Sockets;
+using System.Text.Json;
 using Ovis.Cluster.Tests.Infrastructure;
 using Ovis.Interop.Tests.Infrastructure;
 using Ovis.Nbd;
@@ -66,6 +67,7 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
         int gateway = 0;
         Task restarted = Task.CompletedTask;            // the one node down, coming back
         int gatewayKills = 0, replicaKills = 0;
+        int nearWithAround = 0;                         // cycles with near links whose gateway wrote around its cache
 
         var clients = await ConnectAll(nodes[gateway]);
         var baseline = Identify(await ReadVolume(clients[0]), writes, seed, out _);
@@ -101,10 +103,14 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
                     bool replicaCycle = i % 4 == 3;
                     int partner = 3 - anchor - gateway;
                     // One replica's link fast, the other's slower by a varying amount: at a kill a
-                    // push may have reached one and not the other.
+                    // push may have reached one and not the other. Half the cycles of the
+                    // several-writer segments have near links (0 ms, the slower one 0–3 ms), where
+                    // the gateway sends writes around its cache while that is quicker: the kills
+                    // meet writes around it and the switches either way.
+                    bool near = writers > 1 && rng.Next(2) == 0;
                     int slow = rng.Next(2) == 0 ? partner : anchor;
                     foreach (int n in (int[])[gateway, partner, anchor])
-                        nodes.Proxies[n].Delay = n == slow ? TimeSpan.FromMilliseconds(rng.Next(5, 31)) : OneWay;
+                        nodes.Proxies[n].Delay = n == slow ? TimeSpan.FromMilliseconds(near ? rng.Next(0, 4) : rng.Next(5, 31)) : near ? TimeSpan.Zero : OneWay;
 
                     int killAfter = rng.Next(5, 120);
                     int sleepMs = rng.Next(0, 31);
@@ -124,13 +130,17 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
                         Assert.Fail($"seed {seed}, cycle {cycle}: the writer failed before the kill: {writing.Exception}\n{NodeLogs(nodes)}");
                     if (sleepMs > 0)
                         await Task.Delay(sleepMs);
+                    long around = await AroundWrites(nodes[gateway]);
+                    if (near && around > 0)
+                        nearWithAround++;
                     // Only a dead gateway may fail a request: a dead replica is the cluster's business.
                     run.Killing = !replicaCycle;
                     if (replicaCycle)
                         run.StopAfter = run.Issued + afterKill;
                     await nodes[victim].KillAsync();
                     string killed = $"{Name(nodes, nodes[victim])} ({(replicaCycle ? "replica" : "gateway")}) killed after {run.Issued} writes + {sleepMs} ms, "
-                        + $"slow link to {Name(nodes, nodes[slow])} {nodes.Proxies[slow].Delay.TotalMilliseconds:F0} ms";
+                        + $"slow link to {Name(nodes, nodes[slow])} {nodes.Proxies[slow].Delay.TotalMilliseconds:F0} ms{(near ? ", the others 0 ms" : "")}, "
+                        + $"{around} writes around the cache so far on the gateway";
                     try
                     {
                         await writing;
@@ -194,7 +204,9 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
         {
             await DisposeAll(clients);
         }
-        Output.WriteLine($"{gatewayKills} gateway kills, {replicaKills} replica kills in {clock.Elapsed.TotalSeconds:F0} s");
+        Output.WriteLine($"{gatewayKills} gateway kills, {replicaKills} replica kills in {clock.Elapsed.TotalSeconds:F0} s; "
+            + $"{nearWithAround} cycles with near links met a gateway that had written around its cache");
+        Assert.True(nearWithAround > 0, "no cycle with near links met a gateway that had written around its cache: they tested nothing of write-around");
     }
 
     private async Task<NbdClient[]> ConnectAll(OvisDaemon node)
@@ -210,6 +222,14 @@ public sealed class ClusterCacheCrashTests(EtcdCluster etcd, ITestOutputHelper o
     {
         foreach (var client in clients)
             await client.DisposeAsync();
+    }
+
+    private static async Task<long> AroundWrites(OvisDaemon gateway)
+    {
+        using var http = gateway.AdminHttp();
+        using var doc = JsonDocument.Parse(await http.GetStringAsync(new Uri(gateway.AdminUrl + "/api/v1/volumes/v")));
+        return doc.RootElement.TryGetProperty("cacheStats", out var stats) && stats.ValueKind == JsonValueKind.Object
+            ? stats.GetProperty("aroundWrites").GetInt64() : 0;
     }
 
     private static async Task<bool> AllCurrent(ClusterNodes nodes)
