@@ -9,7 +9,8 @@
 # "flush" line), and 4k QD32 randwrite (IOPS). First, the disk's floor for one durable 4 KiB
 # write: fio O_DIRECT write + fdatasync on a file beside the nodes' data, no NBD.
 # Environment: RT (seconds per job, default 10), SIZE (256M), DELAYS, CACHES, CACHE_SIZE (the
-# per-node --cache-size, default 128M), JOBS (any of "qd1 flush qd32", default all), BENCH_DIR.
+# per-node --cache-size, default 128M), JOBS (any of "qd1 flush qd32", default all), SERVE_ARGS
+# (more options for every node, e.g. --no-write-around), BENCH_DIR.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${BENCH_DIR:-$root/artifacts/bench-delayed-links}
@@ -62,7 +63,7 @@ for delay in $delays; do
     fi
     dotnet "$root/artifacts/bin/ovis.dll" serve --data "$dir/$zone" --nbd "127.0.0.1:$((10850 + i))" --admin "127.0.0.1:$((7095 + i))" \
       --peer "127.0.0.1:$((7190 + i))" --advertise-peer "127.0.0.1:$advertised" --cluster "$uri" --zone "$zone" --node-id "n-$zone" \
-      --cache-size "$cache_size" \
+      --cache-size "$cache_size" ${SERVE_ARGS:-} \
       >"$dir/$zone.out" 2>"$dir/$zone.err" &
     pids+=("$!")
     for _ in $(seq 200); do grep -q '^admin listening' "$dir/$zone.out" 2>/dev/null && break; sleep 0.1; done

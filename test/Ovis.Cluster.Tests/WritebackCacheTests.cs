@@ -216,7 +216,7 @@ public sealed class WritebackCacheTests : IAsyncLifetime
             r.HoldData(cachedFirst);
         await Ok(cache.WriteAsync(id, 0, cachedFirst, fua: false));
         for (int i = 0; i < 4; i++)
-            way.Pushed(System.Diagnostics.Stopwatch.GetTimestamp());
+            way.Pushed(System.Diagnostics.Stopwatch.GetTimestamp(), fua: false);
         await FeedWindow(started => way.Cached(started, dirtyBytes: 0), TimeSpan.FromMilliseconds(10));
         Assert.True(way.IsAround);
         // The write around waits for the cached one of the same block to be on the copies.
@@ -265,6 +265,27 @@ public sealed class WritebackCacheTests : IAsyncLifetime
         await Ok(cache.FlushAsync(Layer));
         Assert.Equal(0, cache.StatsOf(Layer).AroundWrites);
         Assert.True(maxDirty > 0);
+    }
+
+    [Fact]
+    public async Task Behind_slow_copies_a_writer_that_flushes_every_write_never_tries_going_around()
+    {
+        var cache = OpenCache(writeAround: true);
+        foreach (var r in Remotes)
+            r.Delay = TimeSpan.FromMilliseconds(20);
+        var id = new ObjectId(Layer, 0);
+        // Queue depth 1 with a flush after each write: every push goes alone, with FUA, so only
+        // FUA pushes say what the copies cost — far more than a cached write.
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        int cycles = 0;
+        for (; clock.Elapsed < TimeSpan.FromSeconds(2.5); cycles++)
+        {
+            await Ok(cache.WriteAsync(id, cycles % 256 * 4096L, Block(cycles), fua: false));
+            await Ok(cache.FlushAsync(Layer));
+        }
+        Assert.True(cycles > 64, $"only {cycles} writes: not two windows");
+        Assert.True(Remotes.All(r => r.FuaWrites > 0));
+        Assert.Equal(0, cache.StatsOf(Layer).AroundWrites);
     }
 
     [Fact]

@@ -190,8 +190,8 @@ internal sealed partial class LayerCache
         try
         {
             status = await _owner.Inner.WriteUnderAsync(tenure, write.Id, write.Offset, write.Data, fua).ConfigureAwait(false);
-            if (status == StoreStatus.Ok && !fua)
-                Around.Pushed(started);
+            if (status == StoreStatus.Ok)
+                Around.Pushed(started, fua);
         }
 #pragma warning disable CA1031 // A push that throws failed like one that answered an error: it is sent again.
         catch (Exception)
