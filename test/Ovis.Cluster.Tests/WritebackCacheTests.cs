@@ -268,24 +268,21 @@ public sealed class WritebackCacheTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Behind_slow_copies_a_writer_that_flushes_every_write_never_tries_going_around()
+    public async Task With_only_FUA_pushes_to_go_by_going_around_is_tried_behind_near_copies_and_not_far_ones()
     {
         var cache = OpenCache(writeAround: true);
-        foreach (var r in Remotes)
-            r.Delay = TimeSpan.FromMilliseconds(20);
-        var id = new ObjectId(Layer, 0);
-        // Queue depth 1 with a flush after each write: every push goes alone, with FUA, so only
-        // FUA pushes say what the copies cost — far more than a cached write.
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        int cycles = 0;
-        for (; clock.Elapsed < TimeSpan.FromSeconds(2.5); cycles++)
-        {
-            await Ok(cache.WriteAsync(id, cycles % 256 * 4096L, Block(cycles), fua: false));
-            await Ok(cache.FlushAsync(Layer));
-        }
-        Assert.True(cycles > 64, $"only {cycles} writes: not two windows");
-        Assert.True(Remotes.All(r => r.FuaWrites > 0));
-        Assert.Equal(0, cache.StatsOf(Layer).AroundWrites);
+        WriteAround way = cache.LayerOf(Layer).Around;
+        static long Ago(TimeSpan t) => System.Diagnostics.Stopwatch.GetTimestamp() - (long)(t.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+        // Queue depth 1 with a flush after each write: every push goes alone, with FUA. Far
+        // copies: the quickest FUA push costs twenty cached writes, and going around is not tried
+        // (it was, every 5 s, when no push without FUA had been seen).
+        way.Pushed(Ago(TimeSpan.FromMilliseconds(20)), fua: true);
+        await FeedWindow(started => way.Cached(started, dirtyBytes: 0), TimeSpan.FromMilliseconds(1));
+        Assert.False(way.IsAround, "going around was tried behind copies twenty cached writes away");
+        // Near copies whose sync under load makes a FUA push three cached writes: worth a try.
+        way.Pushed(Ago(TimeSpan.FromMilliseconds(3)), fua: true);
+        await FeedWindow(started => way.Cached(started, dirtyBytes: 0), TimeSpan.FromMilliseconds(1));
+        Assert.True(way.IsAround, "going around was not tried behind near copies");
     }
 
     [Fact]
