@@ -56,11 +56,11 @@ public sealed partial class LocalStore
                 await _journal.WaitForSpaceAsync().ConfigureAwait(false);
                 continue;
             }
-            if (status == StoreStatus.NoSpace && !appliedForSpace && _journal.HasUnapplied)
+            if (status == StoreStatus.NoSpace && !appliedForSpace)
             {
                 // As a write does: trims in the journal free their blocks only when applied.
                 appliedForSpace = true;
-                await ApplyPendingAsync().ConfigureAwait(false);
+                await FreeSpaceForRetryAsync().ConfigureAwait(false);
                 continue;
             }
             if (status != StoreStatus.Ok)

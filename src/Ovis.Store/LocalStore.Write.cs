@@ -20,7 +20,7 @@ public sealed partial class LocalStore
         while (done < data.Length)
         {
             StoreStatus s = WriteRecord(meta, offset + done, data.Span[done..], underlay, out int consumed, out bool wait);
-            if (wait || (s == StoreStatus.NoSpace && _journal.HasUnapplied))
+            if (wait || s == StoreStatus.NoSpace)
             {
                 return WriteSlowAsync(meta, offset, data, done, fua, underlay);
             }
@@ -45,13 +45,13 @@ public sealed partial class LocalStore
                 await _journal.WaitForSpaceAsync().ConfigureAwait(false);
                 continue;
             }
-            if (s == StoreStatus.NoSpace && !appliedForSpace && _journal.HasUnapplied)
+            if (s == StoreStatus.NoSpace && !appliedForSpace)
             {
                 // Trims and deletes in the journal free their blocks only when applied, and
                 // reservations end there: apply everything now and ask once more, so that space
                 // freed a moment ago serves this write (a deleted volume frees its space at once).
                 appliedForSpace = true;
-                await ApplyPendingAsync().ConfigureAwait(false);
+                await FreeSpaceForRetryAsync().ConfigureAwait(false);
                 continue;
             }
             if (s != StoreStatus.Ok)
@@ -273,6 +273,18 @@ public sealed partial class LocalStore
         // At most two partial blocks: under 8 KiB.
         byte[] zeroes = new byte[length];
         return WriteAsync(meta.Id, offset, zeroes, fua: false, underlay: null);
+    }
+
+    /// <summary>Before a refused change asks again: applies what the journal holds, if anything,
+    /// and reads the free space again either way. A batch of deletes that was already applied
+    /// reserved nothing, so it did not read the free space after its unlinks: the figure could be
+    /// up to one checkpoint tick (200 ms) old and refuse a write right after a volume was deleted.</summary>
+    private Task FreeSpaceForRetryAsync()
+    {
+        if (_journal.HasUnapplied)
+            return ApplyPendingAsync();
+        RefreshSpace();
+        return Task.CompletedTask;
     }
 
     /// <summary>Writes, syncs and applies everything in the journal now, and reads the free space again.</summary>
